@@ -1,0 +1,102 @@
+"""The settings of a distillation run, with the paper's values as defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+METHODS = ("pds", "random", "herding", "kcenter")
+
+
+@dataclass
+class DistillConfig:
+    """How :func:`pds_hf.distill` makes a distilled set. Defaults follow the PDS paper.
+
+    Attributes:
+        num_pairs: number of distilled pairs ``M`` (clusters per modality).
+        method: ``"pds"`` (prototypes) or a baseline choosing real pairs: ``"random"``,
+            ``"herding"``, ``"kcenter"``.
+        synthesis: step 7: ``"unclip"`` (paper), ``"retrieve"`` (nearest real image), ``"none"``.
+        clip_model: encoder: Hub id, loaded transformers model, or object with encode_images/encode_texts.
+        clip_processor: processor for a loaded transformers ``clip_model`` (loaded from its id if None).
+        clip_revision: revision of ``clip_model`` when it is an id.
+        unclip_model: Stable unCLIP decoder: Hub id or loaded ``StableUnCLIPImg2ImgPipeline``.
+        unclip_revision: revision of ``unclip_model`` when it is an id.
+        image_column: column of images in the source dataset.
+        caption_column: column of captions (a string, or a list of strings per image).
+        rm_ratio: fraction of pairs with the lowest image-text cosine similarity removed first.
+        seed: seed of k-means, of the random baseline and of each pair's synthesis generator.
+        empty: matched clusters that share no pair: ``"centroid"`` (use k-means centres) or ``"drop"``.
+        kmeans_iterations: Lloyd iterations per k-means run.
+        kmeans_restarts: k-means runs per modality; the lowest inertia is kept.
+        num_inference_steps: unCLIP denoising steps.
+        guidance_scale: unCLIP classifier-free guidance scale.
+        noise_level: noise added to the image embedding by Stable unCLIP.
+        negative_prompt: unCLIP negative prompt.
+        image_size: side of the output images in pixels (LANCZOS); None keeps the native size.
+        encode_batch_size: images or captions per encoder call.
+        synthesis_batch_size: images per unCLIP call (does not change the images).
+        device: ``"cuda"``, ``"cpu"``...; None picks CUDA when available.
+        half_precision: run the models in float16 on a GPU (as the paper); None means yes on CUDA.
+        on_bad_image: undecodable images: ``"skip"`` (warn and count) or ``"error"``.
+    """
+
+    num_pairs: int = 100
+    method: str = "pds"
+    synthesis: str = "unclip"
+    clip_model: Any = "openai/clip-vit-large-patch14"
+    clip_processor: Any = None
+    clip_revision: str | None = None
+    unclip_model: Any = "stabilityai/stable-diffusion-2-1-unclip-small"
+    unclip_revision: str | None = None
+    image_column: str = "image"
+    caption_column: str = "caption"
+    rm_ratio: float = 0.2
+    seed: int = 42
+    empty: str = "centroid"
+    kmeans_iterations: int = 25
+    kmeans_restarts: int = 1
+    num_inference_steps: int = 100
+    guidance_scale: float = 5.0
+    noise_level: int = 10
+    negative_prompt: str = "text, watermark"
+    image_size: int | None = 224
+    encode_batch_size: int = 64
+    synthesis_batch_size: int = 8
+    device: str | None = None
+    half_precision: bool | None = None
+    on_bad_image: str = "skip"
+
+    def __post_init__(self):
+        from .prototypes import EMPTY_POLICIES
+        from .synthesize import SYNTHESIS_METHODS
+
+        if isinstance(self.num_pairs, bool) or not isinstance(self.num_pairs, int) or self.num_pairs < 1:
+            raise ValueError(f"num_pairs must be a positive integer, got {self.num_pairs!r}.")
+        if not 0.0 <= self.rm_ratio < 1.0:
+            raise ValueError(f"rm_ratio must be in [0, 1), got {self.rm_ratio!r}.")
+        for name, allowed in (("method", METHODS), ("synthesis", SYNTHESIS_METHODS), ("empty", EMPTY_POLICIES),
+                              ("on_bad_image", ("skip", "error"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        for name in ("encode_batch_size", "synthesis_batch_size", "num_inference_steps", "kmeans_iterations",
+                     "kmeans_restarts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}.")
+
+    def replace(self, **changes) -> "DistillConfig":
+        """A copy with some fields changed (unknown names raise ``TypeError``)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields; loaded models are replaced by their names."""
+        from .encode import encoder_name
+
+        out = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is not None and not isinstance(value, (str, int, float, bool)):
+                value = getattr(value, "name_or_path", None) or encoder_name(value)
+            out[field.name] = value
+        return out

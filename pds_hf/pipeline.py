@@ -1,0 +1,233 @@
+"""``distill``: the PDS steps in order, from a ``datasets.Dataset`` to a distilled one.
+
+encode -> filter -> cluster -> align -> prototypes -> caption -> synthesize
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import contextmanager
+
+import numpy as np
+
+from .caption import retrieve_captions
+from .config import DistillConfig
+from .encode import encode_table, encoder_name, load_encoder
+from .inputs import check_columns, load_images, read_pairs
+from .prototypes import prototypes_from_embeddings
+from .synthesize import load_unclip, resize_image, retrieve_images, synthesize_unclip
+
+logger = logging.getLogger(__name__)
+
+METADATA_KEY = "pds_hf"
+
+
+def output_features(dim: int):
+    """The schema of a distilled set whose embeddings have ``dim`` dimensions."""
+    from datasets import Features, Image, List, Value
+
+    return Features({
+        "image": Image(),
+        "caption": Value("string"),
+        "image_embedding": List(Value("float32"), length=dim),
+        "text_embedding": List(Value("float32"), length=dim),
+        "support": Value("int64"),
+        "image_cluster": Value("int64"),
+        "text_cluster": Value("int64"),
+    })
+
+
+def metadata(ds) -> dict:
+    """How a distilled set was made (config, source, models, timings), read back from its info.
+
+    Example:
+        ```py
+        >>> small = pds_hf.distill(ds, num_pairs=10)
+        >>> pds_hf.metadata(small)["config"]["num_pairs"]
+        10
+        ```
+    """
+    try:
+        return json.loads(ds.info.description or "")[METADATA_KEY]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError("This dataset carries no pds_hf metadata; was it made by pds_hf.distill?") from None
+
+
+class _Stages:
+    """Wall-clock seconds per stage, for the summary and the dataset card."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+        logger.info("%s took %.2fs", name, self.seconds[name])
+
+
+def _resolve_device(config: DistillConfig):
+    import torch
+
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    half = config.half_precision if config.half_precision is not None else device.startswith("cuda")
+    return device, (torch.float16 if half else None)
+
+
+def _source_info(ds, table) -> dict:
+    info = ds.info
+    return {
+        "dataset": info.dataset_name or info.builder_name,
+        "config": info.config_name,
+        "split": str(ds.split) if ds.split is not None else None,
+        "fingerprint": ds._fingerprint,
+        "num_rows": len(ds),
+        "num_pairs": int(table.num_pairs),
+        "num_images": int(len(table.image_rows)),
+        "num_captions": int(len(table.texts)),
+        "layout": table.layout,
+        "skipped_images": len(table.skipped_images),
+    }
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("pds-hf", "datasets", "transformers", "diffusers", "torch", "faiss-cpu", "faiss-gpu"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def distill(ds, config: DistillConfig | None = None, **overrides):
+    """Distill an image-text dataset into ``num_pairs`` pairs with PDS.
+
+    Args:
+        ds: a ``datasets.Dataset`` with an image column and a caption column, either one row per
+            pair (caption is a string) or one row per image (caption is a list of strings).
+        config: a :class:`DistillConfig`; defaults are the paper's.
+        **overrides: fields of :class:`DistillConfig` to change, e.g. ``num_pairs=100``.
+
+    Returns:
+        A ``datasets.Dataset`` with one row per distilled pair: ``image``, ``caption`` (the retrieved
+        real caption), ``image_embedding`` and ``text_embedding`` (the prototypes), ``support``
+        (real pairs averaged; 0 where the k-means centres were used), ``image_cluster`` and
+        ``text_cluster``. ``pds_hf.metadata(result)`` gives the config, source and timings.
+
+    Example:
+        ```py
+        >>> import pds_hf
+        >>> from datasets import load_dataset
+        >>> ds = load_dataset("nlphuji/flickr30k", split="test")
+        >>> small = pds_hf.distill(ds, num_pairs=100)          # or ds.distill(num_pairs=100)
+        >>> small = pds_hf.distill(ds, num_pairs=100, synthesis="retrieve")   # no decoder needed
+        ```
+    """
+    from datasets import Dataset, DatasetInfo
+
+    config = (config or DistillConfig()).replace(**overrides) if overrides else (config or DistillConfig())
+    stages = _Stages()
+
+    # Cheap checks first, so that bad input fails before any model is loaded.
+    check_columns(ds, config.image_column, config.caption_column)
+    with stages("read"):
+        table = read_pairs(ds, image_column=config.image_column, caption_column=config.caption_column,
+                           on_bad_image=config.on_bad_image)
+    left = table.num_pairs - int(np.floor(config.rm_ratio * table.num_pairs)) if config.method == "pds" else table.num_pairs
+    if config.num_pairs > left:
+        raise ValueError(
+            f"num_pairs={config.num_pairs} but the dataset has {table.num_pairs} usable pairs"
+            + (f", {left} after removing rm_ratio={config.rm_ratio} of them" if config.method == "pds" else "")
+            + "; lower num_pairs" + (" or rm_ratio." if config.method == "pds" else ".")
+        )
+
+    device, dtype = _resolve_device(config)
+    encoder = load_encoder(config.clip_model, processor=config.clip_processor, revision=config.clip_revision,
+                           device=device if isinstance(config.clip_model, str) or config.device else None,
+                           dtype=dtype if isinstance(config.clip_model, str) else None)
+    with stages("encode"):
+        table, image_embeds, text_embeds = encode_table(
+            encoder, ds, table, image_column=config.image_column, batch_size=config.encode_batch_size,
+            on_bad_image=config.on_bad_image)
+
+    protos = None
+    with stages("select"):
+        if config.method == "pds":
+            protos = prototypes_from_embeddings(
+                image_embeds, text_embeds, config.num_pairs, rm_ratio=config.rm_ratio, seed=config.seed,
+                empty=config.empty, image_index=table.pair_image, text_index=table.pair_text,
+                kmeans_iterations=config.kmeans_iterations, kmeans_restarts=config.kmeans_restarts)
+            image_protos, text_protos = protos.image_embeds, protos.text_embeds
+            support = np.asarray(protos.support, dtype=np.int64)
+            image_cluster, text_cluster = protos.image_cluster, protos.text_cluster
+        else:
+            from .baselines import select_pairs
+
+            chosen = select_pairs(config.method, image_embeds[table.pair_image], text_embeds[table.pair_text],
+                                  config.num_pairs, seed=config.seed)
+            image_protos = image_embeds[table.pair_image[chosen]]
+            text_protos = text_embeds[table.pair_text[chosen]]
+            support = np.ones(len(chosen), dtype=np.int64)
+            image_cluster = text_cluster = np.full(len(chosen), -1, dtype=np.int64)
+
+    with stages("caption"):
+        if config.method == "pds":
+            captions, _ = retrieve_captions(text_protos, text_embeds, table.texts)
+        else:
+            captions = [table.texts[i] for i in table.pair_text[chosen]]
+
+    with stages("synthesize"):
+        if config.synthesis == "none":
+            images = [None] * len(captions)
+        elif config.method != "pds":
+            # A baseline's pairs are real: their images are the data's own.
+            images = [resize_image(image, config.image_size)
+                      for image in load_images(ds, config.image_column, table.pair_rows[chosen])]
+        elif config.synthesis == "retrieve":
+            images, _ = retrieve_images(ds, config.image_column, table.image_rows, image_embeds, image_protos,
+                                        image_size=config.image_size)
+        else:
+            pipe = load_unclip(config.unclip_model, revision=config.unclip_revision,
+                               device=device if isinstance(config.unclip_model, str) or config.device else None,
+                               dtype=dtype if isinstance(config.unclip_model, str) else None)
+            images = synthesize_unclip(
+                pipe, image_protos, captions, negative_prompt=config.negative_prompt,
+                num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
+                noise_level=config.noise_level, seed=config.seed, batch_size=config.synthesis_batch_size,
+                image_size=config.image_size)
+
+    meta = {
+        "config": config.to_dict(),
+        "source": _source_info(ds, table),
+        "models": {
+            "encoder": encoder_name(encoder),
+            "encoder_revision": getattr(encoder, "revision", config.clip_revision),
+            "unclip": config.to_dict()["unclip_model"] if config.synthesis == "unclip" and config.method == "pds" else None,
+            "unclip_revision": config.unclip_revision,
+        },
+        "kept_pairs": int(protos.kept.sum()) if protos is not None else None,
+        "empty_intersections": protos.num_empty if protos is not None else None,
+        "stages_seconds": stages.seconds,
+        "versions": _versions(),
+    }
+    features = output_features(image_protos.shape[1])
+    info = DatasetInfo(description=json.dumps({METADATA_KEY: meta}), features=features)
+    return Dataset.from_dict(
+        {
+            "image": images,
+            "caption": captions,
+            "image_embedding": np.asarray(image_protos, dtype=np.float32),
+            "text_embedding": np.asarray(text_protos, dtype=np.float32),
+            "support": support,
+            "image_cluster": image_cluster,
+            "text_cluster": text_cluster,
+        },
+        features=features,
+        info=info,
+    )

@@ -1,0 +1,235 @@
+"""Step 5 of PDS: one image prototype and one text prototype per matched pair of clusters.
+
+For a matched (image cluster ``i``, text cluster ``j``), the prototypes are the mean image embedding
+and the mean text embedding over the kept pairs that fall in both clusters (not the k-means centres).
+When no pair falls in both, ``empty="centroid"`` uses the two k-means centres (``support`` 0) and
+``empty="drop"`` leaves that match out; the result never holds NaN. Prototypes are ordered by the
+cosine similarity of their image and text sides, most coherent first.
+
+:func:`prototypes_from_embeddings` runs steps 2-5 on embeddings the user already has.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from .align import align_clusters, count_table
+from .cluster import kmeans
+from .filter import filter_pairs, normalize, pair_similarity
+
+logger = logging.getLogger(__name__)
+
+EMPTY_POLICIES = ("centroid", "drop")
+
+
+@dataclass
+class Prototypes:
+    """The outcome of steps 2-5.
+
+    Attributes:
+        image_embeds: ``(M, d)`` image prototypes.
+        text_embeds: ``(M, d)`` text prototypes.
+        support: ``(M,)`` weighted number of kept pairs each prototype averages; 0 where the
+            k-means centres were used because the two clusters share no pair.
+        image_cluster: ``(M,)`` image k-means label of each prototype.
+        text_cluster: ``(M,)`` text k-means label of each prototype.
+        similarity: ``(M,)`` cosine similarity of each image prototype to its text prototype
+            (descending: the order of the prototypes).
+        kept: ``(N,)`` per input pair, whether it survived filtering.
+        pair_similarity: ``(N,)`` per input pair, the image-text cosine similarity used to filter.
+        image_labels: ``(N,)`` per input pair, its image cluster (-1 where filtered out).
+        text_labels: ``(N,)`` per input pair, its text cluster (-1 where filtered out).
+        image_centroids: ``(k, d)`` image k-means centres.
+        text_centroids: ``(k, d)`` text k-means centres.
+        empty: the policy applied to empty intersections (``"centroid"`` or ``"drop"``).
+        num_empty: how many matched cluster pairs had no pair in common.
+        inertia: ``(image, text)`` k-means inertia.
+    """
+
+    image_embeds: np.ndarray
+    text_embeds: np.ndarray
+    support: np.ndarray
+    image_cluster: np.ndarray
+    text_cluster: np.ndarray
+    similarity: np.ndarray
+    kept: np.ndarray
+    pair_similarity: np.ndarray
+    image_labels: np.ndarray
+    text_labels: np.ndarray
+    image_centroids: np.ndarray
+    text_centroids: np.ndarray
+    empty: str
+    num_empty: int
+    inertia: tuple[float, float]
+
+    def __len__(self) -> int:
+        return len(self.support)
+
+
+def _cluster_side(embeds, pair_index, kept, weights, k, *, what, seed, iterations, restarts, gpu):
+    """Cluster the distinct rows of ``embeds`` used by kept pairs; return per-pair labels and the fit."""
+    counts = np.bincount(pair_index[kept], weights=weights[kept], minlength=len(embeds))
+    used = np.flatnonzero(counts > 0)
+    if len(used) < k:
+        raise ValueError(
+            f"num_pairs={k} is more than the {len(used)} distinct {what}s left after filtering; "
+            f"lower num_pairs (or rm_ratio)."
+        )
+    fit = kmeans(embeds[used], k, weights=counts[used], seed=seed, iterations=iterations,
+                 restarts=restarts, gpu=gpu)
+    label_of_row = np.full(len(embeds), -1, dtype=np.int64)
+    label_of_row[used] = fit.labels
+    labels = np.where(kept, label_of_row[pair_index], -1)
+    return labels, fit
+
+
+def _group_means(embeds, pair_index, group, weights, num_groups):
+    """Weighted mean of ``embeds[pair_index]`` per group id (pairs with group -1 ignored)."""
+    from scipy.sparse import csr_matrix
+
+    member = group >= 0
+    matrix = csr_matrix((weights[member], (group[member], pair_index[member])), shape=(num_groups, len(embeds)))
+    totals = np.asarray(matrix.sum(axis=1)).ravel()
+    sums = matrix @ embeds.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / totals[:, None]
+    return means, totals
+
+
+def prototypes_from_embeddings(
+    image_embeds,
+    text_embeds,
+    num_pairs: int,
+    *,
+    rm_ratio: float = 0.2,
+    seed: int = 42,
+    weights=None,
+    empty: str = "centroid",
+    image_index=None,
+    text_index=None,
+    kmeans_iterations: int = 25,
+    kmeans_restarts: int = 1,
+    gpu: bool | None = None,
+) -> Prototypes:
+    """Steps 2-5 of PDS (filter, cluster each modality, align, prototypes) on precomputed embeddings.
+
+    Args:
+        image_embeds: ``(N, d)`` image embedding of each pair, or, with ``image_index``, a table of
+            distinct images.
+        text_embeds: ``(N, d)`` text embedding of each pair, or, with ``text_index``, a table of
+            distinct captions.
+        num_pairs: ``M``, the number of clusters per modality and of prototypes.
+        rm_ratio: fraction of pairs with the lowest image-text cosine similarity to drop.
+        seed: k-means seed.
+        weights: ``(N,)`` multiplicity of each pair (default 1): filtering, clustering, the count
+            table and the prototype means count pair ``p`` ``weights[p]`` times.
+        empty: what to do when matched clusters share no pair: ``"centroid"`` (the k-means
+            centres, as the reference does for M < 300) or ``"drop"`` (as the paper says).
+        image_index: ``(N,)`` row of ``image_embeds`` of each pair, so that each image is stored once.
+        text_index: ``(N,)`` row of ``text_embeds`` of each pair.
+        kmeans_iterations, kmeans_restarts: faiss k-means settings.
+        gpu: run k-means on GPU (``None``: when faiss-gpu sees one).
+
+    Returns:
+        :class:`Prototypes`, with per-pair ``kept``, ``image_labels`` and ``text_labels``.
+
+    Example:
+        ```py
+        >>> rng = np.random.default_rng(0)
+        >>> images = rng.normal(size=(1000, 16)).astype("float32")
+        >>> texts = images + 0.1 * rng.normal(size=(1000, 16)).astype("float32")
+        >>> protos = prototypes_from_embeddings(images, texts, num_pairs=10)
+        >>> protos.image_embeds.shape, int(protos.kept.sum())
+        ((10, 16), 800)
+        ```
+    """
+    if empty not in EMPTY_POLICIES:
+        raise ValueError(f"empty must be one of {EMPTY_POLICIES}, got {empty!r}.")
+    if not isinstance(num_pairs, (int, np.integer)) or num_pairs < 1:
+        raise ValueError(f"num_pairs must be a positive integer, got {num_pairs!r}.")
+    image_embeds = np.asarray(image_embeds, dtype=np.float32)
+    text_embeds = np.asarray(text_embeds, dtype=np.float32)
+    for name, array in (("image_embeds", image_embeds), ("text_embeds", text_embeds)):
+        if array.ndim != 2:
+            raise ValueError(f"{name} must be 2-D (rows, dim), got shape {array.shape}.")
+        bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+        if bad.size:
+            raise ValueError(f"{name} has NaN or inf in {bad.size} row(s), first {bad[:5].tolist()}; "
+                             "fix or drop those rows.")
+    if image_embeds.shape[1] != text_embeds.shape[1]:
+        raise ValueError(f"image_embeds has {image_embeds.shape[1]} dimensions, text_embeds {text_embeds.shape[1]}.")
+    n = len(image_index) if image_index is not None else len(image_embeds)
+    image_index = np.arange(n) if image_index is None else np.asarray(image_index, dtype=np.int64)
+    text_index = np.arange(n) if text_index is None else np.asarray(text_index, dtype=np.int64)
+    if len(text_index) != n:
+        raise ValueError(f"{n} image rows but {len(text_index)} text rows: every pair needs both.")
+    if image_index.size and (image_index.min() < 0 or image_index.max() >= len(image_embeds)):
+        raise ValueError("image_index points outside image_embeds.")
+    if text_index.size and (text_index.min() < 0 or text_index.max() >= len(text_embeds)):
+        raise ValueError("text_index points outside text_embeds.")
+    weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    if weights.shape != (n,) or (weights < 0).any() or not np.isfinite(weights).all():
+        raise ValueError(f"weights must be {n} finite non-negative numbers.")
+
+    similarity = pair_similarity(image_embeds, text_embeds, image_index, text_index)
+    kept = filter_pairs(similarity, rm_ratio, weights) & (weights > 0)
+    if kept.sum() < num_pairs:
+        raise ValueError(
+            f"num_pairs={num_pairs} is more than the {int(kept.sum())} pairs left after filtering "
+            f"{n} pairs with rm_ratio={rm_ratio}; lower num_pairs or rm_ratio."
+        )
+    k = int(num_pairs)
+    side = dict(kept=kept, weights=weights, k=k, seed=seed, iterations=kmeans_iterations,
+                restarts=kmeans_restarts, gpu=gpu)
+    image_labels, image_fit = _cluster_side(image_embeds, image_index, what="image", **side)
+    text_labels, text_fit = _cluster_side(text_embeds, text_index, what="caption", **side)
+
+    counts = count_table(image_labels[kept], text_labels[kept], k, weights=weights[kept])
+    image_cluster, text_cluster = align_clusters(counts)
+
+    # Each kept pair belongs to the match of its image cluster if its caption is in the matched text cluster.
+    text_match_of = np.empty(k, dtype=np.int64)
+    text_match_of[image_cluster] = text_cluster
+    match_of_image = np.empty(k, dtype=np.int64)
+    match_of_image[image_cluster] = np.arange(k)
+    in_match = kept & (text_labels == text_match_of[np.maximum(image_labels, 0)])
+    group = np.where(in_match, match_of_image[np.maximum(image_labels, 0)], -1)
+    image_protos, support = _group_means(image_embeds, image_index, group, weights, k)
+    text_protos, _ = _group_means(text_embeds, text_index, group, weights, k)
+
+    is_empty = support <= 0
+    num_empty = int(is_empty.sum())
+    if num_empty:
+        if empty == "centroid":
+            image_protos[is_empty] = image_fit.centroids[image_cluster[is_empty]]
+            text_protos[is_empty] = text_fit.centroids[text_cluster[is_empty]]
+            support = np.where(is_empty, 0.0, support)
+            logger.info("%d of %d matched clusters share no pair; used their k-means centres.", num_empty, k)
+        else:
+            logger.warning("%d of %d matched clusters share no pair and were dropped; %d prototypes remain.",
+                           num_empty, k, k - num_empty)
+    keep = ~is_empty if empty == "drop" else np.ones(k, dtype=bool)
+    image_protos, text_protos = image_protos[keep].astype(np.float32), text_protos[keep].astype(np.float32)
+    proto_similarity = np.einsum("ij,ij->i", normalize(image_protos), normalize(text_protos))
+    order = np.argsort(-proto_similarity, kind="stable")
+    support_out = support[keep][order]
+    return Prototypes(
+        image_embeds=image_protos[order],
+        text_embeds=text_protos[order],
+        support=np.rint(support_out).astype(np.int64) if np.allclose(support_out, np.rint(support_out)) else support_out,
+        image_cluster=image_cluster[keep][order],
+        text_cluster=text_cluster[keep][order],
+        similarity=proto_similarity[order],
+        kept=kept,
+        pair_similarity=similarity,
+        image_labels=image_labels,
+        text_labels=text_labels,
+        image_centroids=image_fit.centroids,
+        text_centroids=text_fit.centroids,
+        empty=empty,
+        num_empty=num_empty,
+        inertia=(image_fit.inertia, text_fit.inertia),
+    )

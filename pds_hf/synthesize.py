@@ -1,0 +1,127 @@
+"""Step 7 of PDS: one image per prototype.
+
+``"unclip"`` (the paper) decodes the image prototype with Stable unCLIP
+(``StableUnCLIPImg2ImgPipeline``), prompted with the retrieved caption. ``"retrieve"`` (the paper's
+image-prototype-retrieval ablation) takes the real image nearest to the image prototype and needs no
+decoder. ``"none"`` makes no image.
+
+Each pair has its own generator seeded with ``seed + pair index``, so an image does not depend on
+the batch size or on which process made it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SYNTHESIS_METHODS = ("unclip", "retrieve", "none")
+
+
+def load_unclip(spec, *, revision: str | None = None, device=None, dtype=None):
+    """A ``StableUnCLIPImg2ImgPipeline`` from a model id, or ``spec`` itself if it is a pipeline.
+
+    Args:
+        spec: a Hub id or local folder (default in :class:`~pds_hf.DistillConfig`:
+            ``stabilityai/stable-diffusion-2-1-unclip-small``), or a loaded pipeline.
+        revision: model revision when ``spec`` is an id.
+        device: move the pipeline there (``None``: leave it where it is).
+        dtype: load in this dtype (``torch.float16`` on a GPU, as the paper does).
+    """
+    if isinstance(spec, str):
+        from diffusers import StableUnCLIPImg2ImgPipeline
+
+        pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(spec, revision=revision, torch_dtype=dtype)
+    else:
+        pipe = spec
+    if device is not None:
+        pipe = pipe.to(device)
+    return pipe
+
+
+def unclip_embedding_dim(pipe) -> int:
+    """The size of ``image_embeds`` the pipeline's UNet expects (half its class-embedding input)."""
+    return int(pipe.unet.config.projection_class_embeddings_input_dim) // 2
+
+
+def resize_image(image, size: int | None):
+    """``image`` as a ``size`` x ``size`` square (LANCZOS); unchanged when ``size`` is None."""
+    from PIL import Image
+
+    if size is None or image.size == (size, size):
+        return image
+    return image.resize((size, size), Image.LANCZOS)
+
+
+def synthesize_unclip(pipe, image_embeds, prompts: list[str], *, negative_prompt: str = "text, watermark",
+                      num_inference_steps: int = 100, guidance_scale: float = 5.0, noise_level: int = 10,
+                      seed: int = 42, batch_size: int = 8, image_size: int | None = 224, first_index: int = 0):
+    """Decode image prototypes into images with Stable unCLIP.
+
+    Args:
+        pipe: a ``StableUnCLIPImg2ImgPipeline``.
+        image_embeds: ``(M, d)`` image prototypes; ``d`` must match the pipeline (768 for ViT-L/14).
+        prompts: the ``M`` retrieved captions.
+        negative_prompt, num_inference_steps, guidance_scale, noise_level: passed to the pipeline.
+        seed: pair ``m`` uses a generator seeded with ``seed + first_index + m``.
+        batch_size: prototypes decoded per pipeline call.
+        image_size: output side in pixels (LANCZOS resize); ``None`` keeps the pipeline's size.
+        first_index: global index of the first prototype (when the work is split).
+
+    Returns:
+        A list of ``M`` RGB PIL images.
+    """
+    import torch
+    from datasets.utils import tqdm
+
+    image_embeds = np.asarray(image_embeds, dtype=np.float32)
+    expected = unclip_embedding_dim(pipe)
+    if image_embeds.shape[1] != expected:
+        raise ValueError(
+            f"The image prototypes have {image_embeds.shape[1]} dimensions but the unCLIP pipeline expects "
+            f"{expected}; the encoder must be the one the decoder was trained on (CLIP ViT-L/14 for "
+            "stable-diffusion-2-1-unclip-small), or use synthesis='retrieve'."
+        )
+    device = pipe.device
+    dtype = pipe.unet.dtype
+    generator_device = "cpu" if device.type == "mps" else device
+    images = []
+    with tqdm(total=len(prompts), desc="Synthesizing images", unit="image") as bar:
+        for start in range(0, len(prompts), batch_size):
+            stop = min(start + batch_size, len(prompts))
+            generators = [torch.Generator(generator_device).manual_seed(seed + first_index + m)
+                          for m in range(start, stop)]
+            out = pipe(
+                prompt=list(prompts[start:stop]),
+                negative_prompt=[negative_prompt] * (stop - start),
+                image_embeds=torch.from_numpy(image_embeds[start:stop]).to(device, dtype),
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                noise_level=noise_level,
+                generator=generators,
+                output_type="pil",
+            )
+            images.extend(resize_image(image.convert("RGB"), image_size) for image in out.images)
+            bar.update(stop - start)
+    return images
+
+
+def retrieve_images(ds, image_column: str, image_rows, image_embeds, image_prototypes, *,
+                    image_size: int | None = 224):
+    """The real image nearest (cosine) to each image prototype, and its dataset row.
+
+    Args:
+        ds: the source dataset.
+        image_column: its image column.
+        image_rows: ``(Ni,)`` dataset row of each distinct image.
+        image_embeds: ``(Ni, d)`` their embeddings.
+        image_prototypes: ``(M, d)`` image prototypes.
+        image_size: output side in pixels; ``None`` keeps the original image.
+    """
+    from .caption import nearest
+    from .inputs import load_images
+
+    rows = np.asarray(image_rows)[nearest(image_prototypes, image_embeds)]
+    return [resize_image(image, image_size) for image in load_images(ds, image_column, rows)], rows

@@ -1,0 +1,147 @@
+"""Tiny random-weight models built from configs, for tests and for ``pds-hf distill --demo``.
+
+Nothing here downloads anything: the tokenizer's vocabulary is made in memory, and every model is
+built from a config with seeded random weights, as diffusers' fast tests do. The shapes match the
+real pipeline (a CLIP with projected features; a StableUnCLIPImg2Img pipeline whose UNet takes those
+features as ``image_embeds``), so every code path runs, in milliseconds, with meaningless outputs.
+
+Example:
+    ```py
+    >>> from pds_hf.testing import tiny_clip_encoder, tiny_unclip_pipeline
+    >>> encoder = tiny_clip_encoder()
+    >>> encoder.encode_texts(["a red circle"]).shape
+    (1, 32)
+    >>> pipe = tiny_unclip_pipeline()  # makes 32x32 images from 32-d image embeddings
+    ```
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+TINY_EMBED_DIM = 32
+
+
+def _byte_alphabet() -> list[str]:
+    # CLIP's byte-level BPE maps every byte to a printable character; bytes that are not printable
+    # themselves are shifted past 255.
+    printable = set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1))
+    printable |= set(range(ord("®"), ord("ÿ") + 1))
+    chars, shifted = [], 0
+    for byte in range(256):
+        if byte in printable:
+            chars.append(chr(byte))
+        else:
+            chars.append(chr(256 + shifted))
+            shifted += 1
+    return chars
+
+
+def tiny_clip_tokenizer():
+    """A CLIP tokenizer with a character-level vocabulary (517 tokens), built in memory."""
+    from transformers import CLIPTokenizer
+
+    chars = _byte_alphabet()
+    vocab = {token: i for i, token in enumerate(chars + [c + "</w>" for c in chars])}
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def tiny_clip_model(seed: int = 0, *, image_size: int = 32):
+    """A 2-layer ``CLIPModel`` (hidden 32, projection 32) with seeded random weights, and its processor."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    tokenizer = tiny_clip_tokenizer()
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=77,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                  image_size=image_size, patch_size=4)
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=TINY_EMBED_DIM)
+    with _seeded(seed):
+        model = CLIPModel(config).eval()
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                         crop_size={"height": image_size, "width": image_size})
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    return model, processor
+
+
+def tiny_clip_encoder(seed: int = 0):
+    """:class:`~pds_hf.encode.TransformersEncoder` over :func:`tiny_clip_model`; 32-d features."""
+    from .encode import TransformersEncoder
+
+    model, processor = tiny_clip_model(seed)
+    encoder = TransformersEncoder(model, processor)
+    encoder.name = "pds-hf/tiny-random-clip"
+    return encoder
+
+
+def tiny_unclip_pipeline(seed: int = 0, *, embedding_dim: int = TINY_EMBED_DIM):
+    """A ``StableUnCLIPImg2ImgPipeline`` with tiny random components; 32x32 images.
+
+    Its UNet takes ``image_embeds`` of size ``embedding_dim`` (the real one takes 768, ViT-L/14's).
+    """
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableUnCLIPImg2ImgPipeline,
+        UNet2DConditionModel,
+    )
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    tokenizer = tiny_clip_tokenizer()
+    with _seeded(seed):
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=77, projection_dim=embedding_dim,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id))
+        # Only used when the pipeline is given an image instead of image_embeds; required all the same.
+        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+            hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
+            image_size=32, patch_size=4, projection_dim=embedding_dim))
+        unet = UNet2DConditionModel(
+            sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+            block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=(2, 4),
+            cross_attention_dim=32, class_embed_type="projection",
+            projection_class_embeddings_input_dim=2 * embedding_dim, use_linear_projection=True)
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=32)
+        image_normalizer = StableUnCLIPImageNormalizer(embedding_dim=embedding_dim)
+    pipe = StableUnCLIPImg2ImgPipeline(
+        feature_extractor=CLIPImageProcessor(crop_size={"height": 32, "width": 32}, size={"shortest_edge": 32}),
+        image_encoder=image_encoder.eval(),
+        image_normalizer=image_normalizer,
+        image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
+        tokenizer=tokenizer,
+        text_encoder=text_encoder.eval(),
+        unet=unet.eval(),
+        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1),
+        vae=vae.eval(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.register_to_config(_name_or_path="pds-hf/tiny-random-unclip")
+    return pipe
