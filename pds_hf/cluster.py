@@ -38,8 +38,11 @@ def _use_gpu(gpu) -> bool:
     return bool(gpu)
 
 
+INIT_METHODS = ("k-means++", "random", "afk-mc2")
+
+
 def kmeans(x, k: int, *, weights=None, seed: int = 42, iterations: int = 25, restarts: int = 1,
-           gpu: bool | None = None) -> KMeansResult:
+           init: str = "k-means++", gpu: bool | None = None) -> KMeansResult:
     """Weighted k-means with faiss.
 
     Args:
@@ -49,6 +52,9 @@ def kmeans(x, k: int, *, weights=None, seed: int = 42, iterations: int = 25, res
         seed: seeds the initial centres.
         iterations: Lloyd iterations per run.
         restarts: runs from different initialisations; the lowest-inertia one is kept.
+        init: initial centres: ``"k-means++"`` (as scikit-learn, which the reference uses),
+            ``"random"`` (faiss' default: k points drawn at random; often merges clusters) or
+            ``"afk-mc2"`` (an MCMC approximation of k-means++, cheaper for very large k).
         gpu: use faiss on GPU (``None``: when faiss-gpu sees one).
 
     Example:
@@ -64,8 +70,13 @@ def kmeans(x, k: int, *, weights=None, seed: int = 42, iterations: int = 25, res
     n, d = x.shape
     if not 1 <= k <= n:
         raise ValueError(f"k-means needs 1 <= k <= number of points, got k={k} for {n} points.")
+    if init not in INIT_METHODS:
+        raise ValueError(f"init must be one of {INIT_METHODS}, got {init!r}.")
+    init_method = {"random": faiss.ClusteringInitMethod_RANDOM,
+                   "k-means++": faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS,
+                   "afk-mc2": faiss.ClusteringInitMethod_AFK_MC2}[init]
     w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
-    km = faiss.Kmeans(d, k, niter=iterations, nredo=restarts, seed=seed, gpu=_use_gpu(gpu),
+    km = faiss.Kmeans(d, k, niter=iterations, nredo=restarts, seed=seed, gpu=_use_gpu(gpu), init_method=init_method,
                       # Use every point (no subsampling) and do not warn about small clusters:
                       # distilled sets ask for many clusters relative to the data on purpose.
                       max_points_per_centroid=max(n, 1), min_points_per_centroid=1, verbose=False)

@@ -30,6 +30,7 @@ class DistillConfig:
         empty: matched clusters that share no pair: ``"centroid"`` (use k-means centres) or ``"drop"``.
         kmeans_iterations: Lloyd iterations per k-means run.
         kmeans_restarts: k-means runs per modality; the lowest inertia is kept.
+        kmeans_init: initial centres: ``"k-means++"``, ``"random"`` or ``"afk-mc2"``.
         num_inference_steps: unCLIP denoising steps.
         guidance_scale: unCLIP classifier-free guidance scale.
         noise_level: noise added to the image embedding by Stable unCLIP.
@@ -57,6 +58,7 @@ class DistillConfig:
     empty: str = "centroid"
     kmeans_iterations: int = 25
     kmeans_restarts: int = 1
+    kmeans_init: str = "k-means++"
     num_inference_steps: int = 100
     guidance_scale: float = 5.0
     noise_level: int = 10
@@ -69,6 +71,7 @@ class DistillConfig:
     on_bad_image: str = "skip"
 
     def __post_init__(self):
+        from .cluster import INIT_METHODS
         from .prototypes import EMPTY_POLICIES
         from .synthesize import SYNTHESIS_METHODS
 
@@ -77,6 +80,7 @@ class DistillConfig:
         if not 0.0 <= self.rm_ratio < 1.0:
             raise ValueError(f"rm_ratio must be in [0, 1), got {self.rm_ratio!r}.")
         for name, allowed in (("method", METHODS), ("synthesis", SYNTHESIS_METHODS), ("empty", EMPTY_POLICIES),
+                              ("kmeans_init", INIT_METHODS),
                               ("on_bad_image", ("skip", "error"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")

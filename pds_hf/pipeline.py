@@ -162,7 +162,8 @@ def distill(ds, config: DistillConfig | None = None, **overrides):
             protos = prototypes_from_embeddings(
                 image_embeds, text_embeds, config.num_pairs, rm_ratio=config.rm_ratio, seed=config.seed,
                 empty=config.empty, image_index=table.pair_image, text_index=table.pair_text,
-                kmeans_iterations=config.kmeans_iterations, kmeans_restarts=config.kmeans_restarts)
+                kmeans_iterations=config.kmeans_iterations, kmeans_restarts=config.kmeans_restarts,
+                kmeans_init=config.kmeans_init)
             image_protos, text_protos = protos.image_embeds, protos.text_embeds
             support = np.asarray(protos.support, dtype=np.int64)
             image_cluster, text_cluster = protos.image_cluster, protos.text_cluster

@@ -69,7 +69,7 @@ class Prototypes:
         return len(self.support)
 
 
-def _cluster_side(embeds, pair_index, kept, weights, k, *, what, seed, iterations, restarts, gpu):
+def _cluster_side(embeds, pair_index, kept, weights, k, *, what, seed, iterations, restarts, init, gpu):
     """Cluster the distinct rows of ``embeds`` used by kept pairs; return per-pair labels and the fit."""
     counts = np.bincount(pair_index[kept], weights=weights[kept], minlength=len(embeds))
     used = np.flatnonzero(counts > 0)
@@ -79,7 +79,7 @@ def _cluster_side(embeds, pair_index, kept, weights, k, *, what, seed, iteration
             f"lower num_pairs (or rm_ratio)."
         )
     fit = kmeans(embeds[used], k, weights=counts[used], seed=seed, iterations=iterations,
-                 restarts=restarts, gpu=gpu)
+                 restarts=restarts, init=init, gpu=gpu)
     label_of_row = np.full(len(embeds), -1, dtype=np.int64)
     label_of_row[used] = fit.labels
     labels = np.where(kept, label_of_row[pair_index], -1)
@@ -112,6 +112,7 @@ def prototypes_from_embeddings(
     text_index=None,
     kmeans_iterations: int = 25,
     kmeans_restarts: int = 1,
+    kmeans_init: str = "k-means++",
     gpu: bool | None = None,
 ) -> Prototypes:
     """Steps 2-5 of PDS (filter, cluster each modality, align, prototypes) on precomputed embeddings.
@@ -130,7 +131,8 @@ def prototypes_from_embeddings(
             centres, as the reference does for M < 300) or ``"drop"`` (as the paper says).
         image_index: ``(N,)`` row of ``image_embeds`` of each pair, so that each image is stored once.
         text_index: ``(N,)`` row of ``text_embeds`` of each pair.
-        kmeans_iterations, kmeans_restarts: faiss k-means settings.
+        kmeans_iterations, kmeans_restarts, kmeans_init: faiss k-means settings (see
+            :func:`pds_hf.cluster.kmeans`).
         gpu: run k-means on GPU (``None``: when faiss-gpu sees one).
 
     Returns:
@@ -183,7 +185,7 @@ def prototypes_from_embeddings(
         )
     k = int(num_pairs)
     side = dict(kept=kept, weights=weights, k=k, seed=seed, iterations=kmeans_iterations,
-                restarts=kmeans_restarts, gpu=gpu)
+                restarts=kmeans_restarts, init=kmeans_init, gpu=gpu)
     image_labels, image_fit = _cluster_side(image_embeds, image_index, what="image", **side)
     text_labels, text_fit = _cluster_side(text_embeds, text_index, what="caption", **side)
 

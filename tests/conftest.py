@@ -1,0 +1,66 @@
+# Shared fixtures: tiny random models and small datasets, built once per test session.
+import io
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder():
+    from pds_hf.testing import tiny_clip_encoder
+
+    return tiny_clip_encoder(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    from pds_hf.testing import tiny_unclip_pipeline
+
+    return tiny_unclip_pipeline(seed=0)
+
+
+@pytest.fixture(scope="session")
+def shapes_ds():
+    """One row per image, two captions each (the nlphuji/flickr30k layout), 60 images."""
+    from pds_hf.demo import demo_dataset
+
+    return demo_dataset(60, side=32)
+
+
+@pytest.fixture(scope="session")
+def shapes_pairs_ds(shapes_ds):
+    """The same pairs, one row per pair (image repeated for each caption)."""
+    from datasets import Dataset, Features, Image, Value
+
+    images, captions = [], []
+    for row in shapes_ds:
+        for caption in row["caption"]:
+            images.append(row["image"])
+            captions.append(caption)
+    return Dataset.from_dict({"image": images, "caption": captions},
+                             features=Features({"image": Image(), "caption": Value("string")}))
+
+
+def png_bytes(colour=(255, 0, 0), size=(8, 8)):
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+# Hub test server wiring
+# ----------------------
+# Exposes the `hub` fixture (tests/hub_server.py): an in-process Hub-compatible server on 127.0.0.1 that
+# huggingface_hub and datasets are pointed at for the duration of a test, with fresh caches under tmp_path.
+# No environment variable has to be set before imports: the fixture patches huggingface_hub.constants,
+# datasets.config and the environment itself, and restores them afterwards.
+try:  # tests/ imported as a package (tests/__init__.py present)
+    from .hub_server import hub  # noqa: F401
+except ImportError:  # rootdir-relative import mode: tests/ itself is on sys.path
+    from hub_server import hub  # noqa: F401
