@@ -67,6 +67,7 @@ def _add_distill(subparsers):
 
 def run_distill(args) -> int:
     import pds_hf
+    from pds_hf.distributed import current_ranks
     from pds_hf.publish import save_to_folder
 
     output = Path(args.output)
@@ -95,12 +96,15 @@ def run_distill(args) -> int:
         ds = load_source(args.dataset, split=args.split, config_name=args.config_name)
         config = pds_hf.DistillConfig(**overrides)
     small = pds_hf.distill(ds, config)
+    if not current_ranks().is_main:
+        return 0  # every process returns the same set; the main one writes it
     save_to_folder(small, output, overwrite=args.overwrite)
     meta = pds_hf.metadata(small)
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in meta["stages_seconds"].items())
     source = meta["source"]
     print(f"Distilled {source['num_pairs']} pairs ({source['num_images']} images, {source['num_captions']} "
-          f"distinct captions) into {len(small)} pairs in {time.perf_counter() - start:.1f}s.")
+          f"distinct captions) into {len(small)} pairs in {time.perf_counter() - start:.1f}s "
+          f"on {meta['processes']} process(es).")
     print(f"Stages: {stages}")
     print(f"Wrote {output}  (load it with: load_dataset({str(output)!r}, split='train'))")
     return 0

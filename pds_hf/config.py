@@ -41,6 +41,11 @@ class DistillConfig:
         device: ``"cuda"``, ``"cpu"``...; None picks CUDA when available.
         half_precision: run the models in float16 on a GPU (as the paper); None means yes on CUDA.
         on_bad_image: undecodable images: ``"skip"`` (warn and count) or ``"error"``.
+        use_cache: save each stage under a fingerprint so an interrupted run resumes (needed for
+            multi-process runs).
+        cache_dir: where; None means ``$PDS_HF_CACHE``, else ``$HF_HOME/pds_hf``.
+        shard_size: images (or captions) per encoding shard: the unit of resuming and of splitting
+            work between processes.
     """
 
     num_pairs: int = 100
@@ -69,6 +74,9 @@ class DistillConfig:
     device: str | None = None
     half_precision: bool | None = None
     on_bad_image: str = "skip"
+    use_cache: bool = True
+    cache_dir: str | None = None
+    shard_size: int = 10000
 
     def __post_init__(self):
         from .cluster import INIT_METHODS
@@ -85,7 +93,7 @@ class DistillConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         for name in ("encode_batch_size", "synthesis_batch_size", "num_inference_steps", "kmeans_iterations",
-                     "kmeans_restarts"):
+                     "kmeans_restarts", "shard_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}.")
 

@@ -100,6 +100,8 @@ class TransformersEncoder:
         encoder = cls(model, processor, device=device, dtype=dtype)
         encoder.name = model_id
         encoder.revision = revision
+        # Loaded by id, the model is known by what was loaded: its results can be cached and resumed.
+        encoder.fingerprint = f"{model_id}@{revision or 'main'}:{encoder.dtype}"
         return encoder
 
     def encode_images(self, images: list) -> np.ndarray:
@@ -138,6 +140,16 @@ def load_encoder(spec, *, processor=None, revision: str | None = None, device=No
     return TransformersEncoder(spec, processor, device=device, dtype=dtype)
 
 
+def model_fingerprint(model) -> str | None:
+    """The identity under which a model's outputs may be cached, or None (then nothing is cached).
+
+    Models loaded by id carry one; for a model or encoder object built in memory, set a
+    ``fingerprint`` attribute (a string that changes whenever its outputs would) to enable resuming.
+    """
+    value = getattr(model, "fingerprint", None)
+    return value if isinstance(value, str) and value else None
+
+
 def encoder_name(encoder) -> str:
     """A printable identity for provenance: the model id where known, else the class name."""
     return getattr(encoder, "name", None) or type(encoder).__name__
@@ -164,30 +176,28 @@ def check_embeddings(array, *, what: str, expected_rows: int, row_ids=None) -> n
     return array
 
 
-def _progress(total: int, desc: str):
+def _progress(total: int, desc: str, *, disable: bool = False):
     from datasets.utils import tqdm
 
-    return tqdm(total=total, desc=desc, unit="item")
+    return tqdm(total=total, desc=desc, unit="item", disable=disable or None)
 
 
-def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size: int = 64,
-                 on_bad_image: str = "skip"):
-    """Encode each distinct image and each distinct caption of a :class:`~pds_hf.inputs.PairTable` once.
+def _shards(n: int, size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def _encode_image_rows(encoder, ds, image_column: str, rows, batch_size: int, bar):
+    """Encode the images at dataset ``rows``; a row that fails to decode gets NaN and is listed.
 
     Images are decoded in a background thread while the encoder runs on the previous batch.
-
-    Returns:
-        ``(table, image_embeds, text_embeds)``: the table (minus images that failed to decode, when
-        ``on_bad_image="skip"``), ``(Ni, d)`` image and ``(Nt, d)`` text embeddings as float32.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     from .inputs import load_images
 
-    rows = table.image_rows
     batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
-    image_embeds, failed = None, []
-    with ThreadPoolExecutor(max_workers=1) as pool, _progress(len(rows), "Encoding images") as bar:
+    embeds, failed = None, []
+    with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(load_images, ds, image_column, batches[0]) if batches else None
         for b, batch_rows in enumerate(batches):
             images = pending.result()
@@ -198,35 +208,102 @@ def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size:
             if ok.size:
                 out = check_embeddings(encoder.encode_images([images[i] for i in ok]), what="image",
                                        expected_rows=ok.size, row_ids=batch_rows[ok])
-                if image_embeds is None:
-                    image_embeds = np.full((len(rows), out.shape[1]), np.nan, dtype=np.float32)
-                image_embeds[b * batch_size + ok] = out
+                if embeds is None:
+                    embeds = np.full((len(rows), out.shape[1]), np.nan, dtype=np.float32)
+                embeds[b * batch_size + ok] = out
             bar.update(len(batch_rows))
-    if image_embeds is None:
-        raise ValueError(f"No image of column {image_column!r} could be decoded and encoded.")
-    if failed:
-        bad_rows = [int(rows[i]) for i in failed]
-        if on_bad_image == "error":
-            raise ValueError(f"Column {image_column!r}: {len(failed)} image(s) failed to decode, at row(s) "
-                             f"{bad_rows[:5]}. Remove them or pass on_bad_image='skip'.")
-        logger.warning("Skipping %d image(s) of column %r that failed to decode, at row(s) %s.",
-                       len(failed), image_column, bad_rows[:5])
-        keep = np.ones(len(rows), dtype=bool)
-        keep[failed] = False
-        table = table.without_images(np.asarray(failed))
-        image_embeds = image_embeds[keep]
-    dim = image_embeds.shape[1]
+    if embeds is None:  # every image of this shard failed: its width is unknown until another shard
+        embeds = np.full((len(rows), 0), np.nan, dtype=np.float32)
+    return embeds, np.asarray(failed, dtype=np.int64)
 
-    text_chunks = []
-    texts = table.texts
-    with _progress(len(texts), "Encoding captions") as bar:
-        for start in range(0, len(texts), batch_size):
-            batch = texts[start:start + batch_size]
-            text_chunks.append(check_embeddings(encoder.encode_texts(batch), what="text",
-                                                expected_rows=len(batch)))
-            bar.update(len(batch))
-    text_embeds = np.concatenate(text_chunks)
+
+def _encode_texts(encoder, texts: list[str], batch_size: int, bar) -> np.ndarray:
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        batch = texts[start:start + batch_size]
+        chunks.append(check_embeddings(encoder.encode_texts(batch), what="text", expected_rows=len(batch)))
+        bar.update(len(batch))
+    return np.concatenate(chunks)
+
+
+def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size: int = 64,
+                 on_bad_image: str = "skip", shard_size: int = 10000, stage=None, ranks=None):
+    """Encode each distinct image and each distinct caption of a :class:`~pds_hf.inputs.PairTable` once.
+
+    The work is cut into shards of ``shard_size`` images (or captions). Each process encodes the
+    shards it owns (see :mod:`pds_hf.distributed`) and saves each one, with its dataset rows, into
+    ``stage`` with a completion marker; shards already done (an interrupted earlier run with the
+    same fingerprint) are loaded, not recomputed. Every process then reads all shards.
+
+    Args:
+        encoder: an :class:`Encoder`.
+        ds: the source dataset.
+        table: its :class:`~pds_hf.inputs.PairTable`.
+        image_column: the image column.
+        batch_size: images or captions per encoder call.
+        on_bad_image: ``"skip"`` or ``"error"`` for images that fail to decode.
+        shard_size: images or captions per saved shard.
+        stage: a :class:`~pds_hf.cache.Stage` to save shards in (default: in memory).
+        ranks: this process's :class:`~pds_hf.distributed.Ranks` (default: a single process).
+
+    Returns:
+        ``(table, image_embeds, text_embeds)``: the table (minus images that failed to decode, when
+        ``on_bad_image="skip"``), ``(Ni, d)`` image and ``(Nt, d)`` text embeddings as float32.
+    """
+    from .cache import MemoryStage
+    from .distributed import Ranks
+
+    stage = MemoryStage() if stage is None else stage
+    ranks = Ranks() if ranks is None else ranks
+    rows = table.image_rows
+    image_shards, text_shards = _shards(len(rows), shard_size), _shards(len(table.texts), shard_size)
+    todo_images = [s for s in range(len(image_shards)) if ranks.owns(s) and not stage.done(f"images-{s:06d}")]
+    todo_texts = [s for s in range(len(text_shards)) if ranks.owns(s) and not stage.done(f"texts-{s:06d}")]
+    skipped = len([s for s in range(len(image_shards)) if ranks.owns(s)]) - len(todo_images)
+    if skipped:
+        logger.info("Resuming: %d encoded image shard(s) found in %s.", skipped, stage)
+
+    total = sum(image_shards[s][1] - image_shards[s][0] for s in todo_images)
+    with _progress(total, "Encoding images", disable=not ranks.is_main) as bar:
+        for s in todo_images:
+            start, stop = image_shards[s]
+            embeds, failed = _encode_image_rows(encoder, ds, image_column, rows[start:stop], batch_size, bar)
+            stage.save_arrays(f"images-{s:06d}", embeds=embeds, rows=rows[start:stop], failed=failed + start)
+            if failed.size and on_bad_image == "error" and ranks.world == 1:
+                _raise_failed(image_column, rows[failed + start])
+    total = sum(text_shards[s][1] - text_shards[s][0] for s in todo_texts)
+    with _progress(total, "Encoding captions", disable=not ranks.is_main) as bar:
+        for s in todo_texts:
+            start, stop = text_shards[s]
+            stage.save_arrays(f"texts-{s:06d}", embeds=_encode_texts(encoder, table.texts[start:stop], batch_size, bar))
+    ranks.barrier()
+
+    image_parts = [stage.load_arrays(f"images-{s:06d}") for s in range(len(image_shards))]
+    failed = np.concatenate([part["failed"] for part in image_parts]) if image_parts else np.zeros(0, np.int64)
+    dims = {part["embeds"].shape[1] for part in image_parts if part["embeds"].shape[1]}
+    if not dims:
+        raise ValueError(f"No image of column {image_column!r} could be decoded and encoded.")
+    if len(dims) > 1:
+        raise ValueError(f"The encoder returned image embeddings of different sizes {sorted(dims)}.")
+    dim = dims.pop()
+    image_embeds = np.concatenate([part["embeds"] if part["embeds"].shape[1] else
+                                   np.full((len(part["rows"]), dim), np.nan, np.float32) for part in image_parts])
+    text_embeds = np.concatenate([stage.load_arrays(f"texts-{s:06d}")["embeds"] for s in range(len(text_shards))])
     if text_embeds.shape[1] != dim:
         raise ValueError(f"The encoder's image embeddings have {dim} dimensions but its text embeddings "
                          f"{text_embeds.shape[1]}; both must live in one space.")
+    if failed.size:
+        if on_bad_image == "error":
+            _raise_failed(image_column, rows[failed])
+        logger.warning("Skipping %d image(s) of column %r that failed to decode, at row(s) %s.",
+                       failed.size, image_column, rows[failed][:5].tolist())
+        keep = np.ones(len(rows), dtype=bool)
+        keep[failed] = False
+        table = table.without_images(failed)
+        image_embeds = image_embeds[keep]
     return table, image_embeds, text_embeds
+
+
+def _raise_failed(image_column: str, bad_rows) -> None:
+    raise ValueError(f"Column {image_column!r}: {len(bad_rows)} image(s) failed to decode, at row(s) "
+                     f"{list(map(int, bad_rows[:5]))}. Remove them or pass on_bad_image='skip'.")

@@ -12,12 +12,14 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from .cache import default_cache_dir, fingerprint, open_stage
 from .caption import retrieve_captions
 from .config import DistillConfig
-from .encode import encode_table, encoder_name, load_encoder
+from .distributed import current_ranks
+from .encode import encode_table, encoder_name, load_encoder, model_fingerprint
 from .inputs import check_columns, load_images, read_pairs
 from .prototypes import prototypes_from_embeddings
-from .synthesize import load_unclip, resize_image, retrieve_images, synthesize_unclip
+from .synthesize import load_unclip, resize_image, retrieve_images, synthesize_unclip, unclip_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +71,11 @@ class _Stages:
         logger.info("%s took %.2fs", name, self.seconds[name])
 
 
-def _resolve_device(config: DistillConfig):
+def _resolve_device(config: DistillConfig, ranks):
     import torch
 
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = config.device or (str(ranks.device) if ranks.device is not None else None)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     half = config.half_precision if config.half_precision is not None else device.startswith("cuda")
     return device, (torch.float16 if half else None)
 
@@ -105,8 +108,36 @@ def _versions() -> dict:
     return out
 
 
+def _select(config: DistillConfig, table, image_embeds, text_embeds) -> dict:
+    """Steps 2-6 (or a baseline's choice of real pairs) as plain arrays, ready to cache."""
+    if config.method == "pds":
+        protos = prototypes_from_embeddings(
+            image_embeds, text_embeds, config.num_pairs, rm_ratio=config.rm_ratio, seed=config.seed,
+            empty=config.empty, image_index=table.pair_image, text_index=table.pair_text,
+            kmeans_iterations=config.kmeans_iterations, kmeans_restarts=config.kmeans_restarts,
+            kmeans_init=config.kmeans_init)
+        _, caption_index = retrieve_captions(protos.text_embeds, text_embeds, table.texts)
+        return dict(image_embeds=protos.image_embeds, text_embeds=protos.text_embeds,
+                    support=np.asarray(protos.support, dtype=np.int64), image_cluster=protos.image_cluster,
+                    text_cluster=protos.text_cluster, caption_index=caption_index, pairs=np.zeros(0, np.int64),
+                    kept=np.int64(protos.kept.sum()), num_empty=np.int64(protos.num_empty))
+    from .baselines import select_pairs
+
+    chosen = np.asarray(select_pairs(config.method, image_embeds[table.pair_image], text_embeds[table.pair_text],
+                                     config.num_pairs, seed=config.seed), dtype=np.int64)
+    return dict(image_embeds=image_embeds[table.pair_image[chosen]], text_embeds=text_embeds[table.pair_text[chosen]],
+                support=np.ones(len(chosen), np.int64), image_cluster=np.full(len(chosen), -1, np.int64),
+                text_cluster=np.full(len(chosen), -1, np.int64), caption_index=table.pair_text[chosen],
+                pairs=chosen, kept=np.int64(-1), num_empty=np.int64(-1))
+
+
 def distill(ds, config: DistillConfig | None = None, **overrides):
     """Distill an image-text dataset into ``num_pairs`` pairs with PDS.
+
+    Each stage saves its results under a fingerprint of its inputs (see :mod:`pds_hf.cache`), so a
+    run that is killed and started again with the same arguments resumes where it stopped. Under
+    ``accelerate launch`` (or ``torchrun``), encoding and synthesis are split across the processes,
+    the main process clusters, and every process returns the same dataset.
 
     Args:
         ds: a ``datasets.Dataset`` with an image column and a caption column, either one row per
@@ -133,6 +164,7 @@ def distill(ds, config: DistillConfig | None = None, **overrides):
 
     config = (config or DistillConfig()).replace(**overrides) if overrides else (config or DistillConfig())
     stages = _Stages()
+    ranks = current_ranks()
 
     # Cheap checks first, so that bad input fails before any model is loaded.
     check_columns(ds, config.image_column, config.caption_column)
@@ -147,61 +179,47 @@ def distill(ds, config: DistillConfig | None = None, **overrides):
             + "; lower num_pairs" + (" or rm_ratio." if config.method == "pds" else ".")
         )
 
-    device, dtype = _resolve_device(config)
+    device, dtype = _resolve_device(config, ranks)
     encoder = load_encoder(config.clip_model, processor=config.clip_processor, revision=config.clip_revision,
                            device=device if isinstance(config.clip_model, str) or config.device else None,
                            dtype=dtype if isinstance(config.clip_model, str) else None)
+    cache_dir = (config.cache_dir or default_cache_dir()) if config.use_cache else None
+    encode_key = _key(model_fingerprint(encoder), "encode", ds._fingerprint, config.image_column,
+                      config.caption_column, config.on_bad_image, config.shard_size)
+    encode_stage = open_stage(cache_dir, "encode", encode_key)
+    if ranks.world > 1 and encode_stage.path is None:
+        raise ValueError(
+            f"A run over {ranks.world} processes shares its work through the cache, which needs use_cache=True and "
+            "an encoder known by id (or with a `fingerprint` attribute), so that every process reads the same results.")
     with stages("encode"):
         table, image_embeds, text_embeds = encode_table(
             encoder, ds, table, image_column=config.image_column, batch_size=config.encode_batch_size,
-            on_bad_image=config.on_bad_image)
+            on_bad_image=config.on_bad_image, shard_size=config.shard_size, stage=encode_stage, ranks=ranks)
 
-    protos = None
+    select_key = _key(encode_key, "select", config.method, config.num_pairs, config.rm_ratio, config.seed,
+                      config.empty, config.kmeans_iterations, config.kmeans_restarts, config.kmeans_init)
+    select_stage = open_stage(cache_dir, "select", select_key)
     with stages("select"):
-        if config.method == "pds":
-            protos = prototypes_from_embeddings(
-                image_embeds, text_embeds, config.num_pairs, rm_ratio=config.rm_ratio, seed=config.seed,
-                empty=config.empty, image_index=table.pair_image, text_index=table.pair_text,
-                kmeans_iterations=config.kmeans_iterations, kmeans_restarts=config.kmeans_restarts,
-                kmeans_init=config.kmeans_init)
-            image_protos, text_protos = protos.image_embeds, protos.text_embeds
-            support = np.asarray(protos.support, dtype=np.int64)
-            image_cluster, text_cluster = protos.image_cluster, protos.text_cluster
-        else:
-            from .baselines import select_pairs
-
-            chosen = select_pairs(config.method, image_embeds[table.pair_image], text_embeds[table.pair_text],
-                                  config.num_pairs, seed=config.seed)
-            image_protos = image_embeds[table.pair_image[chosen]]
-            text_protos = text_embeds[table.pair_text[chosen]]
-            support = np.ones(len(chosen), dtype=np.int64)
-            image_cluster = text_cluster = np.full(len(chosen), -1, dtype=np.int64)
-
-    with stages("caption"):
-        if config.method == "pds":
-            captions, _ = retrieve_captions(text_protos, text_embeds, table.texts)
-        else:
-            captions = [table.texts[i] for i in table.pair_text[chosen]]
+        if not select_stage.done("selection") and ranks.is_main:
+            select_stage.save_arrays("selection", **_select(config, table, image_embeds, text_embeds))
+        ranks.barrier()
+        chosen = select_stage.load_arrays("selection")
+    image_protos, text_protos = chosen["image_embeds"], chosen["text_embeds"]
+    captions = [table.texts[i] for i in chosen["caption_index"]]
+    num = len(captions)
 
     with stages("synthesize"):
         if config.synthesis == "none":
-            images = [None] * len(captions)
+            images = [None] * num
         elif config.method != "pds":
             # A baseline's pairs are real: their images are the data's own.
             images = [resize_image(image, config.image_size)
-                      for image in load_images(ds, config.image_column, table.pair_rows[chosen])]
+                      for image in load_images(ds, config.image_column, table.pair_rows[chosen["pairs"]])]
         elif config.synthesis == "retrieve":
             images, _ = retrieve_images(ds, config.image_column, table.image_rows, image_embeds, image_protos,
                                         image_size=config.image_size)
         else:
-            pipe = load_unclip(config.unclip_model, revision=config.unclip_revision,
-                               device=device if isinstance(config.unclip_model, str) or config.device else None,
-                               dtype=dtype if isinstance(config.unclip_model, str) else None)
-            images = synthesize_unclip(
-                pipe, image_protos, captions, negative_prompt=config.negative_prompt,
-                num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
-                noise_level=config.noise_level, seed=config.seed, batch_size=config.synthesis_batch_size,
-                image_size=config.image_size)
+            images = _synthesize(config, image_protos, captions, select_key, cache_dir, ranks, device, dtype)
 
     meta = {
         "config": config.to_dict(),
@@ -212,8 +230,9 @@ def distill(ds, config: DistillConfig | None = None, **overrides):
             "unclip": config.to_dict()["unclip_model"] if config.synthesis == "unclip" and config.method == "pds" else None,
             "unclip_revision": config.unclip_revision,
         },
-        "kept_pairs": int(protos.kept.sum()) if protos is not None else None,
-        "empty_intersections": protos.num_empty if protos is not None else None,
+        "kept_pairs": int(chosen["kept"]) if config.method == "pds" else None,
+        "empty_intersections": int(chosen["num_empty"]) if config.method == "pds" else None,
+        "processes": ranks.world,
         "stages_seconds": stages.seconds,
         "versions": _versions(),
     }
@@ -225,10 +244,45 @@ def distill(ds, config: DistillConfig | None = None, **overrides):
             "caption": captions,
             "image_embedding": np.asarray(image_protos, dtype=np.float32),
             "text_embedding": np.asarray(text_protos, dtype=np.float32),
-            "support": support,
-            "image_cluster": image_cluster,
-            "text_cluster": text_cluster,
+            "support": chosen["support"],
+            "image_cluster": chosen["image_cluster"],
+            "text_cluster": chosen["text_cluster"],
         },
         features=features,
         info=info,
     )
+
+
+def _key(parent: str | None, *parts) -> str | None:
+    """A stage fingerprint, or None (no caching) when the parent stage's identity is unknown."""
+    return None if parent is None else fingerprint(parent, *parts)
+
+
+def _synthesize(config, image_protos, captions, select_key, cache_dir, ranks, device, dtype):
+    """unCLIP images for the prototypes this process owns, saved one by one; then all of them."""
+    unclip_id = unclip_fingerprint(config.unclip_model, revision=config.unclip_revision,
+                                   dtype=dtype if isinstance(config.unclip_model, str) else None)
+    key = None if unclip_id is None else _key(
+        select_key, "synthesize", unclip_id, config.num_inference_steps, config.guidance_scale, config.noise_level,
+        config.negative_prompt, config.image_size, config.seed)
+    stage = open_stage(cache_dir, "synthesize", key)
+    if ranks.world > 1 and stage.path is None:
+        raise ValueError("A multi-process run needs an unCLIP model known by id (or with a `fingerprint` attribute).")
+    name = "image-{:06d}".format
+    mine = [m for m in range(len(captions)) if ranks.owns(m) and not stage.done(name(m))]
+    if mine:
+        pipe = load_unclip(config.unclip_model, revision=config.unclip_revision,
+                           device=device if isinstance(config.unclip_model, str) or config.device else None,
+                           dtype=dtype if isinstance(config.unclip_model, str) else None)
+
+        def save(indices, images):
+            for m, image in zip(indices, images):
+                stage.save_image(name(m), image)
+
+        synthesize_unclip(
+            pipe, image_protos[mine], [captions[m] for m in mine], negative_prompt=config.negative_prompt,
+            num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
+            noise_level=config.noise_level, seed=config.seed, batch_size=config.synthesis_batch_size,
+            image_size=config.image_size, indices=mine, on_batch=save, show_progress=ranks.is_main)
+    ranks.barrier()
+    return [stage.load_image(name(m)) for m in range(len(captions))]

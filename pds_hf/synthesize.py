@@ -34,11 +34,21 @@ def load_unclip(spec, *, revision: str | None = None, device=None, dtype=None):
         from diffusers import StableUnCLIPImg2ImgPipeline
 
         pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(spec, revision=revision, torch_dtype=dtype)
+        pipe.fingerprint = unclip_fingerprint(spec, revision=revision, dtype=dtype)
     else:
         pipe = spec
     if device is not None:
         pipe = pipe.to(device)
     return pipe
+
+
+def unclip_fingerprint(spec, *, revision: str | None = None, dtype=None) -> str | None:
+    """The cache identity of a decoder: from its id (without loading it), or a pipeline's ``fingerprint``."""
+    if isinstance(spec, str):
+        return f"{spec}@{revision or 'main'}:{dtype}"
+    from .encode import model_fingerprint
+
+    return model_fingerprint(spec)
 
 
 def unclip_embedding_dim(pipe) -> int:
@@ -57,7 +67,8 @@ def resize_image(image, size: int | None):
 
 def synthesize_unclip(pipe, image_embeds, prompts: list[str], *, negative_prompt: str = "text, watermark",
                       num_inference_steps: int = 100, guidance_scale: float = 5.0, noise_level: int = 10,
-                      seed: int = 42, batch_size: int = 8, image_size: int | None = 224, first_index: int = 0):
+                      seed: int = 42, batch_size: int = 8, image_size: int | None = 224, indices=None,
+                      on_batch=None, show_progress: bool = True):
     """Decode image prototypes into images with Stable unCLIP.
 
     Args:
@@ -65,18 +76,30 @@ def synthesize_unclip(pipe, image_embeds, prompts: list[str], *, negative_prompt
         image_embeds: ``(M, d)`` image prototypes; ``d`` must match the pipeline (768 for ViT-L/14).
         prompts: the ``M`` retrieved captions.
         negative_prompt, num_inference_steps, guidance_scale, noise_level: passed to the pipeline.
-        seed: pair ``m`` uses a generator seeded with ``seed + first_index + m``.
-        batch_size: prototypes decoded per pipeline call.
+        seed: the prototype with index ``i`` uses a generator seeded with ``seed + i``.
+        batch_size: prototypes decoded per pipeline call (does not change the images).
         image_size: output side in pixels (LANCZOS resize); ``None`` keeps the pipeline's size.
-        first_index: global index of the first prototype (when the work is split).
+        indices: the global index of each prototype (default ``0..M-1``), when the work is split.
+        on_batch: called as ``on_batch(indices, images)`` after each batch, e.g. to save them.
+        show_progress: show a progress bar.
 
     Returns:
         A list of ``M`` RGB PIL images.
+
+    Example:
+        ```py
+        >>> from pds_hf.testing import tiny_unclip_pipeline
+        >>> images = synthesize_unclip(tiny_unclip_pipeline(), np.zeros((2, 32)), ["a cat", "a dog"],
+        ...                            num_inference_steps=2, image_size=None)
+        >>> images[0].size
+        (32, 32)
+        ```
     """
     import torch
     from datasets.utils import tqdm
 
     image_embeds = np.asarray(image_embeds, dtype=np.float32)
+    indices = list(range(len(prompts))) if indices is None else [int(i) for i in indices]
     expected = unclip_embedding_dim(pipe)
     if image_embeds.shape[1] != expected:
         raise ValueError(
@@ -88,11 +111,10 @@ def synthesize_unclip(pipe, image_embeds, prompts: list[str], *, negative_prompt
     dtype = pipe.unet.dtype
     generator_device = "cpu" if device.type == "mps" else device
     images = []
-    with tqdm(total=len(prompts), desc="Synthesizing images", unit="image") as bar:
+    with tqdm(total=len(prompts), desc="Synthesizing images", unit="image", disable=not show_progress or None) as bar:
         for start in range(0, len(prompts), batch_size):
             stop = min(start + batch_size, len(prompts))
-            generators = [torch.Generator(generator_device).manual_seed(seed + first_index + m)
-                          for m in range(start, stop)]
+            generators = [torch.Generator(generator_device).manual_seed(seed + i) for i in indices[start:stop]]
             out = pipe(
                 prompt=list(prompts[start:stop]),
                 negative_prompt=[negative_prompt] * (stop - start),
@@ -103,7 +125,10 @@ def synthesize_unclip(pipe, image_embeds, prompts: list[str], *, negative_prompt
                 generator=generators,
                 output_type="pil",
             )
-            images.extend(resize_image(image.convert("RGB"), image_size) for image in out.images)
+            batch = [resize_image(image.convert("RGB"), image_size) for image in out.images]
+            if on_batch is not None:
+                on_batch(indices[start:stop], batch)
+            images.extend(batch)
             bar.update(stop - start)
     return images
 

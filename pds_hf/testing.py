@@ -84,6 +84,8 @@ def tiny_clip_encoder(seed: int = 0):
     model, processor = tiny_clip_model(seed)
     encoder = TransformersEncoder(model, processor)
     encoder.name = "pds-hf/tiny-random-clip"
+    # Built from a fixed config and seed, so its outputs are reproducible and may be cached.
+    encoder.fingerprint = f"pds-hf/tiny-random-clip:seed={seed}"
     return encoder
 
 
@@ -144,4 +146,5 @@ def tiny_unclip_pipeline(seed: int = 0, *, embedding_dim: int = TINY_EMBED_DIM):
     )
     pipe.set_progress_bar_config(disable=True)
     pipe.register_to_config(_name_or_path="pds-hf/tiny-random-unclip")
+    pipe.fingerprint = f"pds-hf/tiny-random-unclip:seed={seed}:dim={embedding_dim}"
     return pipe

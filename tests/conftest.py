@@ -49,6 +49,21 @@ def png_bytes(colour=(255, 0, 0), size=(8, 8)):
     return buffer.getvalue()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def pds_cache(tmp_path_factory):
+    """Keep the stage cache of every run in this session out of the user's home."""
+    import os
+
+    path = tmp_path_factory.mktemp("pds-cache")
+    old = os.environ.get("PDS_HF_CACHE")
+    os.environ["PDS_HF_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("PDS_HF_CACHE", None)
+    else:
+        os.environ["PDS_HF_CACHE"] = old
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -1,0 +1,132 @@
+"""Resumable stages: results on disk under explicit fingerprints, written atomically.
+
+Every stage of a run writes its results into a folder named after a fingerprint of everything that
+determines them (source dataset fingerprint, columns, model id and revision, parameters). A file
+appears whole or not at all (written to a temporary name, then renamed), and a shard counts as done
+only once its completion marker exists, so a killed run loses at most the shard it was writing;
+starting it again with the same arguments skips the finished shards.
+
+The cache lives in ``$PDS_HF_CACHE``, else ``$HF_HOME/pds_hf`` (``~/.cache/huggingface/pds_hf``). In a
+multi-machine run it must be on a filesystem that every process sees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    """``$PDS_HF_CACHE``, else ``$HF_HOME/pds_hf``."""
+    if os.environ.get("PDS_HF_CACHE"):
+        return Path(os.environ["PDS_HF_CACHE"])
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HOME) / "pds_hf"
+
+
+def fingerprint(*parts) -> str:
+    """A short stable hash of JSON-serialisable ``parts``."""
+    text = json.dumps([CACHE_FORMAT, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class Stage:
+    """One stage's folder of results: named array bundles, images and JSON, each with a marker."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Stage({str(self.path)!r})"
+
+    def done(self, name: str) -> bool:
+        return (self.path / f"{name}.done").exists()
+
+    def _mark(self, name: str) -> None:
+        _atomic_write(self.path / f"{name}.done", lambda handle: handle.write(b""))
+
+    def save_arrays(self, name: str, **arrays) -> None:
+        _atomic_write(self.path / f"{name}.npz", lambda handle: np.savez(handle, **arrays))
+        self._mark(name)
+
+    def load_arrays(self, name: str) -> dict:
+        with np.load(self.path / f"{name}.npz", allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+
+    def save_json(self, name: str, value) -> None:
+        _atomic_write(self.path / f"{name}.json", lambda handle: handle.write(json.dumps(value).encode()))
+        self._mark(name)
+
+    def load_json(self, name: str):
+        return json.loads((self.path / f"{name}.json").read_text())
+
+    def save_image(self, name: str, image) -> None:
+        _atomic_write(self.path / f"{name}.png", lambda handle: image.save(handle, format="PNG"))
+        self._mark(name)
+
+    def load_image(self, name: str):
+        from PIL import Image
+
+        with Image.open(self.path / f"{name}.png") as image:
+            return image.copy()
+
+
+class MemoryStage(Stage):
+    """A stage kept in memory: used when caching is off or a model has no fingerprint."""
+
+    def __init__(self):
+        self.path = None
+        self._items: dict[str, object] = {}
+
+    def __repr__(self) -> str:
+        return "MemoryStage()"
+
+    def done(self, name: str) -> bool:
+        return name in self._items
+
+    def save_arrays(self, name: str, **arrays) -> None:
+        self._items[name] = dict(arrays)
+
+    def load_arrays(self, name: str) -> dict:
+        return self._items[name]
+
+    def save_json(self, name: str, value) -> None:
+        self._items[name] = value
+
+    def load_json(self, name: str):
+        return self._items[name]
+
+    def save_image(self, name: str, image) -> None:
+        self._items[name] = image
+
+    def load_image(self, name: str):
+        return self._items[name]
+
+
+def open_stage(cache_dir, stage: str, key: str | None) -> Stage:
+    """The on-disk :class:`Stage` ``<cache_dir>/<stage>-<key>``, or a :class:`MemoryStage` if
+    ``cache_dir`` or ``key`` is None (nothing to resume from)."""
+    if cache_dir is None or key is None:
+        return MemoryStage()
+    return Stage(Path(cache_dir) / f"{stage}-{key}")
