@@ -10,12 +10,15 @@ Example:
 """
 
 from .config import DistillConfig
+from .evaluation import evaluate
 from .pipeline import distill, metadata
 from .prototypes import Prototypes, prototypes_from_embeddings
+from .publish import push_to_hub, save_to_folder
 
 __version__ = "0.1.0"
 
-__all__ = ["DistillConfig", "Prototypes", "distill", "metadata", "prototypes_from_embeddings"]
+__all__ = ["DistillConfig", "Prototypes", "distill", "evaluate", "metadata", "prototypes_from_embeddings",
+           "push_to_hub", "save_to_folder"]
 
 
 def _dataset_distill(self, config: DistillConfig | None = None, **overrides):

@@ -40,7 +40,12 @@ def _add_distill(subparsers):
                    help="Use the built-in shapes dataset and tiny random models (no network, no GPU).")
     p.add_argument("--split", help="Split to distill (needed when the dataset has several).")
     p.add_argument("--config-name", help="Dataset configuration name.")
-    p.add_argument("--output", "-o", required=True, help="Folder to write (parquet + README.md).")
+    p.add_argument("--output", "-o", help="Folder to write (parquet + README.md + preview.png).")
+    p.add_argument("--push-to-hub", metavar="REPO_ID",
+                   help="Publish as a Hub dataset: data, card and preview in one commit.")
+    p.add_argument("--private", action="store_true", help="Create the Hub repository private.")
+    p.add_argument("--token", help="Hub token (default: HF_TOKEN or `hf auth login`).")
+    p.add_argument("--license", help="License id for the card (default: the one the source dataset's card declares).")
     p.add_argument("--overwrite", action="store_true", help="Replace --output if it exists.")
     p.add_argument("--num-pairs", type=int, help="Distilled pairs M (default 100; 16 with --demo).")
     p.add_argument("--method", choices=["pds", "random", "herding", "kcenter"], default="pds")
@@ -68,11 +73,17 @@ def _add_distill(subparsers):
 def run_distill(args) -> int:
     import pds_hf
     from pds_hf.distributed import current_ranks
-    from pds_hf.publish import save_to_folder
+    from pds_hf.publish import prepare_push, push_to_hub, save_to_folder
 
-    output = Path(args.output)
-    if output.exists() and not args.overwrite:
+    if not args.output and not args.push_to_hub:
+        raise SystemExit("error: pass --output DIR, --push-to-hub ORG/NAME, or both.")
+    output = Path(args.output) if args.output else None
+    if output is not None and output.exists() and not args.overwrite:
         raise SystemExit(f"error: {output} exists; pass --overwrite or choose another --output.")
+    source = None if args.demo else args.dataset
+    if args.push_to_hub and current_ranks().is_main:
+        # Token, namespace and license are checked before any data or model is loaded.
+        prepare_push(args.push_to_hub, token=args.token, license=args.license, source=source)
     overrides = {k: v for k, v in dict(
         method=args.method, synthesis=args.synthesis, clip_revision=args.clip_revision,
         unclip_revision=args.unclip_revision, image_column=args.image_column, caption_column=args.caption_column,
@@ -98,7 +109,9 @@ def run_distill(args) -> int:
     small = pds_hf.distill(ds, config)
     if not current_ranks().is_main:
         return 0  # every process returns the same set; the main one writes it
-    save_to_folder(small, output, overwrite=args.overwrite)
+    if output is not None:
+        save_to_folder(small, output, overwrite=args.overwrite, repo_id=args.push_to_hub, license=args.license,
+                       source=source)
     meta = pds_hf.metadata(small)
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in meta["stages_seconds"].items())
     source = meta["source"]
@@ -106,7 +119,12 @@ def run_distill(args) -> int:
           f"distinct captions) into {len(small)} pairs in {time.perf_counter() - start:.1f}s "
           f"on {meta['processes']} process(es).")
     print(f"Stages: {stages}")
-    print(f"Wrote {output}  (load it with: load_dataset({str(output)!r}, split='train'))")
+    if output is not None:
+        print(f"Wrote {output}  (load it with: load_dataset({str(output)!r}, split='train'))")
+    if args.push_to_hub:
+        commit = push_to_hub(small, args.push_to_hub, private=True if args.private else None, token=args.token,
+                             license=args.license, source=source)
+        print(f"Published {commit.repo_url}  (load it with: load_dataset({args.push_to_hub!r}, split='train'))")
     return 0
 
 
@@ -128,9 +146,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    from pds_hf.publish import PublishError
+
     try:
         return args.func(args)
-    except (ValueError, TypeError, KeyError, FileExistsError) as err:
+    except (ValueError, TypeError, KeyError, FileExistsError, PublishError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         return 2

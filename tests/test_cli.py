@@ -66,3 +66,24 @@ def test_entry_point_runs_as_a_module():
     result = subprocess.run([sys.executable, "-m", "pds_hf.cli", "distill", "--help"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "--num-pairs" in result.stdout
+
+
+def test_demo_pushes_to_the_hub(hub, capsys):
+    code = main(["distill", "--demo", "--num-pairs", "4", "--steps", "2", "--push-to-hub", "tester/demo-pds",
+                 "--license", "cc0-1.0", "--token", hub.token, "--private"])
+    assert code == 0
+    assert "Published" in capsys.readouterr().out
+    files = hub.repo_files("tester/demo-pds")
+    assert "README.md" in files and "preview.png" in files
+    assert any(name.startswith("data/train-") for name in files)
+    small = load_dataset("tester/demo-pds", split="train", token=hub.token)
+    assert len(small) == 4
+
+
+def test_push_without_token_fails_before_any_work(hub, capsys, monkeypatch):
+    import pds_hf
+
+    monkeypatch.setattr(pds_hf, "distill", lambda *a, **k: pytest.fail("distilled before checking the token"))
+    code = main(["distill", "--demo", "--push-to-hub", "tester/x", "--license", "cc0-1.0"])
+    assert code == 2
+    assert "token" in capsys.readouterr().err.lower()

@@ -50,6 +50,28 @@ def module_digest(module: torch.nn.Module) -> str:
     return digest
 
 
+def encoder_cache_key(encoder, *, name: str | None = None) -> str | None:
+    """Cache identity of an encoder (``encode_images``/``encode_texts`` object), or ``None`` if unknown.
+
+    An encoder that carries a ``fingerprint`` string (set by ``TransformersEncoder.from_pretrained``: model
+    id, revision and dtype) is identified by it; one over a torch model by its name and a hash of its
+    weights (tiny random test models share a name but not weights); another object only by an explicit
+    ``name``.
+    """
+    from ..encode import encoder_name
+
+    fingerprint = getattr(encoder, "fingerprint", None)
+    if isinstance(fingerprint, str) and fingerprint:
+        return f"encoder:{fingerprint}"
+    label = name or encoder_name(encoder)
+    model = getattr(encoder, "model", None)
+    if isinstance(model, torch.nn.Module):
+        return f"encoder:{label}:{module_digest(model)}"
+    if name or getattr(encoder, "name", None):
+        return f"encoder:{label}"
+    return None
+
+
 class Student:
     """A frozen image network with a name.
 
@@ -63,15 +85,11 @@ class Student:
     Build one with :func:`load_student`.
     """
 
-    def __init__(self, encode, *, name: str, cache_key=None, batch_size: int = 64):
+    def __init__(self, encode, *, name: str, cache_key: str | None = None, batch_size: int = 64):
         self._encode = encode
         self.name = name
-        self._cache_key = cache_key
+        self.cache_key = cache_key
         self.batch_size = batch_size
-
-    @property
-    def cache_key(self) -> str | None:
-        return self._cache_key() if callable(self._cache_key) else self._cache_key
 
     def encode_images(self, images: list) -> np.ndarray:
         """Return ``(len(images), d)`` float32 features for a list of RGB PIL images."""
@@ -132,15 +150,15 @@ def _module_student(module, *, name, transform, transform_description, device, b
     device = _pick_device(device)
     module = module.eval().to(device)
     module.requires_grad_(False)
+    # A half-precision network gets half-precision pixels.
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
 
     def encode(images):
-        batch = torch.stack([transform(image) for image in images]).to(device)
+        batch = torch.stack([transform(image) for image in images]).to(device, dtype)
         with torch.inference_mode():
             return _features_of(module(batch))
 
-    def cache_key():
-        return f"module:{name}:{module_digest(module)}:{transform_description}"
-
+    cache_key = f"module:{name}:{module_digest(module)}:{transform_description}"
     return Student(encode, name=name, cache_key=cache_key, batch_size=batch_size)
 
 
@@ -212,13 +230,8 @@ def load_student(spec, *, name: str | None = None, pretrained: bool = True, tran
     if hasattr(spec, "encode_images"):
         from ..encode import encoder_name
 
-        label = name or encoder_name(spec)
-        model = getattr(spec, "model", None)
-        if isinstance(model, torch.nn.Module):
-            key = lambda: f"encoder:{label}:{module_digest(model)}"  # noqa: E731
-        else:
-            key = f"encoder:{label}" if (name or getattr(spec, "name", None)) else None
-        return Student(spec.encode_images, name=label, cache_key=key, batch_size=batch_size)
+        return Student(spec.encode_images, name=name or encoder_name(spec),
+                       cache_key=encoder_cache_key(spec, name=name), batch_size=batch_size)
     if callable(spec):
         label = name or getattr(spec, "name", None)
         return Student(spec, name=label or getattr(spec, "__name__", type(spec).__name__),
