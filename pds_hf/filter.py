@@ -25,14 +25,17 @@ def pair_similarity(image_embeds, text_embeds, pair_image=None, pair_text=None, 
             tables are already aligned row by row.
         chunk: pairs per block, to bound memory on millions of pairs.
     """
-    image_unit, text_unit = normalize(image_embeds), normalize(text_embeds)
-    n = len(pair_image) if pair_image is not None else len(image_unit)
+    image_embeds, text_embeds = np.asarray(image_embeds), np.asarray(text_embeds)
+    n = len(pair_image) if pair_image is not None else len(image_embeds)
     pair_image = np.arange(n) if pair_image is None else np.asarray(pair_image)
     pair_text = np.arange(n) if pair_text is None else np.asarray(pair_text)
     out = np.empty(n, dtype=np.float32)
+    # Rows are normalised block by block (never a normalised copy of a whole table): the same
+    # numbers as normalising the tables first, since each row is scaled on its own.
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        out[start:stop] = np.einsum("ij,ij->i", image_unit[pair_image[start:stop]], text_unit[pair_text[start:stop]])
+        out[start:stop] = np.einsum("ij,ij->i", normalize(image_embeds[pair_image[start:stop]]),
+                                    normalize(text_embeds[pair_text[start:stop]]))
     return out
 
 

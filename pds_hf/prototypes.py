@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .align import align_clusters, count_table
-from .cluster import kmeans
+from .align import align_clusters, sparse_count_table
+from .cluster import DEFAULT_MAX_POINTS_PER_CENTROID, kmeans
 from .filter import filter_pairs, normalize, pair_similarity
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ class Prototypes:
         return len(self.support)
 
 
-def _cluster_side(embeds, pair_index, kept, weights, k, *, what, seed, iterations, restarts, init, gpu):
+def _cluster_side(embeds, pair_index, kept, weights, k, *, what, seed, iterations, restarts, init, gpu,
+                  max_points_per_centroid):
     """Cluster the distinct rows of ``embeds`` used by kept pairs; return per-pair labels and the fit."""
     counts = np.bincount(pair_index[kept], weights=weights[kept], minlength=len(embeds))
     used = np.flatnonzero(counts > 0)
@@ -78,25 +79,41 @@ def _cluster_side(embeds, pair_index, kept, weights, k, *, what, seed, iteration
             f"num_pairs={k} is more than the {len(used)} distinct {what}s left after filtering; "
             f"lower num_pairs (or rm_ratio)."
         )
-    fit = kmeans(embeds[used], k, weights=counts[used], seed=seed, iterations=iterations,
-                 restarts=restarts, init=init, gpu=gpu)
+    # k-means reads the used rows in place (``rows``) rather than from a copy of them.
+    fit = kmeans(embeds, k, weights=counts[used], seed=seed, iterations=iterations, restarts=restarts,
+                 init=init, gpu=gpu, max_points_per_centroid=max_points_per_centroid,
+                 rows=None if len(used) == len(embeds) else used)
     label_of_row = np.full(len(embeds), -1, dtype=np.int64)
     label_of_row[used] = fit.labels
     labels = np.where(kept, label_of_row[pair_index], -1)
     return labels, fit
 
 
-def _group_means(embeds, pair_index, group, weights, num_groups):
-    """Weighted mean of ``embeds[pair_index]`` per group id (pairs with group -1 ignored)."""
+def _group_means(embeds, pair_index, group, weights, num_groups, *, chunk: int = 16384):
+    """Weighted mean of ``embeds[pair_index]`` per group id (pairs with group -1 ignored).
+
+    Sums in float64, a block of pairs at a time, so that no float64 copy of the table is made.
+    """
     from scipy.sparse import csr_matrix
 
-    member = group >= 0
-    matrix = csr_matrix((weights[member], (group[member], pair_index[member])), shape=(num_groups, len(embeds)))
-    totals = np.asarray(matrix.sum(axis=1)).ravel()
-    sums = matrix @ embeds.astype(np.float64)
+    member = np.flatnonzero(group >= 0)
+    totals = np.bincount(group[member], weights=weights[member], minlength=num_groups).astype(np.float64)
+    sums = np.zeros((num_groups, embeds.shape[1]), dtype=np.float64)
+    for start in range(0, len(member), chunk):
+        block = member[start:start + chunk]
+        rows, inverse = np.unique(pair_index[block], return_inverse=True)
+        matrix = csr_matrix((weights[block], (group[block], inverse)), shape=(num_groups, len(rows)))
+        sums += matrix @ embeds[rows].astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         means = sums / totals[:, None]
     return means, totals
+
+
+def _first_bad_rows(array, *, chunk: int = 65536) -> np.ndarray:
+    """Rows holding NaN or inf, checked a block at a time."""
+    bad = [start + np.flatnonzero(~np.isfinite(array[start:start + chunk]).all(axis=1))
+           for start in range(0, len(array), chunk)]
+    return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
 
 
 def prototypes_from_embeddings(
@@ -113,6 +130,7 @@ def prototypes_from_embeddings(
     kmeans_iterations: int = 25,
     kmeans_restarts: int = 1,
     kmeans_init: str = "k-means++",
+    kmeans_max_points_per_centroid: int | None = DEFAULT_MAX_POINTS_PER_CENTROID,
     gpu: bool | None = None,
 ) -> Prototypes:
     """Steps 2-5 of PDS (filter, cluster each modality, align, prototypes) on precomputed embeddings.
@@ -131,8 +149,8 @@ def prototypes_from_embeddings(
             centres, as the reference does for M < 300) or ``"drop"`` (as the paper says).
         image_index: ``(N,)`` row of ``image_embeds`` of each pair, so that each image is stored once.
         text_index: ``(N,)`` row of ``text_embeds`` of each pair.
-        kmeans_iterations, kmeans_restarts, kmeans_init: faiss k-means settings (see
-            :func:`pds_hf.cluster.kmeans`).
+        kmeans_iterations, kmeans_restarts, kmeans_init, kmeans_max_points_per_centroid: faiss
+            k-means settings (see :func:`pds_hf.cluster.kmeans`).
         gpu: run k-means on GPU (``None``: when faiss-gpu sees one).
 
     Returns:
@@ -157,7 +175,7 @@ def prototypes_from_embeddings(
     for name, array in (("image_embeds", image_embeds), ("text_embeds", text_embeds)):
         if array.ndim != 2:
             raise ValueError(f"{name} must be 2-D (rows, dim), got shape {array.shape}.")
-        bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+        bad = _first_bad_rows(array)
         if bad.size:
             raise ValueError(f"{name} has NaN or inf in {bad.size} row(s), first {bad[:5].tolist()}; "
                              "fix or drop those rows.")
@@ -185,11 +203,13 @@ def prototypes_from_embeddings(
         )
     k = int(num_pairs)
     side = dict(kept=kept, weights=weights, k=k, seed=seed, iterations=kmeans_iterations,
-                restarts=kmeans_restarts, init=kmeans_init, gpu=gpu)
+                restarts=kmeans_restarts, init=kmeans_init, gpu=gpu,
+                max_points_per_centroid=kmeans_max_points_per_centroid)
     image_labels, image_fit = _cluster_side(image_embeds, image_index, what="image", **side)
     text_labels, text_fit = _cluster_side(text_embeds, text_index, what="caption", **side)
 
-    counts = count_table(image_labels[kept], text_labels[kept], k, weights=weights[kept])
+    # Sparse: at most one cell per kept pair, never k * k (align_clusters densifies small tables).
+    counts = sparse_count_table(image_labels[kept], text_labels[kept], k, weights=weights[kept])
     image_cluster, text_cluster = align_clusters(counts)
 
     # Each kept pair belongs to the match of its image cluster if its caption is in the matched text cluster.

@@ -1,0 +1,277 @@
+"""GPU timings of the two model stages of PDS, with random-weight models of the real architectures.
+
+1. **Encode**: CLIP ViT-L/14 (``openai/clip-vit-large-patch14``'s shapes: vision 1024 hidden, 24
+   layers, 16 heads, patch 14, 224 px; text 768 hidden, 12 layers, 12 heads; projection 768) in fp16.
+   Images/s of ``pds_hf.encode.encode_table`` (reading rows, decoding JPEG/PNG in a background thread,
+   the CLIP image processor on the CPU, the forward pass, the checks) against the bare forward on
+   the same batches, already preprocessed and on the GPU.
+2. **Synthesize**: ``StableUnCLIPImg2ImgPipeline`` with the architecture of
+   ``stabilityai/stable-diffusion-2-1-unclip-small``, fp16, 100 steps, guidance 5, noise level 10,
+   native 768x768, one image per call (``pds_hf.synthesize.synthesize_unclip``): seconds per image.
+
+Where the synthesis config comes from: the checkpoint was converted by diffusers from Stability AI's
+``configs/stable-diffusion/v2-1-stable-unclip-l-inference.yaml`` (github Stability-AI/stablediffusion):
+UNet ``model_channels 320, channel_mult [1, 2, 4, 4], num_res_blocks 2, attention_resolutions
+[4, 2, 1], num_head_channels 64, use_linear_in_transformer, context_dim 1024, num_classes
+"sequential", adm_in_channels 1536``, latent 96x96 (``image_size 96``); VAE ``ch 128, ch_mult
+[1, 2, 4, 4], num_res_blocks 2, z_channels 4``; text encoder OpenCLIP ViT-H/14 text tower, penultimate
+layer (CLIPTextModel: 1024 hidden, 23 layers, 16 heads, 4096 MLP); image-embedding noise augmentation
+``timestep_dim 768``, ``squaredcos_cap_v2`` over 1000 steps; v-prediction, ``linear_start 0.00085,
+linear_end 0.012``. diffusers' ``convert_from_ckpt.py`` maps these to the ``UNet2DConditionModel``
+arguments below (``attention_head_dim = [5, 10, 20, 20]``, ``class_embed_type="projection"``,
+``projection_class_embeddings_input_dim=1536``, ``sample_size=96``); the pipeline's
+``model_index.json`` lists the same components (feature_extractor, image_encoder = CLIP ViT-L/14
+vision, image_normalizer, image_noising_scheduler, scheduler, text_encoder, tokenizer, unet, vae).
+Random weights make meaningless images at the real cost. The tokenizer is a small in-memory one
+(``pds_hf.testing``); the text models keep CLIP's 49408-token embedding table so memory matches.
+
+Usage:
+    python benchmarks/gpu/bench_gpu.py              # on a CUDA machine: a few minutes
+    python benchmarks/gpu/bench_gpu.py --quick      # tiny models on CPU: checks that it runs
+Results are printed and appended to benchmarks/gpu/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks" / "perf"))
+sys.path.insert(0, str(ROOT))
+
+from machine import append_results, markdown_table  # noqa: E402
+
+RESULTS = HERE / "RESULTS.md"
+CLIP_VOCAB = 49408
+
+
+def clip_vit_l14(quick: bool):
+    """A random-weight CLIPModel with ViT-L/14's shapes (tiny with ``quick``) and its processor."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from pds_hf.testing import tiny_clip_tokenizer
+
+    tokenizer = tiny_clip_tokenizer()
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id, max_position_embeddings=77)
+    if quick:
+        text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, **ids)
+        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      image_size=224, patch_size=14)
+        projection = 32
+    else:
+        text = dict(vocab_size=CLIP_VOCAB, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                    num_attention_heads=12, hidden_act="quick_gelu", **ids)
+        vision = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                      image_size=224, patch_size=14, hidden_act="quick_gelu")
+        projection = 768
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection)).eval()
+    return model, CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer)
+
+
+def unclip_small(quick: bool, device, dtype):
+    """A random-weight StableUnCLIPImg2ImgPipeline with stable-diffusion-2-1-unclip-small's architecture."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableUnCLIPImg2ImgPipeline,
+        UNet2DConditionModel,
+    )
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    from pds_hf.testing import tiny_clip_tokenizer
+
+    tokenizer = tiny_clip_tokenizer()
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id, max_position_embeddings=77)
+    if quick:
+        embed, channels, heads, context, latent = 32, (32, 64, 64, 64), (2, 4, 4, 4), 32, 8
+        text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, projection_dim=32, **ids)
+        vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                  image_size=224, patch_size=14, projection_dim=embed)
+        vae_channels, groups = (32, 32, 64, 64), 32
+    else:
+        embed, channels, heads, context, latent = 768, (320, 640, 1280, 1280), (5, 10, 20, 20), 1024, 96
+        text = CLIPTextConfig(vocab_size=CLIP_VOCAB, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+                              num_attention_heads=16, projection_dim=512, hidden_act="gelu", **ids)
+        vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                  num_attention_heads=16, image_size=224, patch_size=14, projection_dim=768,
+                                  hidden_act="quick_gelu")
+        vae_channels, groups = (128, 256, 512, 512), 32
+    torch.manual_seed(0)
+    # Built directly on the device: random init of ~1.3B parameters on a CPU takes minutes.
+    with torch.device(device):
+        unet = UNet2DConditionModel(
+            sample_size=latent, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=channels,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, attention_head_dim=heads,
+            cross_attention_dim=context, use_linear_projection=True, class_embed_type="projection",
+            projection_class_embeddings_input_dim=2 * embed)
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=vae_channels, layers_per_block=2,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            norm_num_groups=groups, sample_size=latent * 8)
+        text_encoder = CLIPTextModel(text)
+        image_encoder = CLIPVisionModelWithProjection(vision)
+        image_normalizer = StableUnCLIPImageNormalizer(embedding_dim=embed)
+    pipe = StableUnCLIPImg2ImgPipeline(
+        feature_extractor=CLIPImageProcessor(),
+        image_encoder=image_encoder.eval(),
+        image_normalizer=image_normalizer,
+        image_noising_scheduler=DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2"),
+        tokenizer=tokenizer,
+        text_encoder=text_encoder.eval(),
+        unet=unet.eval(),
+        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1,
+                                clip_sample=False),
+        vae=vae.eval(),
+    ).to(device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, embed
+
+
+def sync(device):
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_encode(args, device, dtype):
+    import torch
+
+    from bench_encode import image_dataset
+    from pds_hf.encode import TransformersEncoder, encode_table
+    from pds_hf.inputs import load_images, read_pairs
+
+    model, processor = clip_vit_l14(args.quick)
+    encoder = TransformersEncoder(model, processor, device=device, dtype=dtype)
+    ds = image_dataset(args.images)
+    table = read_pairs(ds)
+    rows = table.image_rows
+    batches = []
+    for start in range(0, len(rows), args.batch_size):
+        images = load_images(ds, "image", rows[start:start + args.batch_size])
+        batches.append(processor(images=images, return_tensors="pt")["pixel_values"].to(device, dtype))
+
+    text_batches = []
+    for start in range(0, len(table.texts), args.batch_size):
+        tokens = processor.tokenizer(table.texts[start:start + args.batch_size], padding=True, truncation=True,
+                                     return_tensors="pt")
+        text_batches.append({k: tokens[k].to(device) for k in ("input_ids", "attention_mask")})
+
+    def bare():
+        with torch.inference_mode():
+            for pixel_values in batches:
+                model.get_image_features(pixel_values=pixel_values)
+            for tokens in text_batches:
+                model.get_text_features(**tokens)
+        sync(device)
+
+    def full():
+        encode_table(encoder, ds, table, batch_size=args.batch_size)
+        sync(device)
+
+    bare()
+    timings = {}
+    for name, fn in (("bare", bare), ("full", full), ("bare", bare), ("full", full)):
+        start = time.perf_counter()
+        fn()
+        timings[name] = min(timings.get(name, float("inf")), time.perf_counter() - start)
+    del model, encoder, batches, text_batches
+    n = len(rows)
+    return [
+        ["encode: bare forward (preprocessed, on device)", f"{n / timings['bare']:.1f} images/s",
+         f"{timings['bare']:.2f} s for {n} images + {len(table.texts)} captions"],
+        ["encode: encode_table (everything)", f"{n / timings['full']:.1f} images/s",
+         f"{timings['full']:.2f} s for the same; overhead {(timings['full'] / timings['bare'] - 1) * 100:.0f}%"],
+    ]
+
+
+def bench_synthesis(args, device, dtype):
+    import numpy as np
+    import torch
+
+    from pds_hf.synthesize import synthesize_unclip
+
+    build = time.perf_counter()
+    pipe, embed = unclip_small(args.quick, device, dtype)
+    sync(device)
+    build = time.perf_counter() - build
+    rng = np.random.default_rng(0)
+    prompts = [f"a photo of a dog on a beach, number {i}" for i in range(args.synth_images)]
+    embeds = rng.normal(size=(args.synth_images, embed)).astype(np.float32)
+    steps = 2 if args.quick else 100
+    synthesize_unclip(pipe, embeds[:1], prompts[:1], num_inference_steps=2, image_size=224)  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    synthesize_unclip(pipe, embeds, prompts, num_inference_steps=steps, guidance_scale=5.0, noise_level=10,
+                      batch_size=1, image_size=224)
+    sync(device)
+    seconds = (time.perf_counter() - start) / args.synth_images
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    params = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
+    peak = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device == "cuda" else ""
+    return [[f"synthesize: unCLIP {side}x{side}, {steps} steps, guidance 5, batch 1", f"{seconds:.2f} s/image",
+             f"UNet {params:.0f}M parameters, built in {build:.0f} s{peak}"]]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny models on CPU (a smoke run)")
+    parser.add_argument("--images", type=int, help="images to encode (default 1024; 8 with --quick)")
+    parser.add_argument("--batch-size", type=int, help="encode batch (default 128; 4 with --quick)")
+    parser.add_argument("--synth-images", type=int, help="images to synthesize (default 3; 1 with --quick)")
+    parser.add_argument("--skip", choices=["encode", "synthesis"], help="leave one stage out")
+    args = parser.parse_args()
+    args.images = args.images or (8 if args.quick else 1024)
+    args.batch_size = args.batch_size or (4 if args.quick else 128)
+    args.synth_images = args.synth_images or (1 if args.quick else 3)
+
+    import torch
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+    if args.quick:
+        device, dtype = "cpu", torch.float32
+    elif not torch.cuda.is_available():
+        print("bench_gpu: no CUDA GPU is visible to torch, so there is nothing to time. Run it on a GPU "
+              "machine, or pass --quick for a tiny CPU run that checks the script works.")
+        return 0
+    else:
+        device, dtype = "cuda", torch.float16
+    rows = []
+    if args.skip != "encode":
+        rows += bench_encode(args, device, dtype)
+        print(rows[-2:], flush=True)
+    if args.skip != "synthesis":
+        rows += bench_synthesis(args, device, dtype)
+        print(rows[-1], flush=True)
+    gpu = torch.cuda.get_device_name(0) if device == "cuda" else "none (CPU, --quick: tiny models, not real timings)"
+    body = markdown_table(["stage", "throughput", "detail"], rows)
+    body += (f"\n\nGPU: {gpu}; torch {torch.__version__}, CUDA {torch.version.cuda}; dtype {str(dtype).split('.')[-1]}; "
+             f"{args.images} images of 500x375 (half JPEG, half PNG), batch {args.batch_size}.")
+    append_results("GPU stages" + (" (--quick smoke run)" if args.quick else ""), body, path=RESULTS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

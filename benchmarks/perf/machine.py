@@ -1,0 +1,69 @@
+"""Machine description and result logging shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata as md
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+CACHE = Path(__file__).with_name("cache")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def ram_gib() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    except (ValueError, OSError):
+        return float("nan")
+
+
+def versions(names=("numpy", "scipy", "faiss-cpu", "faiss-gpu", "scikit-learn", "torch", "transformers",
+                    "diffusers", "datasets", "pillow")) -> str:
+    out = []
+    for name in names:
+        try:
+            out.append(f"{name} {md.version(name)}")
+        except md.PackageNotFoundError:
+            continue
+    return ", ".join(out)
+
+
+def describe() -> str:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
+    return (f"{cpu_model()}, {os.cpu_count()} cores, {ram_gib():.0f} GiB RAM, Python {platform.python_version()}, "
+            f"{versions()}; load average at the end {', '.join(f'{v:.1f}' for v in load)}")
+
+
+def command() -> str:
+    return "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def append_results(title: str, body: str, path: Path = RESULTS) -> None:
+    """Append one run (machine, command, table and notes) to the results file."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = (f"\n## {title} ({stamp})\n\n- Machine: {describe()}\n- Command: `{command()}`\n\n{body.rstrip()}\n")
+    if not path.exists():
+        path.write_text("# Benchmark results\n\nAppended by the scripts in this folder; newest last.\n")
+    with path.open("a") as f:
+        f.write(text)
+    print(text)

@@ -1,0 +1,177 @@
+"""The paths that make the steps scale give the same answers as the simple ones.
+
+Sparse count table and sparse assignment against the dense Hungarian solver; k-means on rows in place
+and on a subsample; block-wise similarity and prototype means. All in seconds.
+"""
+
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+from scipy.sparse import random_array
+
+import pds_hf.align as align
+from pds_hf.align import align_clusters, count_table, max_weight_matching, sparse_count_table
+from pds_hf.cluster import kmeans
+from pds_hf.filter import normalize, pair_similarity
+from pds_hf.prototypes import _group_means, prototypes_from_embeddings
+
+
+def _dense_optimum(table):
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return rows, cols, table[rows, cols].sum()
+
+
+def _positive_cells(table, rows, cols):
+    gain = table[rows, cols] > 0
+    return set(zip(rows[gain].tolist(), cols[gain].tolist()))
+
+
+def _random_table(rng, k, density, integer):
+    table = random_array((k, k), density=density, rng=rng, format="csr")
+    table.data = rng.integers(1, 6, size=table.nnz).astype(float) if integer else rng.random(table.nnz) + 1e-3
+    return table
+
+
+# -- sparse count table ---------------------------------------------------------------------------
+
+def test_sparse_count_table_equals_dense(rng):
+    image, text = rng.integers(0, 30, 5000), rng.integers(0, 30, 5000)
+    weights = rng.random(5000) * (rng.random(5000) < 0.9)  # some pairs weigh nothing
+    table = sparse_count_table(image, text, 30, weights=weights)
+    np.testing.assert_allclose(table.toarray(), count_table(image, text, 30, weights=weights))
+    assert (table.data > 0).all(), "only cells with a positive count are stored"
+    assert sparse_count_table([], [], 4).nnz == 0
+
+
+def test_sparse_count_table_memory_follows_pairs_not_clusters(rng):
+    table = sparse_count_table(rng.integers(0, 10**6, 1000), rng.integers(0, 10**6, 1000), 10**6)
+    assert table.shape == (10**6, 10**6) and table.nnz <= 1000
+
+
+# -- sparse assignment ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k,density", [(1, 1.0), (7, 0.3), (50, 0.05), (50, 1.0), (300, 0.01), (1000, 0.003),
+                                       (2000, 0.001)])
+def test_sparse_matching_is_the_dense_optimum_with_distinct_weights(rng, k, density):
+    # Distinct random weights: the set of positive cells in the optimum is unique, so the two
+    # solvers must pick exactly the same cells (the zero cells filling in are arbitrary in both).
+    table = _random_table(rng, k, density, integer=False)
+    dense = table.toarray()
+    rows, cols, total = _dense_optimum(dense)
+    sparse_rows, sparse_cols = max_weight_matching(table)
+    assert sparse_rows.tolist() == list(range(k))
+    assert sorted(sparse_cols.tolist()) == list(range(k)), "a permutation of the text clusters"
+    assert dense[sparse_rows, sparse_cols].sum() == pytest.approx(total, rel=1e-12)
+    assert _positive_cells(dense, sparse_rows, sparse_cols) == _positive_cells(dense, rows, cols)
+
+
+@pytest.mark.parametrize("k,density", [(20, 0.2), (200, 0.02), (800, 0.005), (1500, 0.002)])
+def test_sparse_matching_total_equals_dense_with_tied_counts(rng, k, density):
+    table = _random_table(rng, k, density, integer=True)
+    dense = table.toarray()
+    _, _, total = _dense_optimum(dense)
+    rows, cols = max_weight_matching(table)
+    assert dense[rows, cols].sum() == total
+
+
+def test_sparse_matching_unique_dense_optimum_is_reproduced(rng):
+    # A full table with distinct weights: the whole assignment is unique, zero cells included.
+    k = 60
+    dense = rng.random((k, k)) + 0.01
+    rows, cols, _ = _dense_optimum(dense)
+    from scipy.sparse import csr_array
+
+    sparse_rows, sparse_cols = max_weight_matching(csr_array(dense))
+    assert sparse_rows.tolist() == rows.tolist() and sparse_cols.tolist() == cols.tolist()
+
+
+def test_sparse_matching_degenerate_tables():
+    from scipy.sparse import csr_array
+
+    rows, cols = max_weight_matching(csr_array((4, 4)))  # nothing counted: any permutation, in order
+    assert rows.tolist() == [0, 1, 2, 3] and cols.tolist() == [0, 1, 2, 3]
+    # Greedy (10 first) would give 11; the optimum is 18. Rows 2 and 3 are empty, column 2 too.
+    table = np.zeros((4, 4))
+    table[:2, :2] = [[10, 9], [9, 1]]
+    table[0, 3] = 0.5
+    rows, cols = max_weight_matching(csr_array(table))
+    assert table[rows, cols].sum() == 18
+    assert sorted(cols.tolist()) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="non-negative"):
+        max_weight_matching(csr_array(np.array([[-1.0, 0.0], [0.0, 1.0]])))
+
+
+def test_align_clusters_accepts_sparse_tables_on_both_paths(rng, monkeypatch):
+    image = rng.integers(0, 40, 3000)
+    text = (image * 7 + (rng.random(3000) < 0.3) * rng.integers(0, 40, 3000)) % 40
+    dense = count_table(image, text, 40)
+    sparse = sparse_count_table(image, text, 40)
+    expected = align_clusters(dense)
+    small = align_clusters(sparse)  # densified: identical to the dense solver
+    assert small[0].tolist() == expected[0].tolist() and small[1].tolist() == expected[1].tolist()
+    monkeypatch.setattr(align, "DENSE_MAX_CLUSTERS", 10)
+    large = align_clusters(sparse)
+    assert dense[large].sum() == dense[expected].sum()
+
+
+def test_prototypes_on_the_sparse_path_match_the_dense_optimum(rng, monkeypatch):
+    images = rng.normal(size=(600, 8)).astype(np.float32)
+    texts = (images + 0.5 * rng.normal(size=(600, 8))).astype(np.float32)
+    dense_run = prototypes_from_embeddings(images, texts, 40, rm_ratio=0.1, empty="drop")
+    monkeypatch.setattr(align, "DENSE_MAX_CLUSTERS", 5)
+    monkeypatch.setattr(align, "count_table", None)  # the pipeline must not build a dense table
+    sparse_run = prototypes_from_embeddings(images, texts, 40, rm_ratio=0.1, empty="drop")
+    np.testing.assert_array_equal(sparse_run.image_labels, dense_run.image_labels)
+    assert sparse_run.support.sum() == dense_run.support.sum()
+
+
+# -- k-means --------------------------------------------------------------------------------------
+
+def test_kmeans_rows_equals_clustering_the_copy(rng):
+    x = rng.normal(size=(500, 6)).astype(np.float32)
+    rows = np.sort(rng.choice(500, 300, replace=False))
+    w = rng.random(300) + 0.5
+    a = kmeans(x, 5, weights=w, rows=rows, chunk=64)
+    b = kmeans(x[rows], 5, weights=w)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+    assert a.inertia == pytest.approx(b.inertia, rel=1e-6)
+
+
+def test_kmeans_subsample_fits_on_a_sample_and_assigns_every_point(rng):
+    centres = rng.normal(size=(4, 5)) * 20
+    x = (centres[np.arange(4000) % 4] + rng.normal(size=(4000, 5))).astype(np.float32)
+    fit = kmeans(x, 4, max_points_per_centroid=250, seed=1)  # fits on 1000 of the 4000
+    assert fit.labels.shape == (4000,)
+    # Every point is labelled with its nearest centre and the inertia covers all points.
+    dist = ((x[:, None, :] - fit.centroids[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(fit.labels, dist.argmin(1))
+    assert fit.inertia == pytest.approx(dist.min(1).sum(), rel=1e-4)
+    full = kmeans(x, 4, max_points_per_centroid=None, seed=1)
+    assert fit.inertia <= 1.01 * full.inertia
+    with pytest.raises(ValueError, match="max_points_per_centroid"):
+        kmeans(x, 4, max_points_per_centroid=0)
+
+
+# -- block-wise similarity and means -------------------------------------------------------------
+
+def test_pair_similarity_blocks_equal_normalising_whole_tables(rng):
+    images = rng.normal(size=(300, 16)).astype(np.float32) * 7
+    texts = rng.normal(size=(500, 16)).astype(np.float32)
+    pi, pt = rng.integers(0, 300, 2000), rng.integers(0, 500, 2000)
+    whole = np.einsum("ij,ij->i", normalize(images)[pi], normalize(texts)[pt])
+    np.testing.assert_array_equal(pair_similarity(images, texts, pi, pt, chunk=97), whole)
+
+
+def test_group_means_blocks_equal_direct_means(rng):
+    embeds = rng.normal(size=(50, 4)).astype(np.float32)
+    pair_index = rng.integers(0, 50, 700)
+    group = rng.integers(-1, 6, 700)
+    weights = rng.random(700)
+    means, totals = _group_means(embeds, pair_index, group, weights, 7, chunk=33)
+    for g in range(6):
+        member = group == g
+        np.testing.assert_allclose(totals[g], weights[member].sum())
+        np.testing.assert_allclose(means[g], np.average(embeds[pair_index[member]], axis=0, weights=weights[member]),
+                                   rtol=1e-10)
+    assert totals[6] == 0 and np.isnan(means[6]).all()
