@@ -38,13 +38,54 @@ def _use_gpu(gpu) -> bool:
     return bool(gpu)
 
 
-INIT_METHODS = ("k-means++", "random", "afk-mc2")
+INIT_METHODS = ("k-means++", "faiss-k-means++", "random", "afk-mc2")
 
-# By default Lloyd iterations run on every point. A cap of P points per cluster fits the centres on a
-# random subsample of k*P points (all points are then assigned): much faster on millions of pairs, but
-# measured on CLIP-like 768-d data (benchmarks/perf/RESULTS.md) 256 per centre raised the inertia by
-# 3.5% at k=100 (0.06% with every point), so it is opt-in.
-DEFAULT_MAX_POINTS_PER_CENTROID = None
+# Lloyd iterations run on at most this many (randomly drawn) points per cluster; all points are then
+# assigned to the final centres. Chosen with benchmarks/perf/bench_kmeans.py on CLIP-like 768-d data
+# (see benchmarks/perf/RESULTS.md). ``None`` iterates on every point.
+DEFAULT_MAX_POINTS_PER_CENTROID = 256
+
+
+def init_points(k: int) -> int:
+    """How many points greedy k-means++ seeds from: scikit-learn's MiniBatchKMeans seeds from
+    ``3 * batch_size`` = 30,000 points; more for large ``k`` so that each centre has ~10 to choose from."""
+    return max(30_000, 10 * k)
+
+
+def greedy_kmeans_plus_plus(x: np.ndarray, k: int, *, weights=None, seed: int = 0, trials: int | None = None):
+    """Greedy k-means++ seeding (as scikit-learn's ``kmeans_plusplus``): each new centre is the best,
+    by the resulting weighted potential, of ``trials`` (default ``2 + ln k``) candidates drawn with
+    probability proportional to weight x squared distance to the nearest centre so far.
+
+    Plain k-means++ (one candidate per step) leaves k-means in visibly worse local optima on CLIP-like
+    data at large ``k`` (3-4% higher inertia at k = 1000 after 25 Lloyd iterations).
+
+    Returns:
+        ``(k, d)`` float32 initial centres, rows of ``x``.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    trials = trials or 2 + int(np.log(k))
+    sq = np.einsum("ij,ij->i", x, x)
+    centres = np.empty((k, x.shape[1]), dtype=np.float32)
+    first = int(rng.choice(n, p=w / w.sum()))
+    centres[0] = x[first]
+    closest = np.maximum(sq - 2 * (x @ x[first]) + sq[first], 0)
+    for c in range(1, k):
+        cumulative = np.cumsum(w * closest)
+        if cumulative[-1] <= 0:  # every point sits on a centre already (duplicates): any point will do
+            candidates = rng.integers(0, n, size=trials)
+        else:
+            candidates = np.searchsorted(cumulative, rng.random(trials) * cumulative[-1], side="right")
+            candidates = np.minimum(candidates, n - 1)
+        dist = sq[candidates][:, None] - 2 * (x[candidates] @ x.T) + sq[None, :]
+        np.maximum(dist, 0, out=dist)
+        np.minimum(dist, closest[None, :], out=dist)
+        best = int(np.argmin(dist @ w))
+        closest = dist[best]
+        centres[c] = x[candidates[best]]
+    return centres
 
 
 def kmeans(x, k: int, *, weights=None, seed: int = 42, iterations: int = 25, restarts: int = 1,
@@ -61,9 +102,12 @@ def kmeans(x, k: int, *, weights=None, seed: int = 42, iterations: int = 25, res
         seed: seeds the initial centres and the subsample.
         iterations: Lloyd iterations per run.
         restarts: runs from different initialisations; the lowest-inertia one is kept.
-        init: initial centres: ``"k-means++"`` (as scikit-learn, which the reference uses),
-            ``"random"`` (faiss' default: k points drawn at random; often merges clusters) or
-            ``"afk-mc2"`` (an MCMC approximation of k-means++, cheaper for very large k).
+        init: initial centres: ``"k-means++"``: greedy k-means++ as scikit-learn (which the
+            reference uses) does it, on :func:`init_points` points drawn from those fitted (its cost
+            grows as ``k**2``: for ``k`` in the tens of thousands prefer ``"random"``);
+            ``"faiss-k-means++"``: faiss' plain k-means++ on all fitted points (pds-hf's ``"k-means++"``
+            before 2026-11); ``"random"`` (faiss' default: k points drawn at random; often merges
+            clusters) or ``"afk-mc2"`` (faiss' MCMC approximation of k-means++).
         gpu: use faiss on GPU (``None``: when faiss-gpu sees one).
         max_points_per_centroid: when there are more than ``k`` times this many points, the
             centres are fitted on a uniform random subsample of that size (each sampled point keeps
@@ -93,7 +137,8 @@ def kmeans(x, k: int, *, weights=None, seed: int = 42, iterations: int = 25, res
     if max_points_per_centroid is not None and max_points_per_centroid < 1:
         raise ValueError(f"max_points_per_centroid must be a positive integer or None, got {max_points_per_centroid}.")
     init_method = {"random": faiss.ClusteringInitMethod_RANDOM,
-                   "k-means++": faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS,
+                   "k-means++": faiss.ClusteringInitMethod_RANDOM,  # unused: the centres are given
+                   "faiss-k-means++": faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS,
                    "afk-mc2": faiss.ClusteringInitMethod_AFK_MC2}[init]
     w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
 
@@ -106,11 +151,24 @@ def kmeans(x, k: int, *, weights=None, seed: int = 42, iterations: int = 25, res
     else:
         sample, fit_w = None, w
     fit_x = x if fit_rows is None else x[fit_rows]
-    km = faiss.Kmeans(d, k, niter=iterations, nredo=restarts, seed=seed, gpu=_use_gpu(gpu), init_method=init_method,
-                      # faiss must not subsample again, nor warn about small clusters: distilled sets
-                      # ask for many clusters relative to the data on purpose.
-                      max_points_per_centroid=max(len(fit_x), 1), min_points_per_centroid=1, verbose=False)
-    km.train(fit_x, weights=fit_w)
+    best = None
+    # faiss restarts (nredo) redraw its own initial centres; with given centres, restart here.
+    for run in range(restarts if init == "k-means++" else 1):
+        km = faiss.Kmeans(d, k, niter=iterations, nredo=1 if init == "k-means++" else restarts, seed=seed + run,
+                          gpu=_use_gpu(gpu), init_method=init_method,
+                          # faiss must not subsample again, nor warn about small clusters: distilled
+                          # sets ask for many clusters relative to the data on purpose.
+                          max_points_per_centroid=max(len(fit_x), 1), min_points_per_centroid=1, verbose=False)
+        start = None
+        if init == "k-means++":
+            size = min(len(fit_x), init_points(k))
+            pick = np.sort(np.random.default_rng(seed + run).choice(len(fit_x), size=size, replace=False))
+            start = greedy_kmeans_plus_plus(fit_x[pick], k, weights=None if fit_w is None else fit_w[pick],
+                                            seed=seed + run)
+        objective = km.train(fit_x, weights=fit_w, init_centroids=start)
+        if best is None or objective < best[0]:
+            best = (objective, km)
+    km = best[1]
     del fit_x
 
     labels = np.empty(n, dtype=np.int64)

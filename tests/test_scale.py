@@ -11,7 +11,7 @@ from scipy.sparse import random_array
 
 import pds_hf.align as align
 from pds_hf.align import align_clusters, count_table, max_weight_matching, sparse_count_table
-from pds_hf.cluster import kmeans
+from pds_hf.cluster import INIT_METHODS, greedy_kmeans_plus_plus, kmeans
 from pds_hf.filter import normalize, pair_similarity
 from pds_hf.prototypes import _group_means, prototypes_from_embeddings
 
@@ -151,6 +151,28 @@ def test_kmeans_subsample_fits_on_a_sample_and_assigns_every_point(rng):
     assert fit.inertia <= 1.01 * full.inertia
     with pytest.raises(ValueError, match="max_points_per_centroid"):
         kmeans(x, 4, max_points_per_centroid=0)
+
+
+def test_greedy_kmeans_plus_plus_seeds_spread_rows(rng):
+    centres = rng.normal(size=(6, 3)) * 50
+    x = (centres[np.arange(600) % 6] + rng.normal(size=(600, 3))).astype(np.float32)
+    seeds = greedy_kmeans_plus_plus(x, 6, seed=0)
+    assert all((x == s).all(axis=1).any() for s in seeds), "each seed is a data point"
+    nearest_blob = ((seeds[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+    assert sorted(nearest_blob.tolist()) == list(range(6)), "one seed per well-separated blob"
+    # Points of weight 0 are never drawn; identical points do not break the draw.
+    w = np.where(np.arange(600) % 6 == 0, 0.0, 1.0)
+    seeds = greedy_kmeans_plus_plus(x, 5, weights=w, seed=1)
+    assert not ((seeds[:, None, :] == x[w == 0][None]).all(-1)).any()
+    assert greedy_kmeans_plus_plus(np.ones((10, 2), dtype=np.float32), 3).shape == (3, 2)
+
+
+@pytest.mark.parametrize("init", INIT_METHODS)
+def test_every_init_method_clusters_obvious_groups(init, rng):
+    centres = rng.normal(size=(3, 4)) * 30
+    x = (centres[np.arange(300) % 3] + rng.normal(size=(300, 4))).astype(np.float32)
+    labels = kmeans(x, 3, init=init, restarts=2).labels
+    assert len(set(map(tuple, np.stack([np.arange(300) % 3, labels], 1).tolist()))) == 3
 
 
 # -- block-wise similarity and means -------------------------------------------------------------
