@@ -104,13 +104,23 @@ class TransformersEncoder:
         encoder.fingerprint = f"{model_id}@{revision or 'main'}:{encoder.dtype}"
         return encoder
 
-    def encode_images(self, images: list) -> np.ndarray:
+    def preprocess_images(self, images: list):
+        """The model's input tensor for a list of PIL images (resize, crop, normalise).
+
+        Split from :meth:`encode_pixels` so that the encode stage can run it in a background thread,
+        beside image decoding, while the model works on the previous batch.
+        """
+        return self.processor(images=images, return_tensors="pt")["pixel_values"]
+
+    def encode_pixels(self, pixel_values) -> np.ndarray:
+        """Projected image features of a preprocessed batch."""
         torch = self._torch
-        inputs = self.processor(images=images, return_tensors="pt")
-        pixel_values = inputs["pixel_values"].to(self.device, self.dtype)
         with torch.inference_mode():
-            feats = _features(self.model.get_image_features(pixel_values=pixel_values))
+            feats = _features(self.model.get_image_features(pixel_values=pixel_values.to(self.device, self.dtype)))
         return feats.float().cpu().numpy()
+
+    def encode_images(self, images: list) -> np.ndarray:
+        return self.encode_pixels(self.preprocess_images(images))
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         torch = self._torch
@@ -186,28 +196,38 @@ def _shards(n: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def _encode_image_rows(encoder, ds, image_column: str, rows, batch_size: int, bar):
+def _prepare(encoder, view, image_column: str, rows):
+    """Decode a batch and, when the encoder can, preprocess it: the work of the background thread."""
+    from .inputs import load_images
+
+    images = load_images(view, image_column, rows)
+    ok = np.asarray([i for i, image in enumerate(images) if image is not None], dtype=np.int64)
+    kept = [images[i] for i in ok]
+    if ok.size and hasattr(encoder, "preprocess_images") and hasattr(encoder, "encode_pixels"):
+        return ok, encoder.preprocess_images(kept), True
+    return ok, kept, False
+
+
+def _encode_image_rows(encoder, view, image_column: str, rows, batch_size: int, bar):
     """Encode the images at dataset ``rows``; a row that fails to decode gets NaN and is listed.
 
-    Images are decoded in a background thread while the encoder runs on the previous batch.
+    Images are decoded (and preprocessed, for encoders that split that step out) in a background
+    thread while the encoder runs on the previous batch.
     """
     from concurrent.futures import ThreadPoolExecutor
-
-    from .inputs import load_images
 
     batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
     embeds, failed = None, []
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(load_images, ds, image_column, batches[0]) if batches else None
+        pending = pool.submit(_prepare, encoder, view, image_column, batches[0]) if batches else None
         for b, batch_rows in enumerate(batches):
-            images = pending.result()
+            ok, inputs, preprocessed = pending.result()
             if b + 1 < len(batches):
-                pending = pool.submit(load_images, ds, image_column, batches[b + 1])
-            ok = np.asarray([i for i, image in enumerate(images) if image is not None], dtype=np.int64)
-            failed.extend(b * batch_size + i for i, image in enumerate(images) if image is None)
+                pending = pool.submit(_prepare, encoder, view, image_column, batches[b + 1])
+            failed.extend(b * batch_size + i for i in sorted(set(range(len(batch_rows))) - set(ok.tolist())))
             if ok.size:
-                out = check_embeddings(encoder.encode_images([images[i] for i in ok]), what="image",
-                                       expected_rows=ok.size, row_ids=batch_rows[ok])
+                out = encoder.encode_pixels(inputs) if preprocessed else encoder.encode_images(inputs)
+                out = check_embeddings(out, what="image", expected_rows=ok.size, row_ids=batch_rows[ok])
                 if embeds is None:
                     embeds = np.full((len(rows), out.shape[1]), np.nan, dtype=np.float32)
                 embeds[b * batch_size + ok] = out
@@ -252,6 +272,7 @@ def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size:
     """
     from .cache import MemoryStage
     from .distributed import Ranks
+    from .inputs import undecoded_images
 
     stage = MemoryStage() if stage is None else stage
     ranks = Ranks() if ranks is None else ranks
@@ -264,10 +285,11 @@ def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size:
         logger.info("Resuming: %d encoded image shard(s) found in %s.", skipped, stage)
 
     total = sum(image_shards[s][1] - image_shards[s][0] for s in todo_images)
+    view = undecoded_images(ds, image_column) if todo_images else None
     with _progress(total, "Encoding images", disable=not ranks.is_main) as bar:
         for s in todo_images:
             start, stop = image_shards[s]
-            embeds, failed = _encode_image_rows(encoder, ds, image_column, rows[start:stop], batch_size, bar)
+            embeds, failed = _encode_image_rows(encoder, view, image_column, rows[start:stop], batch_size, bar)
             stage.save_arrays(f"images-{s:06d}", embeds=embeds, rows=rows[start:stop], failed=failed + start)
             if failed.size and on_bad_image == "error" and ranks.world == 1:
                 _raise_failed(image_column, rows[failed + start])

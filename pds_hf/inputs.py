@@ -268,12 +268,24 @@ def decode_image(blob, path):
         return image.convert("RGB")
 
 
-def load_images(ds, image_column: str, rows) -> list:
-    """Decode the images at dataset ``rows`` to RGB PIL images (undecodable ones become ``None``)."""
+def undecoded_images(ds, image_column: str):
+    """``ds`` reduced to its image column, which yields stored bytes/paths instead of decoded images.
+
+    Build it once and pass it to :func:`load_images` for many batches: casting is not free.
+    """
     from datasets import Image
 
-    subset = ds.select(list(map(int, rows))).select_columns([image_column])
-    subset = subset.cast_column(image_column, Image(decode=False)).with_format(None)
+    return ds.select_columns([image_column]).cast_column(image_column, Image(decode=False)).with_format(None)
+
+
+def load_images(ds, image_column: str, rows) -> list:
+    """Decode the images at dataset ``rows`` to RGB PIL images (undecodable ones become ``None``).
+
+    ``ds`` may be the source dataset or its :func:`undecoded_images` view (faster over many calls).
+    """
+    if getattr(ds.features[image_column], "decode", True) or len(ds.column_names) > 1:
+        ds = undecoded_images(ds, image_column)
+    subset = ds.select(list(map(int, rows)))
     images = []
     for item in subset[image_column]:
         try:

@@ -112,3 +112,15 @@ def test_without_images_renumbers():
     assert smaller.pair_image.tolist() == [0, 1]
     assert smaller.pair_rows.tolist() == [0, 2]
     assert smaller.skipped_images == [1]
+
+
+def test_load_images_from_the_dataset_or_its_undecoded_view():
+    from pds_hf.inputs import load_images, undecoded_images
+
+    ds = _pairs([RED, b"not an image", BLUE], ["a", "b", "c"])
+    view = undecoded_images(ds, "image")
+    assert view.column_names == ["image"] and view.features["image"].decode is False
+    for source in (ds, view):
+        images = load_images(source, "image", [2, 1, 0])
+        assert images[1] is None
+        assert images[0].getpixel((0, 0)) == (0, 0, 255) and images[2].getpixel((0, 0)) == (255, 0, 0)
