@@ -59,6 +59,8 @@ def _add_distill(subparsers):
     p.add_argument("--rm-ratio", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--empty", choices=["centroid", "drop"], default="centroid")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="Cluster on L2-normalised embeddings (cosine geometry) instead of the raw ones.")
     p.add_argument("--steps", type=int, help="unCLIP denoising steps (default 100; 20 with --demo).")
     p.add_argument("--guidance-scale", type=float, default=5.0)
     p.add_argument("--noise-level", type=int, default=10)
@@ -87,7 +89,8 @@ def run_distill(args) -> int:
     overrides = {k: v for k, v in dict(
         method=args.method, synthesis=args.synthesis, clip_revision=args.clip_revision,
         unclip_revision=args.unclip_revision, image_column=args.image_column, caption_column=args.caption_column,
-        rm_ratio=args.rm_ratio, seed=args.seed, empty=args.empty, guidance_scale=args.guidance_scale,
+        rm_ratio=args.rm_ratio, seed=args.seed, empty=args.empty, normalize=args.normalize,
+        guidance_scale=args.guidance_scale,
         noise_level=args.noise_level, encode_batch_size=args.batch_size, device=args.device,
         on_bad_image=args.on_bad_image, num_pairs=args.num_pairs, clip_model=args.clip_model,
         unclip_model=args.unclip_model, num_inference_steps=args.steps, image_size=args.image_size,

@@ -1,7 +1,8 @@
 """Step 3 of PDS: k-means on one modality's embeddings, with faiss.
 
-Euclidean k-means on the raw (not normalised) features, as in the reference. Points carry weights so
-that an image encoded once but paired with five captions counts five times.
+Euclidean k-means, on the features as given (the reference) or scaled to unit length (``normalize``,
+what :func:`pds_hf.prototypes_from_embeddings` does by default). Points carry weights so that an image
+encoded once but paired with five captions counts five times.
 """
 
 from __future__ import annotations
@@ -88,10 +89,16 @@ def greedy_kmeans_plus_plus(x: np.ndarray, k: int, *, weights=None, seed: int = 
     return centres
 
 
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """A float32 copy of ``x`` with each row scaled to unit L2 norm (zero rows stay zero)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norms, np.finfo(np.float32).tiny), dtype=np.float32)
+
+
 def kmeans(x, k: int, *, weights=None, seed: int = 42, iterations: int = 25, restarts: int = 1,
            init: str = "k-means++", gpu: bool | None = None,
            max_points_per_centroid: int | None = DEFAULT_MAX_POINTS_PER_CENTROID, rows=None,
-           chunk: int = 65536) -> KMeansResult:
+           chunk: int = 65536, normalize: bool = False) -> KMeansResult:
     """Weighted k-means with faiss.
 
     Args:
@@ -115,6 +122,9 @@ def kmeans(x, k: int, *, weights=None, seed: int = 42, iterations: int = 25, res
         rows: cluster only these rows of ``x`` (labels are returned in this order); saves copying
             the rows out of a large table.
         chunk: points per block when assigning, to bound memory.
+        normalize: cluster the points scaled to unit L2 norm (cosine geometry) instead of as given;
+            the scaled copy is made only of the points fitted and of one assignment block at a time.
+            The returned centres and inertia are then in that unit-norm space.
 
     Example:
         ```py
@@ -151,6 +161,8 @@ def kmeans(x, k: int, *, weights=None, seed: int = 42, iterations: int = 25, res
     else:
         sample, fit_w = None, w
     fit_x = x if fit_rows is None else x[fit_rows]
+    if normalize:
+        fit_x = _unit_rows(fit_x)
     best = None
     # faiss restarts (nredo) redraw its own initial centres; with given centres, restart here.
     for run in range(restarts if init == "k-means++" else 1):
@@ -176,6 +188,8 @@ def kmeans(x, k: int, *, weights=None, seed: int = 42, iterations: int = 25, res
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         block = x[start:stop] if rows is None else x[rows[start:stop]]
+        if normalize:
+            block = _unit_rows(block)
         dist, lab = km.index.search(block, 1)
         distances[start:stop], labels[start:stop] = dist[:, 0], lab[:, 0]
     inertia = float(np.dot(distances, w) if w is not None else distances.sum())

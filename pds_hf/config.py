@@ -31,6 +31,9 @@ class DistillConfig:
         kmeans_iterations: Lloyd iterations per k-means run.
         kmeans_restarts: k-means runs per modality; the lowest inertia is kept.
         kmeans_init: initial centres: ``"k-means++"``, ``"random"`` or ``"afk-mc2"``.
+        normalize: cluster each modality on L2-normalised embeddings (cosine geometry; default),
+            or, with False, on the raw ones as the reference code does. Prototypes are means of the
+            raw embeddings either way. See :func:`pds_hf.prototypes_from_embeddings`.
         num_inference_steps: unCLIP denoising steps.
         guidance_scale: unCLIP classifier-free guidance scale.
         noise_level: noise added to the image embedding by Stable unCLIP.
@@ -64,6 +67,7 @@ class DistillConfig:
     kmeans_iterations: int = 25
     kmeans_restarts: int = 1
     kmeans_init: str = "k-means++"
+    normalize: bool = True
     num_inference_steps: int = 100
     guidance_scale: float = 5.0
     noise_level: int = 10

@@ -115,7 +115,7 @@ def _select(config: DistillConfig, table, image_embeds, text_embeds) -> dict:
             image_embeds, text_embeds, config.num_pairs, rm_ratio=config.rm_ratio, seed=config.seed,
             empty=config.empty, image_index=table.pair_image, text_index=table.pair_text,
             kmeans_iterations=config.kmeans_iterations, kmeans_restarts=config.kmeans_restarts,
-            kmeans_init=config.kmeans_init)
+            kmeans_init=config.kmeans_init, normalize=config.normalize)
         _, caption_index = retrieve_captions(protos.text_embeds, text_embeds, table.texts)
         return dict(image_embeds=protos.image_embeds, text_embeds=protos.text_embeds,
                     support=np.asarray(protos.support, dtype=np.int64), image_cluster=protos.image_cluster,
@@ -197,7 +197,8 @@ def distill(ds, config: DistillConfig | None = None, **overrides):
             on_bad_image=config.on_bad_image, shard_size=config.shard_size, stage=encode_stage, ranks=ranks)
 
     select_key = _key(encode_key, "select", config.method, config.num_pairs, config.rm_ratio, config.seed,
-                      config.empty, config.kmeans_iterations, config.kmeans_restarts, config.kmeans_init)
+                      config.empty, config.kmeans_iterations, config.kmeans_restarts, config.kmeans_init,
+                      "unit-norm" if config.normalize else "raw")
     select_stage = open_stage(cache_dir, "select", select_key)
     with stages("select"):
         if not select_stage.done("selection") and ranks.is_main:

@@ -18,7 +18,8 @@ import numpy as np
 
 from .align import align_clusters, sparse_count_table
 from .cluster import DEFAULT_MAX_POINTS_PER_CENTROID, kmeans
-from .filter import filter_pairs, normalize, pair_similarity
+from .filter import filter_pairs, pair_similarity
+from .filter import normalize as unit_rows
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,8 @@ class Prototypes:
         pair_similarity: ``(N,)`` per input pair, the image-text cosine similarity used to filter.
         image_labels: ``(N,)`` per input pair, its image cluster (-1 where filtered out).
         text_labels: ``(N,)`` per input pair, its text cluster (-1 where filtered out).
-        image_centroids: ``(k, d)`` image k-means centres.
-        text_centroids: ``(k, d)`` text k-means centres.
+        image_centroids: ``(k, d)`` image k-means centres (unit-norm space with ``normalize=True``).
+        text_centroids: ``(k, d)`` text k-means centres (unit-norm space with ``normalize=True``).
         empty: the policy applied to empty intersections (``"centroid"`` or ``"drop"``).
         num_empty: how many matched cluster pairs had no pair in common.
         inertia: ``(image, text)`` k-means inertia.
@@ -70,7 +71,7 @@ class Prototypes:
 
 
 def _cluster_side(embeds, pair_index, kept, weights, k, *, what, seed, iterations, restarts, init, gpu,
-                  max_points_per_centroid):
+                  max_points_per_centroid, normalize):
     """Cluster the distinct rows of ``embeds`` used by kept pairs; return per-pair labels and the fit."""
     counts = np.bincount(pair_index[kept], weights=weights[kept], minlength=len(embeds))
     used = np.flatnonzero(counts > 0)
@@ -82,7 +83,7 @@ def _cluster_side(embeds, pair_index, kept, weights, k, *, what, seed, iteration
     # k-means reads the used rows in place (``rows``) rather than from a copy of them.
     fit = kmeans(embeds, k, weights=counts[used], seed=seed, iterations=iterations, restarts=restarts,
                  init=init, gpu=gpu, max_points_per_centroid=max_points_per_centroid,
-                 rows=None if len(used) == len(embeds) else used)
+                 rows=None if len(used) == len(embeds) else used, normalize=normalize)
     label_of_row = np.full(len(embeds), -1, dtype=np.int64)
     label_of_row[used] = fit.labels
     labels = np.where(kept, label_of_row[pair_index], -1)
@@ -132,6 +133,7 @@ def prototypes_from_embeddings(
     kmeans_init: str = "k-means++",
     kmeans_max_points_per_centroid: int | None = DEFAULT_MAX_POINTS_PER_CENTROID,
     gpu: bool | None = None,
+    normalize: bool = True,
 ) -> Prototypes:
     """Steps 2-5 of PDS (filter, cluster each modality, align, prototypes) on precomputed embeddings.
 
@@ -152,6 +154,13 @@ def prototypes_from_embeddings(
         kmeans_iterations, kmeans_restarts, kmeans_init, kmeans_max_points_per_centroid: faiss
             k-means settings (see :func:`pds_hf.cluster.kmeans`).
         gpu: run k-means on GPU (``None``: when faiss-gpu sees one).
+        normalize: cluster each modality on its embeddings scaled to unit L2 norm (cosine geometry,
+            which the filter and caption steps use too); ``False`` clusters the raw embeddings, as
+            the reference code does. A contrastive encoder's loss leaves each embedding's length
+            free, and on raw embeddings long or short outliers form clusters of their own that no
+            text cluster matches (see benchmarks/quality/README.md). Only the clustering changes:
+            prototypes stay means of the raw embeddings, and an empty intersection's fallback is
+            then the raw mean of each matched cluster's kept pairs.
 
     Returns:
         :class:`Prototypes`, with per-pair ``kept``, ``image_labels`` and ``text_labels``.
@@ -204,7 +213,7 @@ def prototypes_from_embeddings(
     k = int(num_pairs)
     side = dict(kept=kept, weights=weights, k=k, seed=seed, iterations=kmeans_iterations,
                 restarts=kmeans_restarts, init=kmeans_init, gpu=gpu,
-                max_points_per_centroid=kmeans_max_points_per_centroid)
+                max_points_per_centroid=kmeans_max_points_per_centroid, normalize=normalize)
     image_labels, image_fit = _cluster_side(image_embeds, image_index, what="image", **side)
     text_labels, text_fit = _cluster_side(text_embeds, text_index, what="caption", **side)
 
@@ -225,9 +234,16 @@ def prototypes_from_embeddings(
     is_empty = support <= 0
     num_empty = int(is_empty.sum())
     if num_empty:
-        if empty == "centroid":
+        if empty == "centroid" and normalize:
+            # The centres live on the unit sphere; the prototypes must stay in the encoder's raw space.
+            image_means, _ = _group_means(image_embeds, image_index, image_labels, weights, k)
+            text_means, _ = _group_means(text_embeds, text_index, text_labels, weights, k)
+            image_protos[is_empty] = image_means[image_cluster[is_empty]]
+            text_protos[is_empty] = text_means[text_cluster[is_empty]]
+        elif empty == "centroid":
             image_protos[is_empty] = image_fit.centroids[image_cluster[is_empty]]
             text_protos[is_empty] = text_fit.centroids[text_cluster[is_empty]]
+        if empty == "centroid":
             support = np.where(is_empty, 0.0, support)
             logger.info("%d of %d matched clusters share no pair; used their k-means centres.", num_empty, k)
         else:
@@ -235,7 +251,7 @@ def prototypes_from_embeddings(
                            num_empty, k, k - num_empty)
     keep = ~is_empty if empty == "drop" else np.ones(k, dtype=bool)
     image_protos, text_protos = image_protos[keep].astype(np.float32), text_protos[keep].astype(np.float32)
-    proto_similarity = np.einsum("ij,ij->i", normalize(image_protos), normalize(text_protos))
+    proto_similarity = np.einsum("ij,ij->i", unit_rows(image_protos), unit_rows(text_protos))
     order = np.argsort(-proto_similarity, kind="stable")
     support_out = support[keep][order]
     return Prototypes(

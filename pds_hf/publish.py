@@ -298,6 +298,7 @@ def _card_context(ds, meta: dict, *, repo_id, src: _Source, choice: LicenseChoic
         unclip=models.get("unclip"),
         unclip_revision=models.get("unclip_revision"),
         rm_ratio_percent=f"{100 * float(config.get('rm_ratio', 0.2)):g}%",
+        normalize=bool(config.get("normalize", False)),
         source=dict(
             id=source_id, url=url, config=recorded.get("config"), split=recorded.get("split"),
             selection=src.selection, revision=src.revision, fingerprint=recorded.get("fingerprint"),

@@ -87,3 +87,13 @@ def test_push_without_token_fails_before_any_work(hub, capsys, monkeypatch):
     code = main(["distill", "--demo", "--push-to-hub", "tester/x", "--license", "cc0-1.0"])
     assert code == 2
     assert "token" in capsys.readouterr().err.lower()
+
+
+@pytest.mark.parametrize("flag, expected", [("--no-normalize", "False"), ("--normalize", "True")])
+def test_normalize_flag_reaches_the_config(tmp_path, capsys, flag, expected):
+    out = tmp_path / "demo"
+    assert main(["distill", "--demo", "--output", str(out), "--num-pairs", "4", "--synthesis", "none", flag]) == 0
+    card = (out / "README.md").read_text()
+    rows = [line for line in card.splitlines() if line.startswith("|") and "normalize" in line]
+    assert rows and expected in rows[0], rows
+    assert ("(each scaled to unit length)" in card) == (expected == "True")

@@ -115,6 +115,32 @@ def test_empty_drop_policy_in_pipeline(shapes_ds, config):
     assert len(small) == 40 - pds_hf.metadata(small)["empty_intersections"]
 
 
+def test_normalize_reaches_the_clustering_the_cache_key_and_the_card(shapes_ds, config):
+    from pds_hf.publish import dataset_card
+
+    unit = pds_hf.distill(shapes_ds, config, synthesis="none", num_pairs=8)
+    raw = pds_hf.distill(shapes_ds, config, synthesis="none", num_pairs=8, normalize=False)
+    assert pds_hf.metadata(unit)["config"]["normalize"] is True, "the default"
+    assert pds_hf.metadata(raw)["config"]["normalize"] is False
+    # Not served from the other run's cached selection: each matches clustering its own space.
+    table, images, texts = _encoded(shapes_ds, config)
+    for small, normalize in ((raw, False), (unit, True)):
+        direct = pds_hf.prototypes_from_embeddings(images, texts, 8, normalize=normalize, seed=config.seed,
+                                                   image_index=table.pair_image, text_index=table.pair_text)
+        np.testing.assert_allclose(np.asarray(small["text_embedding"]), direct.text_embeds, atol=1e-5)
+    assert not np.allclose(np.asarray(raw["text_embedding"]), np.asarray(unit["text_embedding"]))
+    assert "(each scaled to unit length)" in str(dataset_card(unit))
+    assert "(each scaled to unit length)" not in str(dataset_card(raw))
+
+
+def _encoded(ds, config):
+    """The pair table of ``ds`` and its distinct images' and captions' embeddings, as distill makes them."""
+    from pds_hf.encode import encode_table
+    from pds_hf.inputs import read_pairs
+
+    return encode_table(config.clip_model, ds, read_pairs(ds))
+
+
 @pytest.mark.parametrize("method", ["random", "herding", "kcenter"])
 def test_baselines_return_real_pairs(shapes_ds, config, method):
     small = pds_hf.distill(shapes_ds, config, method=method, num_pairs=5)

@@ -147,7 +147,7 @@ def test_empty_intersections_never_nan(policy):
     rng = np.random.default_rng(1)
     images = rng.normal(size=(200, 4)).astype(np.float32)
     texts = rng.normal(size=(200, 4)).astype(np.float32)  # unrelated: many empty intersections at k=50
-    protos = prototypes_from_embeddings(images, texts, 50, rm_ratio=0.0, empty=policy)
+    protos = prototypes_from_embeddings(images, texts, 50, rm_ratio=0.0, empty=policy, normalize=False)
     assert protos.num_empty > 0
     assert np.isfinite(protos.image_embeds).all() and np.isfinite(protos.text_embeds).all()
     if policy == "centroid":
@@ -159,6 +159,44 @@ def test_empty_intersections_never_nan(policy):
     else:
         assert len(protos) == 50 - protos.num_empty
         assert (protos.support > 0).all()
+
+
+def test_normalize_makes_clustering_blind_to_row_norms(rng):
+    # Contrastive encoders leave each embedding's length free. Scaling rows changes no cosine, so
+    # with normalize=True the clusters, the filter and the matching must not move; the prototypes
+    # stay means of the raw (scaled) embeddings.
+    images, texts, _ = _blobs(rng, k=10, per=30, noise=1.0)
+    scale_i = rng.uniform(0.2, 5.0, size=(len(images), 1)).astype(np.float32)
+    scale_t = rng.uniform(0.2, 5.0, size=(len(texts), 1)).astype(np.float32)
+    plain = prototypes_from_embeddings(images, texts, 10, normalize=True, seed=5)
+    scaled = prototypes_from_embeddings(images * scale_i, texts * scale_t, 10, normalize=True, seed=5)
+    np.testing.assert_array_equal(plain.kept, scaled.kept)
+    np.testing.assert_array_equal(plain.image_labels, scaled.image_labels)
+    np.testing.assert_array_equal(plain.text_labels, scaled.text_labels)
+    for m in np.flatnonzero(scaled.support > 0):
+        members = scaled.kept & (scaled.image_labels == scaled.image_cluster[m]) & (
+            scaled.text_labels == scaled.text_cluster[m])
+        np.testing.assert_allclose(scaled.image_embeds[m], (images * scale_i)[members].mean(axis=0), rtol=1e-4,
+                                   atol=1e-4)
+    # On the raw embeddings the same scaling does move the clusters (what normalize=True is for).
+    raw = prototypes_from_embeddings(images * scale_i, texts * scale_t, 10, seed=5, normalize=False)
+    assert not np.array_equal(raw.image_labels, scaled.image_labels)
+
+
+def test_normalize_fallback_is_the_raw_cluster_mean():
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(200, 4)).astype(np.float32) * rng.uniform(0.5, 3, size=(200, 1)).astype(np.float32)
+    texts = rng.normal(size=(200, 4)).astype(np.float32)  # unrelated: empty intersections at k=120
+    protos = prototypes_from_embeddings(images, texts, 120, rm_ratio=0.0, normalize=True)
+    empty = protos.support == 0
+    assert empty.sum() == protos.num_empty > 0
+    for m in np.flatnonzero(empty):
+        in_image = protos.image_labels == protos.image_cluster[m]
+        in_text = protos.text_labels == protos.text_cluster[m]
+        np.testing.assert_allclose(protos.image_embeds[m], images[in_image].mean(axis=0), atol=1e-5)
+        np.testing.assert_allclose(protos.text_embeds[m], texts[in_text].mean(axis=0), atol=1e-5)
+    norms = np.linalg.norm(protos.image_centroids, axis=1)
+    assert norms.max() <= 1.0 + 1e-5, "the k-means centres themselves live in the unit-norm space"
 
 
 def test_dedup_index_matches_duplicated_rows():

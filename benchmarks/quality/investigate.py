@@ -5,13 +5,15 @@ Everything runs on cached features, through the package's own steps (``prototype
 (``pds_hf.evaluation.evaluate_features``: same heads, epochs, validation-split selection), so that one
 variant differs from another in exactly one choice:
 
-- ``pds``: what ``distill(..., synthesis="retrieve")`` makes (checked against it with ``--check``).
+- ``pds``: what ``distill(..., synthesis="retrieve")`` makes with pds-hf's defaults (checked against it
+  with ``--check``). The other ``pds-*`` variants change one thing from it.
+- ``pds-raw``: k-means on the raw embeddings (``normalize=False``), as the reference code does.
 - ``pds-caption``: the text side is the retrieved real caption's embedding instead of the text prototype.
 - ``pds-pair``: the real pair whose caption is nearest the text prototype (image and caption from one
   pair: the paper's "pair nearest to the text prototype" ablation).
 - ``pds-mean-image``: the image side is the mean *student* feature of the images in the matched
   intersection: an ideal decoder, which the ``retrieve`` rule can only approximate.
-- ``pds-rm0``: no filtering (``rm_ratio=0``). ``pds-unit``: PDS on L2-normalised embeddings.
+- ``pds-rm0``: no filtering (``rm_ratio=0``).
 - ``pds-drop``: empty intersections dropped instead of replaced by k-means centres.
 - ``random``, ``herding``, ``kcenter``: the baselines, ``select_pairs`` as ``distill`` calls it.
 
@@ -41,8 +43,9 @@ sys.path.insert(0, str(HERE.parent.parent))
 import lit_encoder  # noqa: E402
 import openclipart  # noqa: E402
 
-VARIANTS = ("pds", "pds-caption", "pds-pair", "pds-mean-image", "pds-rm0", "pds-unit", "pds-drop",
+VARIANTS = ("pds", "pds-raw", "pds-caption", "pds-pair", "pds-mean-image", "pds-rm0", "pds-drop",
             "random", "herding", "kcenter")
+DETERMINISTIC = {"herding"}  # the same set for every seed: run once
 
 
 class TrainFeatures:
@@ -68,7 +71,6 @@ def nearest(queries, candidates):
 def variant_features(name: str, data: TrainFeatures, num_pairs: int, seed: int):
     """``(student image features (M, 1280), text features (M, 256), diagnostics)`` of one variant."""
     from pds_hf.baselines import select_pairs
-    from pds_hf.filter import normalize
     from pds_hf.prototypes import prototypes_from_embeddings
 
     if name in ("random", "herding", "kcenter"):
@@ -77,19 +79,13 @@ def variant_features(name: str, data: TrainFeatures, num_pairs: int, seed: int):
         images, texts = data.pair_image[chosen], data.pair_text[chosen]
         return data.student_feats[images], data.text_embeds[texts], {"distinct_images": len(set(images.tolist()))}
 
-    image_embeds, text_embeds = data.image_embeds, data.text_embeds
-    if name == "pds-unit":
-        image_embeds, text_embeds = normalize(image_embeds), normalize(text_embeds)
     protos = prototypes_from_embeddings(
-        image_embeds, text_embeds, num_pairs, rm_ratio=0.0 if name == "pds-rm0" else 0.2, seed=seed,
-        empty="drop" if name == "pds-drop" else "centroid", image_index=data.pair_image, text_index=data.pair_text)
-    nearest_image = nearest(protos.image_embeds, image_embeds)
+        data.image_embeds, data.text_embeds, num_pairs, rm_ratio=0.0 if name == "pds-rm0" else 0.2, seed=seed,
+        empty="drop" if name == "pds-drop" else "centroid", normalize=name != "pds-raw",
+        image_index=data.pair_image, text_index=data.pair_text)
+    nearest_image = nearest(protos.image_embeds, data.image_embeds)
     text = protos.text_embeds
     image_feats = data.student_feats[nearest_image]
-    if name == "pds-unit":
-        # The student's text side must live where the test captions do: the raw encoder space.
-        group_text = _group_mean(data.text_embeds[data.pair_text], protos)
-        text = np.where(np.isnan(group_text), data.text_embeds[nearest(protos.text_embeds, text_embeds)], group_text)
     if name == "pds-caption":
         text = data.text_embeds[nearest(protos.text_embeds, data.text_embeds)]
     if name == "pds-pair":
@@ -102,7 +98,11 @@ def variant_features(name: str, data: TrainFeatures, num_pairs: int, seed: int):
         image_feats[empty] = data.student_feats[nearest_image[empty]]
     members = _members(protos)
     in_group = np.mean([image in set(data.pair_image[m].tolist()) for image, m in zip(nearest_image, members)])
+    kept = protos.kept
+    sizes = {side: np.bincount(labels[kept], minlength=num_pairs)
+             for side, labels in (("image", protos.image_labels), ("text", protos.text_labels))}
     diagnostics = {"distinct_images": len(set(nearest_image.tolist())), "empty": protos.num_empty,
+                   **{f"{side}_cluster_sizes": f"{s.min()}/{np.median(s):g}/{s.max()}" for side, s in sizes.items()},
                    "support_median": float(np.median(protos.support)),
                    "retrieved_image_in_intersection": float(in_group),
                    "prototype_norm_ratio": float(np.median(np.linalg.norm(text, axis=1))
@@ -145,6 +145,8 @@ def main(argv=None) -> int:
     parser.add_argument("--train-kwargs", default="{}", help="JSON overrides of the student's training settings")
     parser.add_argument("--cache-dir", type=Path, default=openclipart.DEFAULT_CACHE)
     parser.add_argument("--output", type=Path, default=None, help="write every result here (JSON)")
+    parser.add_argument("--check", action="store_true",
+                        help="first check that the 'pds' variant's text side equals pds_hf.distill's output")
     args = parser.parse_args(argv)
 
     import datasets
@@ -157,6 +159,9 @@ def main(argv=None) -> int:
     splits, _ = openclipart.build(args.cache_dir)
     encoder, student, _ = lit_encoder.build_encoder(splits, args.cache_dir)
     data = TrainFeatures(splits["train"], encoder, student)
+    for side, embeds in (("image", data.image_embeds), ("text", data.text_embeds)):
+        pct = np.percentile(np.linalg.norm(embeds, axis=1), [1, 50, 99])
+        print(f"{side} embedding norms (1st / 50th / 99th percentile): " + " / ".join(f"{v:.2f}" for v in pct))
     wrapped = load_student(student)
     sets = {name: retrieval_set(splits[name], student=wrapped, encoder=encoder, encoder_key=None, image_column="image",
                                 caption_column="caption", cache_dir=None, name=name) for name in ("validation", "test")}
@@ -164,10 +169,23 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     extra = json.loads(args.train_kwargs)
 
+    if args.check:
+        import pds_hf
+
+        m, seed = args.num_pairs[0], args.seeds[0]
+        small = pds_hf.distill(splits["train"], num_pairs=m, clip_model=encoder, synthesis="retrieve", seed=seed,
+                               use_cache=False)
+        _, text_feats, _ = variant_features("pds", data, m, seed)
+        same = np.allclose(np.asarray(small["text_embedding"], dtype=np.float32), text_feats, atol=1e-5)
+        print(f"--check: the 'pds' variant {'matches' if same else 'DIFFERS FROM'} pds_hf.distill at M={m}, "
+              f"seed {seed}", flush=True)
+        if not same:
+            return 1
+
     rows = []
     for num_pairs in args.num_pairs:
         for name in args.variants:
-            for seed in args.seeds:
+            for seed in args.seeds[:1] if name in DETERMINISTIC else args.seeds:
                 start = time.perf_counter()
                 image_feats, text_feats, diagnostics = variant_features(name, data, num_pairs, seed)
                 report = evaluate_features(image_feats, text_feats, sets["test"], validation=sets["validation"],

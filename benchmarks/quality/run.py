@@ -10,7 +10,9 @@ One command runs the whole comparison on a CPU:
    projections trained contrastively on the train split (tower features and heads cached).
 3. **Distil**: ``pds_hf.distill(train, num_pairs=M, clip_model=encoder, synthesis="retrieve")`` for PDS
    (no image decoder exists offline, so each image prototype becomes its nearest real image), and the
-   same call with ``method="random" | "herding" | "kcenter"``, for each M.
+   same call with ``method="random" | "herding" | "kcenter"``, for each M. ``pds-raw`` is PDS with
+   ``normalize=False``: k-means on the raw embeddings, as the reference code does (pds-hf's default
+   until the investigation in README.md showed what it costs).
 4. **Evaluate**: ``pds_hf.evaluation.evaluate``: a student (the frozen EfficientNet-Lite0's pooled
    features + a text head trained on the distilled ``text_embedding``), 5 runs, the epoch selected on
    the validation split, IR@1/5/10 and TR@1/5/10 on the test split.
@@ -45,7 +47,9 @@ import openclipart  # noqa: E402
 
 logger = logging.getLogger("quality")
 
-METHODS = ("pds", "random", "herding", "kcenter")
+METHODS = ("pds", "pds-raw", "random", "herding", "kcenter")
+# Extra distill arguments per method name (the name is also the ``method`` unless listed here).
+VARIANTS = {"pds-raw": dict(method="pds", normalize=False)}
 SIZES = (20, 50, 100, 200)
 METRICS = ("IR@1", "IR@5", "IR@10", "TR@1", "TR@5", "TR@10", "mean")
 
@@ -235,8 +239,9 @@ def write_results(path: Path, *, results: list[dict], references: dict, manifest
         f"- Epoch selection: {first['selection']}.",
         f"- Training: {settings['protocol']}",
         "- Distillation: `pds_hf.distill(train, num_pairs=M, clip_model=<LiT encoder>, synthesis=\"retrieve\")` "
-        "with the paper's defaults otherwise (rm_ratio 0.2, seed 42, k-means++ with 25 iterations); "
-        "baselines: the same call with `method=`. The student trains on each set's `text_embedding` column "
+        "with the paper's defaults otherwise (rm_ratio 0.2, seed 42, k-means++ with 25 iterations) and pds-hf's "
+        "(each modality clustered on its L2-normalised embeddings); *pds-raw*: the same with `normalize=False` "
+        "(k-means on the raw embeddings, as the reference code); baselines: the same call with `method=`. The student trains on each set's `text_embedding` column "
         "(PDS: the text prototypes; baselines: the chosen captions' embeddings) and on the student features "
         "of its `image` column.",
         "- *Whole train split*: the same student trained on every real train pair (captions encoded by the "
@@ -245,13 +250,15 @@ def write_results(path: Path, *, results: list[dict], references: dict, manifest
         "",
         "## PDS sets",
         "",
-        "| M | kept pairs | empty intersections | support min / median / max | distinct images |",
-        "|---:|---:|---:|---|---:|",
+        "| Method | M | kept pairs | empty intersections | support min / median / max | distinct images |",
+        "|---|---:|---:|---:|---|---:|",
     ]
     for m in sizes:
-        if ("pds", m) in by:
-            d = by[("pds", m)]["diagnostics"]
-            lines.append(f"| {m} | {d['kept_pairs']} | {d['empty_intersections']} | {d['support_min']} / "
+        for method in ("pds", "pds-raw"):
+            if (method, m) not in by:
+                continue
+            d = by[(method, m)]["diagnostics"]
+            lines.append(f"| {method} | {m} | {d['kept_pairs']} | {d['empty_intersections']} | {d['support_min']} / "
                          f"{d['support_median']:g} / {d['support_max']} | {d['distinct_images']} of {d['rows']} |")
     counts, splits = manifest["counts"], manifest["splits"]
     record = encoder_info["record"]
@@ -335,8 +342,9 @@ def main(argv=None) -> int:
     for num_pairs in args.num_pairs:
         for method in args.methods:
             with clock.stage(f"distill {method} M={num_pairs}"):
-                distilled = pds_hf.distill(train, num_pairs=num_pairs, method=method, clip_model=encoder,
-                                           synthesis="retrieve")
+                options = VARIANTS.get(method, dict(method=method))
+                distilled = pds_hf.distill(train, num_pairs=num_pairs, clip_model=encoder, synthesis="retrieve",
+                                           **options)
             with clock.stage(f"evaluate {method} M={num_pairs}"), threads(args.train_threads):
                 report = evaluate(distilled, test, encoder=encoder, student=student, **train_settings)
             summary = report.to_dict()
