@@ -40,7 +40,16 @@ SPLIT = "train"
 DATA_DIR = "data"
 README = "README.md"
 PREVIEW = "preview.png"
-TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_cards" / "dataset_card_template.md"
+
+
+def _template_path() -> Path:
+    """The card template: the copy a wheel installs in the package, else ``model_cards/`` of a source checkout."""
+    name = "dataset_card_template.md"
+    installed = Path(__file__).resolve().parent / "model_cards" / name
+    return installed if installed.is_file() else Path(__file__).resolve().parent.parent / "model_cards" / name
+
+
+TEMPLATE_PATH = _template_path()
 BLOCK_BEGIN = "<!-- pds-hf:begin"
 BLOCK_END = "<!-- pds-hf:end -->"
 TAGS = ("dataset-distillation", "synthetic", "pds")

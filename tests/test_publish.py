@@ -285,3 +285,23 @@ def test_push_to_a_new_branch_leaves_main_alone(healthy, small):
     assert hub.repo_files("tester/branched") == main_files
     assert len(load_dataset("tester/branched", split="train", revision="smaller")) == 2
     assert HfApi().dataset_info("tester/branched", revision="smaller").card_data.license == "mit"
+
+
+def test_wheel_ships_the_card_template(tmp_path):
+    """`pip install pds-hf` (a wheel, no checkout) must still find model_cards/dataset_card_template.md."""
+    import subprocess
+    import sys
+    import zipfile
+
+    setuptools = pytest.importorskip("setuptools")
+    if int(setuptools.__version__.split(".")[0]) < 68:
+        pytest.skip("building the wheel without isolation needs setuptools>=68 (pyproject's build requirement)")
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path), str(root)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("pds_hf-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "pds_hf/model_cards/dataset_card_template.md" in names
+    assert "pds_hf/publish.py" in names and "pds_hf/evaluation/__init__.py" in names
+    shipped = zipfile.ZipFile(wheel).read("pds_hf/model_cards/dataset_card_template.md").decode()
+    assert shipped == (root / "model_cards" / "dataset_card_template.md").read_text()
