@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from contextlib import contextmanager
 
@@ -41,20 +42,37 @@ def output_features(dim: int):
     })
 
 
-def metadata(ds) -> dict:
-    """How a distilled set was made (config, source, models, timings), read back from its info.
+def metadata(ds, *, revision: str | None = None, token=None) -> dict:
+    """How a distilled set was made (config, source, models, timings).
+
+    Args:
+        ds: the ``Dataset`` that :func:`distill` returned (read from its info), or where a distilled set
+            was written: a folder from :func:`save_to_folder` or a Hub dataset id from
+            :func:`push_to_hub` (read from its dataset card, because parquet files do not keep a
+            dataset's info).
+        revision: Hub revision, when ``ds`` is a Hub id.
+        token: Hub token, when ``ds`` is a private Hub id.
 
     Example:
         ```py
         >>> small = pds_hf.distill(ds, num_pairs=10)
         >>> pds_hf.metadata(small)["config"]["num_pairs"]
         10
+        >>> pds_hf.metadata("me/flickr30k-pds-100")["source"]["id"]  # after push_to_hub
+        'nlphuji/flickr30k'
         ```
     """
+    if isinstance(ds, (str, os.PathLike)):
+        from .publish import metadata_from_card
+
+        return metadata_from_card(ds, revision=revision, token=token)
     try:
         return json.loads(ds.info.description or "")[METADATA_KEY]
     except (ValueError, KeyError, TypeError):
-        raise ValueError("This dataset carries no pds_hf metadata; was it made by pds_hf.distill?") from None
+        raise ValueError(
+            "This dataset carries no pds_hf metadata; was it made by pds_hf.distill? A set loaded back from "
+            "parquet (load_dataset) has lost it: pass its folder or Hub id instead, "
+            "e.g. pds_hf.metadata('me/flickr30k-pds-100').") from None
 
 
 class _Stages:

@@ -42,6 +42,36 @@ README = "README.md"
 PREVIEW = "preview.png"
 
 
+METADATA_SUMMARY = "Everything pds-hf recorded about this run"
+
+
+def metadata_from_card(where, *, revision: str | None = None, token=None) -> dict:
+    """The run record (:func:`pds_hf.metadata`) that a published card carries, from a folder or a Hub id."""
+    folder = Path(where)
+    if folder.is_dir():
+        path = folder / README
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} has no {README}; is it a folder written by pds_hf.save_to_folder?")
+        text = path.read_text(encoding="utf-8")
+    elif _is_hub_id(str(where)):
+        from huggingface_hub import hf_hub_download
+
+        text = Path(hf_hub_download(str(where), README, repo_type="dataset", revision=revision,
+                                    token=token)).read_text(encoding="utf-8")
+    else:
+        raise FileNotFoundError(f"{where!s} is neither a folder nor a Hub dataset id.")
+    start = text.find(METADATA_SUMMARY)
+    begin = text.find("```json", start) if start >= 0 else -1
+    end = text.find("```", begin + len("```json")) if begin >= 0 else -1
+    if end < 0:
+        raise ValueError(f"The dataset card of {where!s} holds no pds-hf run record; was it published by pds_hf?")
+    try:
+        return json.loads(text[begin + len("```json"):end])
+    except ValueError as err:
+        raise ValueError(f"The pds-hf run record in the card of {where!s} is not valid JSON ({err}); "
+                         "was the card edited by hand?") from None
+
+
 def _template_path() -> Path:
     """The card template: the copy a wheel installs in the package, else ``model_cards/`` of a source checkout."""
     name = "dataset_card_template.md"

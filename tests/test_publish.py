@@ -305,3 +305,26 @@ def test_wheel_ships_the_card_template(tmp_path):
     assert "pds_hf/publish.py" in names and "pds_hf/evaluation/__init__.py" in names
     shipped = zipfile.ZipFile(wheel).read("pds_hf/model_cards/dataset_card_template.md").decode()
     assert shipped == (root / "model_cards" / "dataset_card_template.md").read_text()
+
+
+def test_metadata_survives_publishing_through_the_card(healthy, small, tmp_path):
+    """load_dataset loses a dataset's info; pds_hf.metadata reads the run record back from the card."""
+    import json
+
+    expected = json.loads(json.dumps(pds_hf.metadata(small), default=str))
+    save_to_folder(small, tmp_path / "out")
+    with pytest.raises(ValueError, match="pass its folder or Hub id"):
+        pds_hf.metadata(load_dataset(str(tmp_path / "out"), split="train"))
+    assert pds_hf.metadata(tmp_path / "out") == expected
+    assert pds_hf.metadata(str(tmp_path / "out")) == expected
+
+    hub = healthy
+    push_to_hub(small, "tester/with-record", token=hub.token, license="mit")
+    assert pds_hf.metadata("tester/with-record") == expected
+
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "README.md").write_text("# some dataset\n")
+    with pytest.raises(ValueError, match="holds no pds-hf run record"):
+        pds_hf.metadata(tmp_path / "plain")
+    with pytest.raises(FileNotFoundError, match="has no README.md"):
+        pds_hf.metadata(tmp_path)
