@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .filter import normalize as unit_rows
+
 logger = logging.getLogger(__name__)
 
 
@@ -89,12 +91,6 @@ def greedy_kmeans_plus_plus(x: np.ndarray, k: int, *, weights=None, seed: int = 
     return centres
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    """A float32 copy of ``x`` with each row scaled to unit L2 norm (zero rows stay zero)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.maximum(norms, np.finfo(np.float32).tiny), dtype=np.float32)
-
-
 def kmeans(x, k: int, *, weights=None, seed: int = 42, iterations: int = 25, restarts: int = 1,
            init: str = "k-means++", gpu: bool | None = None,
            max_points_per_centroid: int | None = DEFAULT_MAX_POINTS_PER_CENTROID, rows=None,
@@ -162,7 +158,7 @@ def kmeans(x, k: int, *, weights=None, seed: int = 42, iterations: int = 25, res
         sample, fit_w = None, w
     fit_x = x if fit_rows is None else x[fit_rows]
     if normalize:
-        fit_x = _unit_rows(fit_x)
+        fit_x = unit_rows(fit_x)
     best = None
     # faiss restarts (nredo) redraw its own initial centres; with given centres, restart here.
     for run in range(restarts if init == "k-means++" else 1):
@@ -189,7 +185,7 @@ def kmeans(x, k: int, *, weights=None, seed: int = 42, iterations: int = 25, res
         stop = min(start + chunk, n)
         block = x[start:stop] if rows is None else x[rows[start:stop]]
         if normalize:
-            block = _unit_rows(block)
+            block = unit_rows(block)
         dist, lab = km.index.search(block, 1)
         distances[start:stop], labels[start:stop] = dist[:, 0], lab[:, 0]
     inertia = float(np.dot(distances, w) if w is not None else distances.sum())

@@ -89,19 +89,42 @@ def tiny_clip_encoder(seed: int = 0):
     return encoder
 
 
+def unclip_from_parts(*, tokenizer, text_encoder, image_encoder, unet, vae, embedding_dim: int,
+                      feature_extractor=None, clip_sample: bool = True):
+    """A ``StableUnCLIPImg2ImgPipeline`` assembled from given models, with the schedulers of
+    ``stabilityai/stable-diffusion-2-1-unclip-small`` (v-prediction DDIM; squared-cosine noising of
+    the image embedding) and a fresh image normaliser for ``embedding_dim``-sized embeddings.
+
+    Used by :func:`tiny_unclip_pipeline` and by ``benchmarks/gpu/bench_gpu.py`` (the real
+    architecture with random weights), so both wire the pipeline the same way.
+    """
+    from diffusers import DDIMScheduler, DDPMScheduler, StableUnCLIPImg2ImgPipeline
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
+    from transformers import CLIPImageProcessor
+
+    pipe = StableUnCLIPImg2ImgPipeline(
+        feature_extractor=feature_extractor if feature_extractor is not None else CLIPImageProcessor(),
+        image_encoder=image_encoder.eval(),
+        image_normalizer=StableUnCLIPImageNormalizer(embedding_dim=embedding_dim),
+        image_noising_scheduler=DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2"),
+        tokenizer=tokenizer,
+        text_encoder=text_encoder.eval(),
+        unet=unet.eval(),
+        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1,
+                                clip_sample=clip_sample),
+        vae=vae.eval(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def tiny_unclip_pipeline(seed: int = 0, *, embedding_dim: int = TINY_EMBED_DIM):
     """A ``StableUnCLIPImg2ImgPipeline`` with tiny random components; 32x32 images.
 
     Its UNet takes ``image_embeds`` of size ``embedding_dim`` (the real one takes 768, ViT-L/14's).
     """
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        DDPMScheduler,
-        StableUnCLIPImg2ImgPipeline,
-        UNet2DConditionModel,
-    )
-    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import (
         CLIPImageProcessor,
         CLIPTextConfig,
@@ -131,20 +154,10 @@ def tiny_unclip_pipeline(seed: int = 0, *, embedding_dim: int = TINY_EMBED_DIM):
             in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
             down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
             up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=32)
-        image_normalizer = StableUnCLIPImageNormalizer(embedding_dim=embedding_dim)
-    pipe = StableUnCLIPImg2ImgPipeline(
-        feature_extractor=CLIPImageProcessor(crop_size={"height": 32, "width": 32}, size={"shortest_edge": 32}),
-        image_encoder=image_encoder.eval(),
-        image_normalizer=image_normalizer,
-        image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
-        tokenizer=tokenizer,
-        text_encoder=text_encoder.eval(),
-        unet=unet.eval(),
-        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1),
-        vae=vae.eval(),
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = unclip_from_parts(
+        tokenizer=tokenizer, text_encoder=text_encoder, image_encoder=image_encoder, unet=unet, vae=vae,
+        embedding_dim=embedding_dim,
+        feature_extractor=CLIPImageProcessor(crop_size={"height": 32, "width": 32}, size={"shortest_edge": 32}))
     pipe.register_to_config(_name_or_path="pds-hf/tiny-random-unclip")
     pipe.fingerprint = f"pds-hf/tiny-random-unclip:seed={seed}:dim={embedding_dim}"
     return pipe

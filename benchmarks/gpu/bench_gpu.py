@@ -79,23 +79,10 @@ def clip_vit_l14(quick: bool):
 def unclip_small(quick: bool, device, dtype):
     """A random-weight StableUnCLIPImg2ImgPipeline with stable-diffusion-2-1-unclip-small's architecture."""
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        DDPMScheduler,
-        StableUnCLIPImg2ImgPipeline,
-        UNet2DConditionModel,
-    )
-    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPVisionConfig,
-        CLIPVisionModelWithProjection,
-    )
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from pds_hf.testing import tiny_clip_tokenizer
+    from pds_hf.testing import tiny_clip_tokenizer, unclip_from_parts
 
     tokenizer = tiny_clip_tokenizer()
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -130,21 +117,8 @@ def unclip_small(quick: bool, device, dtype):
             norm_num_groups=groups, sample_size=latent * 8)
         text_encoder = CLIPTextModel(text)
         image_encoder = CLIPVisionModelWithProjection(vision)
-        image_normalizer = StableUnCLIPImageNormalizer(embedding_dim=embed)
-    pipe = StableUnCLIPImg2ImgPipeline(
-        feature_extractor=CLIPImageProcessor(),
-        image_encoder=image_encoder.eval(),
-        image_normalizer=image_normalizer,
-        image_noising_scheduler=DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2"),
-        tokenizer=tokenizer,
-        text_encoder=text_encoder.eval(),
-        unet=unet.eval(),
-        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1,
-                                clip_sample=False),
-        vae=vae.eval(),
-    ).to(device, dtype)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = unclip_from_parts(tokenizer=tokenizer, text_encoder=text_encoder, image_encoder=image_encoder, unet=unet,
+                             vae=vae, embedding_dim=embed, clip_sample=False).to(device, dtype)
     return pipe, embed
 
 
@@ -156,9 +130,7 @@ def sync(device):
 
 
 def bench_encode(args, device, dtype):
-    import torch
-
-    from bench_encode import image_dataset
+    from bench_encode import bare_forward, caption_batches, image_dataset
     from pds_hf.encode import TransformersEncoder, encode_table
     from pds_hf.inputs import load_images, read_pairs
 
@@ -172,18 +144,10 @@ def bench_encode(args, device, dtype):
         images = load_images(ds, "image", rows[start:start + args.batch_size])
         batches.append(processor(images=images, return_tensors="pt")["pixel_values"].to(device, dtype))
 
-    text_batches = []
-    for start in range(0, len(table.texts), args.batch_size):
-        tokens = processor.tokenizer(table.texts[start:start + args.batch_size], padding=True, truncation=True,
-                                     return_tensors="pt")
-        text_batches.append({k: tokens[k].to(device) for k in ("input_ids", "attention_mask")})
+    text_batches = caption_batches(processor, table.texts, args.batch_size, device)
 
     def bare():
-        with torch.inference_mode():
-            for pixel_values in batches:
-                model.get_image_features(pixel_values=pixel_values)
-            for tokens in text_batches:
-                model.get_text_features(**tokens)
+        bare_forward(model, batches, text_batches)
         sync(device)
 
     def full():
