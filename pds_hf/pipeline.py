@@ -5,7 +5,6 @@ encode -> filter -> cluster -> align -> prototypes -> caption -> synthesize
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -20,27 +19,10 @@ from .distributed import current_ranks
 from .encode import encode_table, encoder_name, load_encoder, model_fingerprint
 from .inputs import check_columns, load_images, read_pairs
 from .prototypes import prototypes_from_embeddings
+from .schema import output_features, read_run_record, run_record_info
 from .synthesize import load_unclip, resize_image, retrieve_images, synthesize_unclip, unclip_fingerprint
 
 logger = logging.getLogger(__name__)
-
-METADATA_KEY = "pds_hf"
-
-
-def output_features(dim: int):
-    """The schema of a distilled set whose embeddings have ``dim`` dimensions."""
-    from datasets import Features, Image, List, Value
-
-    return Features({
-        "image": Image(),
-        "caption": Value("string"),
-        "image_embedding": List(Value("float32"), length=dim),
-        "text_embedding": List(Value("float32"), length=dim),
-        "support": Value("int64"),
-        "image_cluster": Value("int64"),
-        "text_cluster": Value("int64"),
-    })
-
 
 def metadata(ds, *, revision: str | None = None, token=None) -> dict:
     """How a distilled set was made (config, source, models, timings).
@@ -66,13 +48,7 @@ def metadata(ds, *, revision: str | None = None, token=None) -> dict:
         from .publish import metadata_from_card
 
         return metadata_from_card(ds, revision=revision, token=token)
-    try:
-        return json.loads(ds.info.description or "")[METADATA_KEY]
-    except (ValueError, KeyError, TypeError):
-        raise ValueError(
-            "This dataset carries no pds_hf metadata; was it made by pds_hf.distill? A set loaded back from "
-            "parquet (load_dataset) has lost it: pass its folder or Hub id instead, "
-            "e.g. pds_hf.metadata('me/flickr30k-pds-100').") from None
+    return read_run_record(ds)
 
 
 class _Stages:
@@ -178,7 +154,7 @@ def distill(ds, config: DistillConfig | None = None, **overrides):
         >>> small = pds_hf.distill(ds, num_pairs=100, synthesis="retrieve")   # no decoder needed
         ```
     """
-    from datasets import Dataset, DatasetInfo
+    from datasets import Dataset
 
     config = (config or DistillConfig()).replace(**overrides) if overrides else (config or DistillConfig())
     stages = _Stages()
@@ -256,7 +232,7 @@ def distill(ds, config: DistillConfig | None = None, **overrides):
         "versions": _versions(),
     }
     features = output_features(image_protos.shape[1])
-    info = DatasetInfo(description=json.dumps({METADATA_KEY: meta}), features=features)
+    info = run_record_info(meta, features)
     return Dataset.from_dict(
         {
             "image": images,

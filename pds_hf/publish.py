@@ -238,10 +238,10 @@ def _evaluation_markdown(evaluation) -> str | None:
 
 
 def _metadata_or_empty(ds) -> dict:
-    from .pipeline import metadata
+    from .schema import read_run_record
 
     try:
-        return metadata(ds)
+        return read_run_record(ds)
     except ValueError:
         logger.warning("The dataset carries no pds_hf metadata: its card will say 'not recorded' for how it was made.")
         return {}
@@ -600,7 +600,7 @@ def _write_repo(ds, folder: Path, *, choice: LicenseChoice, repo_id, src: _Sourc
 def _check_distilled(ds) -> None:
     from datasets import Dataset
 
-    from .pipeline import output_features
+    from .schema import output_features
 
     if not isinstance(ds, Dataset):
         raise TypeError(f"Expected the distilled datasets.Dataset (one split), got {type(ds).__name__}.")

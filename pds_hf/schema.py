@@ -1,0 +1,46 @@
+"""What a distilled set looks like: its columns and the run record it carries.
+
+This module sits at the bottom of the package: it imports nothing of ``pds_hf``, so the processor, the
+publishing code and the public API can all use it without importing one another.
+"""
+
+from __future__ import annotations
+
+import json
+
+METADATA_KEY = "pds_hf"
+
+COLUMNS = ("image", "caption", "image_embedding", "text_embedding", "support", "image_cluster", "text_cluster")
+
+
+def output_features(dim: int):
+    """The schema of a distilled set whose embeddings have ``dim`` dimensions."""
+    from datasets import Features, Image, List, Value
+
+    return Features({
+        "image": Image(),
+        "caption": Value("string"),
+        "image_embedding": List(Value("float32"), length=dim),
+        "text_embedding": List(Value("float32"), length=dim),
+        "support": Value("int64"),
+        "image_cluster": Value("int64"),
+        "text_cluster": Value("int64"),
+    })
+
+
+def run_record_info(record: dict, features):
+    """A ``DatasetInfo`` that carries ``record`` (config, source, models, timings) in its description."""
+    from datasets import DatasetInfo
+
+    return DatasetInfo(description=json.dumps({METADATA_KEY: record}), features=features)
+
+
+def read_run_record(ds) -> dict:
+    """The run record a distilled ``Dataset`` carries in its info; ``ValueError`` when there is none."""
+    try:
+        return json.loads(ds.info.description or "")[METADATA_KEY]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(
+            "This dataset carries no pds_hf metadata; was it made by pds_hf.distill? A set loaded back from "
+            "parquet (load_dataset) has lost it: pass its folder or Hub id instead, "
+            "e.g. pds_hf.metadata('me/flickr30k-pds-100').") from None
