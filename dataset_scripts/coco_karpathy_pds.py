@@ -19,9 +19,14 @@ Usage::
     python dataset_scripts/coco_karpathy_pds.py --org my-org --source bitmind/MS-COCO --license cc-by-4.0
     python dataset_scripts/coco_karpathy_pds.py --org my-org --dry-run             # offline, tiny models, folders
 
+The pairs (:func:`to_pairs`) are saved once per source revision under ``--cache-dir``, and each size is built
+by :class:`pds_hf.DistillBuilder` into datasets' cache from them: running the recipe again (say, after a failed
+upload) publishes without distilling again.
+
 ``--dry-run`` writes a small stand-in for the chosen source in its own file layout (tar shards or parquet)
 with the same columns and types, loads it with ``load_dataset`` and runs the whole recipe on it with the tiny
-random models of ``pds_hf.testing``, writing folders instead of pushing.
+random models of ``pds_hf.testing`` (saved to folders, which stand in for model ids), writing folders instead
+of pushing.
 """
 
 from __future__ import annotations
@@ -78,6 +83,13 @@ def to_pairs(ds, source: str):
                        f"(columns: {flat.column_names}).")
     flat = flat.select_columns(list(columns))
     return flat.rename_columns({old: new for old, new in columns.items() if old != new})
+
+
+def builder(pairs_dir: str, settings: dict, cache_dir: str | None):
+    """The :class:`pds_hf.DistillBuilder` of one distilled size, over the pairs saved by :func:`to_pairs`."""
+    from pds_hf import DistillBuilder
+
+    return DistillBuilder(cache_dir=cache_dir, source=pairs_dir, source_split=SOURCE_SPLIT, distill=settings)
 
 
 def _shapes(num_images: int):
@@ -139,6 +151,8 @@ def parse_args(argv=None):
     parser.add_argument("--output-dir", help="Write folders here instead of pushing (default ./pds-dry-run with "
                                              "--dry-run).")
     parser.add_argument("--overwrite", action="store_true", help="Replace existing folders in --output-dir.")
+    parser.add_argument("--cache-dir", help="Where the distilled sets are built (default: datasets' cache; "
+                                            "OUTPUT_DIR/.cache with --dry-run).")
     parser.add_argument("--dry-run", action="store_true",
                         help="Offline: a synthetic slice shaped like the source and tiny random models; folders only.")
     parser.add_argument("--source-revision", default="main", help="Revision of the source to read.")
@@ -150,37 +164,48 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import pds_hf
     from pds_hf.publish import PublishError, prepare_push, push_to_hub, save_to_folder
 
     sizes = args.sizes or (DRY_RUN_SIZES if args.dry_run else SIZES)
     repo_ids = [f"{args.org}/{NAME}-pds-{size}" for size in sizes]
     output_dir = Path(args.output_dir) if args.output_dir else (Path("pds-dry-run") if args.dry_run else None)
     try:
+        if output_dir is not None and not args.overwrite:  # an existing folder fails now, not after distilling
+            taken = [str(output_dir / r.split("/")[1]) for r in repo_ids if (output_dir / r.split("/")[1]).exists()]
+            if taken:
+                raise FileExistsError(f"{', '.join(taken)} already exist(s); pass --overwrite to replace, or choose "
+                                      "another --output-dir.")
         if output_dir is None:
             for repo_id in repo_ids:  # a bad token, namespace or license fails now, not after hours of work
-                prepare_push(repo_id, token=args.token, license=args.license, source=args.source,
-                             source_revision=args.source_revision)
+                prepare_push(repo_id, token=args.token, license=args.license, source=args.source, source_revision=args.source_revision)
+        cache_dir = args.cache_dir or (str(output_dir / ".cache") if args.dry_run else None)
+        settings = dict(synthesis=args.synthesis, seed=args.seed)
         if args.dry_run:
-            from pds_hf.testing import tiny_clip_encoder, tiny_unclip_pipeline
+            from pds_hf.testing import save_tiny_clip, save_tiny_unclip
 
             source = str(write_dry_run_source(output_dir / f"{args.source.replace('/', '--')}-stand-in", args.source))
             revision = None
-            config = pds_hf.DistillConfig(
-                clip_model=tiny_clip_encoder(), synthesis=args.synthesis, num_inference_steps=args.steps or 2,
-                image_size=32, device="cpu", seed=args.seed,
-                **({"unclip_model": tiny_unclip_pipeline()} if args.synthesis == "unclip" else {}))
+            models = output_dir / ".models"
+            settings.update(clip_model=save_tiny_clip(models / "tiny-random-clip"), image_size=32, device="cpu",
+                            num_inference_steps=args.steps or 2)
+            if args.synthesis == "unclip":
+                settings["unclip_model"] = save_tiny_unclip(models / "tiny-random-unclip")
         else:
             from huggingface_hub import HfApi
 
             source = args.source
             # Pin the commit, so that the cards say exactly what was read even if the source changes later.
             revision = HfApi(token=args.token).dataset_info(args.source, revision=args.source_revision).sha
-            config = pds_hf.DistillConfig(synthesis=args.synthesis, num_inference_steps=args.steps or 100,
-                                          seed=args.seed, device=args.device)
-        pairs = to_pairs(load_source(source, revision), args.source)
+            settings.update(num_inference_steps=args.steps or 100, device=args.device)
+        # The pairs are saved once per source revision; the builder distills from that folder.
+        pairs_dir = Path(cache_dir or Path.home() / ".cache" / "pds_hf_recipes") / \
+            f"{NAME}-pairs-{args.source.replace('/', '--')}-{revision or 'dry-run'}"
+        if not (pairs_dir / "state.json").exists():
+            to_pairs(load_source(source, revision), args.source).save_to_disk(str(pairs_dir))
         for size, repo_id in zip(sizes, repo_ids):
-            small = pds_hf.distill(pairs, config.replace(num_pairs=size))
+            build = builder(str(pairs_dir), {**settings, "num_pairs": size}, cache_dir)
+            build.download_and_prepare()
+            small = build.as_dataset("train")
             publish = dict(license=args.license, source=source, source_revision=revision,
                            source_selection=SELECTION[args.source])
             if output_dir is not None:
@@ -190,7 +215,7 @@ def main(argv=None) -> int:
                 where = push_to_hub(small, repo_id, private=args.private or None, token=args.token,
                                     **publish).commit_url
             print(f"{repo_id}: {len(small)} pairs -> {where}")
-    except (PublishError, ValueError, KeyError, FileExistsError) as err:
+    except (PublishError, ValueError, KeyError, TypeError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

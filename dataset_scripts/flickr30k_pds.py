@@ -15,9 +15,14 @@ Usage::
     python dataset_scripts/flickr30k_pds.py --org my-org --license other          # my-org/flickr30k-pds-{100,...}
     python dataset_scripts/flickr30k_pds.py --org my-org --dry-run                # offline, tiny models, folders
 
+Each size is built by :class:`pds_hf.DistillBuilder` into datasets' cache (``--cache-dir``): the source and
+settings are its config, so running the recipe again (say, after a failed upload) publishes without
+distilling again.
+
 ``--dry-run`` writes a small stand-in for the source with the same columns and types, in the same file
-layout as the Hub's export (``TEST/test/0000.parquet``), loads it with ``load_dataset`` and runs the whole
-recipe on it with the tiny random models of ``pds_hf.testing``, writing folders instead of pushing.
+layout as the Hub's export (``TEST/test/0000.parquet``), and runs the whole recipe on it with the tiny
+random models of ``pds_hf.testing`` (saved to folders, which stand in for model ids), writing folders
+instead of pushing.
 """
 
 from __future__ import annotations
@@ -60,6 +65,14 @@ def to_pairs(ds):
     return train.select_columns(["image", "caption"])
 
 
+def builder(source: str, revision: str | None, settings: dict, cache_dir: str | None):
+    """The :class:`pds_hf.DistillBuilder` of one distilled size: what :func:`to_pairs` selects, distilled."""
+    from pds_hf import DistillBuilder
+
+    return DistillBuilder(cache_dir=cache_dir, source=source, source_split=SOURCE_SPLIT, source_revision=revision,
+                          source_filter={"split": "train"}, source_columns=["image", "caption"], distill=settings)
+
+
 def write_dry_run_source(folder: Path, num_images: int = 48) -> Path:
     """A small stand-in for the source: shapes with captions, laid out and typed like the Hub's export."""
     from datasets import Dataset
@@ -97,6 +110,8 @@ def parse_args(argv=None):
     parser.add_argument("--output-dir", help="Write folders here instead of pushing (default ./pds-dry-run with "
                                              "--dry-run).")
     parser.add_argument("--overwrite", action="store_true", help="Replace existing folders in --output-dir.")
+    parser.add_argument("--cache-dir", help="Where the distilled sets are built (default: datasets' cache; "
+                                            "OUTPUT_DIR/.cache with --dry-run).")
     parser.add_argument("--dry-run", action="store_true",
                         help="Offline: a synthetic slice shaped like the source and tiny random models; folders only.")
     parser.add_argument("--source-revision", default=SOURCE_REVISION, help="Revision of the source to read.")
@@ -108,37 +123,45 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import pds_hf
     from pds_hf.publish import PublishError, prepare_push, push_to_hub, save_to_folder
 
     sizes = args.sizes or (DRY_RUN_SIZES if args.dry_run else SIZES)
     repo_ids = [f"{args.org}/{NAME}-pds-{size}" for size in sizes]
     output_dir = Path(args.output_dir) if args.output_dir else (Path("pds-dry-run") if args.dry_run else None)
     try:
+        if output_dir is not None and not args.overwrite:  # an existing folder fails now, not after distilling
+            taken = [str(output_dir / r.split("/")[1]) for r in repo_ids if (output_dir / r.split("/")[1]).exists()]
+            if taken:
+                raise FileExistsError(f"{', '.join(taken)} already exist(s); pass --overwrite to replace, or choose "
+                                      "another --output-dir.")
         if output_dir is None:
             for repo_id in repo_ids:  # a bad token, namespace or license fails now, not after hours of work
                 prepare_push(repo_id, token=args.token, license=args.license, source=SOURCE)
+        cache_dir = args.cache_dir or (str(output_dir / ".cache") if args.dry_run else None)
+        settings = dict(synthesis=args.synthesis, seed=args.seed)
         if args.dry_run:
-            from pds_hf.testing import tiny_clip_encoder, tiny_unclip_pipeline
+            from pds_hf.testing import save_tiny_clip, save_tiny_unclip
 
             source = str(write_dry_run_source(output_dir / f"{SOURCE.replace('/', '--')}-stand-in"))
             revision = None
-            config = pds_hf.DistillConfig(
-                clip_model=tiny_clip_encoder(), synthesis=args.synthesis, num_inference_steps=args.steps or 2,
-                image_size=32, device="cpu", seed=args.seed,
-                **({"unclip_model": tiny_unclip_pipeline()} if args.synthesis == "unclip" else {}))
+            models = output_dir / ".models"
+            settings.update(clip_model=save_tiny_clip(models / "tiny-random-clip"), image_size=32, device="cpu",
+                            num_inference_steps=args.steps or 2)
+            if args.synthesis == "unclip":
+                settings["unclip_model"] = save_tiny_unclip(models / "tiny-random-unclip")
         else:
             from huggingface_hub import HfApi
 
             source = SOURCE
             # Pin the commit, so that the cards say exactly what was read even if the source changes later.
             revision = HfApi(token=args.token).dataset_info(SOURCE, revision=args.source_revision).sha
-            config = pds_hf.DistillConfig(synthesis=args.synthesis, num_inference_steps=args.steps or 100,
-                                          seed=args.seed, device=args.device)
-        pairs = to_pairs(load_source(source, revision))
+            settings.update(num_inference_steps=args.steps or 100, device=args.device)
         for size, repo_id in zip(sizes, repo_ids):
-            small = pds_hf.distill(pairs, config.replace(num_pairs=size))
-            publish = dict(license=args.license, source=source, source_revision=revision, source_selection=SELECTION)
+            build = builder(source, revision, {**settings, "num_pairs": size}, cache_dir)
+            build.download_and_prepare()
+            small = build.as_dataset("train")
+            publish = dict(license=args.license, source=source, source_revision=revision,
+                           source_selection=SELECTION)
             if output_dir is not None:
                 where = save_to_folder(small, output_dir / repo_id.split("/")[1], repo_id=repo_id,
                                        overwrite=args.overwrite, **publish)
@@ -146,7 +169,7 @@ def main(argv=None) -> int:
                 where = push_to_hub(small, repo_id, private=args.private or None, token=args.token,
                                     **publish).commit_url
             print(f"{repo_id}: {len(small)} pairs -> {where}")
-    except (PublishError, ValueError, KeyError, FileExistsError) as err:
+    except (PublishError, ValueError, KeyError, TypeError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

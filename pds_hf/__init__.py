@@ -9,16 +9,17 @@ Example:
     ```
 """
 
+from .builder import DistillBuilder, DistillBuilderConfig
 from .config import DistillConfig
 from .evaluation import evaluate
-from .pipeline import distill, metadata
+from .processor import DistillProcessor, Selection, distill, metadata
 from .prototypes import Prototypes, prototypes_from_embeddings
 from .publish import push_to_hub, save_to_folder
 
 __version__ = "0.1.0"
 
-__all__ = ["DistillConfig", "Prototypes", "distill", "evaluate", "metadata", "prototypes_from_embeddings",
-           "push_to_hub", "save_to_folder"]
+__all__ = ["DistillBuilder", "DistillBuilderConfig", "DistillConfig", "DistillProcessor", "Prototypes", "Selection",
+           "distill", "evaluate", "metadata", "prototypes_from_embeddings", "push_to_hub", "save_to_folder"]
 
 
 def _dataset_distill(self, config: DistillConfig | None = None, **overrides):
@@ -30,17 +31,20 @@ _dataset_distill.__pds_hf__ = True
 
 
 def _register() -> None:
-    # Add Dataset.distill without ever replacing an attribute that datasets (or anyone) already defines.
-    from datasets import Dataset
+    # Add .distill to Dataset, and to DatasetDict / IterableDataset so that calling it there explains what to do
+    # (distill needs one split, all of it at once), without replacing an attribute anyone else defines.
+    import logging
 
-    existing = getattr(Dataset, "distill", None)
-    if existing is None:
-        Dataset.distill = _dataset_distill
-    elif not getattr(existing, "__pds_hf__", False):
-        import logging
+    from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 
-        logging.getLogger(__name__).warning(
-            "datasets.Dataset already has a 'distill' attribute; left as is. Use pds_hf.distill(ds, ...).")
+    for cls in (Dataset, DatasetDict, IterableDataset, IterableDatasetDict):
+        existing = getattr(cls, "distill", None)
+        if existing is None:
+            cls.distill = _dataset_distill
+        elif not getattr(existing, "__pds_hf__", False):
+            logging.getLogger(__name__).warning(
+                "datasets.%s already has a 'distill' attribute; left as is. Use pds_hf.distill(ds, ...).",
+                cls.__name__)
 
 
 _register()

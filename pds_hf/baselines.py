@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .filter import nonfinite_rows, normalize
+
 BASELINES = ("random", "herding", "kcenter")
 MODALITIES = ("both", "image", "text")
 
@@ -137,15 +139,10 @@ def _embeddings(name: str, array) -> np.ndarray:
     array = np.asarray(array, dtype=np.float32)
     if array.ndim != 2:
         raise ValueError(f"{name} must be an (N, d) array, one row per pair; got shape {array.shape}.")
-    bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+    bad = nonfinite_rows(array)
     if bad.size:
         raise ValueError(f"{name} holds NaN or inf at pair(s) {bad[:5].tolist()}; drop those pairs first.")
     return array
-
-
-def _unit(array: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(array, axis=1, keepdims=True)
-    return array / np.maximum(norms, 1e-12)
 
 
 def select_pairs(method: str, image_embeds, text_embeds, num_pairs: int, *, seed: int = 42,
@@ -190,7 +187,7 @@ def select_pairs(method: str, image_embeds, text_embeds, num_pairs: int, *, seed
     if method == "random":
         return np.random.default_rng(seed).choice(total, size=num_pairs, replace=False).astype(np.int64)
     sides = {"both": (image_embeds, text_embeds), "image": (image_embeds,), "text": (text_embeds,)}[modality]
-    features = np.concatenate([_unit(side) for side in sides], axis=1)
+    features = np.concatenate([normalize(side) for side in sides], axis=1)
     if method == "herding":
         return herding(features, num_pairs, device=device)
     return kcenter(features, num_pairs, seed=seed, device=device)

@@ -12,15 +12,28 @@ multi-machine run it must be on a filesystem that every process sees.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 CACHE_FORMAT = 1
+
+# One version per stage, part of its fingerprint. Bump a stage's number whenever what it computes changes
+# (a new k-means seeding, another filter), so that results saved by an older pds-hf are not read back as if
+# they were this version's: that stage and every stage after it are recomputed.
+STAGE_VERSIONS = {
+    "encode": 1,
+    "embeddings": 1,
+    "select": 3,  # 2: greedy k-means++ seeding; 3: clusters on L2-normalised embeddings by default
+    "synthesize": 1,
+    "stream": 1,
+}
 
 
 def default_cache_dir() -> Path:
@@ -38,12 +51,38 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
 
-def _atomic_write(path: Path, write) -> None:
+def stage_key(stage: str, parent: str | None, *parts) -> str | None:
+    """The fingerprint of ``stage`` (with its version) over its parent stage's key and its own settings.
+
+    None (nothing cached) when the parent's identity is unknown, e.g. an encoder object without a
+    ``fingerprint`` attribute.
+    """
+    return None if parent is None else fingerprint(stage, STAGE_VERSIONS[stage], parent, *parts)
+
+
+def _disk_full(path: Path, size: int | None, tmp: str) -> OSError:
+    """The error for a full disk: which stage, which file, how many bytes it needed and how many are free."""
+    written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
+    needed = f"about {size} bytes" if size is not None else f"more than the {written} bytes written"
+    free = shutil.disk_usage(path.parent).free
+    return OSError(errno.ENOSPC, f"No space left on the device while writing {path.name} of stage "
+                                 f"{path.parent.name!r} in {path.parent.parent}: it needed {needed} and {free} bytes "
+                                 "are free. Free some space, or point the cache to a larger disk (cache_dir=... or "
+                                 "PDS_HF_CACHE=...); finished files are kept, so the run resumes.")
+
+
+def _atomic_write(path: Path, write, size: int | None = None) -> None:
+    """Write ``path`` whole or not at all; ``size`` (bytes, when known) is reported if the disk is full."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                write(handle)
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            raise _disk_full(path, size, tmp) from err
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -67,12 +106,14 @@ class Stage:
         _atomic_write(self.path / f"{name}.done", lambda handle: handle.write(b""))
 
     def save_arrays(self, name: str, **arrays) -> None:
-        _atomic_write(self.path / f"{name}.npz", lambda handle: np.savez(handle, **arrays))
+        _atomic_write(self.path / f"{name}.npz", lambda handle: np.savez(handle, **arrays),
+                      size=sum(np.asarray(value).nbytes for value in arrays.values()))
         self._mark(name)
 
-    def load_arrays(self, name: str) -> dict:
+    def load_arrays(self, name: str, keys=None) -> dict:
+        """The arrays saved as ``name``; only those named in ``keys`` (the others are not read) when given."""
         with np.load(self.path / f"{name}.npz", allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+            return {key: data[key] for key in (data.files if keys is None else keys)}
 
     def save_json(self, name: str, value) -> None:
         _atomic_write(self.path / f"{name}.json", lambda handle: handle.write(json.dumps(value).encode()))
@@ -108,8 +149,9 @@ class MemoryStage(Stage):
     def save_arrays(self, name: str, **arrays) -> None:
         self._items[name] = dict(arrays)
 
-    def load_arrays(self, name: str) -> dict:
-        return self._items[name]
+    def load_arrays(self, name: str, keys=None) -> dict:
+        items = self._items[name]
+        return items if keys is None else {key: items[key] for key in keys}
 
     def save_json(self, name: str, value) -> None:
         self._items[name] = value

@@ -1,6 +1,16 @@
-"""The ``pds-hf`` command: ``pds-hf distill ...``, ``pds-hf evaluate ...``.
+"""The ``pds-hf`` command: ``pds-hf distill ...``, ``pds-hf evaluate ...``, ``pds-hf compare ...``.
 
-Also runs as ``python -m pds_hf.cli`` (and so under ``accelerate launch -m pds_hf.cli``).
+Also runs as ``python -m pds_hf`` and ``python -m pds_hf.cli`` (so under ``accelerate launch -m pds_hf.cli``).
+
+A failure prints one line on stderr, ``error: <what went wrong>; <how to fix it>``; ``-v`` adds the traceback.
+Exit codes: 0 done, 1 failed, 2 the command line cannot work as given, 130 interrupted (Ctrl-C).
+
+Example:
+    ```bash
+    pds-hf distill --demo --output demo-pds              # tiny models on made-in-code shapes, no network
+    pds-hf distill nlphuji/flickr30k --split test --num-pairs 100 --output flickr30k-pds-100
+    python -m pds_hf --version
+    ```
 """
 
 from __future__ import annotations
@@ -9,32 +19,136 @@ import argparse
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 
 logger = logging.getLogger("pds_hf")
 
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# transformers warns on first use of CLIPImageProcessor when torchvision is absent; the PIL processor it falls back
+# to gives the same inputs for CLIP, so the line is noise on every run. It is shown under -v.
+_TORCHVISION_NOTE = "requires torchvision (not installed)"
+_TORCHVISION_LOGGER = "transformers.utils.import_utils"
+
+
+class UsageError(Exception):
+    """A command line that cannot work as given (exit code 2); the message says what to change."""
+
+
+class CommandError(Exception):
+    """A run that failed for a reason outside the command line (exit code 1); the message says what to do."""
+
+
+def _one_line(text) -> str:
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _is_repo_id(name: str) -> bool:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _pick_split(name: str, splits, split: str | None):
+    if split is None:
+        if len(splits) == 1:
+            return next(iter(splits.values()))
+        raise UsageError(f"{name} has splits {list(splits)}; pick one with --split, e.g. --split {list(splits)[0]}.")
+    if split not in splits:
+        raise UsageError(f"{name} has no split {split!r}; its splits are {list(splits)}: pass one of them to --split.")
+    return splits[split]
+
 
 def load_source(name: str, *, split: str | None, config_name: str | None = None):
-    """A ``datasets.Dataset`` from a Hub id, a local data folder, or a ``save_to_disk`` folder."""
+    """A ``datasets.Dataset`` from a Hub id, a local data folder, or a ``save_to_disk`` folder.
+
+    Args:
+        name: a Hub dataset id, a folder of data files, or a folder written by ``save_to_disk``.
+        split: the split to read; may be left out when the dataset has exactly one. A ``--split`` that the
+            dataset does not have is an error naming the splits it has.
+        config_name: the dataset configuration (Hub datasets and data folders only).
+
+    Raises:
+        UsageError: on a path that does not exist, a split the dataset lacks, or several splits and no ``split``.
+        CommandError: when a Hub dataset cannot be reached (offline, or no network).
+
+    Example:
+        ```py
+        >>> ds = load_source("./my-pairs", split=None)   # a save_to_disk folder or a folder of parquet files
+        ```
+    """
     import datasets
 
-    path = Path(name)
-    if path.is_dir() and (path / "state.json").exists():
+    path = Path(name).expanduser()
+    if (path / "state.json").is_file():
         ds = datasets.load_from_disk(str(path))
-    else:
-        ds = datasets.load_dataset(name, config_name, split=split)
+        if split is not None and split != (str(ds.split) if ds.split is not None else None):
+            held = f"split {str(ds.split)!r}" if ds.split is not None else "a split with no name"
+            raise UsageError(f"{name} is a save_to_disk folder holding one dataset ({held}), not split {split!r}; "
+                             "drop --split" + (f" or pass --split {ds.split}." if ds.split is not None else "."))
+        return ds
+    if (path / "dataset_dict.json").is_file():
+        return _pick_split(name, datasets.load_from_disk(str(path)), split)
+    if not path.exists() and not _is_repo_id(name):
+        raise UsageError(f"{name}: no such folder, and not a Hub dataset id (namespace/name); check the path, or "
+                         "name a Hub dataset.")
+    try:
+        ds = datasets.load_dataset(str(path) if path.exists() else name, config_name, split=split)
+    except ValueError as err:
+        if str(err).startswith("Unknown split"):
+            raise UsageError(f"{name}: {err} Pass one of them to --split.") from err
+        raise
+    except ConnectionError as err:
+        fix = ("the Hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache: unset HF_HUB_OFFLINE, or "
+               "pass a local folder" if _hub_offline() else "check the network and the id, or pass a local folder")
+        raise CommandError(f"could not load dataset {name!r} ({_one_line(err)}); {fix}.") from err
     if isinstance(ds, datasets.DatasetDict):
-        if split is None and len(ds) == 1:
-            return next(iter(ds.values()))
-        if split is None:
-            raise SystemExit(f"error: {name} has splits {list(ds)}; pass --split.")
-        return ds[split]
+        return _pick_split(name, ds, split)
     return ds
 
 
+def _check_model(option: str, name, revision: str | None, filename: str) -> None:
+    """Refuse, before any work, a model that cannot be found: a missing folder, or an id the offline Hub lacks."""
+    if not isinstance(name, str) or Path(name).expanduser().exists():
+        return
+    if not _is_repo_id(name):
+        raise UsageError(f"{option} {name}: no such folder, and not a Hub model id (namespace/name); pass a folder "
+                         "written by save_pretrained, or a Hub id.")
+    if _hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, filename, revision=revision), str):
+            raise CommandError(f"{option} {name} is not in the local Hugging Face cache and the Hub is offline "
+                               f"(HF_HUB_OFFLINE=1); download it once online (hf download {name}), or pass a local "
+                               "folder.")
+
+
+def _check_models(config, ds) -> None:
+    given = {config.image_embedding_column, config.text_embedding_column} <= set(ds.column_names)
+    if not given:
+        _check_model("--clip-model", config.clip_model, config.clip_revision, "config.json")
+    if config.method == "pds" and config.synthesis == "unclip":
+        _check_model("--unclip-model", config.unclip_model, config.unclip_revision, "model_index.json")
+
+
 def _add_distill(subparsers):
-    p = subparsers.add_parser("distill", help="Distill an image-text dataset into a few synthetic pairs.",
-                              description="Distill an image-text dataset with PDS and write it as a Hub dataset folder.")
+    p = subparsers.add_parser(
+        "distill", help="Distill an image-text dataset into a few synthetic pairs.",
+        description="Distill an image-text dataset with PDS and write it as a Hub dataset folder, or publish it.")
     p.add_argument("dataset", nargs="?", help="Hub dataset id, local data folder or save_to_disk folder.")
     p.add_argument("--demo", action="store_true",
                    help="Use the built-in shapes dataset and tiny random models (no network, no GPU).")
@@ -48,40 +162,54 @@ def _add_distill(subparsers):
     p.add_argument("--license", help="License id for the card (default: the one the source dataset's card declares).")
     p.add_argument("--overwrite", action="store_true", help="Replace --output if it exists.")
     p.add_argument("--num-pairs", type=int, help="Distilled pairs M (default 100; 16 with --demo).")
-    p.add_argument("--method", choices=["pds", "random", "herding", "kcenter"], default="pds")
-    p.add_argument("--synthesis", choices=["unclip", "retrieve", "none"], default="unclip")
-    p.add_argument("--clip-model", help="Encoder id (default openai/clip-vit-large-patch14).")
-    p.add_argument("--clip-revision")
-    p.add_argument("--unclip-model", help="Decoder id (default stabilityai/stable-diffusion-2-1-unclip-small).")
-    p.add_argument("--unclip-revision")
-    p.add_argument("--image-column", default="image")
-    p.add_argument("--caption-column", default="caption")
-    p.add_argument("--rm-ratio", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--empty", choices=["centroid", "drop"], default="centroid")
+    p.add_argument("--method", choices=["pds", "random", "herding", "kcenter"], default="pds",
+                   help="pds (prototypes, the paper) or a baseline that keeps real pairs (default: pds).")
+    p.add_argument("--synthesis", choices=["unclip", "retrieve", "none"], default="unclip",
+                   help="Images of the pds pairs: decoded by unCLIP, the nearest real image, or none "
+                        "(default: unclip).")
+    p.add_argument("--clip-model", help="Encoder id or folder (default openai/clip-vit-large-patch14).")
+    p.add_argument("--clip-revision", help="Revision (branch, tag or commit) of --clip-model.")
+    p.add_argument("--unclip-model", help="Decoder id or folder (default stabilityai/stable-diffusion-2-1-unclip-small).")
+    p.add_argument("--unclip-revision", help="Revision (branch, tag or commit) of --unclip-model.")
+    p.add_argument("--image-column", default="image", help="Column of images (default: image).")
+    p.add_argument("--caption-column", default="caption",
+                   help="Column of captions: a string, or a list of strings per image (default: caption).")
+    p.add_argument("--rm-ratio", type=float, default=0.2,
+                   help="Fraction of pairs with the lowest image-caption similarity removed first (default: 0.2).")
+    p.add_argument("--seed", type=int, default=42, help="Seed of k-means, the baselines and synthesis (default: 42).")
+    p.add_argument("--empty", choices=["centroid", "drop"], default="centroid",
+                   help="Matched clusters that share no pair: use the k-means centres, or drop them "
+                        "(default: centroid).")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="Cluster on L2-normalised embeddings (cosine geometry) instead of the raw ones.")
     p.add_argument("--steps", type=int, help="unCLIP denoising steps (default 100; 20 with --demo).")
-    p.add_argument("--guidance-scale", type=float, default=5.0)
-    p.add_argument("--noise-level", type=int, default=10)
+    p.add_argument("--guidance-scale", type=float, default=5.0, help="unCLIP classifier-free guidance (default: 5).")
+    p.add_argument("--noise-level", type=int, default=10,
+                   help="Noise unCLIP adds to each image prototype (default: 10).")
     p.add_argument("--image-size", type=int, help="Output side in pixels (default 224; 64 with --demo).")
     p.add_argument("--batch-size", type=int, default=64, help="Encoder batch size.")
     p.add_argument("--device", help="cuda, cpu, ... (default: cuda when available).")
-    p.add_argument("--on-bad-image", choices=["skip", "error"], default="skip")
+    p.add_argument("--on-bad-image", choices=["skip", "error"], default="skip",
+                   help="Images that cannot be decoded: skip them with a warning, or stop (default: skip).")
     p.set_defaults(func=run_distill)
     return p
 
 
 def run_distill(args) -> int:
+    """Handler of ``pds-hf distill``: distill, write ``--output``, publish to ``--push-to-hub``."""
     import pds_hf
     from pds_hf.distributed import current_ranks
     from pds_hf.publish import prepare_push, push_to_hub, save_to_folder
 
     if not args.output and not args.push_to_hub:
-        raise SystemExit("error: pass --output DIR, --push-to-hub ORG/NAME, or both.")
+        raise UsageError("nothing to write: pass --output DIR, --push-to-hub ORG/NAME, or both.")
+    if args.demo and args.dataset:
+        raise UsageError("--demo uses the built-in dataset; drop the dataset argument or --demo.")
+    if not args.demo and not args.dataset:
+        raise UsageError("no dataset: name one (Hub id or folder), or pass --demo.")
     output = Path(args.output) if args.output else None
     if output is not None and output.exists() and not args.overwrite:
-        raise SystemExit(f"error: {output} exists; pass --overwrite or choose another --output.")
+        raise UsageError(f"{output} exists; pass --overwrite or choose another --output.")
     source = None if args.demo else args.dataset
     if args.push_to_hub and current_ranks().is_main:
         # Token, namespace and license are checked before any data or model is loaded.
@@ -98,17 +226,14 @@ def run_distill(args) -> int:
 
     start = time.perf_counter()
     if args.demo:
-        if args.dataset:
-            raise SystemExit("error: --demo uses the built-in dataset; drop the dataset argument.")
         from pds_hf.demo import demo_config, demo_dataset
 
         ds = demo_dataset()
         config = demo_config(**overrides)
     else:
-        if not args.dataset:
-            raise SystemExit("error: name a dataset (Hub id or folder), or pass --demo.")
         ds = load_source(args.dataset, split=args.split, config_name=args.config_name)
         config = pds_hf.DistillConfig(**overrides)
+        _check_models(config, ds)
     small = pds_hf.distill(ds, config)
     if not current_ranks().is_main:
         return 0  # every process returns the same set; the main one writes it
@@ -117,8 +242,8 @@ def run_distill(args) -> int:
                        source=source)
     meta = pds_hf.metadata(small)
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in meta["stages_seconds"].items())
-    source = meta["source"]
-    print(f"Distilled {source['num_pairs']} pairs ({source['num_images']} images, {source['num_captions']} "
+    record = meta["source"]
+    print(f"Distilled {record['num_pairs']} pairs ({record['num_images']} images, {record['num_captions']} "
           f"distinct captions) into {len(small)} pairs in {time.perf_counter() - start:.1f}s "
           f"on {meta['processes']} process(es).")
     print(f"Stages: {stages}")
@@ -132,31 +257,173 @@ def run_distill(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pds-hf", description="Prototype-guided dataset distillation (PDS).")
-    parser.add_argument("-v", "--verbose", action="store_true", help="Log each stage.")
+    """The ``pds-hf`` argument parser: ``distill``, and ``evaluate`` / ``compare`` from :mod:`pds_hf.evaluation`."""
+    from pds_hf import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="pds-hf", description="Prototype-guided dataset distillation (PDS).",
+        epilog="Exit codes: 0 done, 1 failed, 2 bad command line, 130 interrupted. Progress shows as bars on a "
+               "terminal and as a log line every few seconds when stderr goes to a file; "
+               "HF_DATASETS_DISABLE_PROGRESS_BARS=1 turns both off.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="Log debug lines, other libraries' warnings, and the traceback of an error.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_distill(subparsers)
-    try:
-        from pds_hf.evaluation.cli import add_parsers
-    except ImportError:
-        pass
-    else:
-        add_parsers(subparsers)
+    from pds_hf.evaluation.cli import add_parsers
+
+    add_parsers(subparsers)
+    for sub in subparsers.choices.values():  # -v after the subcommand too: pds-hf distill ... -v
+        sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="Log debug lines, other libraries' warnings, and the traceback of an error.")
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+class _StderrHandler(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is when a record arrives (pytest and notebooks swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+class _Formatter(logging.Formatter):
+    """One line per record: the message, ``warning: `` before warnings, no traceback unless verbose."""
+
+    def __init__(self, verbose: bool):
+        super().__init__("%(asctime)s %(name)s %(levelname)s: %(message)s" if verbose else "%(message)s")
+        self.verbose = verbose
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.verbose:
+            return super().format(record)
+        message = _one_line(record.getMessage())
+        if record.levelno >= logging.ERROR:
+            return f"error: {message}"
+        if record.levelno >= logging.WARNING:
+            return f"warning: {message}"
+        return message
+
+
+def _not_torchvision_note(record: logging.LogRecord) -> bool:
+    return _TORCHVISION_NOTE not in record.getMessage()
+
+
+class _Logging:
+    """Show the INFO lines of ``pds_hf`` (progress, resuming, ...) on stderr while a command runs; undo on exit."""
+
+    def __init__(self, verbose: bool):
+        self.verbose = verbose
+        self.handler = _StderrHandler()
+        self.handler.setFormatter(_Formatter(verbose))
+        self.package = logging.getLogger("pds_hf")
+        self.transformers = logging.getLogger(_TORCHVISION_LOGGER)
+
+    def __enter__(self):
+        self.saved = self.package.level, self.package.propagate
+        self.package.setLevel(logging.DEBUG if self.verbose else logging.INFO)
+        self.package.propagate = False
+        self.package.addHandler(self.handler)
+        if self.verbose:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+        else:
+            self.transformers.addFilter(_not_torchvision_note)
+        return self
+
+    def __exit__(self, *exc_info):
+        self.package.removeHandler(self.handler)
+        self.package.setLevel(self.saved[0])
+        self.package.propagate = self.saved[1]
+        self.transformers.removeFilter(_not_torchvision_note)
+
+
+def _hub_error_types() -> tuple:
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    return ConnectionError, HfHubHTTPError, LocalEntryNotFoundError
+
+
+def _models_unnamed(args, message: str) -> str:
+    """The models of a distill run, as ``--clip-model X or --unclip-model Y``, when ``message`` names neither."""
+    if getattr(args, "command", None) != "distill" or args.demo:
+        return ""
+    from pds_hf import DistillConfig
+
+    defaults = DistillConfig()
+    models = {"--clip-model": args.clip_model or defaults.clip_model,
+              "--unclip-model": args.unclip_model or defaults.unclip_model}
+    if any(name in message for name in models.values()):
+        return ""
+    return " or ".join(f"{option} {name}" for option, name in models.items())
+
+
+def error_line(err: BaseException, args=None) -> tuple[int, str]:
+    """The exit code and the one-line message (without ``error: ``) for an exception a command raised.
+
+    Args:
+        err: the exception.
+        args: the parsed command line, used to name the models a failed load may concern.
+
+    Example:
+        ```py
+        >>> error_line(UsageError("no dataset: name one, or pass --demo."))
+        (2, 'no dataset: name one, or pass --demo.')
+        ```
+    """
     from pds_hf.publish import PublishError
 
+    message = _one_line(err.args[0] if isinstance(err, KeyError) and err.args else err)
+    if isinstance(err, KeyboardInterrupt):
+        resume = "; run the same command again to resume: finished stages are kept in the cache" if (
+            getattr(args, "command", None) == "distill") else ""
+        return EXIT_INTERRUPTED, f"interrupted (Ctrl-C){resume}."
+    if isinstance(err, UsageError):
+        return EXIT_USAGE, message
+    if isinstance(err, (CommandError, PublishError)):
+        return EXIT_FAILURE, message
+    if isinstance(err, _hub_error_types()):
+        models = _models_unnamed(args, message)
+        what = f"could not load {models}: " if models else ""
+        fix = ("unset HF_HUB_OFFLINE, or pass local folders" if _hub_offline()
+               else "check the ids, the network and the token")
+        return EXIT_FAILURE, f"{what}{message} ({type(err).__name__}); {fix}."
+    if isinstance(err, (ValueError, TypeError, KeyError, FileExistsError, FileNotFoundError)):
+        return EXIT_USAGE, message
+    if isinstance(err, OSError):
+        models = _models_unnamed(args, message)
+        what = f"while loading {models}: " if models else ""
+        return EXIT_FAILURE, f"{what}{message} ({type(err).__name__}); rerun with -v for the traceback."
+    return EXIT_FAILURE, (f"{type(err).__name__}: {message}; rerun with -v for the traceback, and report it if it "
+                          "looks like a bug in pds-hf.")
+
+
+def run_command(args) -> int:
+    """Run ``args.func(args)`` with the CLI's logging, and turn an exception into one ``error:`` line and an exit
+    code (the traceback too under ``-v``)."""
+    verbose = getattr(args, "verbose", False)
+    with _Logging(verbose):
+        try:
+            return args.func(args)
+        except (Exception, KeyboardInterrupt) as err:
+            code, message = error_line(err, args)
+            if verbose:
+                traceback.print_exc()
+            print(f"error: {message}", file=sys.stderr)
+            return code
+
+
+def main(argv=None) -> int:
+    """Entry point of ``pds-hf``: parse ``argv`` (default ``sys.argv[1:]``), run the command, return its exit code."""
     try:
-        return args.func(args)
-    except (ValueError, TypeError, KeyError, FileExistsError, PublishError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C).", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return run_command(args)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .filter import as_table
 from .filter import normalize as unit_rows
 
 logger = logging.getLogger(__name__)
@@ -41,12 +42,45 @@ def _use_gpu(gpu) -> bool:
     return bool(gpu)
 
 
-INIT_METHODS = ("k-means++", "faiss-k-means++", "random", "afk-mc2")
+INIT_METHODS = ("auto", "k-means++", "faiss-k-means++", "random", "afk-mc2")
+
+# ``init="auto"`` seeds with greedy k-means++ up to this many clusters and with afk-mc2 above. Greedy
+# k-means++ costs about ``(2 + ln k) * init_points(k) * k * d`` (``k**2 ln k`` once ``init_points``
+# grows with ``k``); faiss' afk-mc2 costs ``n * d + 50 * k**2 * d / 2`` and seeds 17-40x faster at
+# M = 250-2000, but k-means from its seeds ends with 5.5% more inertia at M = 1000 (25 Lloyd
+# iterations, CLIP-like 768-d data; benchmarks/perf/bench_kmeans_init.py, RESULTS.md). So greedy keeps
+# the quality up to M = 2000 (seeding 185 s there on 2 busy cores) and afk-mc2 bounds the time above.
+GREEDY_MAX_CLUSTERS = 2000
 
 # Lloyd iterations run on at most this many (randomly drawn) points per cluster; all points are then
 # assigned to the final centres. Chosen with benchmarks/perf/bench_kmeans.py on CLIP-like 768-d data
 # (see benchmarks/perf/RESULTS.md). ``None`` iterates on every point.
 DEFAULT_MAX_POINTS_PER_CENTROID = 256
+
+
+def resolve_init(init: str, k: int) -> str:
+    """The seeding ``init`` stands for: ``"auto"`` is ``"k-means++"`` (greedy) up to
+    :data:`GREEDY_MAX_CLUSTERS` clusters and ``"afk-mc2"`` above; other names stand for themselves."""
+    if init not in INIT_METHODS:
+        raise ValueError(f"init must be one of {INIT_METHODS}, got {init!r}.")
+    if init == "auto":
+        return "k-means++" if k <= GREEDY_MAX_CLUSTERS else "afk-mc2"
+    return init
+
+
+def _fit_points(x, rows, normalize: bool, chunk: int) -> np.ndarray:
+    """The points k-means fits on (``x[rows]``, or all of ``x``) as one C-contiguous float32 array,
+    gathered and (with ``normalize``) scaled a block at a time: no second full-size temporary, and a
+    memory map is read once."""
+    n = len(x) if rows is None else len(rows)
+    if rows is None and not normalize and x.dtype == np.float32 and x.flags.c_contiguous:
+        return x
+    out = np.empty((n, x.shape[1]), dtype=np.float32)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        block = x[start:stop] if rows is None else x[rows[start:stop]]
+        out[start:stop] = unit_rows(block) if normalize else block
+    return out
 
 
 def init_points(k: int) -> int:
@@ -92,22 +126,24 @@ def greedy_kmeans_plus_plus(x: np.ndarray, k: int, *, weights=None, seed: int = 
 
 
 def kmeans(x, k: int, *, weights=None, seed: int = 42, iterations: int = 25, restarts: int = 1,
-           init: str = "k-means++", gpu: bool | None = None,
+           init: str = "auto", gpu: bool | None = None,
            max_points_per_centroid: int | None = DEFAULT_MAX_POINTS_PER_CENTROID, rows=None,
            chunk: int = 65536, normalize: bool = False) -> KMeansResult:
     """Weighted k-means with faiss.
 
     Args:
-        x: ``(n, d)`` points.
+        x: ``(n, d)`` points: an array or a memory map of any float dtype, read a block at a time
+            (only the points fitted are copied, as float32).
         k: number of clusters (at most the number of points clustered).
         weights: ``(n,)`` non-negative point weights (``(len(rows),)`` with ``rows``); ``None`` for
             all ones.
         seed: seeds the initial centres and the subsample.
         iterations: Lloyd iterations per run.
         restarts: runs from different initialisations; the lowest-inertia one is kept.
-        init: initial centres: ``"k-means++"``: greedy k-means++ as scikit-learn (which the
-            reference uses) does it, on :func:`init_points` points drawn from those fitted (its cost
-            grows as ``k**2``: for ``k`` in the tens of thousands prefer ``"random"``);
+        init: initial centres: ``"auto"`` (default): ``"k-means++"`` up to
+            :data:`GREEDY_MAX_CLUSTERS` clusters, ``"afk-mc2"`` above; ``"k-means++"``: greedy
+            k-means++ as scikit-learn (which the reference uses) does it, on :func:`init_points`
+            points drawn from those fitted (its cost grows as ``k**2 ln k``);
             ``"faiss-k-means++"``: faiss' plain k-means++ on all fitted points (pds-hf's ``"k-means++"``
             before 2026-11); ``"random"`` (faiss' default: k points drawn at random; often merges
             clusters) or ``"afk-mc2"`` (faiss' MCMC approximation of k-means++).
@@ -131,15 +167,13 @@ def kmeans(x, k: int, *, weights=None, seed: int = 42, iterations: int = 25, res
     """
     import faiss
 
-    if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous):
-        x = np.ascontiguousarray(x, dtype=np.float32)
+    x = as_table(x)
     d = x.shape[1]
     rows = None if rows is None else np.asarray(rows, dtype=np.int64)
     n = len(x) if rows is None else len(rows)
     if not 1 <= k <= n:
         raise ValueError(f"k-means needs 1 <= k <= number of points, got k={k} for {n} points.")
-    if init not in INIT_METHODS:
-        raise ValueError(f"init must be one of {INIT_METHODS}, got {init!r}.")
+    init = resolve_init(init, k)
     if max_points_per_centroid is not None and max_points_per_centroid < 1:
         raise ValueError(f"max_points_per_centroid must be a positive integer or None, got {max_points_per_centroid}.")
     init_method = {"random": faiss.ClusteringInitMethod_RANDOM,
@@ -156,9 +190,7 @@ def kmeans(x, k: int, *, weights=None, seed: int = 42, iterations: int = 25, res
         fit_w = None if w is None else w[sample]
     else:
         sample, fit_w = None, w
-    fit_x = x if fit_rows is None else x[fit_rows]
-    if normalize:
-        fit_x = unit_rows(fit_x)
+    fit_x = _fit_points(x, fit_rows, normalize, chunk)
     best = None
     # faiss restarts (nredo) redraw its own initial centres; with given centres, restart here.
     for run in range(restarts if init == "k-means++" else 1):
@@ -184,8 +216,7 @@ def kmeans(x, k: int, *, weights=None, seed: int = 42, iterations: int = 25, res
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         block = x[start:stop] if rows is None else x[rows[start:stop]]
-        if normalize:
-            block = unit_rows(block)
+        block = unit_rows(block) if normalize else np.ascontiguousarray(block, dtype=np.float32)
         dist, lab = km.index.search(block, 1)
         distances[start:stop], labels[start:stop] = dist[:, 0], lab[:, 0]
     inertia = float(np.dot(distances, w) if w is not None else distances.sum())

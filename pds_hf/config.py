@@ -25,6 +25,10 @@ class DistillConfig:
         unclip_revision: revision of ``unclip_model`` when it is an id.
         image_column: column of images in the source dataset.
         caption_column: column of captions (a string, or a list of strings per image).
+        image_embedding_column: column of image embeddings (one vector per row). When the dataset has it and
+            ``text_embedding_column``, encoding is skipped and these are used.
+        text_embedding_column: column of caption embeddings (one vector per caption: a list of vectors when
+            the row holds a list of captions).
         rm_ratio: fraction of pairs with the lowest image-text cosine similarity removed first.
         seed: seed of k-means, of the random baseline and of each pair's synthesis generator.
         empty: matched clusters that share no pair: ``"centroid"`` (use k-means centres) or ``"drop"``.
@@ -37,9 +41,11 @@ class DistillConfig:
         num_inference_steps: unCLIP denoising steps.
         guidance_scale: unCLIP classifier-free guidance scale.
         noise_level: noise added to the image embedding by Stable unCLIP.
-        negative_prompt: unCLIP negative prompt.
+        negative_prompt: unCLIP negative prompt; None for none (the pipeline then uses the empty prompt).
         image_size: side of the output images in pixels (LANCZOS); None keeps the native size.
         encode_batch_size: images or captions per encoder call.
+        encode_workers: processes decoding and preprocessing images ahead of the encoder; None picks from
+            the cores (:func:`pds_hf.encode.default_workers`), 0 decodes in the main thread.
         synthesis_batch_size: images per unCLIP call (does not change the images).
         device: ``"cuda"``, ``"cpu"``...; None picks CUDA when available.
         half_precision: run the models in float16 on a GPU (as the paper); None means yes on CUDA.
@@ -49,6 +55,8 @@ class DistillConfig:
         cache_dir: where; None means ``$PDS_HF_CACHE``, else ``$HF_HOME/pds_hf``.
         shard_size: images (or captions) per encoding shard: the unit of resuming and of splitting
             work between processes.
+        barrier_timeout: seconds a process of a multi-process run waits for the others (e.g. while the
+            main process clusters) before failing.
     """
 
     num_pairs: int = 100
@@ -61,6 +69,8 @@ class DistillConfig:
     unclip_revision: str | None = None
     image_column: str = "image"
     caption_column: str = "caption"
+    image_embedding_column: str = "image_embedding"
+    text_embedding_column: str = "text_embedding"
     rm_ratio: float = 0.2
     seed: int = 42
     empty: str = "centroid"
@@ -71,9 +81,10 @@ class DistillConfig:
     num_inference_steps: int = 100
     guidance_scale: float = 5.0
     noise_level: int = 10
-    negative_prompt: str = "text, watermark"
+    negative_prompt: str | None = "text, watermark"
     image_size: int | None = 224
     encode_batch_size: int = 64
+    encode_workers: int | None = None
     synthesis_batch_size: int = 8
     device: str | None = None
     half_precision: bool | None = None
@@ -81,6 +92,7 @@ class DistillConfig:
     use_cache: bool = True
     cache_dir: str | None = None
     shard_size: int = 10000
+    barrier_timeout: float = 7200
 
     def __post_init__(self):
         from .cluster import INIT_METHODS
@@ -100,6 +112,11 @@ class DistillConfig:
                      "kmeans_restarts", "shard_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}.")
+        if self.encode_workers is not None and (isinstance(self.encode_workers, bool) or not isinstance(
+                self.encode_workers, int) or self.encode_workers < 0):
+            raise ValueError(f"encode_workers must be None or an integer >= 0, got {self.encode_workers!r}.")
+        if not self.barrier_timeout > 0:
+            raise ValueError(f"barrier_timeout must be a positive number of seconds, got {self.barrier_timeout!r}.")
 
     def replace(self, **changes) -> "DistillConfig":
         """A copy with some fields changed (unknown names raise ``TypeError``)."""

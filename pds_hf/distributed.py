@@ -11,6 +11,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+BARRIER_TIMEOUT = 7200.0
+# The gloo group each barrier timeout waits on, made once per run by every process together.
+_BARRIER_GROUPS: dict = {}
+
 
 @dataclass
 class Ranks:
@@ -20,11 +24,13 @@ class Ranks:
         rank: index of this process, 0 to ``world - 1``.
         world: number of processes.
         state: Accelerate's ``PartialState`` when distributed, else None.
+        timeout: seconds :meth:`barrier` waits for the other processes before failing.
     """
 
     rank: int = 0
     world: int = 1
     state: object = None
+    timeout: float = BARRIER_TIMEOUT
 
     @property
     def is_main(self) -> bool:
@@ -35,9 +41,31 @@ class Ranks:
         return index % self.world == self.rank
 
     def barrier(self) -> None:
-        """Wait until every process gets here."""
-        if self.state is not None:
-            self.state.wait_for_everyone()
+        """Wait until every process gets here, for at most :attr:`timeout` seconds.
+
+        The wait runs on a gloo group of its own (NCCL has no barrier that reports who is late), made
+        with that timeout; a single process returns at once.
+
+        Raises:
+            TimeoutError: when a process has not arrived in time, saying which setting to raise.
+        """
+        if self.state is None:
+            return
+        from datetime import timedelta
+
+        import torch.distributed as dist
+
+        timeout = timedelta(seconds=self.timeout)
+        if self.timeout not in _BARRIER_GROUPS:  # every process gets here together: safe to make a group
+            _BARRIER_GROUPS[self.timeout] = dist.new_group(backend="gloo", timeout=timeout)
+        try:
+            dist.monitored_barrier(group=_BARRIER_GROUPS[self.timeout], timeout=timeout)
+        except RuntimeError as err:
+            raise TimeoutError(
+                f"Process {self.rank} of {self.world} waited more than {self.timeout:g} s for the other processes "
+                f"({err}). If another process is still working (clustering many pairs on the main process takes "
+                "long), raise DistillConfig.barrier_timeout (--barrier-timeout); otherwise look for a process that "
+                "failed.") from err
 
     @property
     def device(self):
@@ -45,13 +73,20 @@ class Ranks:
         return None if self.state is None else self.state.device
 
 
-def current_ranks() -> Ranks:
-    """The :class:`Ranks` of this process: a single one unless a launcher set ``WORLD_SIZE`` > 1."""
+def current_ranks(timeout: float = BARRIER_TIMEOUT) -> Ranks:
+    """The :class:`Ranks` of this process: a single one unless a launcher set ``WORLD_SIZE`` > 1.
+
+    Args:
+        timeout: seconds a :meth:`Ranks.barrier` waits for the other processes (also the timeout of the
+            process group, when this call creates it).
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Ranks()
+        return Ranks(timeout=timeout)
+    from datetime import timedelta
+
     import torch
     from accelerate import PartialState
 
     # Without CUDA, Accelerate only sets up a process group when told the run is on CPU (gloo).
-    state = PartialState(cpu=not torch.cuda.is_available())
-    return Ranks(rank=state.process_index, world=state.num_processes, state=state)
+    state = PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=timeout))
+    return Ranks(rank=state.process_index, world=state.num_processes, state=state, timeout=timeout)

@@ -11,9 +11,14 @@ The features are the projected ones and are *not* L2-normalised, as in the refer
 from __future__ import annotations
 
 import logging
+import os
+import sys
+from collections import deque
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from .filter import nonfinite_rows
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +42,24 @@ def _features(output: Any):
     if isinstance(output, (tuple, list)):
         return output[0]
     return output
+
+
+class ImagePreprocessor:
+    """A transformers processor's image half as a picklable callable: PIL images in, pixel tensor out.
+
+    It holds the processor only (not the model), so that decode workers (see :func:`encode_table`) can
+    run it in other processes. An encoder that offers it as ``image_preprocessor`` (with
+    ``encode_pixels``) gets its preprocessing done there.
+
+    Args:
+        processor: a transformers processor or image processor.
+    """
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, images: list):
+        return self.processor(images=images, return_tensors="pt")["pixel_values"]
 
 
 class TransformersEncoder:
@@ -78,6 +101,7 @@ class TransformersEncoder:
                 ) from err
         self.model = model.eval()
         self.processor = processor
+        self.image_preprocessor = ImagePreprocessor(processor)
         if device is not None:
             self.model.to(device)
         if dtype is not None:
@@ -107,10 +131,10 @@ class TransformersEncoder:
     def preprocess_images(self, images: list):
         """The model's input tensor for a list of PIL images (resize, crop, normalise).
 
-        Split from :meth:`encode_pixels` so that the encode stage can run it in a background thread,
-        beside image decoding, while the model works on the previous batch.
+        Split from :meth:`encode_pixels` so that the encode stage can run it in decode workers (as
+        :attr:`image_preprocessor`), while the model works on earlier batches.
         """
-        return self.processor(images=images, return_tensors="pt")["pixel_values"]
+        return self.image_preprocessor(images)
 
     def encode_pixels(self, pixel_values) -> np.ndarray:
         """Projected image features of a preprocessed batch."""
@@ -175,7 +199,7 @@ def check_embeddings(array, *, what: str, expected_rows: int, row_ids=None) -> n
         raise ValueError(
             f"The encoder returned {what} embeddings of shape {array.shape}; expected ({expected_rows}, d)."
         )
-    bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+    bad = nonfinite_rows(array)
     if bad.size:
         rows = [int(row_ids[i]) if row_ids is not None else int(i) for i in bad[:5]]
         raise ValueError(
@@ -187,54 +211,130 @@ def check_embeddings(array, *, what: str, expected_rows: int, row_ids=None) -> n
 
 
 def _progress(total: int, desc: str, *, disable: bool = False):
-    from datasets.utils import tqdm
+    from .progress import progress
 
-    return tqdm(total=total, desc=desc, unit="item", disable=disable or None)
+    return progress(total, desc=desc, disable=disable)
 
 
 def _shards(n: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def _prepare(encoder, view, image_column: str, rows):
-    """Decode a batch and, when the encoder can, preprocess it: the work of the background thread."""
-    from .inputs import load_images
-
-    images = load_images(view, image_column, rows)
-    ok = np.asarray([i for i, image in enumerate(images) if image is not None], dtype=np.int64)
-    kept = [images[i] for i in ok]
-    if ok.size and hasattr(encoder, "preprocess_images") and hasattr(encoder, "encode_pixels"):
-        return ok, encoder.preprocess_images(kept), True
-    return ok, kept, False
+def default_workers() -> int:
+    """Decode workers when none are set: the cores this process may use (shared with the other processes
+    of a multi-process run on the same machine) but one, left to the model; at least 1, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) - 1))
 
 
-def _encode_image_rows(encoder, view, image_column: str, rows, batch_size: int, bar):
-    """Encode the images at dataset ``rows``; a row that fails to decode gets NaN and is listed.
+def _stored_images(view, image_column: str, rows) -> list:
+    """The stored ``(bytes, path)`` of the images at dataset ``rows`` of an undecoded view (no decoding)."""
+    return [(item.get("bytes"), item.get("path")) for item in view.select(list(map(int, rows)))[image_column]]
 
-    Images are decoded (and preprocessed, for encoders that split that step out) in a background
-    thread while the encoder runs on the previous batch.
+
+def _prepare(stored: list, preprocess):
+    """Decode stored images and, with ``preprocess``, preprocess them: the work of a decode worker.
+
+    Returns ``(ok, inputs)``: the positions that decoded, and their preprocessed batch (or PIL images
+    when ``preprocess`` is None).
     """
-    from concurrent.futures import ThreadPoolExecutor
+    from .inputs import decode_image
 
-    batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    ok, images = [], []
+    for i, (blob, path) in enumerate(stored):
+        if blob is None and path is None:
+            continue
+        try:
+            images.append(decode_image(blob, path))
+        except Exception:
+            continue
+        ok.append(i)
+    ok = np.asarray(ok, dtype=np.int64)
+    return ok, (preprocess(images) if preprocess is not None and ok.size else images)
+
+
+_worker_preprocess = None
+
+
+def _start_worker(preprocess) -> None:
+    """Decode worker set-up: one torch thread (a worker of a process that ran torch must not use
+    torch's thread pool), and the preprocessing to run."""
+    global _worker_preprocess
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+    _worker_preprocess = preprocess
+
+
+def _prepare_in_worker(stored: list):
+    """:func:`_prepare` in a worker; a tensor goes back as a numpy array (plain pickling, no shared memory)."""
+    ok, inputs = _prepare(stored, _worker_preprocess)
+    if _worker_preprocess is not None and hasattr(inputs, "numpy"):
+        return ok, inputs.numpy(), True
+    return ok, inputs, False
+
+
+def _decode_pool(workers: int, preprocess):
+    """``workers`` decode processes. Forked where the platform can (as torch's DataLoader does: workers
+    touch no GPU and run torch with one thread), so that a script need not guard its ``__main__``; spawned
+    elsewhere."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                               initializer=_start_worker, initargs=(preprocess,))
+
+
+def _feed(view, image_column: str, batches: list, preprocess, pool, depth: int):
+    """Yield ``(ok, inputs, preprocessed)`` for each batch of dataset rows, in order.
+
+    With a ``pool``, up to ``depth`` batches are decoded ahead in its workers; without one, each batch
+    is decoded in this thread when asked for.
+    """
+    if pool is None:
+        for rows in batches:
+            ok, inputs = _prepare(_stored_images(view, image_column, rows), preprocess)
+            yield ok, inputs, preprocess is not None and ok.size > 0
+        return
+    import torch
+
+    pending, upcoming = deque(), iter(batches)
+    for rows in upcoming:
+        pending.append(pool.submit(_prepare_in_worker, _stored_images(view, image_column, rows)))
+        if len(pending) >= depth:
+            break
+    while pending:
+        ok, inputs, as_array = pending.popleft().result()
+        rows = next(upcoming, None)
+        if rows is not None:
+            pending.append(pool.submit(_prepare_in_worker, _stored_images(view, image_column, rows)))
+        yield ok, torch.from_numpy(inputs) if as_array else inputs, preprocess is not None and ok.size > 0
+
+
+def _encode_image_rows(encoder, feed, rows, batch_size: int, bar):
+    """Encode the images at dataset ``rows`` from ``feed`` (see :func:`_feed`); a row that fails to decode
+    gets NaN and is listed."""
     embeds, failed = None, []
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(_prepare, encoder, view, image_column, batches[0]) if batches else None
-        for b, batch_rows in enumerate(batches):
-            ok, inputs, preprocessed = pending.result()
-            if b + 1 < len(batches):
-                pending = pool.submit(_prepare, encoder, view, image_column, batches[b + 1])
-            failed.extend(b * batch_size + i for i in sorted(set(range(len(batch_rows))) - set(ok.tolist())))
-            if ok.size:
-                out = encoder.encode_pixels(inputs) if preprocessed else encoder.encode_images(inputs)
-                out = check_embeddings(out, what="image", expected_rows=ok.size, row_ids=batch_rows[ok])
-                if embeds is None:
-                    embeds = np.full((len(rows), out.shape[1]), np.nan, dtype=np.float32)
-                embeds[b * batch_size + ok] = out
-            bar.update(len(batch_rows))
+    for b in range(0, len(rows), batch_size):
+        batch_rows = rows[b:b + batch_size]
+        ok, inputs, preprocessed = next(feed)
+        failed.extend(b + i for i in sorted(set(range(len(batch_rows))) - set(ok.tolist())))
+        if ok.size:
+            if not preprocessed and _splits_preprocessing(encoder):
+                inputs, preprocessed = encoder.preprocess_images(inputs), True
+            out = encoder.encode_pixels(inputs) if preprocessed else encoder.encode_images(inputs)
+            out = check_embeddings(out, what="image", expected_rows=ok.size, row_ids=batch_rows[ok])
+            if embeds is None:
+                embeds = np.full((len(rows), out.shape[1]), np.nan, dtype=np.float32)
+            embeds[b + ok] = out
+        bar.update(len(batch_rows))
     if embeds is None:  # every image of this shard failed: its width is unknown until another shard
         embeds = np.full((len(rows), 0), np.nan, dtype=np.float32)
     return embeds, np.asarray(failed, dtype=np.int64)
+
+
+def _splits_preprocessing(encoder) -> bool:
+    return hasattr(encoder, "preprocess_images") and hasattr(encoder, "encode_pixels")
 
 
 def _encode_texts(encoder, texts: list[str], batch_size: int, bar) -> np.ndarray:
@@ -247,13 +347,20 @@ def _encode_texts(encoder, texts: list[str], batch_size: int, bar) -> np.ndarray
 
 
 def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size: int = 64,
-                 on_bad_image: str = "skip", shard_size: int = 10000, stage=None, ranks=None):
+                 on_bad_image: str = "skip", shard_size: int = 10000, stage=None, ranks=None,
+                 workers: int | None = None, load: bool = True):
     """Encode each distinct image and each distinct caption of a :class:`~pds_hf.inputs.PairTable` once.
 
     The work is cut into shards of ``shard_size`` images (or captions). Each process encodes the
     shards it owns (see :mod:`pds_hf.distributed`) and saves each one, with its dataset rows, into
     ``stage`` with a completion marker; shards already done (an interrupted earlier run with the
-    same fingerprint) are loaded, not recomputed. Every process then reads all shards.
+    same fingerprint) are loaded, not recomputed. After every process is done, the embeddings are read
+    back from all shards (only where ``load``).
+
+    Images are decoded, and preprocessed when the encoder offers a picklable ``image_preprocessor``
+    (as :class:`TransformersEncoder` does), in ``workers`` processes, batches ahead of the model and
+    handed to it in order; the results do not depend on ``workers``. This is also where an image is
+    found not to decode: it is dropped, or reported with ``on_bad_image="error"``.
 
     Args:
         encoder: an :class:`Encoder`.
@@ -265,15 +372,31 @@ def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size:
         shard_size: images or captions per saved shard.
         stage: a :class:`~pds_hf.cache.Stage` to save shards in (default: in memory).
         ranks: this process's :class:`~pds_hf.distributed.Ranks` (default: a single process).
+        workers: decode processes; None for :func:`default_workers` (from the cores), 0 to decode in
+            this thread, between the model's batches.
+        load: read the embeddings back. With False (a process of a multi-process run that does not
+            cluster), only the small index of each image shard is read, to drop the failed images.
 
     Returns:
         ``(table, image_embeds, text_embeds)``: the table (minus images that failed to decode, when
-        ``on_bad_image="skip"``), ``(Ni, d)`` image and ``(Nt, d)`` text embeddings as float32.
+        ``on_bad_image="skip"``), ``(Ni, d)`` image and ``(Nt, d)`` text embeddings as float32; both
+        embeddings are None when ``load`` is False.
+
+    Example:
+        ```py
+        >>> from pds_hf.encode import TransformersEncoder, encode_table
+        >>> from pds_hf.inputs import read_pairs
+        >>> encoder = TransformersEncoder.from_pretrained("openai/clip-vit-large-patch14", device="cuda")
+        >>> table, image_embeds, text_embeds = encode_table(encoder, ds, read_pairs(ds), workers=8)
+        ```
     """
     from .cache import MemoryStage
     from .distributed import Ranks
     from .inputs import undecoded_images
 
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise ValueError(f"workers must be None or an integer >= 0, got {workers!r}.")
+    workers = default_workers() if workers is None else workers
     stage = MemoryStage() if stage is None else stage
     ranks = Ranks() if ranks is None else ranks
     rows = table.image_rows
@@ -285,14 +408,28 @@ def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size:
         logger.info("Resuming: %d encoded image shard(s) found in %s.", skipped, stage)
 
     total = sum(image_shards[s][1] - image_shards[s][0] for s in todo_images)
-    view = undecoded_images(ds, image_column) if todo_images else None
-    with _progress(total, "Encoding images", disable=not ranks.is_main) as bar:
-        for s in todo_images:
-            start, stop = image_shards[s]
-            embeds, failed = _encode_image_rows(encoder, view, image_column, rows[start:stop], batch_size, bar)
-            stage.save_arrays(f"images-{s:06d}", embeds=embeds, rows=rows[start:stop], failed=failed + start)
-            if failed.size and on_bad_image == "error" and ranks.world == 1:
-                _raise_failed(image_column, rows[failed + start])
+    pool = feed = None
+    if todo_images:
+        view = undecoded_images(ds, image_column)
+        batches = [rows[start:min(start + batch_size, image_shards[s][1])]
+                   for s in todo_images for start in range(image_shards[s][0], image_shards[s][1], batch_size)]
+        if workers:
+            preprocess = getattr(encoder, "image_preprocessor", None) if hasattr(encoder, "encode_pixels") else None
+            pool = _decode_pool(workers, preprocess)
+        else:
+            preprocess = encoder.preprocess_images if _splits_preprocessing(encoder) else None
+        feed = _feed(view, image_column, batches, preprocess, pool, depth=2 * workers)
+    try:
+        with _progress(total, "Encoding images", disable=not ranks.is_main) as bar:
+            for s in todo_images:
+                start, stop = image_shards[s]
+                embeds, failed = _encode_image_rows(encoder, feed, rows[start:stop], batch_size, bar)
+                stage.save_arrays(f"images-{s:06d}", embeds=embeds, rows=rows[start:stop], failed=failed + start)
+                if failed.size and on_bad_image == "error" and ranks.world == 1:
+                    _raise_failed(image_column, rows[failed + start])
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     total = sum(text_shards[s][1] - text_shards[s][0] for s in todo_texts)
     with _progress(total, "Encoding captions", disable=not ranks.is_main) as bar:
         for s in todo_texts:
@@ -300,6 +437,12 @@ def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size:
             stage.save_arrays(f"texts-{s:06d}", embeds=_encode_texts(encoder, table.texts[start:stop], batch_size, bar))
     ranks.barrier()
 
+    if not load:
+        failed = [stage.load_arrays(f"images-{s:06d}", keys=["failed"])["failed"] for s in range(len(image_shards))]
+        failed = np.concatenate(failed) if failed else np.zeros(0, np.int64)
+        return _drop_failed(table, failed, image_column, on_bad_image), None, None
+
+    logger.info("loading %d encoded shards", len(image_shards) + len(text_shards))
     image_parts = [stage.load_arrays(f"images-{s:06d}") for s in range(len(image_shards))]
     failed = np.concatenate([part["failed"] for part in image_parts]) if image_parts else np.zeros(0, np.int64)
     dims = {part["embeds"].shape[1] for part in image_parts if part["embeds"].shape[1]}
@@ -315,15 +458,22 @@ def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size:
         raise ValueError(f"The encoder's image embeddings have {dim} dimensions but its text embeddings "
                          f"{text_embeds.shape[1]}; both must live in one space.")
     if failed.size:
-        if on_bad_image == "error":
-            _raise_failed(image_column, rows[failed])
-        logger.warning("Skipping %d image(s) of column %r that failed to decode, at row(s) %s.",
-                       failed.size, image_column, rows[failed][:5].tolist())
         keep = np.ones(len(rows), dtype=bool)
         keep[failed] = False
-        table = table.without_images(failed)
         image_embeds = image_embeds[keep]
-    return table, image_embeds, text_embeds
+    return _drop_failed(table, failed, image_column, on_bad_image), image_embeds, text_embeds
+
+
+def _drop_failed(table, failed, image_column: str, on_bad_image: str):
+    """``table`` without the distinct images at positions ``failed`` (with a warning), or the error."""
+    if not failed.size:
+        return table
+    rows = table.image_rows
+    if on_bad_image == "error":
+        _raise_failed(image_column, rows[failed])
+    logger.warning("Skipping %d image(s) of column %r that failed to decode, at row(s) %s.",
+                   failed.size, image_column, rows[failed][:5].tolist())
+    return table.without_images(failed)
 
 
 def _raise_failed(image_column: str, bad_rows) -> None:

@@ -56,7 +56,8 @@ class PairTable:
         """The same table minus the distinct images at positions ``bad`` and their pairs.
 
         Image indices are renumbered; texts are kept (an orphaned caption is harmless: it can still be
-        retrieved as the nearest caption to a prototype).
+        retrieved as the nearest caption to a prototype). Every dataset row of a dropped image is added to
+        ``skipped_images``.
         """
         bad = np.asarray(bad, dtype=np.int64)
         if bad.size == 0:
@@ -72,28 +73,35 @@ class PairTable:
             pair_text=self.pair_text[keep_pair],
             pair_rows=self.pair_rows[keep_pair],
             layout=self.layout,
-            skipped_images=sorted(self.skipped_images + [int(r) for r in self.image_rows[bad]]),
+            # Every row that held a dropped image (in the pair layout an image may fill many rows).
+            skipped_images=sorted(set(self.skipped_images) | set(self.image_rows[bad].tolist())
+                                  | set(self.pair_rows[~keep_pair].tolist())),
         )
 
 
-def check_dataset_type(ds) -> None:
-    """Refuse what is not a single in-memory/on-disk ``datasets.Dataset``, saying what to do instead."""
+def check_dataset_type(ds, *, streaming: bool = False) -> None:
+    """Refuse what is not a single ``datasets.Dataset`` (or, with ``streaming=True``, a single
+    ``datasets.IterableDataset``), saying what to do instead."""
     import datasets
 
-    if isinstance(ds, datasets.DatasetDict):
-        splits = list(ds.keys())
+    for cls, how in ((datasets.DatasetDict, ""), (datasets.IterableDatasetDict, ", streaming=True")):
+        if isinstance(ds, cls):
+            splits = list(ds.keys())
+            raise TypeError(
+                f"Got a{'n' if how else ''} {cls.__name__} with splits {splits}; distill one split, e.g. "
+                f"ds[{splits[0]!r}].distill(...) or load_dataset(..., split={splits[0]!r}{how})."
+            )
+    if isinstance(ds, datasets.IterableDataset):
+        if streaming:
+            return
         raise TypeError(
-            f"Got a DatasetDict with splits {splits}; distill one split, e.g. ds[{splits[0]!r}].distill(...) "
-            f"or load_dataset(..., split={splits[0]!r})."
-        )
-    if isinstance(ds, (datasets.IterableDataset, datasets.IterableDatasetDict)):
-        raise TypeError(
-            "Got an IterableDataset (streaming); clustering needs every pair at once. Load without "
-            "streaming=True, or materialise it: Dataset.from_generator(lambda: (yield from ids), "
-            "features=ids.features)."
+            "Got an IterableDataset (streaming=True) where a map-style Dataset is needed (rows read by index). "
+            "pds_hf.distill and DistillProcessor take a stream as it is; here, load without streaming=True or "
+            "materialise it: Dataset.from_generator(lambda: (yield from ids), features=ids.features)."
         )
     if not isinstance(ds, datasets.Dataset):
-        raise TypeError(f"Expected a datasets.Dataset, got {type(ds).__name__}.")
+        raise TypeError(f"Expected a datasets.{'IterableDataset or ' if streaming else ''}Dataset, got "
+                        f"{type(ds).__name__}.")
 
 
 def _caption_layout(ds, caption_column: str) -> str:
@@ -112,19 +120,26 @@ def _caption_layout(ds, caption_column: str) -> str:
     )
 
 
-def check_columns(ds, image_column: str, caption_column: str) -> str:
-    """Check both columns exist and hold images and captions; return the layout."""
+def check_columns(ds, image_column: str, caption_column: str, *, require_images: bool = True) -> str:
+    """Check both columns exist and hold images and captions; return the layout.
+
+    With ``require_images=False`` (embeddings given and no step needs a real image), the image column may
+    be missing.
+    """
     from datasets import Image
 
     check_dataset_type(ds)
     columns = list(ds.column_names)
-    for name, role, option in ((image_column, "image", "image_column"), (caption_column, "caption", "caption_column")):
+    needed = [(caption_column, "caption", "caption_column")]
+    if require_images or image_column in columns:
+        needed.insert(0, (image_column, "image", "image_column"))
+    for name, role, option in needed:
         if name not in columns:
             raise KeyError(
                 f"The dataset has no {role} column {name!r}; its columns are {columns}. "
                 f"Pass {option}=... to name the {role} column."
             )
-    if not isinstance(ds.features[image_column], Image):
+    if image_column in columns and not isinstance(ds.features[image_column], Image):
         raise TypeError(
             f"Column {image_column!r} holds {ds.features[image_column]}, not images. If it holds file paths "
             f"or bytes, cast it first: ds = ds.cast_column({image_column!r}, datasets.Image()); otherwise "
@@ -173,84 +188,129 @@ def _read_captions(ds, caption_column: str, layout: str):
     return list(index), np.asarray(pair_text, dtype=np.int64), np.asarray(pair_rows, dtype=np.int64)
 
 
-def _image_blobs(ds, image_column: str, batch_size: int = 1000):
-    """Yield (row, bytes or None, path or None) for each row, without decoding."""
+def _image_columns(ds, image_column: str, batch_size: int = 10000) -> list:
+    """The stored ``bytes`` and ``path`` of the image column as Arrow arrays, a dict per batch (no decoding)."""
     from datasets import Image
 
     raw = ds.select_columns([image_column]).cast_column(image_column, Image(decode=False)).with_format("arrow")
-    row = 0
+    columns = []
     for table in raw.iter(batch_size=batch_size):
         column = table.column(image_column).combine_chunks()
-        for blob, path in zip(column.field("bytes").to_pylist(), column.field("path").to_pylist()):
-            yield row, blob, path
-            row += 1
+        # flatten() carries a null image (a null struct) over to both of its fields.
+        columns.append(dict(zip([f.name for f in column.type], column.flatten())))
+    return columns
 
 
-def _opens(blob, path) -> bool:
-    """Whether PIL recognises the image (reads the header only: cheap)."""
-    from PIL import Image as PILImage
+def _image_keys(columns: list) -> list:
+    """One identity per row's stored image, for the one-row-per-pair layout; None for a null image.
 
-    try:
-        with PILImage.open(io.BytesIO(blob) if blob is not None else path):
-            return True
-    except Exception:
-        return False
-
-
-def read_pairs(ds, *, image_column: str = "image", caption_column: str = "caption",
-               on_bad_image: str = "skip") -> PairTable:
-    """Check ``ds`` and build its :class:`PairTable`.
-
-    Args:
-        ds: a ``datasets.Dataset`` in one of the two layouts above.
-        image_column: the column of images.
-        caption_column: the column of captions (string, or list of strings).
-        on_bad_image: ``"skip"`` drops pairs whose image bytes PIL cannot open (with a warning counting
-            them); ``"error"`` raises, naming the rows.
-
-    Raises:
-        TypeError, KeyError, ValueError: on a wrong dataset type, missing or mistyped columns, bad
-            captions or (with ``on_bad_image="error"``) undecodable images; each names the column,
-            the row and the fix.
+    Identical bytes are one image. Only blobs whose length is shared with another blob can be
+    duplicates, so only those are hashed (straight from the Arrow buffers, without copying); every other
+    row is its own image. An image stored as a path only is known by its path.
     """
-    if on_bad_image not in ("skip", "error"):
-        raise ValueError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}.")
-    layout = check_columns(ds, image_column, caption_column)
-    texts, pair_text, pair_rows = _read_captions(ds, caption_column, layout)
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
+    lengths = np.concatenate([np.asarray(pc.fill_null(pc.binary_length(column["bytes"]), -1), dtype=np.int64)
+                              for column in columns])
+    sizes, counts = np.unique(lengths[lengths >= 0], return_counts=True)
+    shared = np.isin(lengths, sizes[counts > 1])
+    keys: list = []
+    for column in columns:
+        blobs, paths = column["bytes"], column["path"].to_pylist()
+        _, offsets, data = blobs.buffers()
+        offsets = np.frombuffer(offsets, dtype=np.int64 if pa.types.is_large_binary(blobs.type) else np.int32)
+        offsets = offsets[blobs.offset:blobs.offset + len(blobs) + 1]
+        data = memoryview(data if data is not None else b"")
+        for i, path in enumerate(paths):
+            row = len(keys)
+            if lengths[row] < 0:
+                keys.append(None if path is None else ("path", path))
+            elif shared[row]:
+                keys.append(("sha1", hashlib.sha1(data[offsets[i]:offsets[i + 1]]).digest()))
+            else:
+                keys.append(("row", row))
+    return keys
+
+
+def _image_index(ds, image_column: str, layout: str):
+    """``(image_of_row, image_rows)``: each row's distinct image (-1 for a null one) and each image's first row."""
+    import pyarrow.compute as pc
+
+    columns = _image_columns(ds, image_column)
+    if layout != "pair":  # one row per image: every stored image is its own
+        null = np.concatenate([np.asarray(pc.and_(column["bytes"].is_null(), column["path"].is_null()))
+                               for column in columns])
+        image_rows = np.flatnonzero(~null)
+        image_of_row = np.where(null, -1, np.cumsum(~null) - 1)
+        return image_of_row.astype(np.int64), image_rows.astype(np.int64)
     image_of_row = np.empty(len(ds), dtype=np.int64)
     image_rows: list[int] = []
-    seen: dict[str, int] = {}
-    bad_rows: list[int] = []
-    for row, blob, path in _image_blobs(ds, image_column):
-        if blob is None and path is None:
-            key = None
-        elif layout == "pair":
-            # Rows of the pair layout repeat images; identical bytes are one image.
-            key = hashlib.sha1(blob).hexdigest() if blob is not None else f"path:{path}"
-        else:
-            key = f"row:{row}"
-        if key is None or (key not in seen and not _opens(blob, path)):
-            bad_rows.append(row)
+    seen: dict = {}
+    for row, key in enumerate(_image_keys(columns)):
+        if key is None:
             image_of_row[row] = -1
             continue
         if key not in seen:
             seen[key] = len(image_rows)
             image_rows.append(row)
         image_of_row[row] = seen[key]
+    return image_of_row, np.asarray(image_rows, dtype=np.int64)
 
+
+def read_pairs(ds, *, image_column: str = "image", caption_column: str = "caption",
+               on_bad_image: str = "skip", require_images: bool = True) -> PairTable:
+    """Check ``ds`` and build its :class:`PairTable`.
+
+    Images are not decoded here: the stored bytes are only compared (one row per pair) to find repeated
+    images. Whether each distinct image decodes is learnt once, when it is encoded
+    (:func:`pds_hf.encode.encode_table` drops or reports the ones that do not). A null image is
+    known without decoding and is handled here.
+
+    Args:
+        ds: a ``datasets.Dataset`` in one of the two layouts above.
+        image_column: the column of images.
+        caption_column: the column of captions (string, or list of strings).
+        on_bad_image: ``"skip"`` drops pairs whose image is null (empty), with a warning counting them;
+            ``"error"`` raises, naming the rows.
+        require_images: with False and no image column (embeddings given, images never needed), each row
+            counts as its own image.
+
+    Raises:
+        TypeError, KeyError, ValueError: on a wrong dataset type, missing or mistyped columns, bad
+            captions or (with ``on_bad_image="error"``) null images; each names the column, the row and
+            the fix.
+
+    Example:
+        ```py
+        >>> from datasets import load_dataset
+        >>> from pds_hf.inputs import read_pairs
+        >>> table = read_pairs(load_dataset("nlphuji/flickr30k", split="test"), caption_column="caption")
+        >>> table.num_pairs, len(table.image_rows), len(table.texts)
+        ```
+    """
+    if on_bad_image not in ("skip", "error"):
+        raise ValueError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}.")
+    layout = check_columns(ds, image_column, caption_column, require_images=require_images)
+    texts, pair_text, pair_rows = _read_captions(ds, caption_column, layout)
+    if image_column not in ds.column_names:
+        return PairTable(image_rows=np.arange(len(ds), dtype=np.int64), texts=texts, pair_image=pair_rows.copy(),
+                         pair_text=pair_text, pair_rows=pair_rows, layout=layout)
+
+    image_of_row, image_rows = _image_index(ds, image_column, layout)
+    bad_rows = np.flatnonzero(image_of_row < 0).tolist()
     if bad_rows:
         if on_bad_image == "error":
             raise ValueError(
-                f"Column {image_column!r} has {len(bad_rows)} image(s) that cannot be decoded, at row(s) "
+                f"Column {image_column!r} has {len(bad_rows)} empty (null) image(s), at row(s) "
                 f"{bad_rows[:_MAX_LISTED]}. Remove them (ds.select / ds.filter) or pass on_bad_image='skip'."
             )
-        logger.warning("Skipping %d undecodable image(s) in column %r, at row(s) %s%s.", len(bad_rows),
+        logger.warning("Skipping %d empty (null) image(s) in column %r, at row(s) %s%s.", len(bad_rows),
                        image_column, bad_rows[:_MAX_LISTED], " ..." if len(bad_rows) > _MAX_LISTED else "")
     pair_image = image_of_row[pair_rows]
     keep = pair_image >= 0
     return PairTable(
-        image_rows=np.asarray(image_rows, dtype=np.int64),
+        image_rows=image_rows,
         texts=texts,
         pair_image=pair_image[keep],
         pair_text=pair_text[keep],
@@ -293,3 +353,111 @@ def load_images(ds, image_column: str, rows) -> list:
         except Exception:
             images.append(None)
     return images
+
+
+def embedding_columns_present(ds, image_embedding_column: str, text_embedding_column: str) -> bool:
+    """Whether ``ds`` carries both embedding columns (one alone is an error: say which is missing)."""
+    columns = set(getattr(ds, "column_names", None) or [])
+    has = [name in columns for name in (image_embedding_column, text_embedding_column)]
+    if any(has) and not all(has):
+        present, missing = ((image_embedding_column, text_embedding_column) if has[0]
+                            else (text_embedding_column, image_embedding_column))
+        raise KeyError(
+            f"The dataset has the embedding column {present!r} but not {missing!r}; both are needed to skip "
+            f"encoding. Add it (ds.map(processor.encode, batched=True)), name it with "
+            f"{'text' if has[0] else 'image'}_embedding_column=..., or drop {present!r} to encode from scratch.")
+    return all(has)
+
+
+def _vectors(column, name: str, rows) -> np.ndarray:
+    """A pyarrow list-of-float column as an ``(n, d)`` float32 array, checked row by row.
+
+    ``rows`` gives the dataset row of each entry (for the error messages).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+            or pa.types.is_fixed_size_list(column.type)) or not (
+            pa.types.is_floating(column.type.value_type) or pa.types.is_integer(column.type.value_type)):
+        raise TypeError(f"Column {name!r} holds {column.type}; expected one list of floats (a vector) per "
+                        f"{'caption' if 'text' in name else 'row'}.")
+    if column.null_count:
+        first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ValueError(f"Column {name!r} is empty (null) at row {int(rows[first])}; every row needs an embedding. "
+                         "Drop that row or encode it.")
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    if len(lengths) == 0:
+        return np.zeros((0, 0), np.float32)
+    dim = int(lengths[0])
+    odd = np.flatnonzero(lengths != dim)
+    if dim == 0 or odd.size:
+        at = int(odd[0]) if odd.size else 0
+        raise ValueError(
+            f"Column {name!r} mixes vector sizes: {int(lengths[at])} at row {int(rows[at])} but {dim} at row "
+            f"{int(rows[0])}. Every embedding must have the same dimension; re-encode the column with one model.")
+    values = column.flatten() if not pa.types.is_fixed_size_list(column.type) else column.values
+    matrix = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(column), dim)
+    bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
+    if bad.size:
+        raise ValueError(
+            f"Column {name!r} holds NaN or inf at row(s) {[int(rows[i]) for i in bad[:_MAX_LISTED]]} "
+            f"({bad.size} in all). Drop or re-encode those rows.")
+    return matrix
+
+
+def embeddings_from_columns(ds, table: PairTable, image_embedding_column: str, text_embedding_column: str,
+                            caption_column: str):
+    """The ``(Ni, d)`` image and ``(Nt, d)`` caption embeddings of ``table``, read from ``ds``'s columns.
+
+    The image column holds one vector per row; the caption column one vector per caption (a list of
+    vectors, one per caption, in the one-row-per-image layout). A repeated image or caption takes the
+    embedding of its first occurrence. Every shape, size and value is checked, naming the column and row.
+    """
+    import pyarrow as pa
+
+    arrow = ds.with_format("arrow")
+    image_rows = table.image_rows
+    image_column = arrow.select(image_rows.tolist())[image_embedding_column] if len(image_rows) != len(ds) or \
+        np.any(image_rows != np.arange(len(ds))) else arrow[image_embedding_column]
+    image_embeds = _vectors(image_column, image_embedding_column, image_rows)
+
+    text_column = arrow[text_embedding_column]
+    text_column = text_column.combine_chunks() if isinstance(text_column, pa.ChunkedArray) else text_column
+    all_rows = np.arange(len(ds))
+    if table.layout == "image":
+        if not (pa.types.is_list(text_column.type) or pa.types.is_large_list(text_column.type)) or not (
+                pa.types.is_list(text_column.type.value_type) or pa.types.is_large_list(text_column.type.value_type)
+                or pa.types.is_fixed_size_list(text_column.type.value_type)):
+            raise TypeError(f"Column {text_embedding_column!r} holds {text_column.type}; with a list of captions per "
+                            "row it needs a list of vectors per row, one per caption.")
+        import pyarrow.compute as pc
+
+        if text_column.null_count:
+            row = int(np.flatnonzero(text_column.is_null().to_numpy(zero_copy_only=False))[0])
+            raise ValueError(f"Column {text_embedding_column!r} is empty (null) at row {row}; every caption needs an "
+                             "embedding. Drop that row or encode it.")
+        counts = pc.list_value_length(text_column).to_numpy(zero_copy_only=False)
+        captions = ds.with_format(None)[caption_column]
+        wrong = [row for row, (count, value) in enumerate(zip(counts, captions)) if count != len(value)]
+        if wrong:
+            row = wrong[0]
+            raise ValueError(f"Column {text_embedding_column!r} has {counts[row]} vector(s) at row {row} but the row "
+                             f"has {len(captions[row])} caption(s); give one embedding per caption.")
+        flat = _vectors(text_column.flatten(), text_embedding_column, np.repeat(all_rows, counts))
+        flat_captions = (caption for value in captions for caption in value)
+    else:
+        flat = _vectors(text_column, text_embedding_column, all_rows)
+        flat_captions = iter(ds.with_format(None)[caption_column])
+    # Each distinct caption takes the embedding of its first occurrence.
+    first: dict[str, int] = {}
+    for position, caption in enumerate(flat_captions):
+        first.setdefault(caption, position)
+    text_embeds = flat[np.asarray([first[text] for text in table.texts], dtype=np.int64)]
+    if image_embeds.shape[1] != text_embeds.shape[1]:
+        raise ValueError(
+            f"Column {image_embedding_column!r} holds {image_embeds.shape[1]}-d vectors but {text_embedding_column!r} "
+            f"holds {text_embeds.shape[1]}-d ones; image and caption embeddings must come from one model (one space).")
+    return image_embeds, text_embeds

@@ -18,7 +18,7 @@ import numpy as np
 
 from .align import align_clusters, sparse_count_table
 from .cluster import DEFAULT_MAX_POINTS_PER_CENTROID, kmeans
-from .filter import filter_pairs, pair_similarity
+from .filter import as_table, filter_pairs, nonfinite_rows, pair_similarity
 from .filter import normalize as unit_rows
 
 logger = logging.getLogger(__name__)
@@ -33,8 +33,8 @@ class Prototypes:
     Attributes:
         image_embeds: ``(M, d)`` image prototypes.
         text_embeds: ``(M, d)`` text prototypes.
-        support: ``(M,)`` weighted number of kept pairs each prototype averages; 0 where the
-            k-means centres were used because the two clusters share no pair.
+        support: ``(M,)`` int64 number of kept pairs each prototype averages (each pair counted
+            ``weights[p]`` times); 0 where the fallback was used because the two clusters share no pair.
         image_cluster: ``(M,)`` image k-means label of each prototype.
         text_cluster: ``(M,)`` text k-means label of each prototype.
         similarity: ``(M,)`` cosine similarity of each image prototype to its text prototype
@@ -70,8 +70,23 @@ class Prototypes:
         return len(self.support)
 
 
+def _distinct_rows(embeds, rows, at_most: int, *, chunk: int = 65536) -> int:
+    """How many distinct vectors ``embeds[rows]`` holds, counted a block at a time up to ``at_most``
+    (the scan stops there, so on ordinary data it reads one block)."""
+    seen: set[bytes] = set()
+    for start in range(0, len(rows), chunk):
+        block = np.ascontiguousarray(embeds[rows[start:start + chunk]])
+        keys = np.unique(block.view(np.dtype((np.void, block.dtype.itemsize * block.shape[1]))).ravel())
+        if not seen and len(keys) >= at_most:
+            return len(keys)
+        seen.update(key.tobytes() for key in keys)
+        if len(seen) >= at_most:
+            break
+    return len(seen)
+
+
 def _cluster_side(embeds, pair_index, kept, weights, k, *, what, seed, iterations, restarts, init, gpu,
-                  max_points_per_centroid, normalize):
+                  max_points_per_centroid, normalize, chunk):
     """Cluster the distinct rows of ``embeds`` used by kept pairs; return per-pair labels and the fit."""
     counts = np.bincount(pair_index[kept], weights=weights[kept], minlength=len(embeds))
     used = np.flatnonzero(counts > 0)
@@ -80,10 +95,27 @@ def _cluster_side(embeds, pair_index, kept, weights, k, *, what, seed, iteration
             f"num_pairs={k} is more than the {len(used)} distinct {what}s left after filtering; "
             f"lower num_pairs (or rm_ratio)."
         )
+    # k clusters need k distinct points: identical rows (captions that differ only in case often
+    # encode to one vector) would leave clusters empty and their prototypes undefined.
+    distinct = _distinct_rows(embeds, used, k, chunk=chunk)
+    if distinct < k:
+        raise ValueError(
+            f"num_pairs={k} is more than the {distinct} distinct {what} embeddings left after filtering: "
+            f"the {len(used)} {what}s in use encode to only {distinct} different vectors. Lower num_pairs to "
+            f"at most {distinct}, or remove the duplicate {what}s."
+        )
     # k-means reads the used rows in place (``rows``) rather than from a copy of them.
     fit = kmeans(embeds, k, weights=counts[used], seed=seed, iterations=iterations, restarts=restarts,
                  init=init, gpu=gpu, max_points_per_centroid=max_points_per_centroid,
-                 rows=None if len(used) == len(embeds) else used, normalize=normalize)
+                 rows=None if len(used) == len(embeds) else used, normalize=normalize, chunk=chunk)
+    filled = np.bincount(fit.labels, minlength=k) > 0
+    if not filled.all():
+        raise ValueError(
+            f"k-means could form only {int(filled.sum())} of num_pairs={k} {what} clusters: the {what} "
+            f"embeddings hold fewer than {k} different " + ("directions (rows that are multiples of each "
+            "other are one point once scaled to unit length)" if normalize else "points")
+            + f". Lower num_pairs to at most {int(filled.sum())}."
+        )
     label_of_row = np.full(len(embeds), -1, dtype=np.int64)
     label_of_row[used] = fit.labels
     labels = np.where(kept, label_of_row[pair_index], -1)
@@ -110,13 +142,6 @@ def _group_means(embeds, pair_index, group, weights, num_groups, *, chunk: int =
     return means, totals
 
 
-def _first_bad_rows(array, *, chunk: int = 65536) -> np.ndarray:
-    """Rows holding NaN or inf, checked a block at a time."""
-    bad = [start + np.flatnonzero(~np.isfinite(array[start:start + chunk]).all(axis=1))
-           for start in range(0, len(array), chunk)]
-    return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
-
-
 def prototypes_from_embeddings(
     image_embeds,
     text_embeds,
@@ -130,23 +155,25 @@ def prototypes_from_embeddings(
     text_index=None,
     kmeans_iterations: int = 25,
     kmeans_restarts: int = 1,
-    kmeans_init: str = "k-means++",
+    kmeans_init: str = "auto",
     kmeans_max_points_per_centroid: int | None = DEFAULT_MAX_POINTS_PER_CENTROID,
     gpu: bool | None = None,
     normalize: bool = True,
+    chunk: int = 65536,
 ) -> Prototypes:
     """Steps 2-5 of PDS (filter, cluster each modality, align, prototypes) on precomputed embeddings.
 
     Args:
         image_embeds: ``(N, d)`` image embedding of each pair, or, with ``image_index``, a table of
-            distinct images.
+            distinct images. An array or a memory map (``np.load(..., mmap_mode="r")``, float32 or
+            float16): every step reads it a block of rows at a time, never whole.
         text_embeds: ``(N, d)`` text embedding of each pair, or, with ``text_index``, a table of
             distinct captions.
         num_pairs: ``M``, the number of clusters per modality and of prototypes.
         rm_ratio: fraction of pairs with the lowest image-text cosine similarity to drop.
         seed: k-means seed.
-        weights: ``(N,)`` multiplicity of each pair (default 1): filtering, clustering, the count
-            table and the prototype means count pair ``p`` ``weights[p]`` times.
+        weights: ``(N,)`` multiplicity of each pair, a whole number (default 1): filtering,
+            clustering, the count table and the prototype means count pair ``p`` ``weights[p]`` times.
         empty: what to do when matched clusters share no pair: ``"centroid"`` (the k-means
             centres, as the reference does for M < 300) or ``"drop"`` (as the paper says).
         image_index: ``(N,)`` row of ``image_embeds`` of each pair, so that each image is stored once.
@@ -161,6 +188,9 @@ def prototypes_from_embeddings(
             text cluster matches (see benchmarks/quality/README.md). Only the clustering changes:
             prototypes stay means of the raw embeddings, and an empty intersection's fallback is
             then the raw mean of each matched cluster's kept pairs.
+        chunk: rows per block when reading the embeddings (the prototype sums, in float64, use a
+            quarter of that). Memory beyond the points k-means fits on is a few blocks and a few
+            numbers per pair, whatever ``N``.
 
     Returns:
         :class:`Prototypes`, with per-pair ``kept``, ``image_labels`` and ``text_labels``.
@@ -179,12 +209,11 @@ def prototypes_from_embeddings(
         raise ValueError(f"empty must be one of {EMPTY_POLICIES}, got {empty!r}.")
     if not isinstance(num_pairs, (int, np.integer)) or num_pairs < 1:
         raise ValueError(f"num_pairs must be a positive integer, got {num_pairs!r}.")
-    image_embeds = np.asarray(image_embeds, dtype=np.float32)
-    text_embeds = np.asarray(text_embeds, dtype=np.float32)
+    image_embeds, text_embeds = as_table(image_embeds), as_table(text_embeds)
     for name, array in (("image_embeds", image_embeds), ("text_embeds", text_embeds)):
         if array.ndim != 2:
             raise ValueError(f"{name} must be 2-D (rows, dim), got shape {array.shape}.")
-        bad = _first_bad_rows(array)
+        bad = nonfinite_rows(array, chunk=chunk)
         if bad.size:
             raise ValueError(f"{name} has NaN or inf in {bad.size} row(s), first {bad[:5].tolist()}; "
                              "fix or drop those rows.")
@@ -200,10 +229,15 @@ def prototypes_from_embeddings(
     if text_index.size and (text_index.min() < 0 or text_index.max() >= len(text_embeds)):
         raise ValueError("text_index points outside text_embeds.")
     weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
-    if weights.shape != (n,) or (weights < 0).any() or not np.isfinite(weights).all():
-        raise ValueError(f"weights must be {n} finite non-negative numbers.")
+    if weights.shape != (n,):
+        raise ValueError(f"weights must hold one number per pair, {n} in all; got shape {weights.shape}.")
+    # Whole numbers, so that ``support`` counts pairs exactly (int64, nothing rounded).
+    bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0) | (weights != np.floor(weights)))
+    if bad.size:
+        raise ValueError(f"weights must be non-negative whole numbers (how many times each pair counts); "
+                         f"{bad.size} are not, first at pair(s) {bad[:5].tolist()}.")
 
-    similarity = pair_similarity(image_embeds, text_embeds, image_index, text_index)
+    similarity = pair_similarity(image_embeds, text_embeds, image_index, text_index, chunk=chunk)
     kept = filter_pairs(similarity, rm_ratio, weights) & (weights > 0)
     if kept.sum() < num_pairs:
         raise ValueError(
@@ -213,7 +247,7 @@ def prototypes_from_embeddings(
     k = int(num_pairs)
     side = dict(kept=kept, weights=weights, k=k, seed=seed, iterations=kmeans_iterations,
                 restarts=kmeans_restarts, init=kmeans_init, gpu=gpu,
-                max_points_per_centroid=kmeans_max_points_per_centroid, normalize=normalize)
+                max_points_per_centroid=kmeans_max_points_per_centroid, normalize=normalize, chunk=chunk)
     image_labels, image_fit = _cluster_side(image_embeds, image_index, what="image", **side)
     text_labels, text_fit = _cluster_side(text_embeds, text_index, what="caption", **side)
 
@@ -228,23 +262,23 @@ def prototypes_from_embeddings(
     match_of_image[image_cluster] = np.arange(k)
     in_match = kept & (text_labels == text_match_of[np.maximum(image_labels, 0)])
     group = np.where(in_match, match_of_image[np.maximum(image_labels, 0)], -1)
-    image_protos, support = _group_means(image_embeds, image_index, group, weights, k)
-    text_protos, _ = _group_means(text_embeds, text_index, group, weights, k)
+    sums_chunk = max(1, chunk // 4)
+    image_protos, support = _group_means(image_embeds, image_index, group, weights, k, chunk=sums_chunk)
+    text_protos, _ = _group_means(text_embeds, text_index, group, weights, k, chunk=sums_chunk)
 
     is_empty = support <= 0
     num_empty = int(is_empty.sum())
     if num_empty:
         if empty == "centroid" and normalize:
             # The centres live on the unit sphere; the prototypes must stay in the encoder's raw space.
-            image_means, _ = _group_means(image_embeds, image_index, image_labels, weights, k)
-            text_means, _ = _group_means(text_embeds, text_index, text_labels, weights, k)
+            image_means, _ = _group_means(image_embeds, image_index, image_labels, weights, k, chunk=sums_chunk)
+            text_means, _ = _group_means(text_embeds, text_index, text_labels, weights, k, chunk=sums_chunk)
             image_protos[is_empty] = image_means[image_cluster[is_empty]]
             text_protos[is_empty] = text_means[text_cluster[is_empty]]
         elif empty == "centroid":
             image_protos[is_empty] = image_fit.centroids[image_cluster[is_empty]]
             text_protos[is_empty] = text_fit.centroids[text_cluster[is_empty]]
         if empty == "centroid":
-            support = np.where(is_empty, 0.0, support)
             logger.info("%d of %d matched clusters share no pair; used their k-means centres.", num_empty, k)
         else:
             logger.warning("%d of %d matched clusters share no pair and were dropped; %d prototypes remain.",
@@ -253,11 +287,11 @@ def prototypes_from_embeddings(
     image_protos, text_protos = image_protos[keep].astype(np.float32), text_protos[keep].astype(np.float32)
     proto_similarity = np.einsum("ij,ij->i", unit_rows(image_protos), unit_rows(text_protos))
     order = np.argsort(-proto_similarity, kind="stable")
-    support_out = support[keep][order]
     return Prototypes(
         image_embeds=image_protos[order],
         text_embeds=text_protos[order],
-        support=np.rint(support_out).astype(np.int64) if np.allclose(support_out, np.rint(support_out)) else support_out,
+        # Sums of whole-number weights in float64: exact below 2**53, so the cast rounds nothing.
+        support=support[keep][order].astype(np.int64),
         image_cluster=image_cluster[keep][order],
         text_cluster=text_cluster[keep][order],
         similarity=proto_similarity[order],

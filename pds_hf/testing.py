@@ -89,6 +89,23 @@ def tiny_clip_encoder(seed: int = 0):
     return encoder
 
 
+def save_tiny_clip(folder, seed: int = 0) -> str:
+    """Write :func:`tiny_clip_model` and its processor to ``folder``, to be loaded by path like a Hub id.
+
+    For what takes model ids only (``DistillBuilder``'s config, the CLI): a local folder stands in for the Hub.
+    """
+    model, processor = tiny_clip_model(seed)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)
+
+
+def save_tiny_unclip(folder, seed: int = 0) -> str:
+    """Write :func:`tiny_unclip_pipeline` to ``folder``, to be loaded by path like a Hub id."""
+    tiny_unclip_pipeline(seed).save_pretrained(folder)
+    return str(folder)
+
+
 def unclip_from_parts(*, tokenizer, text_encoder, image_encoder, unet, vae, embedding_dim: int,
                       feature_extractor=None, clip_sample: bool = True):
     """A ``StableUnCLIPImg2ImgPipeline`` assembled from given models, with the schedulers of

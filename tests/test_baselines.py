@@ -24,8 +24,13 @@ def test_requested_number_of_distinct_real_pairs(method, num_pairs, embeds):
     assert chosen.dtype == np.int64 and chosen.shape == (num_pairs,)
     assert len(set(chosen.tolist())) == num_pairs
     assert chosen.min() >= 0 and chosen.max() < len(image)
-    # The chosen pairs are rows of the data: their embeddings are real and finite.
-    assert np.isfinite(image[chosen]).all() and np.isfinite(text[chosen]).all()
+    # Each rule's first choice, on the image and text embeddings each scaled to unit length and joined.
+    both = np.concatenate([image / np.linalg.norm(image, axis=1, keepdims=True),
+                           text / np.linalg.norm(text, axis=1, keepdims=True)], axis=1)
+    if method == "herding":
+        assert chosen[0] == np.linalg.norm(both - both.mean(axis=0), axis=1).argmin()
+    if method == "kcenter" and num_pairs > 1:
+        assert chosen[1] == np.linalg.norm(both - both[chosen[0]], axis=1).argmax()
 
 
 def test_random_is_seeded(embeds):
@@ -92,6 +97,20 @@ def test_modalities_are_normalised_and_chosen_as_asked():
     assert np.array_equal(select_pairs("herding", image, text, 5), herding(both, 5))
     # Scaling one modality changes nothing: each side is normalised first.
     assert np.array_equal(select_pairs("kcenter", image * 100, text, 5), select_pairs("kcenter", image, text, 5))
+
+
+def test_zero_rows_stay_zero_and_bad_rows_are_named():
+    # The package's one normaliser leaves an all-zero embedding at zero (no 0/0), so such a pair
+    # can still be chosen; the one NaN check names the pairs to drop.
+    rng = np.random.default_rng(1)
+    image, text = rng.normal(size=(40, 6)), rng.normal(size=(40, 4))
+    image[[5, 9]] = 0.0
+    both = np.concatenate([image / np.maximum(np.linalg.norm(image, axis=1, keepdims=True), 1e-30),
+                           text / np.linalg.norm(text, axis=1, keepdims=True)], axis=1)
+    assert np.array_equal(select_pairs("kcenter", image, text, 40, seed=2), kcenter(both, 40, seed=2))
+    image[[7, 30]] = np.inf
+    with pytest.raises(ValueError, match=r"image_embeds holds NaN or inf at pair\(s\) \[7, 30\]"):
+        select_pairs("herding", image, text, 3)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -1,12 +1,14 @@
-"""The pds-hf command: the demo, a local dataset with local model folders, and its errors."""
+"""The pds-hf command: the demo, a local dataset with local model folders, publishing, its errors, its logging."""
 
+import json
+import logging
 import subprocess
 import sys
 
 import pytest
 from datasets import load_dataset
 
-from pds_hf.cli import main
+from pds_hf.cli import build_parser, main, run_command
 
 
 def test_demo_writes_a_loadable_folder(tmp_path, capsys):
@@ -26,14 +28,21 @@ def test_existing_output_is_not_overwritten(tmp_path, capsys):
     out = tmp_path / "demo"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(SystemExit, match="--overwrite"):
-        main(["distill", "--demo", "--output", str(out)])
+    assert main(["distill", "--demo", "--output", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
 
 
-def test_needs_a_dataset_or_demo(tmp_path):
-    with pytest.raises(SystemExit, match="--demo"):
-        main(["distill", "--output", str(tmp_path / "x")])
+def test_needs_a_dataset_or_demo(tmp_path, capsys):
+    assert main(["distill", "--output", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err == "error: no dataset: name one (Hub id or folder), or pass --demo.\n"
+
+
+def test_every_distill_flag_has_help():
+    parser = build_parser()
+    distill = parser._subparsers._group_actions[0].choices["distill"]
+    undocumented = [action.option_strings or action.dest for action in distill._actions if not action.help]
+    assert undocumented == []
 
 
 def test_local_dataset_and_model_folders(tmp_path, shapes_ds, capsys):
@@ -85,8 +94,37 @@ def test_push_without_token_fails_before_any_work(hub, capsys, monkeypatch):
 
     monkeypatch.setattr(pds_hf, "distill", lambda *a, **k: pytest.fail("distilled before checking the token"))
     code = main(["distill", "--demo", "--push-to-hub", "tester/x", "--license", "cc0-1.0"])
-    assert code == 2
+    assert code == 1
     assert "token" in capsys.readouterr().err.lower()
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory):
+    from pds_hf.testing import tiny_clip_model
+
+    folder = tmp_path_factory.mktemp("models") / "clip"
+    model, processor = tiny_clip_model()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("license_flag", [[], ["--license", "mit"]])
+def test_a_local_dataset_pushes_to_the_hub_naming_its_source(hub, tmp_path, shapes_ds, clip_folder, capsys,
+                                                             license_flag):
+    """The publish path of the command, end to end: without --license the source folder's license is used."""
+    source = tmp_path / "src"
+    shapes_ds.save_to_disk(str(source))
+    info = json.loads((source / "dataset_info.json").read_text())
+    (source / "dataset_info.json").write_text(json.dumps({**info, "license": "cc-by-4.0"}))
+    code = main(["distill", str(source), "--clip-model", str(clip_folder), "--synthesis", "retrieve",
+                 "--num-pairs", "4", "--image-size", "32", "--device", "cpu", "--push-to-hub", "tester/shapes-pds",
+                 "--token", hub.token, *license_flag])
+    assert code == 0, capsys.readouterr().err
+    readme = hub.repo_files("tester/shapes-pds")["README.md"].decode()
+    assert f"license: {'mit' if license_flag else 'cc-by-4.0'}\n" in readme
+    assert str(source) in readme and "'num_pairs'" not in readme  # the source's name, not the run record
+    assert len(load_dataset("tester/shapes-pds", split="train", token=hub.token)) == 4
 
 
 @pytest.mark.parametrize("flag, expected", [("--no-normalize", "False"), ("--normalize", "True")])
@@ -97,3 +135,141 @@ def test_normalize_flag_reaches_the_config(tmp_path, capsys, flag, expected):
     rows = [line for line in card.splitlines() if line.startswith("|") and "normalize" in line]
     assert rows and expected in rows[0], rows
     assert ("(each scaled to unit length)" in card) == (expected == "True")
+
+
+# Progress and log lines
+# ----------------------
+# Under pytest stderr is not a terminal, as when a user redirects it to a file: progress comes as log lines.
+
+PROGRESS_LINE = r"^{}: {} \([0-9.e+]+ {}s/s\)$"
+
+
+def _progress_lines(caplog, desc):
+    return [r.getMessage() for r in caplog.records if r.name == "pds_hf.progress" and r.getMessage().startswith(desc)]
+
+
+def test_progress_logs_counts_and_rate_when_stderr_is_a_file(caplog):
+    import re
+
+    from pds_hf.progress import progress
+
+    caplog.set_level(logging.INFO, logger="pds_hf")
+    with progress(3, desc="Encoding images", every=0) as bar:
+        for _ in range(3):
+            bar.update(1)
+    assert [re.sub(r"\(.*\)", "(rate)", line) for line in _progress_lines(caplog, "Encoding images")] == [
+        "Encoding images: 1/3 (rate)", "Encoding images: 2/3 (rate)", "Encoding images: 3/3 (rate)"]
+    assert all(re.match(PROGRESS_LINE.format("Encoding images", r"\d/3", "item"), line)
+               for line in _progress_lines(caplog, "Encoding images"))
+    assert list(progress(iter("ab"), desc="Reading rows", unit="row", every=0)) == ["a", "b"]
+    assert re.match(PROGRESS_LINE.format("Reading rows", "2", "row"), _progress_lines(caplog, "Reading rows")[-1])
+
+
+def test_progress_is_quiet_for_short_loops_when_disabled_or_switched_off(caplog, monkeypatch):
+    import datasets
+
+    from pds_hf.progress import LogProgress, progress
+
+    caplog.set_level(logging.INFO, logger="pds_hf")
+    bar = progress(range(5), desc="Short")
+    assert isinstance(bar, LogProgress) and list(bar) == list(range(5))
+    assert list(progress(range(5), desc="Hidden", disable=True, every=0)) == list(range(5))
+    datasets.disable_progress_bars()
+    try:
+        with progress(2, desc="Switched off", every=0) as off:
+            off.update(2)
+    finally:
+        datasets.enable_progress_bars()
+    assert [r for r in caplog.records if r.name == "pds_hf.progress"] == []
+
+
+def test_progress_is_a_tqdm_bar_on_a_terminal(monkeypatch):
+    from datasets.utils import tqdm
+
+    from pds_hf.progress import progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    with progress(2, desc="Encoding images") as bar:
+        assert isinstance(bar, tqdm) and not bar.disable and bar.total == 2
+
+
+def test_encoding_and_synthesis_report_progress(caplog, monkeypatch, shapes_ds, tiny_encoder, tiny_pipe):
+    import numpy as np
+
+    from pds_hf import progress
+    from pds_hf.encode import encode_table
+    from pds_hf.inputs import read_pairs
+    from pds_hf.synthesize import synthesize_unclip
+
+    monkeypatch.setattr(progress, "LOG_EVERY_SECONDS", 0)
+    caplog.set_level(logging.INFO, logger="pds_hf")
+    ds = shapes_ds.select(range(6))
+    encode_table(tiny_encoder, ds, read_pairs(ds), batch_size=4)
+    assert _progress_lines(caplog, "Encoding images")[-1].startswith("Encoding images: 6/6 (")
+    assert _progress_lines(caplog, "Encoding captions")[-1].startswith("Encoding captions: 12/12 (")
+    synthesize_unclip(tiny_pipe, np.zeros((2, 32), np.float32), ["a", "b"], num_inference_steps=1, batch_size=1,
+                      image_size=None)
+    assert [line.split(" (")[0] for line in _progress_lines(caplog, "Synthesizing")] == [
+        "Synthesizing images: 1/2", "Synthesizing images: 2/2"]
+
+
+def _run_logging(verbose, capsys):
+    from argparse import Namespace
+
+    from pds_hf.progress import progress
+
+    def command(args):
+        logging.getLogger("pds_hf.processor").info("resuming: 8 of 16 images already made")
+        try:
+            raise OSError("disk hiccup")
+        except OSError:
+            logging.getLogger("pds_hf.encode").warning("Retrying a shard", exc_info=True)
+        logging.getLogger("transformers.utils.import_utils").warning(
+            "`CLIPImageProcessor` requires torchvision (not installed); falling back to `CLIPImageProcessorPil`")
+        with progress(2, desc="Encoding images", every=0) as bar:
+            bar.update(2)
+        return 0
+
+    assert run_command(Namespace(func=command, verbose=verbose)) == 0
+    return capsys.readouterr().err
+
+
+def test_the_command_shows_info_lines_one_line_each(capsys):
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    transformers_logger = logging.getLogger("transformers.utils.import_utils")
+    transformers_logger.addHandler(handler)
+    try:
+        err = _run_logging(False, capsys)
+        assert err.startswith("resuming: 8 of 16 images already made\nwarning: Retrying a shard\nEncoding images: 2/2 (")
+        assert "Traceback" not in err and len(err.splitlines()) == 3
+        assert seen == []  # the torchvision note is dropped, and shown under -v
+        err = _run_logging(True, capsys)
+        assert "Traceback" in err and "pds_hf.processor INFO: resuming: 8 of 16 images already made" in err
+        assert len(seen) == 1
+    finally:
+        transformers_logger.removeHandler(handler)
+    assert logging.getLogger("pds_hf").handlers == []
+
+
+def test_error_lines_name_what_failed_and_pick_the_exit_code():
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from pds_hf.cli import CommandError, UsageError, error_line
+
+    args = build_parser().parse_args(["distill", "me/pairs", "--clip-model", "me/clip", "-o", "out"])
+    assert error_line(UsageError("bad flag"), args) == (2, "bad flag")
+    assert error_line(CommandError("no network"), args) == (1, "no network")
+    assert error_line(KeyError("The dataset has no caption column 'x'."), args) == (
+        2, "The dataset has no caption column 'x'.")
+    code, line = error_line(OSError("We couldn't connect to 'https://huggingface.co'\nCheck your connection."), args)
+    assert code == 1 and line.startswith("while loading --clip-model me/clip or --unclip-model ")
+    assert "huggingface.co' Check your connection." in line
+    code, line = error_line(LocalEntryNotFoundError("me/clip is not in the cache"), args)
+    assert code == 1 and line.startswith("me/clip is not in the cache (LocalEntryNotFoundError); ")
+    code, line = error_line(LocalEntryNotFoundError("Cannot find the requested files in the disk cache"), args)
+    assert code == 1 and line.startswith("could not load --clip-model me/clip or --unclip-model ")
+    assert error_line(KeyboardInterrupt(), args)[0] == 130
+    code, line = error_line(RuntimeError("boom"), args)
+    assert code == 1 and line.startswith("RuntimeError: boom; rerun with -v")

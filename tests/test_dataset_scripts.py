@@ -60,7 +60,7 @@ def test_coco_dry_run_reads_the_webdataset_layout(coco, tmp_path, capsys):
     small = load_dataset(str(tmp_path / "coco-pds-4"), split="train")
     assert len(small) == 4 and small[0]["image"].size == (32, 32)  # made by the tiny unCLIP decoder
     card = DatasetCard.load(tmp_path / "coco-pds-4" / "README.md")
-    assert "Every image is synthetic" in card.text and "pds-hf/tiny-random-unclip" in card.text
+    assert "Every image is synthetic" in card.text and "tiny-random-unclip" in card.text
 
 
 def test_coco_parquet_source_maps_one_row_per_caption(coco, tmp_path):
@@ -83,3 +83,22 @@ def test_publishing_checks_token_and_license_before_reading_the_source(hub, scri
     assert recipe.main(["--org", "tester", "--sizes", "100", "--token", hub.token]) == 2
     assert "license of tester/" in capsys.readouterr().err
     assert not any("resolve" in r.path or "/commit/" in r.path for r in hub.requests)
+
+
+def test_recipe_checks_output_folders_first_and_reuses_its_builds(flickr, tmp_path, capsys, monkeypatch):
+    import pds_hf
+
+    argv = ["--org", "pds-org", "--dry-run", "--sizes", "4", "--synthesis", "retrieve", "--output-dir", str(tmp_path)]
+    assert flickr.main(argv) == 0, capsys.readouterr().err
+    capsys.readouterr()
+
+    def refuse(self, ds):
+        raise AssertionError("distilled again")
+
+    monkeypatch.setattr(pds_hf.DistillProcessor, "__call__", refuse)
+    # The folder exists: refused before anything is read or distilled.
+    assert flickr.main(argv) == 2
+    assert "flickr30k-pds-4 already exist(s); pass --overwrite" in capsys.readouterr().err
+    # With --overwrite the set is republished from the builder's cache: no distilling.
+    assert flickr.main(argv + ["--overwrite"]) == 0, capsys.readouterr().err
+    assert "pds-org/flickr30k-pds-4: 4 pairs" in capsys.readouterr().out

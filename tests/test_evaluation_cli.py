@@ -69,15 +69,16 @@ def test_evaluate_reads_folders(tmp_path, capsys):
     assert "2 held-out distilled pairs" in printed and "(12 images, 24 captions)" in printed
 
 
-def test_evaluate_needs_data_or_demo():
-    with pytest.raises(SystemExit, match="--demo"):
-        main(["evaluate", "me/distilled"])
+def test_evaluate_needs_data_or_demo(capsys):
+    assert main(["evaluate", "me/distilled"]) == 2
+    assert capsys.readouterr().err == "error: missing --test (or pass --demo to try it on tiny generated data).\n"
 
 
-def test_a_timm_student_without_timm_is_a_clear_error(monkeypatch):
+def test_a_timm_student_without_timm_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "timm", None)
-    with pytest.raises(SystemExit, match="pip install timm"):
-        main(["evaluate", "me/distilled", "--test", "me/test", "--student", "nf_resnet50"])
+    assert main(["evaluate", "me/distilled", "--test", "me/test", "--student", "nf_resnet50"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "pip install timm" in err and len(err.splitlines()) == 1
 
 
 def test_compare_demo_writes_table_json_and_plot_or_says_why_not(tmp_path, capsys):
@@ -98,8 +99,6 @@ def test_compare_demo_writes_table_json_and_plot_or_says_why_not(tmp_path, capsy
         assert (out / "comparison.png").exists()
 
 
-def test_compare_without_distill_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "pds_hf.pipeline", None)
-    with pytest.raises(SystemExit, match="pds_hf.pipeline.distill"):
-        main(["compare", "--demo", "--methods", "random", "--num-pairs", "4", *FAST,
-              "--output-dir", str(tmp_path)])
+def test_compare_demo_default_sizes_fit_the_demo_set(tmp_path, capsys):
+    assert main(["compare", "--demo", "--methods", "random", *FAST, "--output-dir", str(tmp_path)]) == 0
+    assert [entry["num_pairs"] for entry in json.loads((tmp_path / "comparison.json").read_text())] == [8, 16, 32]

@@ -10,13 +10,17 @@ from pds_hf.inputs import read_pairs
 RED, BLUE = png_bytes((255, 0, 0)), png_bytes((0, 0, 255))
 
 
+def _stored(blob):
+    return None if blob is None else {"bytes": blob, "path": None}
+
+
 def _pairs(images, captions):
-    return Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in images], "caption": captions},
+    return Dataset.from_dict({"image": [_stored(b) for b in images], "caption": captions},
                              features=Features({"image": Image(), "caption": Value("string")}))
 
 
 def _per_image(images, captions):
-    return Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in images], "caption": captions},
+    return Dataset.from_dict({"image": [_stored(b) for b in images], "caption": captions},
                              features=Features({"image": Image(), "caption": List(Value("string"))}))
 
 
@@ -94,15 +98,29 @@ def test_empty_dataset():
         read_pairs(_pairs([], []))
 
 
-def test_undecodable_images_skip_with_warning_or_error(caplog):
-    ds = _pairs([RED, b"not an image", BLUE, b"\x89PNG garbage"], ["a", "b", "c", "d"])
+def test_reading_decodes_nothing_and_skips_only_null_images(caplog):
+    # Reading compares stored bytes only; whether an image decodes is learnt once, when it is encoded
+    # (tests/test_feed.py). A null image is known without decoding.
+    ds = _pairs([RED, b"not an image", None, BLUE, b"not an image", None], ["a", "b", "c", "d", "e", "f"])
     with caplog.at_level("WARNING"):
         table = read_pairs(ds)
-    assert "Skipping 2 undecodable image(s)" in caplog.text and "[1, 3]" in caplog.text
-    assert table.num_pairs == 2 and table.pair_rows.tolist() == [0, 2]
-    assert table.skipped_images == [1, 3]
-    with pytest.raises(ValueError, match=r"2 image\(s\) that cannot be decoded, at row\(s\) \[1, 3\]"):
+    assert "Skipping 2 empty (null) image(s)" in caplog.text and "[2, 5]" in caplog.text
+    assert table.image_rows.tolist() == [0, 1, 3]
+    assert table.pair_image.tolist() == [0, 1, 2, 1] and table.pair_rows.tolist() == [0, 1, 3, 4]
+    assert table.skipped_images == [2, 5]
+    with pytest.raises(ValueError, match=r"2 empty \(null\) image\(s\), at row\(s\) \[2, 5\]"):
         read_pairs(ds, on_bad_image="error")
+    per_image = read_pairs(_per_image([RED, None, RED], [["a"], ["b"], ["c", "d"]]))
+    assert per_image.image_rows.tolist() == [0, 2] and per_image.pair_image.tolist() == [0, 1, 1]
+
+
+def test_pair_layout_dedupe_hashes_only_equal_lengths():
+    # Same length, different bytes: two images; a repeat of either, anywhere, is the same image.
+    other_red = bytearray(RED)
+    other_red[-20] ^= 1
+    table = read_pairs(_pairs([RED, bytes(other_red), BLUE + b"\0" * 9, RED, bytes(other_red)], list("abcde")))
+    assert table.image_rows.tolist() == [0, 1, 2]
+    assert table.pair_image.tolist() == [0, 1, 2, 0, 1]
 
 
 def test_without_images_renumbers():
@@ -112,6 +130,9 @@ def test_without_images_renumbers():
     assert smaller.pair_image.tolist() == [0, 1]
     assert smaller.pair_rows.tolist() == [0, 2]
     assert smaller.skipped_images == [1]
+    # In the pair layout an image fills many rows: each row of a dropped image is listed.
+    repeated = read_pairs(_pairs([RED, BLUE, RED], ["a", "b", "c"])).without_images(np.array([0]))
+    assert repeated.skipped_images == [0, 2] and repeated.pair_rows.tolist() == [1]
 
 
 def test_load_images_from_the_dataset_or_its_undecoded_view():

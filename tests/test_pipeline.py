@@ -30,7 +30,12 @@ def test_image_layout_unclip_end_to_end(shapes_ds, config):
     assert all(img.size == (32, 32) and img.mode == "RGB" for img in small["image"])
     known = {c for row in shapes_ds["caption"] for c in row}
     assert set(small["caption"]) <= known, "captions are retrieved real captions"
-    assert (np.asarray(small["support"]) >= 0).all()
+    # Each pair's support is the size of its intersection: what step 5 gives on the same embeddings.
+    table, images, texts = _encoded(shapes_ds, config)
+    direct = pds_hf.prototypes_from_embeddings(images, texts, 6, seed=config.seed, image_index=table.pair_image,
+                                               text_index=table.pair_text)
+    assert list(small["support"]) == direct.support.tolist()
+    assert sum(small["support"]) > 6 * 2, "the pairs average several real pairs each"
     assert sorted(set(small["image_cluster"])) == sorted(small["image_cluster"])  # distinct clusters
     meta = pds_hf.metadata(small)
     assert meta["config"]["num_pairs"] == 6 and meta["config"]["clip_model"] == "pds-hf/tiny-random-clip"
@@ -89,15 +94,21 @@ def test_none_has_no_images(shapes_ds, config):
     _check_output(small, 6)
 
 
-def test_dataset_distill_method_is_registered_and_idempotent(shapes_ds, config):
+def test_dataset_distill_method_is_registered_and_idempotent(shapes_ds, config, monkeypatch, caplog):
     import importlib
 
     from datasets import Dataset as D
 
-    assert D.distill is not None
-    importlib.reload(pds_hf)
+    monkeypatch.delattr(D, "distill")
+    importlib.reload(pds_hf)  # importing pds_hf adds the method
+    assert D.distill.__module__ == "pds_hf"
+    with caplog.at_level("WARNING", logger="pds_hf"):
+        importlib.reload(pds_hf)  # importing it again keeps it, and does not take it for someone else's
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("pds_hf")] == []
     small = shapes_ds.distill(config, synthesis="none", num_pairs=3)
-    assert len(small) == 3
+    direct = pds_hf.distill(shapes_ds, config, synthesis="none", num_pairs=3)
+    assert small["caption"] == direct["caption"]
+    np.testing.assert_array_equal(np.asarray(small["image_embedding"]), np.asarray(direct["image_embedding"]))
 
 
 def test_registration_never_overwrites_an_existing_attribute(monkeypatch):

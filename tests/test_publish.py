@@ -80,9 +80,11 @@ def test_push_then_load_dataset_gives_the_rows_and_the_card(healthy, small):
                                                                            "path": "data/train-*"}]}]
     assert card.data.dataset_info["splits"][0]["num_examples"] == 4
     text = card.text
+    from importlib.metadata import version
+
     for expected in ('load_dataset("pds-org/shapes-pds-4", split="train")', "![The first 4 pairs", "(preview.png)",
                      "abc123", "rows with split == 'train'", small[0]["caption"], "pds-hf/tiny-random-clip",
-                     "| encode |", "`datasets` 5", "Choi, Junhyeok and Mo, Sangwoo and Chae, Minwoo", "2602.19756",
+                     "| encode |", f"`datasets` {version('datasets')},", "Choi, Junhyeok and Mo, Sangwoo and Chae, Minwoo", "2602.19756",
                      "## Cluster supports", "## Limitations", "Not evaluated", pds_hf.metadata(small)["source"]
                      ["fingerprint"]):
         assert expected in text, expected
@@ -157,8 +159,8 @@ def test_no_token_or_a_foreign_namespace_fails_before_any_work(healthy, small, m
     def must_not_run(*args, **kwargs):
         raise AssertionError("shards, preview or card were made before the checks")
 
-    monkeypatch.setattr("pds_hf.publish._write_repo", must_not_run)
-    monkeypatch.setattr("pds_hf.publish._render_card", must_not_run)
+    monkeypatch.setattr("pds_hf.publish.hub._write_repo", must_not_run)
+    monkeypatch.setattr("pds_hf.publish.folder._render_card", must_not_run)
 
     with pytest.raises(PublishError, match="No Hugging Face token"):
         push_to_hub(small, "tester/x", license="mit")
@@ -208,7 +210,7 @@ def test_save_to_folder_is_all_or_nothing(small, tmp_path, monkeypatch):
         raise RuntimeError("disk full")
 
     folder = tmp_path / "out"
-    monkeypatch.setattr("pds_hf.publish.preview_grid", broken)
+    monkeypatch.setattr("pds_hf.publish.folder.preview_grid", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         save_to_folder(small, folder)
     assert list(tmp_path.iterdir()) == []
@@ -302,7 +304,7 @@ def test_wheel_ships_the_card_template(tmp_path):
     (wheel,) = tmp_path.glob("pds_hf-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "pds_hf/model_cards/dataset_card_template.md" in names
-    assert "pds_hf/publish.py" in names and "pds_hf/evaluation/__init__.py" in names
+    assert "pds_hf/publish/card.py" in names and "pds_hf/evaluation/__init__.py" in names
     shipped = zipfile.ZipFile(wheel).read("pds_hf/model_cards/dataset_card_template.md").decode()
     assert shipped == (root / "model_cards" / "dataset_card_template.md").read_text()
 

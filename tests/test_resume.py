@@ -1,5 +1,6 @@
 """Resuming after a crash, and the same distilled set from 1 or 2 processes."""
 
+import json
 import os
 import subprocess
 import sys
@@ -119,26 +120,64 @@ def test_models_without_fingerprint_are_not_cached(shapes_ds, tiny_encoder, conf
     assert not os.path.exists(config.cache_dir)
 
 
-def _run_cli(args, cache, launcher=()):
-    env = dict(os.environ, PDS_HF_CACHE=str(cache), OMP_NUM_THREADS="1")
-    cmd = [*launcher, "-m", "pds_hf.cli", "distill", "--demo", "--num-pairs", "8", "--steps", "2", *args]
-    if not launcher:
-        cmd = [sys.executable, *cmd]
+# Runs the CLI with StableUnCLIPImg2ImgPipeline.__call__ wrapped to record, per process, the seed of each
+# image it decodes (seed + pair index), in rank-<RANK>.jsonl under $PDS_TEST_CALLS.
+SPY_CLI = """
+import json, os, sys
+
+from diffusers import StableUnCLIPImg2ImgPipeline
+
+decode = StableUnCLIPImg2ImgPipeline.__call__
+
+
+def recording(self, *args, **kwargs):
+    rank = os.environ.get("RANK", "0")
+    with open(os.path.join(os.environ["PDS_TEST_CALLS"], f"rank-{rank}.jsonl"), "a") as log:
+        log.write(json.dumps([generator.initial_seed() for generator in kwargs["generator"]]) + "\\n")
+    return decode(self, *args, **kwargs)
+
+
+StableUnCLIPImg2ImgPipeline.__call__ = recording
+from pds_hf.cli import main
+
+sys.exit(main())
+"""
+
+
+def _run_cli(args, cache, calls, launcher=()):
+    calls.mkdir()
+    spy = calls / "spy_cli.py"
+    spy.write_text(SPY_CLI)
+    env = dict(os.environ, PDS_HF_CACHE=str(cache), OMP_NUM_THREADS="1", PDS_TEST_CALLS=str(calls))
+    cmd = [*(launcher or [sys.executable]), str(spy), "distill", "--demo", "--num-pairs", "8", "--steps", "2",
+           "--seed", "42", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _decoded_by_rank(calls):
+    """{rank: sorted pair indices it decoded}, from the spy's records."""
+    out = {}
+    for path in calls.glob("rank-*.jsonl"):
+        seeds = [seed for line in path.read_text().splitlines() for seed in json.loads(line)]
+        out[int(path.stem.split("-")[1])] = sorted(seed - 42 for seed in seeds)
+    return out
 
 
 def test_two_processes_give_the_same_distilled_set(tmp_path):
     """accelerate launch with 2 CPU processes (gloo) == 1 process."""
-    one = _run_cli(["--output", str(tmp_path / "one")], tmp_path / "cache-one")
+    one = _run_cli(["--output", str(tmp_path / "one")], tmp_path / "cache-one", tmp_path / "calls-one")
     assert one.returncode == 0, one.stderr[-3000:]
     assert "on 1 process(es)" in one.stdout
+    assert _decoded_by_rank(tmp_path / "calls-one") == {0: list(range(8))}
     # `accelerate launch --cpu` starts a single process (multi-CPU needs mpirun); --multi_gpu starts N
     # processes with torchrun, and pds_hf picks the gloo backend when there is no GPU.
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    two = _run_cli(["--output", str(tmp_path / "two")], tmp_path / "cache-two", launcher)
+    two = _run_cli(["--output", str(tmp_path / "two")], tmp_path / "cache-two", tmp_path / "calls-two", launcher)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "on 2 process(es)" in two.stdout
+    # Each process decoded the images it owns, and only those: even indices on rank 0, odd on rank 1.
+    assert _decoded_by_rank(tmp_path / "calls-two") == {0: [0, 2, 4, 6], 1: [1, 3, 5, 7]}
 
     a = load_dataset(str(tmp_path / "one"), split="train")
     b = load_dataset(str(tmp_path / "two"), split="train")
@@ -148,6 +187,3 @@ def test_two_processes_give_the_same_distilled_set(tmp_path):
     np.testing.assert_allclose(np.asarray(a["text_embedding"]), np.asarray(b["text_embedding"]), atol=1e-5)
     for x, y in zip(a["image"], b["image"]):
         assert np.abs(np.asarray(x, dtype=int) - np.asarray(y, dtype=int)).max() <= 2
-    # Both processes did synthesis work: each saved the images it owns (even and odd indices).
-    images = sorted(p.name for p in (tmp_path / "cache-two").glob("synthesize-*/image-*.png"))
-    assert len(images) == 8

@@ -101,28 +101,64 @@ def test_sparse_matching_degenerate_tables():
         max_weight_matching(csr_array(np.array([[-1.0, 0.0], [0.0, 1.0]])))
 
 
-def test_align_clusters_accepts_sparse_tables_on_both_paths(rng, monkeypatch):
+@pytest.fixture
+def solver_calls(monkeypatch):
+    """Counts the calls to the sparse solver made through ``align_clusters``."""
+    calls = []
+
+    def counting(counts):
+        calls.append(counts.shape)
+        return max_weight_matching(counts)
+
+    monkeypatch.setattr(align, "max_weight_matching", counting)
+    return calls
+
+
+def test_align_clusters_densifies_small_sparse_tables_and_solves_large_ones_sparse(rng, monkeypatch,
+                                                                                   solver_calls):
     image = rng.integers(0, 40, 3000)
     text = (image * 7 + (rng.random(3000) < 0.3) * rng.integers(0, 40, 3000)) % 40
-    dense = count_table(image, text, 40)
-    sparse = sparse_count_table(image, text, 40)
-    expected = align_clusters(dense)
-    small = align_clusters(sparse)  # densified: identical to the dense solver
-    assert small[0].tolist() == expected[0].tolist() and small[1].tolist() == expected[1].tolist()
+    weights = rng.random(3000) + 0.5  # real-valued counts: the heaviest set of positive cells is unique
+    dense = count_table(image, text, 40, weights=weights)
+    sparse = sparse_count_table(image, text, 40, weights=weights)
+    rows, cols, total = _dense_optimum(dense)
+
+    small = align_clusters(sparse)  # 40 <= DENSE_MAX_CLUSTERS: densified, the Hungarian solver
+    assert solver_calls == []
+    assert small[0].tolist() == rows.tolist() and small[1].tolist() == cols.tolist()
+
     monkeypatch.setattr(align, "DENSE_MAX_CLUSTERS", 10)
-    large = align_clusters(sparse)
-    assert dense[large].sum() == dense[expected].sum()
+    large = align_clusters(sparse)  # 40 > 10: the sparse solver
+    assert solver_calls == [(40, 40)]
+    assert dense[large].sum() == pytest.approx(total, rel=1e-12)
+    assert _positive_cells(dense, *large) == _positive_cells(dense, rows, cols)
 
 
-def test_prototypes_on_the_sparse_path_match_the_dense_optimum(rng, monkeypatch):
+def test_prototypes_on_the_sparse_path_match_the_dense_optimum(rng, monkeypatch, solver_calls):
     images = rng.normal(size=(600, 8)).astype(np.float32)
     texts = (images + 0.5 * rng.normal(size=(600, 8))).astype(np.float32)
-    dense_run = prototypes_from_embeddings(images, texts, 40, rm_ratio=0.1, empty="drop")
+    # Whole multiplicities drawn from a wide range: cell totals differ, so the counted cells of the
+    # optimal matching are one set, whichever solver finds it.
+    weights = rng.integers(1, 10**6, 600)
+
+    def matched(run):
+        """Each prototype by its (image cluster, text cluster) match: support and both means."""
+        return {(int(i), int(j)): (s, a, b) for i, j, s, a, b in zip(
+            run.image_cluster, run.text_cluster, run.support, run.image_embeds, run.text_embeds)}
+
+    dense_run = prototypes_from_embeddings(images, texts, 40, rm_ratio=0.1, empty="drop", weights=weights)
+    assert solver_calls == []
     monkeypatch.setattr(align, "DENSE_MAX_CLUSTERS", 5)
-    monkeypatch.setattr(align, "count_table", None)  # the pipeline must not build a dense table
-    sparse_run = prototypes_from_embeddings(images, texts, 40, rm_ratio=0.1, empty="drop")
-    np.testing.assert_array_equal(sparse_run.image_labels, dense_run.image_labels)
-    assert sparse_run.support.sum() == dense_run.support.sum()
+    sparse_run = prototypes_from_embeddings(images, texts, 40, rm_ratio=0.1, empty="drop", weights=weights)
+    assert solver_calls == [(40, 40)]
+
+    dense, sparse = matched(dense_run), matched(sparse_run)
+    assert len(dense) > 20, "most matches share pairs: the comparison covers them"
+    assert sparse.keys() == dense.keys(), "the same clusters matched to each other"
+    for key, (support, image_mean, text_mean) in dense.items():
+        assert sparse[key][0] == pytest.approx(support, rel=1e-9)
+        np.testing.assert_allclose(sparse[key][1], image_mean, atol=1e-6)
+        np.testing.assert_allclose(sparse[key][2], text_mean, atol=1e-6)
 
 
 # -- k-means --------------------------------------------------------------------------------------

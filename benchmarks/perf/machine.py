@@ -67,3 +67,52 @@ def append_results(title: str, body: str, path: Path = RESULTS) -> None:
     with path.open("a") as f:
         f.write(text)
     print(text)
+
+
+def memory_status() -> dict[str, float]:
+    """This process's resident memory from ``/proc/self/status``, in MiB: ``RssAnon`` (anonymous
+    pages: what a computation really holds), ``RssFile`` (file-backed pages, e.g. memory-mapped inputs
+    the kernel may drop at will) and ``VmHWM`` (peak of the two together)."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("RssAnon", "RssFile", "VmHWM"):
+                out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+class AnonPeak:
+    """Samples ``RssAnon`` every ``interval`` seconds in a background thread while in the ``with`` block;
+    ``peak_mb`` is the highest sample (numpy and faiss release the GIL, so the sampler keeps running
+    through long calls).
+
+    Example:
+        ```py
+        >>> with AnonPeak() as peak:
+        ...     work()
+        >>> peak.peak_mb
+        ```
+    """
+
+    def __init__(self, interval: float = 0.05):
+        self.interval = interval
+        self.peak_mb = 0.0
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self.peak_mb = max(self.peak_mb, memory_status()["RssAnon"])
+
+    def __enter__(self):
+        import threading
+
+        self.peak_mb = memory_status()["RssAnon"]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, memory_status()["RssAnon"])

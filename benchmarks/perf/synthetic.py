@@ -115,3 +115,55 @@ def clip_like_pairs(num_images: int, captions_per_image: int = 5, d: int = 768, 
     texts = np.empty((n, d), dtype=np.float32)
     _sample_into(texts, mix, text_comp, text_latent, _offset(d, np.sqrt(d), seed + 3), 0.45, rng, chunk)
     return images, texts, pair_image
+
+
+def clip_like_pairs_on_disk(folder, num_pairs: int, *, captions_per_image: int = 5, dtype="float32", d: int = 768,
+                            components: int = 3000, noisy_fraction: float = 0.1, seed: int = 0,
+                            chunk: int = 100_000):
+    """The pairs layout of :func:`clip_like_pairs` written straight to two ``.npy`` files on disk.
+
+    ``images.npy`` holds each pair's image embedding (an image repeated for its ``captions_per_image``
+    captions) and ``texts.npy`` each pair's caption embedding, both ``(num_pairs, d)`` in ``dtype``.
+    Blocks of ``chunk`` pairs are drawn from their own seed, so a file of N pairs begins with the
+    file of any fewer pairs (same ``chunk``), and memory stays at a few blocks whatever N.
+
+    Returns:
+        ``(images, texts)`` opened read-only as memory maps.
+    """
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if chunk % captions_per_image:
+        raise ValueError(f"chunk={chunk} must be a multiple of captions_per_image={captions_per_image}.")
+    done = folder / "complete"
+    if not done.exists():
+        mix = make_mixture(d, components, seed=seed)
+        rank = mix.component_bases.shape[1]
+        image_offset, text_offset = _offset(d, np.sqrt(d), seed + 2), _offset(d, np.sqrt(d), seed + 3)
+        images = np.lib.format.open_memmap(folder / "images.npy", mode="w+", dtype=dtype, shape=(num_pairs, d))
+        texts = np.lib.format.open_memmap(folder / "texts.npy", mode="w+", dtype=dtype, shape=(num_pairs, d))
+        for block, start in enumerate(range(0, num_pairs, chunk)):
+            n = min(chunk, num_pairs - start)
+            rng = np.random.default_rng([seed, block])
+            num_images = -(-n // captions_per_image)
+            comp = rng.choice(len(mix.probs), size=num_images, p=mix.probs)
+            latent = rng.standard_normal(size=(num_images, rank), dtype=np.float32)
+            distinct = np.empty((num_images, d), dtype=np.float32)
+            _sample_into(distinct, mix, comp, latent, image_offset, 0.35, rng, chunk)
+            pair_image = np.repeat(np.arange(num_images), captions_per_image)[:n]
+            text_comp = comp[pair_image]
+            noisy = rng.random(n) < noisy_fraction
+            text_comp[noisy] = rng.choice(len(mix.probs), size=int(noisy.sum()), p=mix.probs)
+            text_latent = 0.7 * latent[pair_image] + 0.7 * rng.standard_normal(size=(n, rank), dtype=np.float32)
+            block_texts = np.empty((n, d), dtype=np.float32)
+            _sample_into(block_texts, mix, text_comp, text_latent, text_offset, 0.45, rng, chunk)
+            images[start:start + n] = distinct[pair_image]
+            texts[start:start + n] = block_texts
+            if block % 10 == 9:
+                print(f"{folder.name}: {start + n:,} of {num_pairs:,} pairs written", flush=True)
+        images.flush()
+        texts.flush()
+        del images, texts
+        done.write_text(f"{num_pairs} {dtype}\n")
+    return (np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "texts.npy", mmap_mode="r"))

@@ -20,15 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
+
+from ..cli import CommandError, UsageError, run_command
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_ENCODER = "openai/clip-vit-large-patch14"
 DEMO_PAIRS = 8
 DEMO_SIDE = 32
+DEFAULT_SIZES = [100, 200, 500]
+DEMO_SIZES = [8, 16, 32]  # the built-in demo training set has 96 images
 
 
 def load_split(name_or_dir: str, split: str):
@@ -42,8 +45,8 @@ def load_split(name_or_dir: str, split: str):
     if (path / "dataset_dict.json").is_file():
         splits = datasets.load_from_disk(str(path))
         if split not in splits:
-            raise SystemExit(f"error: {name_or_dir} has splits {list(splits)}, not {split!r}; "
-                             "pick one with the split option.")
+            raise UsageError(f"{name_or_dir} has splits {list(splits)}, not {split!r}; pick one with the split "
+                             "option.")
         return splits[split]
     return datasets.load_dataset(name_or_dir, split=split)
 
@@ -60,11 +63,9 @@ def demo_splits() -> dict:
 
 def _distill(train, *, encoder, num_pairs: int, method: str, synthesis: str, seed: int, image_column: str,
              caption_column: str, device, demo: bool):
-    try:
-        from ..pipeline import distill
-    except ImportError as err:
-        raise SystemExit(f"error: this needs pds_hf.pipeline.distill, which could not be imported ({err}).") from err
-    return distill(train, num_pairs=num_pairs, method=method, clip_model=encoder, synthesis=synthesis, seed=seed,
+    import pds_hf
+
+    return pds_hf.distill(train, num_pairs=num_pairs, method=method, clip_model=encoder, synthesis=synthesis, seed=seed,
                    image_column=image_column, caption_column=caption_column, device=device,
                    **({"image_size": DEMO_SIDE} if demo else {}))
 
@@ -124,7 +125,9 @@ def add_parsers(subparsers) -> None:
     compare.add_argument("--train-caption-column", default="caption", help="caption column of the training set")
     compare.add_argument("--methods", nargs="+", default=["pds", "random", "herding", "kcenter"],
                          choices=["pds", "random", "herding", "kcenter"], help="selection methods to compare")
-    compare.add_argument("--num-pairs", nargs="+", type=int, default=[100, 200, 500], help="distilled set sizes")
+    compare.add_argument("--num-pairs", nargs="+", type=int, default=None,
+                         help=f"distilled set sizes (default: {' '.join(map(str, DEFAULT_SIZES))}; "
+                              f"{' '.join(map(str, DEMO_SIZES))} with --demo and no training set)")
     compare.add_argument("--synthesis", choices=["unclip", "retrieve"], default=None,
                          help="image synthesis for pds; the student needs images (default: unclip; retrieve with "
                               "--demo)")
@@ -147,7 +150,7 @@ def _models(args):
     try:
         student = load_student(args.student, device=args.device)
     except ImportError as err:
-        raise SystemExit(f"error: {err}") from err
+        raise CommandError(str(err)) from err
     return load_encoder(args.encoder or DEFAULT_ENCODER, device=args.device), student
 
 
@@ -170,7 +173,7 @@ def _evaluate_kwargs(args) -> dict:
 def _need(args, *names) -> None:
     missing = ["--test" if name == "test" else name.upper() for name in names if getattr(args, name) is None]
     if missing and not args.demo:
-        raise SystemExit(f"error: missing {', '.join(missing)} (or pass --demo to try it on tiny generated data).")
+        raise UsageError(f"missing {', '.join(missing)} (or pass --demo to try it on tiny generated data).")
 
 
 def evaluate_command(args) -> int:
@@ -212,9 +215,10 @@ def compare_command(args) -> int:
     validation = _validation(args, demo_sets)
     synthesis = args.synthesis or ("retrieve" if args.demo else "unclip")
 
+    sizes = args.num_pairs or (DEMO_SIZES if args.train is None else DEFAULT_SIZES)
     results = []
     for method in args.methods:
-        for num_pairs in args.num_pairs:
+        for num_pairs in sizes:
             logger.info("Distilling %d pairs with %s", num_pairs, method)
             distilled = _distill(train, encoder=encoder, num_pairs=num_pairs, method=method, synthesis=synthesis,
                                  seed=args.distill_seed, image_column=args.train_image_column,
@@ -241,9 +245,8 @@ def main(argv=None) -> int:
     """Run ``evaluate`` or ``compare`` without the rest of ``pds-hf``."""
     parser = argparse.ArgumentParser(prog="pds-hf")
     add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("PDS_HF_LOG_LEVEL", "WARNING"))
-    return args.func(args)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug lines and the traceback of an error")
+    return run_command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

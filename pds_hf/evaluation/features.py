@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..filter import nonfinite_rows
+
 logger = logging.getLogger(__name__)
 
 MEMORY_ITEMS = 16
@@ -192,7 +194,7 @@ def _finite(array, *, what: str, rows, expected: int | None = None) -> np.ndarra
     array = np.asarray(array, dtype=np.float32)
     if array.ndim != 2 or (expected is not None and array.shape[0] != expected):
         raise ValueError(f"The {what} have shape {array.shape}; expected ({expected or 'n'}, d).")
-    bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+    bad = nonfinite_rows(array)
     if bad.size:
         rows = list(rows)
         raise ValueError(f"The {what} hold NaN or inf for input(s) at row(s) {[int(rows[i]) for i in bad[:5]]}.")

@@ -201,7 +201,7 @@ def _recorded_encoder(distilled):
     """``(name, revision)`` of the encoder that ``pds_hf.distill`` recorded in the set's metadata, else
     ``(None, None)``."""
     try:
-        from ..pipeline import metadata
+        from ..processor import metadata
 
         models = metadata(distilled)["models"]
     except (ImportError, ValueError, KeyError, TypeError, AttributeError):

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..filter import nonfinite_rows
 from .metrics import retrieval_metrics
 
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -158,7 +159,7 @@ def _check_train_features(image_feats: np.ndarray, text_feats: np.ndarray) -> No
     if len(image_feats) == 0:
         raise ValueError("No training pairs.")
     for what, array in (("image", image_feats), ("text", text_feats)):
-        bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+        bad = nonfinite_rows(array)
         if bad.size:
             raise ValueError(f"The training {what} features hold NaN or inf at pair(s) {bad[:5].tolist()}.")
 

@@ -1,0 +1,220 @@
+"""Steps 2-6 out of core: ``prototypes_from_embeddings`` and ``retrieve_captions`` on memory-mapped
+embeddings, with time and peak *anonymous* resident memory.
+
+The pairs live on disk as ``.npy`` files (CLIP-like 768-d, pairs layout: each pair's image and
+caption embedding, written by ``synthetic.clip_like_pairs_on_disk``): float32 for up to 2M pairs,
+float16 for up to 10M. A run over N pairs opens the first N rows as memory maps. Pages of a memory
+map are file-backed: the kernel drops them under pressure, so what a step really holds is its
+anonymous memory (``RssAnon``), sampled every 50 ms in a background thread (``machine.AnonPeak``).
+``VmHWM`` (anonymous + file-backed peak) is shown beside it. Each case is a fresh subprocess.
+
+Cases:
+- ``steps``: steps 2-5 (``prototypes_from_embeddings``, M prototypes) then step 6
+  (``retrieve_captions`` over the N captions), the prototypes saved for the float16 comparison.
+- ``nearest``: step 6 alone, M queries against the first N caption embeddings.
+- ``--compare``: prototypes from the float16 file against those from the float32 file on the same
+  first N pairs (the float16 file holds the float32 values rounded).
+- ``--reference DIR``: steps 2-6 with the package found in ``DIR`` (e.g. ``git archive HEAD pds_hf``
+  unpacked there) on in-memory arrays, against this checkout on the same pairs as memory maps.
+
+Usage:
+    python benchmarks/perf/bench_outofcore.py --steps 1000000 2000000
+    python benchmarks/perf/bench_outofcore.py --nearest 1000000 2000000 --dtype float16
+    python benchmarks/perf/bench_outofcore.py --compare 1000000
+    python benchmarks/perf/bench_outofcore.py --reference /tmp/pds_head --pairs 200000 --k 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+
+from machine import CACHE, AnonPeak, append_results, markdown_table, memory_status  # noqa: E402
+
+FILES = {"float32": 2_000_000, "float16": 10_000_000}
+
+
+class Captions:
+    """Stands in for the list of N caption strings (only indexed by step 6)."""
+
+    def __getitem__(self, i):
+        return f"caption {i}"
+
+
+def open_pairs(dtype: str, n: int):
+    """The first ``n`` pairs of the ``dtype`` file, as memory maps. A file still being written (by
+    another process) may be used up to the rows already written: the last row asked for must be set."""
+    from synthetic import clip_like_pairs_on_disk
+
+    folder = CACHE / f"pairs_{FILES[dtype]}_{dtype}"
+    if (folder / "complete").exists() or not (folder / "texts.npy").exists():
+        images, texts = clip_like_pairs_on_disk(folder, FILES[dtype], dtype=dtype)
+    else:
+        images, texts = (np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("images", "texts"))
+    if n > len(images) or not (np.asarray(images[n - 1]).any() and np.asarray(texts[n - 1]).any()):
+        raise SystemExit(f"{n} pairs asked but the {dtype} file holds fewer (written so far).")
+    return images[:n], texts[:n]
+
+
+def steps_case(dtype: str, n: int, k: int) -> dict:
+    from pds_hf.caption import retrieve_captions
+    from pds_hf.prototypes import prototypes_from_embeddings
+
+    images, texts = open_pairs(dtype, n)
+    start_anon = memory_status()["RssAnon"]
+    with AnonPeak() as peak_protos:
+        start = time.perf_counter()
+        protos = prototypes_from_embeddings(images, texts, k)
+        protos_seconds = time.perf_counter() - start
+    with AnonPeak() as peak_caption:
+        start = time.perf_counter()
+        _, caption_index = retrieve_captions(protos.text_embeds, texts, Captions())
+        caption_seconds = time.perf_counter() - start
+    np.savez(CACHE / f"outofcore_protos_{dtype}_{n}_{k}.npz", image_embeds=protos.image_embeds,
+             text_embeds=protos.text_embeds, image_labels=protos.image_labels, text_labels=protos.text_labels,
+             kept=protos.kept, caption_index=caption_index, support=protos.support)
+    return dict(protos_seconds=protos_seconds, caption_seconds=caption_seconds, start_anon=start_anon,
+                peak_protos=peak_protos.peak_mb, peak_caption=peak_caption.peak_mb,
+                hwm=memory_status()["VmHWM"], num_empty=protos.num_empty,
+                finite=bool(np.isfinite(protos.image_embeds).all() and np.isfinite(protos.text_embeds).all()))
+
+
+def nearest_case(dtype: str, n: int, k: int) -> dict:
+    from pds_hf.caption import nearest
+
+    _, texts = open_pairs(dtype, n)
+    queries = np.asarray(texts[:: max(1, n // k)][:k], dtype=np.float32) + 0.01
+    start_anon = memory_status()["RssAnon"]
+    with AnonPeak() as peak:
+        start = time.perf_counter()
+        nearest(queries, texts)
+        seconds = time.perf_counter() - start
+    return dict(seconds=seconds, start_anon=start_anon, peak=peak.peak_mb, hwm=memory_status()["VmHWM"])
+
+
+def reference_case(package: str, n: int, k: int, in_memory: bool) -> dict:
+    """Steps 2-6 with whichever ``pds_hf`` is first on the path; results saved for comparison."""
+    from pds_hf.caption import retrieve_captions
+    from pds_hf.prototypes import prototypes_from_embeddings
+
+    images, texts = open_pairs("float32", n)
+    if in_memory:
+        images, texts = np.array(images), np.array(texts)
+    start = time.perf_counter()
+    protos = prototypes_from_embeddings(images, texts, k)
+    _, caption_index = retrieve_captions(protos.text_embeds, texts, Captions())
+    seconds = time.perf_counter() - start
+    name = "reference" if package else "outofcore"
+    np.savez(CACHE / f"equal_{name}_{n}_{k}.npz", image_embeds=protos.image_embeds, text_embeds=protos.text_embeds,
+             image_labels=protos.image_labels, text_labels=protos.text_labels, kept=protos.kept,
+             caption_index=caption_index, support=protos.support)
+    return dict(seconds=seconds)
+
+
+def subprocess_case(*case, package: str = "") -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (package, str(ROOT)) if p))
+    done = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True,
+                          env=env, cwd=package or ROOT)
+    if done.returncode:
+        sys.exit(done.stderr)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare(a: dict, b: dict) -> dict:
+    """How far two runs' outputs are apart (prototypes in the same order when the clusterings agree)."""
+    from pds_hf.filter import normalize
+
+    same_order = a["image_embeds"].shape == b["image_embeds"].shape
+    cosine = np.einsum("ij,ij->i", normalize(a["text_embeds"]), normalize(b["text_embeds"])) if same_order else None
+    return dict(
+        kept=float(np.mean(a["kept"] == b["kept"])),
+        image_labels=float(np.mean(a["image_labels"] == b["image_labels"])),
+        text_labels=float(np.mean(a["text_labels"] == b["text_labels"])),
+        max_abs=float(max(np.abs(a["image_embeds"] - b["image_embeds"]).max(),
+                          np.abs(a["text_embeds"] - b["text_embeds"]).max())) if same_order else float("nan"),
+        min_cosine=float(cosine.min()) if same_order else float("nan"),
+        caption_index=float(np.mean(a["caption_index"] == b["caption_index"])),
+        support=bool(np.array_equal(a["support"], b["support"])),
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, nargs="*", default=[], help="pair counts N for steps 2-6")
+    parser.add_argument("--nearest", type=int, nargs="*", default=[], help="candidate counts N for step 6 alone")
+    parser.add_argument("--dtype", default="float32", choices=sorted(FILES), help="storage of the embeddings")
+    parser.add_argument("--compare", type=int, nargs="*", default=[], help="N: float16 against float32 prototypes")
+    parser.add_argument("--reference", help="folder holding the pds_hf package to compare with")
+    parser.add_argument("--pairs", type=int, default=200_000, help="pairs for --reference")
+    parser.add_argument("--k", type=int, default=1000, help="num_pairs M")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        kind, *rest = json.loads(args.case)
+        result = {"steps": steps_case, "nearest": nearest_case, "reference": reference_case}[kind](*rest)
+        print(json.dumps(result))
+        return
+
+    gb = 1 / 1024
+    if args.steps:
+        rows = []
+        for n in args.steps:
+            r = subprocess_case("steps", args.dtype, n, args.k)
+            rows.append([f"{n:,}", args.dtype, args.k, f"{r['protos_seconds']:.0f}", f"{r['caption_seconds']:.0f}",
+                         f"{r['protos_seconds'] + r['caption_seconds']:.0f}", f"{r['start_anon'] * gb:.2f}",
+                         f"{r['peak_protos'] * gb:.2f}", f"{r['peak_caption'] * gb:.2f}", f"{r['hwm'] * gb:.2f}",
+                         r["num_empty"], r["finite"]])
+            print(rows[-1], flush=True)
+        table = markdown_table(["pairs N", "storage", "M", "steps 2-5 (s)", "step 6 (s)", "total (s)",
+                                "anon RSS before (GB)", "peak anon RSS steps 2-5 (GB)", "peak anon RSS step 6 (GB)",
+                                "VmHWM incl. file pages (GB)", "empty intersections", "all finite"], rows)
+        append_results("Steps 2-6 out of core on memory-mapped embeddings", table)
+    if args.nearest:
+        rows = []
+        for n in args.nearest:
+            r = subprocess_case("nearest", args.dtype, n, args.k)
+            rows.append([f"{n:,}", args.dtype, args.k, f"{r['seconds']:.1f}", f"{r['start_anon'] * gb:.2f}",
+                         f"{r['peak'] * gb:.2f}", f"{r['hwm'] * gb:.2f}"])
+            print(rows[-1], flush=True)
+        table = markdown_table(["candidates N", "storage", "queries M", "seconds", "anon RSS before (GB)",
+                                "peak anon RSS (GB)", "VmHWM incl. file pages (GB)"], rows)
+        append_results("Nearest caption (step 6) out of core", table)
+    if args.compare:
+        rows = []
+        for n in args.compare:
+            a, b = (dict(np.load(CACHE / f"outofcore_protos_{dtype}_{n}_{args.k}.npz")) for dtype in ("float32", "float16"))
+            c = compare(a, b)
+            rows.append([f"{n:,}", args.k, f"{c['kept']:.5f}", f"{c['image_labels']:.4f}", f"{c['text_labels']:.4f}",
+                         f"{c['max_abs']:.3g}", f"{c['min_cosine']:.6f}", f"{c['caption_index']:.3f}"])
+            print(rows[-1], flush=True)
+        table = markdown_table(["pairs N", "M", "same kept pairs", "same image label", "same text label",
+                                "prototypes max abs diff", "min cosine text prototype fp16 vs fp32",
+                                "same retrieved caption"], rows)
+        append_results("float16 storage against float32: effect on the prototypes", table)
+    if args.reference:
+        old = subprocess_case("reference", args.reference, args.pairs, args.k, True, package=args.reference)
+        new = subprocess_case("reference", "", args.pairs, args.k, False)
+        a, b = (dict(np.load(CACHE / f"equal_{name}_{args.pairs}_{args.k}.npz")) for name in ("reference", "outofcore"))
+        c = compare(a, b)
+        table = markdown_table(["pairs", "M", "reference (in memory) s", "out of core (memory maps) s",
+                                "same kept", "same image labels", "same text labels", "prototypes max abs diff",
+                                "same caption index", "same support"],
+                               [[f"{args.pairs:,}", args.k, f"{old['seconds']:.0f}", f"{new['seconds']:.0f}",
+                                 c["kept"], c["image_labels"], c["text_labels"], f"{c['max_abs']:.3g}",
+                                 c["caption_index"], c["support"]]])
+        append_results("Out of core against the reference code (equal results)", table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,799 @@
+"""``DistillProcessor``: the one object that runs PDS over a ``datasets.Dataset``.
+
+encode -> filter -> cluster -> align -> prototypes -> caption -> synthesize
+
+Held like a transformers processor: configured once (a :class:`~pds_hf.DistillConfig`), saved with
+:meth:`DistillProcessor.save_pretrained`, rebuilt with :meth:`DistillProcessor.from_pretrained` (also from a
+published distilled set, whose card carries the run record), and called on a dataset to do the work. Its
+stages can be run alone:
+
+- :meth:`DistillProcessor.encode` is a batched ``map`` function that adds ``image_embedding`` and
+  ``text_embedding`` columns (cached by datasets' fingerprints, reusable for every ``num_pairs``);
+- :meth:`DistillProcessor.select` runs steps 2-6 from those columns;
+- :meth:`DistillProcessor.synthesize` runs step 7 on a selection.
+
+``pds_hf.distill`` and ``Dataset.distill`` are thin wrappers over ``DistillProcessor(config)(ds)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .cache import default_cache_dir, open_stage, stage_key
+from .caption import nearest, retrieve_captions
+from .config import DistillConfig
+from .distributed import current_ranks
+from .encode import encode_table, encoder_name, load_encoder, model_fingerprint
+from .inputs import check_columns, embedding_columns_present, load_images, read_pairs
+from .prototypes import prototypes_from_embeddings
+from .schema import output_features, read_run_record, run_record_info
+from .synthesize import load_unclip, resize_image, synthesize_unclip, unclip_fingerprint
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "distill_config.json"
+# The feature ``id`` of an embedding column made by :meth:`DistillProcessor.embed` names its encoder, so that a
+# later run can tell whether the given embeddings come from the encoder it is configured with.
+ENCODER_ID_PREFIX = "pds_hf:encoder="
+# Fields that describe one machine, not the recipe: not taken from another machine's saved config.
+_MACHINE_FIELDS = ("device", "cache_dir")
+
+
+class _Stages:
+    """Wall-clock seconds per stage, for the summary and the dataset card."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+        logger.info("%s took %.2fs", name, self.seconds[name])
+
+
+@dataclass
+class Selection:
+    """What steps 2-6 chose: one entry per distilled pair, plus what step 7 needs to make the images.
+
+    Attributes:
+        image_embeds: ``(M, d)`` image prototypes (a baseline: the chosen pairs' image embeddings).
+        text_embeds: ``(M, d)`` text prototypes.
+        captions: the ``M`` retrieved real captions.
+        caption_index: ``(M,)`` index of each caption among the distinct captions.
+        support: ``(M,)`` real pairs each prototype averages (0 where the k-means centres were used).
+        image_cluster, text_cluster: ``(M,)`` the matched k-means clusters (-1 for baselines).
+        pairs: ``(M,)`` the chosen pairs (baselines; empty for PDS).
+        kept: pairs left after filtering (-1 for baselines).
+        num_empty: matched clusters that shared no pair (-1 for baselines).
+        image_index: ``(M,)`` the real image nearest (cosine) to each image prototype, as an index among the
+            source's distinct images (``synthesis="retrieve"``); a baseline's own images.
+        key: the stage-cache fingerprint of this selection, or None when it is not cached.
+        table: the source's :class:`~pds_hf.inputs.PairTable`.
+    """
+
+    image_embeds: np.ndarray
+    text_embeds: np.ndarray
+    captions: list
+    caption_index: np.ndarray
+    support: np.ndarray
+    image_cluster: np.ndarray
+    text_cluster: np.ndarray
+    pairs: np.ndarray
+    kept: int
+    num_empty: int
+    image_index: np.ndarray
+    key: str | None = None
+    table: object = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("pds-hf", "datasets", "transformers", "diffusers", "torch", "faiss-cpu", "faiss-gpu"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def _source_info(ds, table) -> dict:
+    info = ds.info
+    return {
+        "dataset": info.dataset_name or info.builder_name,
+        "config": info.config_name,
+        "split": str(ds.split) if ds.split is not None else None,
+        "fingerprint": ds._fingerprint,
+        "num_rows": len(ds),
+        "num_pairs": int(table.num_pairs),
+        "num_images": int(len(table.image_rows)),
+        "num_captions": int(len(table.texts)),
+        "layout": table.layout,
+        "skipped_images": len(table.skipped_images),
+    }
+
+
+def _spec_name(spec, revision: str | None = None) -> str | None:
+    """The name an encoder is known by: its id (with a revision other than main), or a loaded one's name."""
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        return spec if revision in (None, "main") else f"{spec}@{revision}"
+    name = getattr(spec, "name", None) or getattr(spec, "name_or_path", None)
+    return name if isinstance(name, str) and name else None
+
+
+def _single_threaded_cpu() -> None:
+    """In a worker process of ``map(num_proc=N)``: one CPU thread each.
+
+    A process forked from one that already ran torch on CPU hangs in its first multi-threaded op (the
+    OpenMP pool does not survive fork), and N workers with one thread each use N cores anyway.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def recorded_encoder(feature) -> str | None:
+    """The encoder an embedding column's feature names (set by :meth:`DistillProcessor.embed`), or None."""
+    while hasattr(feature, "feature"):
+        feature = feature.feature
+    tag = getattr(feature, "id", None)
+    return tag[len(ENCODER_ID_PREFIX):] if isinstance(tag, str) and tag.startswith(ENCODER_ID_PREFIX) else None
+
+
+class DistillProcessor:
+    """Distill an image-text dataset into ``num_pairs`` pairs with PDS.
+
+    Args:
+        config: a :class:`~pds_hf.DistillConfig`; defaults are the paper's.
+        **overrides: fields of :class:`~pds_hf.DistillConfig` to change, e.g. ``num_pairs=100``.
+
+    Calling the processor on a ``datasets.Dataset`` runs every step. When the dataset already carries the
+    embedding columns (``image_embedding_column`` / ``text_embedding_column``, e.g. after
+    ``ds.map(processor.encode, batched=True)``, or a web dataset that ships CLIP embeddings), encoding is
+    skipped and the encoder is never loaded.
+
+    Each stage saves its results under a fingerprint of its inputs (see :mod:`pds_hf.cache`), so a run that
+    is killed and started again with the same arguments resumes where it stopped. Under ``accelerate launch``
+    (or ``torchrun``), encoding and synthesis are split across the processes, the main process clusters,
+    and every process returns the same dataset.
+
+    Example:
+        ```py
+        >>> import pds_hf
+        >>> from datasets import load_dataset
+        >>> ds = load_dataset("nlphuji/flickr30k", split="test")
+        >>> processor = pds_hf.DistillProcessor(num_pairs=100)
+        >>> encoded = ds.map(processor.encode, batched=True, batch_size=64)      # embeddings as columns
+        >>> small = processor(encoded)                                           # no encoding again
+        >>> smaller = processor.replace(num_pairs=50)(encoded)                   # reuse them for any M
+        >>> processor.save_pretrained("./my-recipe")
+        ```
+    """
+
+    def __init__(self, config: DistillConfig | None = None, **overrides):
+        config = config or DistillConfig()
+        if not isinstance(config, DistillConfig):
+            raise TypeError(f"config must be a pds_hf.DistillConfig, got {type(config).__name__}; pass settings "
+                            "as keyword arguments, e.g. DistillProcessor(num_pairs=100).")
+        self.config = config.replace(**overrides) if overrides else config
+        self._encoders: dict = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
+
+    def __getstate__(self):
+        # Loaded models stay in their process: pickling (datasets' map with num_proc, its fingerprint hash)
+        # carries the settings only, and each process loads its own encoder once.
+        return {"config": self.config, "pid": os.getpid()}
+
+    def __setstate__(self, state):
+        self.config = state["config"]
+        self._encoders = {}
+        if state.get("pid") not in (None, os.getpid()):
+            _single_threaded_cpu()
+
+    def replace(self, **changes) -> "DistillProcessor":
+        """A processor with some settings changed (loaded encoders are shared, not reloaded)."""
+        other = type(self)(self.config.replace(**changes))
+        other._encoders = self._encoders
+        return other
+
+    # ------------------------------------------------------------------------------------------------------
+    # Step 1 as a map function
+    # ------------------------------------------------------------------------------------------------------
+
+    def _device(self, rank=None):
+        import torch
+
+        config = self.config
+        if config.device:
+            return config.device
+        if rank is not None and torch.cuda.is_available():
+            return f"cuda:{int(rank) % torch.cuda.device_count()}"
+        ranks = current_ranks()
+        if ranks.device is not None:
+            return str(ranks.device)
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def _dtype(self, device: str):
+        import torch
+
+        half = self.config.half_precision
+        half = device.startswith("cuda") if half is None else half
+        return torch.float16 if half else None
+
+    def load_encoder(self, rank=None):
+        """The encoder of this process (device by ``rank``), loaded on first use and kept."""
+        config = self.config
+        device = self._device(rank)
+        if device not in self._encoders:
+            by_id = isinstance(config.clip_model, str)
+            self._encoders[device] = load_encoder(
+                config.clip_model, processor=config.clip_processor, revision=config.clip_revision,
+                device=device if by_id or config.device else None,
+                dtype=self._dtype(device) if by_id else None)
+        return self._encoders[device]
+
+    def encode(self, batch: dict, rank: int | None = None) -> dict:
+        """Step 1 as a batched ``Dataset.map`` function: add image and caption embeddings as columns.
+
+        Adds ``image_embedding`` (one vector per row) and ``text_embedding`` (one vector per caption: a list
+        of vectors when the row holds a list of captions), named by ``config.image_embedding_column`` and
+        ``config.text_embedding_column``. The encoder loads once per process. With ``with_rank=True`` and
+        ``num_proc=N``, process ``r`` runs on GPU ``r`` (modulo the GPUs present); under ``accelerate
+        launch`` each process uses its own device.
+
+        Args:
+            batch: a batch of rows, as ``map(..., batched=True)`` passes it.
+            rank: the process's rank, as ``map(..., with_rank=True)`` passes it.
+
+        Example:
+            ```py
+            >>> processor = pds_hf.DistillProcessor()
+            >>> encoded = ds.map(processor.encode, batched=True, batch_size=64)
+            >>> encoded = ds.map(processor.encode, batched=True, with_rank=True, num_proc=8)   # 8 GPUs
+            ```
+        """
+        config = self.config
+        for name, option in ((config.image_column, "image_column"), (config.caption_column, "caption_column")):
+            if name not in batch:
+                raise KeyError(f"The dataset has no column {name!r} (its columns: {sorted(batch)}); pass "
+                               f"{option}=... to the processor.")
+        images = []
+        for position, image in enumerate(batch[config.image_column]):
+            if image is None or not hasattr(image, "convert"):
+                raise ValueError(
+                    f"Column {config.image_column!r}: item {position} of this batch is "
+                    f"{type(image).__name__}, not a decoded image. Drop rows without images first "
+                    f"(ds.filter(lambda x: x is not None, input_columns={config.image_column!r})).")
+            images.append(image.convert("RGB"))
+        captions = batch[config.caption_column]
+        nested = bool(captions) and isinstance(captions[0], (list, tuple))
+        flat = [c for row in captions for c in row] if nested else list(captions)
+        for position, caption in enumerate(flat):
+            if not isinstance(caption, str) or not caption.strip():
+                raise ValueError(f"Column {config.caption_column!r}: caption {position} of this batch is "
+                                 f"{caption!r}; every caption must be a non-empty string.")
+        encoder = self.load_encoder(rank)
+        from .encode import check_embeddings
+
+        image_embeds = check_embeddings(encoder.encode_images(images), what="image",
+                                        expected_rows=len(images)) if images else np.zeros((0, 0), np.float32)
+        distinct = list(dict.fromkeys(flat))
+        position = {text: i for i, text in enumerate(distinct)}
+        text_embeds = check_embeddings(encoder.encode_texts(distinct), what="text",
+                                       expected_rows=len(distinct)) if distinct else np.zeros((0, 0), np.float32)
+        per_caption = text_embeds[[position[c] for c in flat]] if flat else text_embeds
+        if nested:
+            bounds = np.cumsum([0] + [len(row) for row in captions])
+            text_column = [per_caption[bounds[i]:bounds[i + 1]] for i in range(len(captions))]
+        else:
+            text_column = per_caption
+        return {config.image_embedding_column: image_embeds, config.text_embedding_column: text_column}
+
+    def embed(self, ds, **map_kwargs):
+        """``ds.map(self.encode, batched=True)`` whose embedding columns record the encoder.
+
+        The columns' features carry the encoder's name (``Feature.id``), which survives saving to parquet
+        and pushing to the Hub, so that a later run with another encoder warns instead of mixing spaces.
+
+        Args:
+            ds: a ``datasets.Dataset`` with the image and caption columns.
+            **map_kwargs: passed to ``Dataset.map`` (``batch_size`` defaults to ``encode_batch_size``;
+                ``num_proc``, ``with_rank``, ``desc``...).
+        """
+        from datasets import Features, List, Value
+
+        config = self.config
+        layout = check_columns(ds, config.image_column, config.caption_column)
+        encoder = self.load_encoder()
+        dim = int(np.asarray(encoder.encode_texts(["a photo"])).shape[1])
+        tag = ENCODER_ID_PREFIX + (_spec_name(config.clip_model, config.clip_revision) or encoder_name(encoder))
+        # The tag sits on the innermost Value: datasets keeps a Value's id through map, parquet and the Hub.
+        vector = List(Value("float32", id=tag), length=dim)
+        features = Features({**ds.features, config.image_embedding_column: vector,
+                             config.text_embedding_column: vector if layout == "pair" else List(vector)})
+        map_kwargs.setdefault("batch_size", config.encode_batch_size)
+        map_kwargs.setdefault("desc", "Encoding")
+        return ds.map(self.encode, batched=True, features=features, **map_kwargs)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Checks: everything that can fail before a model is loaded
+    # ------------------------------------------------------------------------------------------------------
+
+    def check_inputs(self, ds):
+        """Check ``ds`` against the settings and read its pairs; fails before any model is loaded.
+
+        Returns:
+            ``(table, given)``: the :class:`~pds_hf.inputs.PairTable`, and whether ``ds`` carries the
+            embedding columns (then encoding is skipped).
+        """
+        config = self.config
+        given = embedding_columns_present(ds, config.image_embedding_column, config.text_embedding_column)
+        needs_images = not given or config.method != "pds" or config.synthesis == "retrieve"
+        check_columns(ds, config.image_column, config.caption_column, require_images=needs_images)
+        table = read_pairs(ds, image_column=config.image_column, caption_column=config.caption_column,
+                           on_bad_image=config.on_bad_image, require_images=needs_images)
+        self._check_sizes(table)
+        if given:
+            self._check_recorded_encoder(ds)
+        return table, given
+
+    def _check_sizes(self, table) -> None:
+        config = self.config
+        if config.method != "pds":
+            if config.num_pairs > table.num_pairs:
+                raise ValueError(f"num_pairs={config.num_pairs} but the dataset has {table.num_pairs} usable pairs; "
+                                 "lower num_pairs.")
+            return
+        left = table.num_pairs - int(np.floor(config.rm_ratio * table.num_pairs))
+        if config.num_pairs > left:
+            raise ValueError(
+                f"num_pairs={config.num_pairs} but the dataset has {table.num_pairs} usable pairs, {left} after "
+                f"removing rm_ratio={config.rm_ratio} of them; lower num_pairs or rm_ratio.")
+        # Each modality is cut into num_pairs k-means clusters: it needs at least that many distinct items.
+        for what, count in (("images", len(table.image_rows)), ("captions", len(table.texts))):
+            if config.num_pairs > count:
+                raise ValueError(
+                    f"num_pairs={config.num_pairs} but the dataset has only {count} distinct {what}, and PDS "
+                    f"clusters each modality into num_pairs clusters; lower num_pairs to at most {count}.")
+
+    def _check_recorded_encoder(self, ds) -> None:
+        config = self.config
+        mine = _spec_name(config.clip_model, config.clip_revision)
+        for column in (config.image_embedding_column, config.text_embedding_column):
+            theirs = recorded_encoder(ds.features[column])
+            if theirs is not None:
+                if mine is not None and theirs != mine:
+                    logger.warning(
+                        "Column %r was encoded with %r but this processor is configured with clip_model=%r. The "
+                        "given embeddings are used as they are (no encoding); captions and prototypes live in "
+                        "%r's space. Pass clip_model=%r to silence this, or drop the column to re-encode.",
+                        column, theirs, mine, theirs, theirs)
+                return
+
+    # ------------------------------------------------------------------------------------------------------
+    # The whole run
+    # ------------------------------------------------------------------------------------------------------
+
+    def _cache_dir(self):
+        config = self.config
+        return (config.cache_dir or default_cache_dir()) if config.use_cache else None
+
+    def _encoded(self, ds, table, given: bool, stages, ranks):
+        """``(table, image_embeds, text_embeds, key, encoder_name)`` from the columns or from the encoder."""
+        config = self.config
+        if given:
+            from .inputs import embeddings_from_columns
+
+            with stages("read embeddings"):
+                image_embeds, text_embeds = embeddings_from_columns(
+                    ds, table, config.image_embedding_column, config.text_embedding_column, config.caption_column)
+            key = stage_key("embeddings", ds._fingerprint, config.image_column, config.caption_column,
+                            config.image_embedding_column, config.text_embedding_column, config.on_bad_image)
+            name = (recorded_encoder(ds.features[config.image_embedding_column])
+                    or f"given column {config.image_embedding_column!r}")
+            return table, image_embeds, text_embeds, key, name
+        encoder = self.load_encoder()
+        key = stage_key("encode", model_fingerprint(encoder), ds._fingerprint, config.image_column,
+                        config.caption_column, config.on_bad_image, config.shard_size)
+        stage = open_stage(self._cache_dir(), "encode", key)
+        if ranks.world > 1 and stage.path is None:
+            raise ValueError(
+                f"A run over {ranks.world} processes shares its work through the cache, which needs use_cache=True "
+                "and an encoder known by id (or with a `fingerprint` attribute), so that every process reads the "
+                "same results.")
+        with stages("encode"):
+            table, image_embeds, text_embeds = encode_table(
+                encoder, ds, table, image_column=config.image_column, batch_size=config.encode_batch_size,
+                on_bad_image=config.on_bad_image, shard_size=config.shard_size, stage=stage, ranks=ranks)
+        return table, image_embeds, text_embeds, key, encoder_name(encoder)
+
+    def __call__(self, ds):
+        """Distill ``ds``: every step, or steps 2-7 when it carries the embedding columns.
+
+        Args:
+            ds: a ``datasets.Dataset`` with an image column and a caption column, either one row per pair
+                (caption is a string) or one row per image (caption is a list of strings); optionally with
+                the embedding columns that :meth:`encode` adds (or that the dataset ships).
+
+        Returns:
+            A ``datasets.Dataset`` with one row per distilled pair: ``image``, ``caption`` (the retrieved real
+            caption), ``image_embedding`` and ``text_embedding`` (the prototypes), ``support`` (real pairs
+            averaged; 0 where the k-means centres were used), ``image_cluster`` and ``text_cluster``.
+            ``pds_hf.metadata(result)`` gives the config, source and timings.
+        """
+        from datasets import IterableDataset
+
+        if isinstance(ds, IterableDataset):
+            from .stream import distill_stream
+
+            return distill_stream(self, ds)
+        stages = _Stages()
+        ranks = current_ranks()
+        with stages("read"):
+            table, given = self.check_inputs(ds)
+        table, image_embeds, text_embeds, key, encoder = self._encoded(ds, table, given, stages, ranks)
+        with stages("select"):
+            selection = self._select(table, image_embeds, text_embeds, key, ranks)
+        with stages("synthesize"):
+            images = self.synthesize(selection, ds, ranks=ranks)
+        extra = {}
+        if given:
+            extra["embeddings"] = {"given": True, "image_column": self.config.image_embedding_column,
+                                   "text_column": self.config.text_embedding_column}
+        return self.to_dataset(selection, images, source=_source_info(ds, selection.table), encoder=encoder,
+                               encoder_revision=None if given else getattr(self.load_encoder(), "revision",
+                                                                           self.config.clip_revision),
+                               stages=stages, ranks=ranks, **extra)
+
+    def to_dataset(self, selection: Selection, images: list, *, source: dict, encoder: str, encoder_revision=None,
+                   stages=None, ranks=None, **record_extra):
+        """The distilled ``Dataset``: one row per selected pair, with the run record in its info.
+
+        Args:
+            selection: what steps 2-6 chose.
+            images: one image (or None) per pair, from step 7.
+            source: what was read (dataset, split, fingerprint, counts), for the run record.
+            encoder: the encoder's name (or where the embeddings came from); ``encoder_revision`` its revision.
+            stages: the seconds per stage; ``ranks``: the processes of the run.
+            **record_extra: more entries for the run record.
+        """
+        from datasets import Dataset
+
+        config = self.config
+        ranks = current_ranks() if ranks is None else ranks
+        record = {
+            "config": config.to_dict(),
+            "source": source,
+            "models": {
+                "encoder": encoder,
+                "encoder_revision": encoder_revision,
+                "unclip": (config.to_dict()["unclip_model"] if config.synthesis == "unclip" and config.method == "pds"
+                           else None),
+                "unclip_revision": config.unclip_revision,
+            },
+            "kept_pairs": int(selection.kept) if config.method == "pds" else None,
+            "empty_intersections": int(selection.num_empty) if config.method == "pds" else None,
+            "processes": ranks.world,
+            "stages_seconds": stages.seconds if stages is not None else {},
+            "versions": _versions(),
+            **record_extra,
+        }
+        features = output_features(selection.image_embeds.shape[1])
+        return Dataset.from_dict(
+            {
+                "image": images,
+                "caption": selection.captions,
+                "image_embedding": np.asarray(selection.image_embeds, dtype=np.float32),
+                "text_embedding": np.asarray(selection.text_embeds, dtype=np.float32),
+                "support": selection.support,
+                "image_cluster": selection.image_cluster,
+                "text_cluster": selection.text_cluster,
+            },
+            features=features,
+            info=run_record_info(record, features),
+        )
+
+    # ------------------------------------------------------------------------------------------------------
+    # Steps 2-6
+    # ------------------------------------------------------------------------------------------------------
+
+    def select(self, encoded) -> Selection:
+        """Steps 2-6 from the embedding columns: filter, cluster, align, prototypes, nearest captions.
+
+        Args:
+            encoded: a ``datasets.Dataset`` with the caption column and the embedding columns (e.g. from
+                ``ds.map(processor.encode, batched=True)``).
+
+        Returns:
+            A :class:`Selection`: prototypes, matched cluster labels, supports and retrieved captions.
+
+        Example:
+            ```py
+            >>> selection = processor.select(encoded)
+            >>> selection.captions[:3], selection.support[:3]
+            ```
+        """
+        config = self.config
+        if not embedding_columns_present(encoded, config.image_embedding_column, config.text_embedding_column):
+            raise KeyError(
+                f"select needs the embedding columns {config.image_embedding_column!r} and "
+                f"{config.text_embedding_column!r}; add them first: encoded = ds.map(processor.encode, batched=True).")
+        table, _ = self.check_inputs(encoded)
+        table, image_embeds, text_embeds, key, _ = self._encoded(encoded, table, True, _Stages(), current_ranks())
+        return self._select(table, image_embeds, text_embeds, key, current_ranks())
+
+    def _select(self, table, image_embeds, text_embeds, parent_key, ranks) -> Selection:
+        config = self.config
+        key = stage_key("select", parent_key, config.method, config.num_pairs, config.rm_ratio, config.seed,
+                        config.empty, config.kmeans_iterations, config.kmeans_restarts, config.kmeans_init,
+                        "unit-norm" if config.normalize else "raw")
+        stage = open_stage(self._cache_dir(), "select", key)
+        if not stage.done("selection") and ranks.is_main:
+            stage.save_arrays("selection", **self._choose(table, image_embeds, text_embeds))
+        ranks.barrier()
+        chosen = stage.load_arrays("selection")
+        return Selection(
+            image_embeds=chosen["image_embeds"], text_embeds=chosen["text_embeds"],
+            captions=[table.texts[i] for i in chosen["caption_index"]], caption_index=chosen["caption_index"],
+            support=chosen["support"], image_cluster=chosen["image_cluster"], text_cluster=chosen["text_cluster"],
+            pairs=chosen["pairs"], kept=int(chosen["kept"]), num_empty=int(chosen["num_empty"]),
+            image_index=chosen["image_index"], key=key, table=table)
+
+    def _choose(self, table, image_embeds, text_embeds) -> dict:
+        """Steps 2-6 (or a baseline's choice of real pairs) as plain arrays, ready to cache."""
+        config = self.config
+        if config.method == "pds":
+            protos = prototypes_from_embeddings(
+                image_embeds, text_embeds, config.num_pairs, rm_ratio=config.rm_ratio, seed=config.seed,
+                empty=config.empty, image_index=table.pair_image, text_index=table.pair_text,
+                kmeans_iterations=config.kmeans_iterations, kmeans_restarts=config.kmeans_restarts,
+                kmeans_init=config.kmeans_init, normalize=config.normalize)
+            _, caption_index = retrieve_captions(protos.text_embeds, text_embeds, table.texts)
+            # The nearest real images are found here, where the embeddings are, so that step 7 needs none of them.
+            return dict(image_embeds=protos.image_embeds, text_embeds=protos.text_embeds,
+                        image_index=np.asarray(nearest(protos.image_embeds, image_embeds), dtype=np.int64),
+                        support=np.asarray(protos.support, dtype=np.int64), image_cluster=protos.image_cluster,
+                        text_cluster=protos.text_cluster, caption_index=caption_index,
+                        pairs=np.zeros(0, np.int64), kept=np.int64(protos.kept.sum()),
+                        num_empty=np.int64(protos.num_empty))
+        from .baselines import select_pairs
+
+        chosen = np.asarray(select_pairs(config.method, image_embeds[table.pair_image], text_embeds[table.pair_text],
+                                         config.num_pairs, seed=config.seed), dtype=np.int64)
+        return dict(image_embeds=image_embeds[table.pair_image[chosen]], image_index=table.pair_image[chosen],
+                    text_embeds=text_embeds[table.pair_text[chosen]],
+                    support=np.ones(len(chosen), np.int64), image_cluster=np.full(len(chosen), -1, np.int64),
+                    text_cluster=np.full(len(chosen), -1, np.int64), caption_index=table.pair_text[chosen],
+                    pairs=chosen, kept=np.int64(-1), num_empty=np.int64(-1))
+
+    # ------------------------------------------------------------------------------------------------------
+    # Step 7
+    # ------------------------------------------------------------------------------------------------------
+
+    def synthesize(self, selection: Selection, ds=None, *, ranks=None) -> list:
+        """Step 7: one image per selected pair (``config.synthesis``).
+
+        Args:
+            selection: what :meth:`select` returned.
+            ds: the source dataset; needed for ``synthesis="retrieve"`` and for baselines, whose images are
+                the data's own.
+            ranks: this process's place in a multi-process run (default: read from the launcher).
+
+        Returns:
+            A list of ``len(selection)`` RGB PIL images (``None`` each with ``synthesis="none"``).
+        """
+        config = self.config
+        ranks = current_ranks() if ranks is None else ranks
+        num = len(selection)
+        if config.synthesis == "none":
+            return [None] * num
+        if (config.method != "pds" or config.synthesis == "retrieve") and ds is None:
+            raise ValueError(f"synthesis={config.synthesis!r} with method={config.method!r} takes images from the "
+                             "source: pass it, processor.synthesize(selection, ds).")
+        if config.method != "pds" or config.synthesis == "retrieve":
+            # A baseline's pairs are real: their images are the data's own; "retrieve" takes the nearest real ones.
+            rows = selection.table.image_rows[selection.image_index]
+            return [resize_image(image, config.image_size) for image in load_images(ds, config.image_column, rows)]
+        return self._unclip(selection, ranks)
+
+    def _unclip(self, selection: Selection, ranks) -> list:
+        """unCLIP images for the prototypes this process owns, saved one by one; then all of them."""
+        config = self.config
+        device = self._device()
+        dtype = self._dtype(device)
+        by_id = isinstance(config.unclip_model, str)
+        unclip_id = unclip_fingerprint(config.unclip_model, revision=config.unclip_revision,
+                                       dtype=dtype if by_id else None)
+        key = None if unclip_id is None else stage_key(
+            "synthesize", selection.key, unclip_id, config.num_inference_steps, config.guidance_scale,
+            config.noise_level, config.negative_prompt, config.image_size, config.seed)
+        stage = open_stage(self._cache_dir(), "synthesize", key)
+        if ranks.world > 1 and stage.path is None:
+            raise ValueError("A multi-process run needs an unCLIP model known by id (or with a `fingerprint` "
+                             "attribute) and use_cache=True.")
+        name = "image-{:06d}".format
+        captions = selection.captions
+        owned = [m for m in range(len(captions)) if ranks.owns(m)]
+        mine = [m for m in owned if not stage.done(name(m))]
+        if len(mine) < len(owned):
+            logger.info("resuming: %d of %d images already made (%s)", len(owned) - len(mine), len(owned), stage)
+        if mine:
+            pipe = load_unclip(config.unclip_model, revision=config.unclip_revision,
+                               device=device if by_id or config.device else None, dtype=dtype if by_id else None)
+
+            def save(indices, images):
+                for m, image in zip(indices, images):
+                    stage.save_image(name(m), image)
+
+            synthesize_unclip(
+                pipe, selection.image_embeds[mine], [captions[m] for m in mine],
+                negative_prompt=config.negative_prompt, num_inference_steps=config.num_inference_steps,
+                guidance_scale=config.guidance_scale, noise_level=config.noise_level, seed=config.seed,
+                batch_size=config.synthesis_batch_size, image_size=config.image_size, indices=mine, on_batch=save,
+                show_progress=ranks.is_main)
+        ranks.barrier()
+        return [stage.load_image(name(m)) for m in range(len(captions))]
+
+    # ------------------------------------------------------------------------------------------------------
+    # Saving and loading a recipe
+    # ------------------------------------------------------------------------------------------------------
+
+    def save_pretrained(self, save_directory) -> Path:
+        """Write the settings to ``save_directory/distill_config.json`` (models by id and revision).
+
+        A model passed as a loaded object is recorded by name only, and listed under ``"loaded_objects"``:
+        pass it again to :meth:`from_pretrained`.
+        """
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        values = self.config.to_dict()
+        loaded = [name for name in ("clip_model", "clip_processor", "unclip_model")
+                  if getattr(self.config, name) is not None and not isinstance(getattr(self.config, name), str)]
+        payload = {"pds_hf_version": _versions().get("pds-hf"), "config": values, "loaded_objects": loaded}
+        path = folder / CONFIG_NAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, pretrained, *, revision: str | None = None, token=None, **overrides) -> "DistillProcessor":
+        """Rebuild a processor from a folder or Hub repo.
+
+        ``pretrained`` may hold a ``distill_config.json`` (from :meth:`save_pretrained`), or be a published
+        distilled set (a folder from :func:`pds_hf.save_to_folder` or a Hub dataset from
+        :func:`pds_hf.push_to_hub`), whose card carries the run record: the recipe is repeated on new data.
+
+        Args:
+            pretrained: a local folder or a Hub id.
+            revision, token: for a Hub id.
+            **overrides: settings to change, and models to pass as loaded objects (``clip_model=...``).
+
+        Example:
+            ```py
+            >>> processor = pds_hf.DistillProcessor.from_pretrained("me/flickr30k-pds-100")
+            >>> coco_small = processor(coco)          # the same recipe on another dataset
+            ```
+        """
+        values, loaded = cls._load_values(pretrained, revision=revision, token=token)
+        known = {f for f in DistillConfig.__dataclass_fields__}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            logger.warning("Ignoring setting(s) %s from %s: not fields of DistillConfig in this pds-hf version.",
+                           unknown, pretrained)
+        kept = {k: v for k, v in values.items() if k in known and k not in _MACHINE_FIELDS}
+        for name in loaded:
+            if name not in overrides:
+                logger.warning("%s was a loaded object (%r) when %s was saved; using the default. Pass %s=... to "
+                               "from_pretrained to use it again.", name, kept.get(name), pretrained, name)
+                kept.pop(name, None)
+        kept.update(overrides)
+        return cls(DistillConfig(**kept))
+
+    @staticmethod
+    def _load_values(pretrained, *, revision, token) -> tuple[dict, list]:
+        from .publish import metadata_from_card
+
+        looked = []
+        folder = Path(pretrained)
+        if folder.is_dir():
+            path = folder / CONFIG_NAME
+            if path.is_file():
+                payload = json.loads(path.read_text(encoding="utf-8"))
+                return payload["config"], payload.get("loaded_objects", [])
+            looked.append(f"{path} (written by DistillProcessor.save_pretrained)")
+            if (folder / "README.md").is_file():
+                try:
+                    return metadata_from_card(folder)["config"], []
+                except (ValueError, KeyError) as err:
+                    looked.append(f"a pds-hf run record in {folder / 'README.md'} ({err})")
+            else:
+                looked.append(f"{folder / 'README.md'} with a pds-hf run record (written by pds_hf.save_to_folder)")
+        elif "/" in str(pretrained) and not os.path.exists(str(pretrained)):
+            from huggingface_hub import hf_hub_download
+            from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+            for repo_type in ("dataset", "model"):
+                try:
+                    path = hf_hub_download(str(pretrained), CONFIG_NAME, repo_type=repo_type, revision=revision,
+                                           token=token)
+                except (EntryNotFoundError, RepositoryNotFoundError) as err:
+                    looked.append(f"{CONFIG_NAME} in the Hub {repo_type} repo {pretrained} ({type(err).__name__})")
+                    continue
+                payload = json.loads(Path(path).read_text(encoding="utf-8"))
+                return payload["config"], payload.get("loaded_objects", [])
+            try:
+                return metadata_from_card(str(pretrained), revision=revision, token=token)["config"], []
+            except (ValueError, KeyError, EntryNotFoundError, RepositoryNotFoundError) as err:
+                looked.append(f"a pds-hf run record in the card of the Hub dataset {pretrained} ({err})")
+        else:
+            raise FileNotFoundError(f"{pretrained!s} is neither a folder nor a Hub id (namespace/name).")
+        raise FileNotFoundError(f"No pds-hf recipe found in {pretrained!s}; looked for " + "; ".join(looked) + ".")
+
+
+def distill(ds, config: DistillConfig | None = None, **overrides):
+    """Distill an image-text dataset into ``num_pairs`` pairs with PDS: ``DistillProcessor(config, **overrides)(ds)``.
+
+    Args:
+        ds: a ``datasets.Dataset`` with an image column and a caption column, either one row per pair (caption
+            is a string) or one row per image (caption is a list of strings), optionally with embedding columns.
+        config: a :class:`DistillConfig`; defaults are the paper's.
+        **overrides: fields of :class:`DistillConfig` to change, e.g. ``num_pairs=100``.
+
+    Returns:
+        The distilled ``datasets.Dataset`` (see :meth:`DistillProcessor.__call__`).
+
+    Example:
+        ```py
+        >>> import pds_hf
+        >>> from datasets import load_dataset
+        >>> ds = load_dataset("nlphuji/flickr30k", split="test")
+        >>> small = pds_hf.distill(ds, num_pairs=100)          # or ds.distill(num_pairs=100)
+        >>> small = pds_hf.distill(ds, num_pairs=100, synthesis="retrieve")   # no decoder needed
+        ```
+    """
+    return DistillProcessor(config, **overrides)(ds)
+
+
+def metadata(ds, *, revision: str | None = None, token=None) -> dict:
+    """How a distilled set was made (config, source, models, timings).
+
+    Args:
+        ds: the ``Dataset`` that :func:`distill` returned (read from its info), or where a distilled set was
+            written: a folder from :func:`save_to_folder` or a Hub dataset id from :func:`push_to_hub` (read from
+            its dataset card, because parquet files do not keep a dataset's info).
+        revision: Hub revision, when ``ds`` is a Hub id.
+        token: Hub token, when ``ds`` is a private Hub id.
+
+    Example:
+        ```py
+        >>> small = pds_hf.distill(ds, num_pairs=10)
+        >>> pds_hf.metadata(small)["config"]["num_pairs"]
+        10
+        >>> pds_hf.metadata("me/flickr30k-pds-100")["source"]["id"]  # after push_to_hub
+        'nlphuji/flickr30k'
+        ```
+    """
+    if isinstance(ds, (str, os.PathLike)):
+        from .publish import metadata_from_card
+
+        return metadata_from_card(ds, revision=revision, token=token)
+    return read_run_record(ds)

@@ -1,0 +1,358 @@
+"""The dataset card of a distilled set, and the run record read back from a published card.
+
+The card is rendered from ``model_cards/dataset_card_template.md``: its YAML lists the ``default`` config, the
+features, the license and the tags, and its body says how the set was made and carries the run record.
+
+The body sits between two HTML comments (``<!-- pds-hf:begin ... -->`` and ``<!-- pds-hf:end -->``).
+Publishing again replaces that block only: text written outside it, and YAML keys pds-hf does not set,
+are kept. ``Dataset.push_to_hub`` on the same repo keeps the whole body and rewrites only
+``dataset_info``/``configs``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .layout import DATA_DIR, README, SPLIT, _check_distilled, _is_hub_id
+from .license import LicenseChoice, resolve_license
+
+logger = logging.getLogger(__name__)
+
+
+def _template_path() -> Path:
+    """The card template: the copy a wheel installs in the package, else ``model_cards/`` of a source checkout."""
+    name = "dataset_card_template.md"
+    package = Path(__file__).resolve().parent.parent
+    installed = package / "model_cards" / name
+    return installed if installed.is_file() else package.parent / "model_cards" / name
+
+
+TEMPLATE_PATH = _template_path()
+BLOCK_BEGIN = "<!-- pds-hf:begin"
+BLOCK_END = "<!-- pds-hf:end -->"
+TAGS = ("dataset-distillation", "synthetic", "pds")
+TASK_CATEGORIES = ("image-to-text", "text-to-image")
+SUPPORT_ROWS_SHOWN = 100
+PAPER = "PDS (Choi, Mo, Chae; ICLR 2026, arXiv 2602.19756)"
+# The <summary> line of the template's run record block; metadata_from_card reads the JSON after it.
+METADATA_SUMMARY = "Everything pds-hf recorded about this run"
+
+
+@dataclass
+class _Source:
+    """The source dataset as the publisher names it: Hub id or folder, revision, which rows were used."""
+
+    id: object = None
+    revision: str | None = None
+    selection: str | None = None
+
+
+def _size_category(n: int) -> str:
+    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+              (10_000_000, "1M<n<10M")]
+    return next((name for limit, name in bounds if n < limit), "n>10M")
+
+
+def _union(existing, new) -> list:
+    existing = existing if isinstance(existing, list) else ([existing] if existing else [])
+    return existing + [value for value in new if value not in existing]
+
+
+def _cell(text, limit: int = 120) -> str:
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _plain(value) -> str:
+    if value is None:
+        return "none"
+    return f"`{value}`" if isinstance(value, str) else str(value)
+
+
+def _evaluation_markdown(evaluation) -> str | None:
+    """Markdown from an evaluation report object (``to_markdown()``), a markdown file, or markdown text."""
+    if evaluation is None:
+        return None
+    if hasattr(evaluation, "to_markdown"):
+        return evaluation.to_markdown().strip()
+    if isinstance(evaluation, os.PathLike) or (isinstance(evaluation, str) and os.path.isfile(evaluation)):
+        path = Path(evaluation)
+        if not path.is_file():
+            raise FileNotFoundError(f"evaluation={str(path)!r}: no such file (pass a markdown file, markdown text, "
+                                    "or the report of pds_hf.evaluation).")
+        return path.read_text(encoding="utf-8").strip()
+    if isinstance(evaluation, str):
+        return evaluation.strip()
+    raise TypeError(f"evaluation must be markdown text, a markdown file or an evaluation report, got "
+                    f"{type(evaluation).__name__}.")
+
+
+def _metadata_or_empty(ds) -> dict:
+    from ..schema import read_run_record
+
+    try:
+        return read_run_record(ds)
+    except ValueError:
+        logger.warning("The dataset carries no pds_hf metadata: its card will say 'not recorded' for how it was made.")
+        return {}
+
+
+_SYNTHESIS = {
+    "unclip": ("Every image is synthetic: Stable unCLIP decoded it from the image prototype, prompted with the "
+               "caption.",
+               "synthetic image decoded by Stable unCLIP from the image prototype, prompted with the caption",
+               "decode each image prototype into an image with Stable unCLIP, prompted with that caption"),
+    "retrieve": ("Every image is a real image of the source: the one nearest (cosine) to the image prototype.",
+                 "the real source image nearest (cosine) to the image prototype",
+                 "take the real image nearest to each image prototype"),
+    "none": ("No images were made (`synthesis=\"none\"`): the `image` column is empty; train on the embeddings.",
+             "empty: no images were made", "no images are made"),
+    "baseline": ("Every image is a real image of the source: the image of the chosen pair.",
+                 "the real image of the chosen pair", "its own image"),
+    "unknown": ("How the images were made was not recorded.", "an image", "the images were made"),
+}
+
+
+def _limitations(synthesis: str, config: dict, encoder: str, evaluated: bool, zero: int) -> list[str]:
+    lines = []
+    if synthesis == "baseline":
+        lines.append("The pairs are real pairs of the source chosen by a baseline, not synthesized: their images "
+                     "and captions carry the source's terms, content and biases unchanged.")
+    elif synthesis == "unclip":
+        lines.append(f"The images are synthetic (Stable unCLIP, {config.get('num_inference_steps')} steps, guidance "
+                     f"{config.get('guidance_scale')}): they follow the prototypes, they are not photographs, and "
+                     "they can show decoder artefacts or unreadable text.")
+    elif synthesis == "retrieve":
+        lines.append("The images are real images of the source, copied with its terms and content.")
+    elif synthesis == "none":
+        lines.append("There are no images: only the embeddings and captions can be trained on.")
+    lines.append("The captions are real captions of the source, copied verbatim: they inherit its language, "
+                 "biases and mistakes.")
+    lines.append(f"The embeddings belong to `{encoder}`: they mean nothing to another encoder, and concepts too "
+                 "rare to dominate any cluster are not represented.")
+    if zero:
+        lines.append(f"{zero} row(s) have no real pair behind them (support 0): their prototypes are k-means centres.")
+    lines.append("Evaluated only as reported above: other students, encoders and tasks may behave differently."
+                 if evaluated else "Not evaluated: how well a student trained on it performs is unknown.")
+    return lines
+
+
+def _license_note(choice: LicenseChoice, source_name: str) -> str:
+    if choice.license is None:
+        return (f"Unknown ({choice.detail}). The captions come from {source_name}, whose terms apply; declare a "
+                "license (`license=` / `--license`) before sharing this set.")
+    where = {"given": "set by the publisher", "repository": "kept from the card this one replaced",
+             "source": f"taken from {source_name}, whose captions this set contains"}[choice.origin]
+    return (f"`{choice.license}`, {where}. The captions (and any real images) come from {source_name}: its "
+            "terms apply to them as well.")
+
+
+def _card_context(ds, meta: dict, *, repo_id, src: _Source, choice: LicenseChoice, evaluation_md,
+                  preview: str | None, preview_count: int) -> dict:
+    from huggingface_hub import constants
+
+    config = meta.get("config", {})
+    recorded = meta.get("source", {})
+    models = meta.get("models", {})
+    method = config.get("method", "pds")
+    synthesis = config.get("synthesis", "unknown")
+    if method != "pds" and synthesis != "none":
+        synthesis = "baseline"
+    source_id = str(src.id if src.id is not None else (recorded.get("dataset") or "an unnamed dataset"))
+    url = f"{constants.ENDPOINT}/datasets/{source_id}" if _is_hub_id(source_id) else None
+    layout = recorded.get("layout")
+    support = np.asarray(list(ds["support"]), dtype=np.int64)
+    captions = list(ds["caption"])
+    image_clusters, text_clusters = list(ds["image_cluster"]), list(ds["text_cluster"])
+    shown = min(len(ds), SUPPORT_ROWS_SHOWN)
+    stages = meta.get("stages_seconds", {})
+    encoder = models.get("encoder") or config.get("clip_model") or "the encoder"
+    name = source_id.rsplit("/", 1)[-1]
+    not_recorded = "not recorded"
+    return dict(
+        name=name,
+        title=f"{name} distilled to {len(ds)} image-text pairs",
+        num_pairs=len(ds),
+        source_pairs=recorded.get("num_pairs"),
+        load_path=repo_id or "path/to/this/folder",
+        method=method,
+        method_text=PAPER if method == "pds" else f"the `{method}` baseline (real pairs chosen on CLIP embeddings)",
+        synthesis_text=_SYNTHESIS[synthesis][0],
+        image_column_text=_SYNTHESIS[synthesis][1],
+        synthesis_step=_SYNTHESIS[synthesis][2],
+        image_size=config.get("image_size"),
+        embedding_dim=ds.features["text_embedding"].length,
+        encoder=encoder,
+        encoder_revision=models.get("encoder_revision"),
+        unclip=models.get("unclip"),
+        unclip_revision=models.get("unclip_revision"),
+        rm_ratio_percent=f"{100 * float(config.get('rm_ratio', 0.2)):g}%",
+        normalize=bool(config.get("normalize", False)),
+        source=dict(
+            id=source_id, url=url, config=recorded.get("config"), split=recorded.get("split"),
+            selection=src.selection, revision=src.revision, fingerprint=recorded.get("fingerprint"),
+            num_rows=recorded.get("num_rows", not_recorded), num_pairs=recorded.get("num_pairs", not_recorded),
+            num_images=recorded.get("num_images", not_recorded),
+            num_captions=recorded.get("num_captions", not_recorded),
+            skipped_images=recorded.get("skipped_images", not_recorded),
+            layout_text={"image": "one row per image, a list of captions each",
+                         "pair": "one row per image-caption pair"}.get(layout, "layout not recorded"),
+        ),
+        kept_pairs=meta.get("kept_pairs"),
+        empty_intersections=meta.get("empty_intersections"),
+        processes=meta.get("processes"),
+        seed=config.get("seed", not_recorded),
+        config_rows=[(key, _plain(value)) for key, value in config.items()],
+        stages=[(stage, f"{seconds:.2f}") for stage, seconds in stages.items()],
+        total_seconds=f"{sum(stages.values()):.2f}",
+        versions=list(meta.get("versions", {}).items()),
+        support=dict(min=int(support.min()), max=int(support.max()), median=f"{np.median(support):g}",
+                     mean=f"{support.mean():.1f}", zero=int((support == 0).sum())),
+        supports_shown=shown,
+        supports=[dict(index=i, caption=_cell(captions[i]), support=int(support[i]),
+                       image_cluster=image_clusters[i], text_cluster=text_clusters[i]) for i in range(shown)],
+        preview=preview,
+        preview_count=preview_count,
+        evaluation=evaluation_md,
+        limitations=_limitations(synthesis, config, encoder, evaluation_md is not None,
+                                 int((support == 0).sum())),
+        license_note=_license_note(choice, f"[{source_id}]({url})" if url else f"`{source_id}`"),
+        metadata_json=json.dumps(meta, indent=2, default=str),
+    )
+
+
+def _card_data(ds, existing_card, *, choice: LicenseChoice, name: str, source, sizes: tuple[int, int] | None):
+    """The card's YAML: the existing card's keys, with the ones pds-hf owns set or merged."""
+    from datasets import DatasetInfo, SplitDict, SplitInfo
+    from datasets.info import DatasetInfosDict
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCardData
+
+    data = DatasetCardData(**(existing_card.data.to_dict() if existing_card is not None else {}))
+    data["license"] = choice.license or "unknown"
+    if not data.get("pretty_name"):
+        data["pretty_name"] = f"{name}, distilled with PDS"
+    data["size_categories"] = [_size_category(len(ds))]
+    data["task_categories"] = _union(data.get("task_categories"), TASK_CATEGORIES)
+    data["annotations_creators"] = _union(data.get("annotations_creators"), ["machine-generated"])
+    if _is_hub_id(source):
+        data["source_datasets"] = _union(data.get("source_datasets"), [source])
+    data["tags"] = _union(data.get("tags"), TAGS)
+    if sizes is not None:
+        dataset_size, download_size = sizes
+        splits = SplitDict()
+        splits.add(SplitInfo(name=SPLIT, num_bytes=dataset_size, num_examples=len(ds)))
+        info = DatasetInfo(features=ds.features, splits=splits, download_size=download_size,
+                           dataset_size=dataset_size)
+        DatasetInfosDict({"default": info}).to_dataset_card_data(data)
+    MetadataConfigs({"default": {"data_files": [{"split": SPLIT, "path": f"{DATA_DIR}/{SPLIT}-*"}]}}) \
+        .to_dataset_card_data(data)
+    return data
+
+
+def _splice(existing_body: str | None, block: str) -> str:
+    """Put the generated block in place of the old one, keeping whatever the existing body has around it.
+
+    Publishing the same set twice gives the same text (nothing accumulates around the block).
+    """
+    existing_body = (existing_body or "").lstrip("\n")
+    start = existing_body.find(BLOCK_BEGIN)
+    end = existing_body.find(BLOCK_END, start)
+    if start != -1 and end != -1:
+        return existing_body[:start] + block + existing_body[end + len(BLOCK_END):]
+    if existing_body.strip():
+        return f"{block}\n\n{existing_body}"
+    return f"{block}\n"
+
+
+def dataset_card(ds, *, repo_id: str | None = None, license: str | None = None, source=None,
+                 source_revision: str | None = None, source_selection: str | None = None, evaluation=None,
+                 existing_card=None, preview: str | None = None, preview_count: int = 0,
+                 sizes: tuple[int, int] | None = None, template_path=None, token=None):
+    """Render the dataset card of a distilled set from ``model_cards/dataset_card_template.md``.
+
+    Args:
+        ds: a distilled ``datasets.Dataset`` (made by :func:`pds_hf.distill`).
+        repo_id: the Hub id the set is (or will be) published as, for the ``load_dataset`` example.
+        license: see :func:`resolve_license`; an unknown license renders as ``unknown``.
+        source: the source dataset's Hub id or folder, named in the card and used for the license.
+        source_revision: the source revision (commit id) the set was made from.
+        source_selection: which rows of the source were distilled, in words (e.g. the Karpathy train split).
+        evaluation: an evaluation report (anything with ``to_markdown()``), a markdown file or markdown text.
+        existing_card: a ``DatasetCard`` this one replaces: its YAML keys and its text outside the
+            pds-hf block are kept.
+        preview: the repo path of the preview image, if one is published beside the card.
+        preview_count: how many pairs the preview shows.
+        sizes: ``(dataset_size, download_size)`` in bytes, to declare ``dataset_info`` in the YAML.
+        template_path: another Jinja template (default ``model_cards/dataset_card_template.md``).
+        token: token for reading a private source's card.
+
+    Returns:
+        A ``huggingface_hub.DatasetCard``; ``str(card)`` is the ``README.md`` text.
+
+    Example:
+        ```py
+        >>> card = pds_hf.publish.dataset_card(small, repo_id="me/flickr30k-pds-100", license="cc-by-4.0")
+        >>> card.data.tags
+        ['dataset-distillation', 'synthetic', 'pds']
+        ```
+    """
+    _check_distilled(ds)
+    choice = resolve_license(license=license, existing_card=existing_card, source=source,
+                             source_revision=source_revision, token=token)
+    return _render_card(ds, choice=choice, repo_id=repo_id, src=_Source(source, source_revision, source_selection),
+                        evaluation_md=_evaluation_markdown(evaluation), existing_card=existing_card, preview=preview,
+                        preview_count=preview_count, sizes=sizes, template_path=template_path)
+
+
+def _render_card(ds, *, choice, repo_id, src: _Source, evaluation_md, existing_card, preview, preview_count, sizes,
+                 template_path=None):
+    from huggingface_hub import DatasetCard
+
+    template_path = Path(template_path or TEMPLATE_PATH)
+    if not template_path.is_file():
+        raise FileNotFoundError(f"The dataset card template {template_path} is missing; pass template_path=... "
+                                "(the source tree ships it in model_cards/).")
+    context = _card_context(ds, _metadata_or_empty(ds), repo_id=repo_id, src=src, choice=choice,
+                            evaluation_md=evaluation_md, preview=preview, preview_count=preview_count)
+    data = _card_data(ds, existing_card, choice=choice, name=context["name"], source=src.id, sizes=sizes)
+    rendered = DatasetCard.from_template(data, template_path=str(template_path), **context)
+    start, end = rendered.text.find(BLOCK_BEGIN), rendered.text.find(BLOCK_END)
+    if start == -1 or end == -1:
+        raise ValueError(f"The template {template_path} must wrap its body in '{BLOCK_BEGIN} ... -->' and "
+                         f"'{BLOCK_END}' so that a later publish can replace it without touching other text.")
+    body = _splice(existing_card.text if existing_card is not None else None, rendered.text[start:end + len(BLOCK_END)])
+    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def metadata_from_card(where, *, revision: str | None = None, token=None) -> dict:
+    """The run record (:func:`pds_hf.metadata`) that a published card carries, from a folder or a Hub id."""
+    folder = Path(where)
+    if folder.is_dir():
+        path = folder / README
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} has no {README}; is it a folder written by pds_hf.save_to_folder?")
+        text = path.read_text(encoding="utf-8")
+    elif _is_hub_id(str(where)):
+        from huggingface_hub import hf_hub_download
+
+        text = Path(hf_hub_download(str(where), README, repo_type="dataset", revision=revision,
+                                    token=token)).read_text(encoding="utf-8")
+    else:
+        raise FileNotFoundError(f"{where!s} is neither a folder nor a Hub dataset id.")
+    start = text.find(METADATA_SUMMARY)
+    begin = text.find("```json", start) if start >= 0 else -1
+    end = text.find("```", begin + len("```json")) if begin >= 0 else -1
+    if end < 0:
+        raise ValueError(f"The dataset card of {where!s} holds no pds-hf run record; was it published by pds_hf?")
+    try:
+        return json.loads(text[begin + len("```json"):end])
+    except ValueError as err:
+        raise ValueError(f"The pds-hf run record in the card of {where!s} is not valid JSON ({err}); "
+                         "was the card edited by hand?") from None

@@ -1,0 +1,679 @@
+"""Distilling a streamed dataset (``datasets.IterableDataset``) in two passes over the stream.
+
+``load_dataset(..., streaming=True)`` is the practical way into CC12M-, DataComp- or LAION-sized sets: nothing
+is downloaded ahead, and no row can be read by index. :func:`distill_stream` (what
+``DistillProcessor(...)(stream)`` runs) therefore works in passes:
+
+1. **Encode pass.** The stream's input shards (``ds.shard(num_shards=ds.n_shards, index=s)``) are split across
+   processes (shard ``s`` belongs to rank ``s % world``; with fewer shards than processes, rows are split with
+   ``datasets.distributed.split_dataset_by_node``). Each shard's distinct images and captions are encoded once
+   (or read from the embedding columns the stream carries) and saved with, for each pair, its image and caption,
+   and for each image where to find it again: (input shard, offset within that shard) and the hash of its bytes.
+   A shard is saved whole with a completion marker: a run that fails on shard ``s`` keeps shards ``0..s-1`` and
+   the next run starts from there.
+2. **Steps 2-6** run on the main process over the shards' embeddings, exactly as for a map-style dataset:
+   images repeated across shards (same bytes) count once, captions are the distinct strings in stream order.
+3. **Fetch pass** (``synthesis="retrieve"`` and the baselines only): the chosen real images are read again by
+   (shard, offset): only the shards that hold them, each up to its last needed row.
+
+The result equals the map-style run on the same rows in the same order.
+
+Example:
+    ```py
+    >>> import pds_hf
+    >>> from datasets import load_dataset
+    >>> stream = load_dataset("pixparse/cc12m-wds", split="train", streaming=True)
+    >>> stream = stream.rename_columns({"jpg": "image", "txt": "caption"})
+    >>> small = pds_hf.DistillProcessor(num_pairs=1000, synthesis="retrieve")(stream)
+    ```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cache import fingerprint, open_stage, stage_key
+from .inputs import PairTable, check_dataset_type, embedding_columns_present
+
+logger = logging.getLogger(__name__)
+
+_MAX_LISTED = 5
+_SHARD = "shard-{:06d}".format
+_IMAGE = "image-{:012d}".format
+# Keys of a saved shard that every process reads; the embeddings are read by the main process only.
+_INDEX_KEYS = ("num_rows", "image_offset", "image_digest", "caption_bytes", "caption_ends", "pair_image",
+               "pair_text", "pair_offset", "bad_offset")
+
+
+class ShardReadError(RuntimeError):
+    """Reading one input shard of a stream failed (an unreadable file, a connection lost, a stream cut short)."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The stream: its identity, its units of work, its columns
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _Unidentified(Exception):
+    """Part of a stream's recipe cannot be hashed: the stream has no stable identity."""
+
+
+def _describe(value):
+    """A JSON-ready description of one part of a stream's recipe (raises :class:`_Unidentified`)."""
+    import datasets
+    from datasets.fingerprint import Hasher
+    from datasets.iterable_dataset import _BaseExamplesIterable
+
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, datasets.Dataset):
+        return ["dataset", value._fingerprint]
+    if isinstance(value, _BaseExamplesIterable):
+        # The steps of the stream (files, generator, map/filter functions, shuffling seed...), not its state.
+        return [type(value).__name__, {k: _describe(v) for k, v in sorted(vars(value).items()) if k[0] != "_"}]
+    if isinstance(value, (list, tuple)):
+        return [_describe(item) for item in value]
+    if isinstance(value, dict):
+        return {str(k): _describe(v) for k, v in value.items()}
+    config_id = getattr(getattr(value, "__self__", None), "config_id", None)
+    if isinstance(config_id, str):
+        # A builder's generating method: its config id hashes the data files or the generator and its kwargs.
+        return ["builder", type(value.__self__).__name__, config_id]
+    try:
+        return ["hash", Hasher.hash(value)]
+    except Exception as err:
+        raise _Unidentified(type(value).__name__) from err
+
+
+def stream_fingerprint(ds) -> str | None:
+    """A fingerprint of what ``ds`` yields, from its recipe (files, builder config, generator, steps), or None.
+
+    An ``IterableDataset`` has no ``_fingerprint``: this one is built from the chain of its examples iterables
+    (the source files or the generator and its kwargs, a map-style dataset's fingerprint, each ``map``/``filter``
+    function, seeds) with the features and split. None when a part cannot be hashed: nothing is cached then.
+    """
+    own = getattr(ds, "_fingerprint", None)
+    if isinstance(own, str) and own:
+        return own
+    info = ds.info
+    try:
+        recipe = _describe(ds._ex_iterable)
+    except _Unidentified as err:
+        logger.info("The stream cannot be fingerprinted (%s): its encoding is not cached, nothing resumes.", err)
+        return None
+    features = ds.features.to_dict() if ds.features is not None else None
+    return fingerprint("stream", recipe, info.builder_name, info.config_name, info.dataset_name,
+                       str(ds.split) if ds.split is not None else None, features)
+
+
+@dataclass
+class _Units:
+    """How the stream is cut into units of work: its input shards, or (fewer shards than processes) row slices."""
+
+    ds: object
+    count: int
+    by_rows: bool
+
+    @classmethod
+    def of(cls, ds, world: int) -> "_Units":
+        shards = int(ds.n_shards)
+        if shards < world:
+            return cls(ds, world, True)
+        return cls(ds, shards, False)
+
+    def open(self, unit: int):
+        if self.by_rows:
+            from datasets.distributed import split_dataset_by_node
+
+            return split_dataset_by_node(self.ds, rank=unit, world_size=self.count, strategy="examples")
+        return self.ds.shard(num_shards=self.count, index=unit)
+
+    def describe(self) -> list:
+        return ["rows" if self.by_rows else "shards", self.count]
+
+
+def _check_stream(ds, config, needs_images: bool) -> str:
+    """Check the stream's columns and return its layout (``"pair"`` or ``"image"``)."""
+    from datasets import Image
+
+    from .inputs import _caption_layout
+
+    columns = list(ds.column_names)
+    needed = [(config.caption_column, "caption", "caption_column")]
+    if needs_images or config.image_column in columns:
+        needed.insert(0, (config.image_column, "image", "image_column"))
+    for name, role, option in needed:
+        if name not in columns:
+            raise KeyError(f"The stream has no {role} column {name!r}; its columns are {columns}. Pass {option}=... "
+                           f"to name the {role} column.")
+    image = ds.features.get(config.image_column)
+    if image is not None and not isinstance(image, Image):
+        raise TypeError(f"Column {config.image_column!r} holds {image}, not images. If it holds file paths or bytes, "
+                        f"cast it first: ds = ds.cast_column({config.image_column!r}, datasets.Image()); otherwise "
+                        "pass image_column=... to name the image column.")
+    return _caption_layout(ds, config.caption_column)
+
+
+def _batches(part, unit: int, units: int, batch_size: int):
+    """``(first offset, arrow table)`` batches of one unit; a failure of the stream names the shard."""
+    iterator = iter(part.iter(batch_size=batch_size))
+    seen = 0
+    while True:
+        try:
+            table = next(iterator)
+        except StopIteration:
+            return
+        except Exception as err:
+            raise ShardReadError(
+                f"Reading input shard {unit} (of {units}) of the stream failed after {seen} row(s): "
+                f"{type(err).__name__}: {err}. Shards that were finished are saved; run the same call again to "
+                "resume from this shard (check the source file or connection if it fails again).") from err
+        yield seen, table
+        seen += table.num_rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pass 1: encode each unit
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _digest(blob, path) -> bytes:
+    return hashlib.sha1(blob if blob is not None else f"path:{path}".encode()).digest()
+
+
+def _pack(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Strings as one utf-8 byte array and the end of each (saved without pickling)."""
+    encoded = [text.encode("utf-8") for text in texts]
+    ends = np.cumsum([len(b) for b in encoded], dtype=np.int64) if encoded else np.zeros(0, np.int64)
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), ends
+
+
+def _unpack(data: np.ndarray, ends: np.ndarray) -> list[str]:
+    raw = data.tobytes()
+    starts = np.concatenate([[0], ends[:-1]]) if len(ends) else ends
+    return [raw[a:b].decode("utf-8") for a, b in zip(starts.tolist(), ends.tolist())]
+
+
+class _UnitEncoder:
+    """Reads one unit of the stream into its distinct images and captions, their embeddings and its pairs."""
+
+    def __init__(self, processor, layout: str, given: bool, has_images: bool, encoder, unit: int, units: int):
+        self.config = processor.config
+        self.layout, self.given, self.has_images, self.encoder = layout, given, has_images, encoder
+        self.unit, self.units = unit, units
+        self.image_offset: list[int] = []
+        self.image_digest: list[bytes] = []
+        self.image_parts: list[np.ndarray] = []
+        self.seen_images: dict[bytes, int] = {}
+        self.texts: dict[str, int] = {}
+        self.text_parts: list[np.ndarray] = []
+        self.pairs: list[tuple[int, int, int]] = []
+        self.bad_offset: list[int] = []
+
+    def _where(self, offset: int) -> str:
+        return f"input shard {self.unit}, row {offset}"
+
+    def _captions(self, start: int, values: list) -> list[list[str]]:
+        problems = []
+        rows = []
+        for i, value in enumerate(values):
+            captions = [value] if self.layout == "pair" else value
+            if self.layout == "image" and not captions:
+                problems.append(f"{self._where(start + i)} has an empty caption list")
+            for position, caption in enumerate(captions or []):
+                if not isinstance(caption, str) or not caption.strip():
+                    where = self._where(start + i) + ("" if self.layout == "pair" else f", caption {position}")
+                    why = "is empty" if isinstance(caption, str) else f"is {type(caption).__name__}, not a string"
+                    problems.append(f"{where} {why} ({caption!r})")
+            rows.append(captions or [])
+        if problems:
+            listed = "; ".join(problems[:_MAX_LISTED])
+            more = f" and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+            raise ValueError(f"Column {self.config.caption_column!r} has bad caption(s): {listed}{more}. Every caption "
+                             "must be a non-empty string; drop or fix those rows first, e.g. ds.filter(...).")
+        return rows
+
+    def _vectors(self, column, name: str, rows) -> np.ndarray:
+        from .inputs import _vectors
+
+        try:
+            return _vectors(column, name, rows)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"Input shard {self.unit} of the stream: {err}") from err
+
+    def _encode(self, what: str, items: list) -> np.ndarray:
+        from .encode import check_embeddings
+
+        size = self.config.encode_batch_size
+        call = self.encoder.encode_images if what == "image" else self.encoder.encode_texts
+        return np.concatenate([check_embeddings(call(items[i:i + size]), what=what, expected_rows=len(items[i:i + size]))
+                               for i in range(0, len(items), size)])
+
+    def _decode(self, blob, path):
+        """The decoded image, or None when it does not decode; True with given embeddings (not decoded, as for a
+        map-style dataset: the image is only read again if step 7 picks it)."""
+        from .inputs import decode_image
+
+        if self.given:
+            return True
+        try:
+            return decode_image(blob, path)
+        except Exception:
+            return None
+
+    def _image(self, blob, path, offset: int, queue: list) -> int:
+        """The index of a row's image among this unit's distinct images, or -1 when it cannot be decoded.
+
+        A new image is queued (its decoded form, for the encoder) until the batch is encoded.
+        """
+        if not self.has_images:
+            digest, decoded = bytes(20), True
+        elif blob is None and path is None:
+            return -1
+        else:
+            digest = _digest(blob, path)
+            if self.layout == "pair" and digest in self.seen_images:
+                return self.seen_images[digest]
+            decoded = self._decode(blob, path)
+        index = -1
+        if decoded is not None:
+            index = len(self.image_offset)
+            self.image_offset.append(offset)
+            self.image_digest.append(digest)
+            queue.append(decoded)
+        if self.layout == "pair" and self.has_images:
+            self.seen_images[digest] = index
+        return index
+
+    def add(self, start: int, table) -> None:
+        """Read one batch of rows (an arrow table starting at ``start`` in this unit)."""
+        config = self.config
+        captions = self._captions(start, table.column(config.caption_column).to_pylist())
+        offsets = np.arange(start, start + table.num_rows, dtype=np.int64)
+        if self.has_images:
+            images = table.column(config.image_column).combine_chunks()
+            blobs, paths = images.field("bytes").to_pylist(), images.field("path").to_pylist()
+        else:
+            blobs = paths = [None] * table.num_rows
+        queue, new_rows, image_of_row = [], [], []
+        for i in range(table.num_rows):
+            before = len(queue)
+            index = self._image(blobs[i], paths[i], start + i, queue)
+            if len(queue) > before:
+                new_rows.append(i)
+            if index < 0:
+                self.bad_offset.append(start + i)
+            image_of_row.append(index)
+
+        bounds = np.cumsum([0] + [len(row) for row in captions])
+        new_texts, new_positions = [], []
+        for i, row in enumerate(captions):
+            for position, caption in enumerate(row):
+                if caption not in self.texts:
+                    self.texts[caption] = len(self.texts)
+                    new_texts.append(caption)
+                    new_positions.append(int(bounds[i]) + position)
+                if image_of_row[i] >= 0:
+                    self.pairs.append((image_of_row[i], self.texts[caption], start + i))
+
+        if self.given:
+            if new_rows:
+                vectors = self._vectors(table.column(config.image_embedding_column), config.image_embedding_column,
+                                        offsets)
+                self.image_parts.append(vectors[new_rows])
+            if new_texts:
+                self.text_parts.append(self._given_texts(table, captions, offsets)[new_positions])
+        else:
+            if queue:
+                self.image_parts.append(self._encode("image", queue))
+            if new_texts:
+                self.text_parts.append(self._encode("text", new_texts))
+
+    def _given_texts(self, table, captions, offsets) -> np.ndarray:
+        """One vector per caption of the batch (flattened in row order), from the text embedding column."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        name = self.config.text_embedding_column
+        column = table.column(name).combine_chunks()
+        if self.layout == "pair":
+            return self._vectors(column, name, offsets)
+        if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)) or not (
+                pa.types.is_list(column.type.value_type) or pa.types.is_large_list(column.type.value_type)
+                or pa.types.is_fixed_size_list(column.type.value_type)):
+            raise TypeError(f"Column {name!r} holds {column.type}; with a list of captions per row it needs a list "
+                            "of vectors per row, one per caption.")
+        if column.null_count:
+            row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+            raise ValueError(f"Column {name!r} is empty (null) at {self._where(int(offsets[row]))}; every caption "
+                             "needs an embedding. Drop that row or encode it.")
+        counts = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        wrong = [i for i, row in enumerate(captions) if counts[i] != len(row)]
+        if wrong:
+            i = wrong[0]
+            raise ValueError(f"Column {name!r} has {counts[i]} vector(s) at {self._where(int(offsets[i]))} but the row "
+                             f"has {len(captions[i])} caption(s); give one embedding per caption.")
+        return self._vectors(column.flatten(), name, np.repeat(offsets, counts))
+
+    def arrays(self, num_rows: int) -> dict:
+        """What is saved for this unit."""
+        def stack(parts):
+            dims = {p.shape[1] for p in parts}
+            if len(dims) > 1:
+                raise ValueError(f"Input shard {self.unit} of the stream has embeddings of different sizes "
+                                 f"{sorted(dims)}; every embedding must come from one model.")
+            return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros((0, 0), np.float32)
+
+        caption_bytes, caption_ends = _pack(list(self.texts))
+        pairs = np.asarray(self.pairs, dtype=np.int64).reshape(-1, 3)
+        return dict(
+            num_rows=np.int64(num_rows),
+            image_offset=np.asarray(self.image_offset, dtype=np.int64),
+            image_digest=np.frombuffer(b"".join(self.image_digest), dtype=np.uint8).reshape(-1, 20).copy(),
+            caption_bytes=caption_bytes, caption_ends=caption_ends,
+            pair_image=pairs[:, 0].copy(), pair_text=pairs[:, 1].copy(), pair_offset=pairs[:, 2].copy(),
+            bad_offset=np.asarray(self.bad_offset, dtype=np.int64),
+            image_embeds=stack(self.image_parts), text_embeds=stack(self.text_parts))
+
+
+def _columns(ds, config, layout: str, given: bool, has_images: bool):
+    """The stream reduced to the columns the encode pass reads, its images left undecoded."""
+    from datasets import Image
+
+    names = [config.caption_column]
+    if has_images:
+        names.append(config.image_column)
+    if given:
+        names += [config.image_embedding_column, config.text_embedding_column]
+    ds = ds.select_columns(names)
+    if has_images:
+        ds = ds.cast_column(config.image_column, Image(decode=False))
+    return ds.with_format("arrow")
+
+
+def _encode_pass(processor, units: _Units, stage, layout: str, given: bool, has_images: bool, ranks) -> None:
+    """Pass 1: each process encodes the units it owns that are not saved yet."""
+    from .progress import progress
+
+    config = processor.config
+    owned = [u for u in range(units.count) if ranks.owns(u)]
+    todo = [u for u in owned if not stage.done(_SHARD(u))]
+    if len(todo) < len(owned):
+        logger.info("Resuming: %d of %d input shard(s) of this process already encoded (%s).",
+                    len(owned) - len(todo), len(owned), stage)
+    encoder = processor.load_encoder() if todo and not given else None
+    with progress(None, desc="Encoding the stream", unit="row", disable=not ranks.is_main) as bar:
+        for u in todo:
+            part = _columns(units.open(u), config, layout, given, has_images)
+            reader = _UnitEncoder(processor, layout, given, has_images, encoder, u, units.count)
+            rows = 0
+            for start, table in _batches(part, u, units.count, config.encode_batch_size):
+                reader.add(start, table)
+                rows = start + table.num_rows
+                bar.update(table.num_rows)
+            if reader.bad_offset and config.on_bad_image == "error":
+                raise ValueError(
+                    f"Column {config.image_column!r} has {len(reader.bad_offset)} image(s) that cannot be decoded in "
+                    f"input shard {u} of the stream, at row(s) {reader.bad_offset[:_MAX_LISTED]} of that shard. "
+                    "Remove them (ds.filter) or pass on_bad_image='skip'.")
+            stage.save_arrays(_SHARD(u), **reader.arrays(rows))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Merging the units into one table
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Merged:
+    """The whole stream as one :class:`~pds_hf.inputs.PairTable`, with where each image lives."""
+
+    table: PairTable
+    image_unit: np.ndarray
+    image_offset: np.ndarray
+    image_digest: np.ndarray
+    num_rows: int
+    image_embeds: np.ndarray | None
+    text_embeds: np.ndarray | None
+
+
+def _merge(stage, units: _Units, layout: str, dedup: bool, with_embeddings: bool) -> _Merged:
+    """Join the saved units in stream order: a caption string is one caption and, ``dedup``, an image repeated
+    across shards (same bytes) is one image; the embeddings are read only ``with_embeddings``."""
+    keys = _INDEX_KEYS + (("image_embeds", "text_embeds") if with_embeddings else ())
+    texts: dict[str, int] = {}
+    first_image: dict[bytes, int] = {}
+    num_images = 0
+    image_unit, image_offset, image_digest, image_parts, text_parts = [], [], [], [], []
+    pair_image, pair_text, pair_rows, bad_rows = [], [], [], []
+    rows_before = 0
+    for u in range(units.count):
+        part = stage.load_arrays(_SHARD(u), keys=keys)
+        text_map = np.empty(len(part["caption_ends"]), dtype=np.int64)
+        new_texts = []
+        for j, caption in enumerate(_unpack(part["caption_bytes"], part["caption_ends"])):
+            if caption not in texts:
+                texts[caption] = len(texts)
+                new_texts.append(j)
+            text_map[j] = texts[caption]
+        image_map = np.empty(len(part["image_offset"]), dtype=np.int64)
+        new_images = []
+        for j, digest in enumerate(part["image_digest"]):
+            key = digest.tobytes()
+            if dedup and key in first_image:
+                image_map[j] = first_image[key]
+                continue
+            image_map[j] = first_image[key] = num_images
+            num_images += 1
+            new_images.append(j)
+        image_unit.append(np.full(len(new_images), u, np.int64))
+        image_offset.append(part["image_offset"][new_images])
+        image_digest.append(part["image_digest"][new_images])
+        if with_embeddings:
+            if new_images:
+                image_parts.append(part["image_embeds"][new_images])
+            if new_texts:
+                text_parts.append(part["text_embeds"][new_texts])
+        pair_image.append(image_map[part["pair_image"]])
+        pair_text.append(text_map[part["pair_text"]])
+        pair_rows.append(rows_before + part["pair_offset"])
+        bad_rows.append(rows_before + part["bad_offset"])
+        rows_before += int(part["num_rows"])
+    table = PairTable(image_rows=np.arange(num_images, dtype=np.int64), texts=list(texts),
+                      pair_image=np.concatenate(pair_image), pair_text=np.concatenate(pair_text),
+                      pair_rows=np.concatenate(pair_rows), layout=layout,
+                      skipped_images=np.concatenate(bad_rows).tolist())
+    image_embeds = text_embeds = None
+    if with_embeddings:
+        image_embeds, text_embeds = _stack_embeddings(image_parts, text_parts)
+    return _Merged(table, np.concatenate(image_unit), np.concatenate(image_offset), np.concatenate(image_digest),
+                   rows_before, image_embeds, text_embeds)
+
+
+def _stack_embeddings(image_parts, text_parts):
+    if not image_parts:
+        raise ValueError("No image of the stream could be decoded and encoded.")
+    image_embeds, text_embeds = np.concatenate(image_parts), np.concatenate(text_parts)
+    if image_embeds.shape[1] != text_embeds.shape[1]:
+        raise ValueError(f"The image embeddings have {image_embeds.shape[1]} dimensions but the caption embeddings "
+                         f"{text_embeds.shape[1]}; image and caption embeddings must come from one model (one space).")
+    return image_embeds, text_embeds
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pass 2: fetch the chosen real images
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _fetch_pass(processor, units: _Units, merged: _Merged, wanted: np.ndarray, stage, ranks) -> None:
+    """Read the images ``wanted`` (global image ids) from the units this process owns, each unit only up to its
+    last wanted row, and save them resized into ``stage``."""
+    from datasets import Image
+
+    from .inputs import decode_image
+    from .synthesize import resize_image
+
+    config = processor.config
+    todo = sorted({int(i) for i in wanted if not stage.done(_IMAGE(int(i)))})
+    by_unit: dict[int, dict[int, int]] = {}
+    for image in todo:
+        by_unit.setdefault(int(merged.image_unit[image]), {})[int(merged.image_offset[image])] = image
+    for u, needed in sorted(by_unit.items()):
+        if not ranks.owns(u):
+            continue
+        part = units.open(u).select_columns([config.image_column])
+        part = part.cast_column(config.image_column, Image(decode=False)).with_format("arrow")
+        last = max(needed)
+        for start, table in _batches(part, u, units.count, config.encode_batch_size):
+            column = table.column(config.image_column).combine_chunks()
+            blobs, paths = column.field("bytes").to_pylist(), column.field("path").to_pylist()
+            for i in range(table.num_rows):
+                image = needed.get(start + i)
+                if image is None:
+                    continue
+                if _digest(blobs[i], paths[i]) != merged.image_digest[image].tobytes():
+                    raise ValueError(
+                        f"Input shard {u}, row {start + i} of the stream holds another image than in the encode pass: "
+                        "the stream must yield the same rows in the same order each time (no unseeded shuffle, no "
+                        "source changing in between).")
+                stage.save_image(_IMAGE(image), resize_image(decode_image(blobs[i], paths[i]), config.image_size))
+            if start + table.num_rows > last:
+                break
+        missing = [offset for offset, image in needed.items() if not stage.done(_IMAGE(image))]
+        if missing:
+            raise ShardReadError(f"Input shard {u} of the stream ended before row {min(missing)}, which the encode pass "
+                                 "read: the stream changed between passes.")
+
+
+def _real_images(processor, units, merged, selection, stages, ranks, stream_key) -> list:
+    """Step 7 from the stream's own images: nearest to each image prototype, or the baseline's chosen pairs."""
+    from .caption import nearest
+
+    config = processor.config
+    stage = open_stage(processor._cache_dir(), "stream", stage_key("stream", stream_key, "images", config.image_size))
+    picks_name = f"picks-{selection.key}"
+    if ranks.is_main:
+        if config.method != "pds":
+            picks = merged.table.pair_image[selection.pairs]
+        else:
+            picks = nearest(selection.image_embeds, merged.image_embeds)
+        stage.save_arrays(picks_name, picks=np.asarray(picks, dtype=np.int64))
+    ranks.barrier()
+    picks = stage.load_arrays(picks_name)["picks"]
+    with stages("fetch images"):
+        _fetch_pass(processor, units, merged, picks, stage, ranks)
+    ranks.barrier()
+    return [stage.load_image(_IMAGE(int(i))) for i in picks]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The whole run
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def distill_stream(processor, ds):
+    """Distill an ``IterableDataset``: what ``DistillProcessor(...)(ds)`` runs on a stream.
+
+    Args:
+        processor: the :class:`~pds_hf.DistillProcessor` with the settings.
+        ds: a ``datasets.IterableDataset`` (``load_dataset(..., streaming=True)``,
+            ``Dataset.to_iterable_dataset(num_shards=k)``, ``IterableDataset.from_generator``) with an image column
+            and a caption column (a string per row, or a list of strings per image), or the embedding columns
+            (then no encoder is loaded).
+
+    Returns:
+        The distilled ``datasets.Dataset``, as for a map-style dataset; its run record says ``streaming: true``.
+
+    Raises:
+        ShardReadError: an input shard could not be read to its end; the finished shards are kept, and running
+            the same call again resumes from the failed one.
+
+    Example:
+        ```py
+        >>> stream = load_dataset("nlphuji/flickr30k", split="test", streaming=True)
+        >>> small = pds_hf.DistillProcessor(num_pairs=100, synthesis="retrieve")(stream)
+        ```
+    """
+    from .distributed import current_ranks
+    from .encode import encoder_name, model_fingerprint
+    from .processor import _Stages, recorded_encoder
+
+    config = processor.config
+    check_dataset_type(ds, streaming=True)
+    if ds.features is None:
+        ds = ds._resolve_features()
+    stages = _Stages()
+    ranks = current_ranks()
+    given = embedding_columns_present(ds, config.image_embedding_column, config.text_embedding_column)
+    needs_images = not given or (config.synthesis != "none" and (config.method != "pds"
+                                                                  or config.synthesis == "retrieve"))
+    layout = _check_stream(ds, config, needs_images)
+    has_images = config.image_column in ds.column_names
+    if given:
+        processor._check_recorded_encoder(ds)
+        source_key = "given", config.image_embedding_column, config.text_embedding_column
+    else:
+        source_key = "encoder", model_fingerprint(processor.load_encoder())
+    units = _Units.of(ds, ranks.world)
+    identity = stream_fingerprint(ds)
+    key = None if identity is None or source_key[-1] is None else stage_key(
+        "stream", identity, units.describe(), layout, has_images, config.image_column, config.caption_column,
+        config.on_bad_image, *source_key)
+    stage = open_stage(processor._cache_dir(), "stream", key)
+    if ranks.world > 1 and stage.path is None:
+        raise ValueError(
+            f"A run over {ranks.world} processes shares its work through the cache, which needs use_cache=True, a "
+            "stream that can be fingerprinted and an encoder known by id (or with a `fingerprint` attribute).")
+
+    with stages("encode"):
+        _encode_pass(processor, units, stage, layout, given, has_images, ranks)
+    ranks.barrier()
+    with stages("read"):
+        merged = _merge(stage, units, layout, dedup=layout == "pair" and has_images,
+                        with_embeddings=ranks.is_main)
+    table = merged.table
+    if table.skipped_images:
+        logger.warning("Skipping %d undecodable image(s) in column %r, at row(s) %s%s of the stream.",
+                       len(table.skipped_images), config.image_column, table.skipped_images[:_MAX_LISTED],
+                       " ..." if len(table.skipped_images) > _MAX_LISTED else "")
+    processor._check_sizes(table)
+    with stages("select"):
+        selection = processor._select(table, merged.image_embeds, merged.text_embeds, key, ranks)
+    with stages("synthesize"):
+        if config.synthesis == "none":
+            images = [None] * len(selection)
+        elif config.method != "pds" or config.synthesis == "retrieve":
+            images = _real_images(processor, units, merged, selection, stages, ranks, key)
+        else:
+            images = processor._unclip(selection, ranks)
+
+    info = ds.info
+    source = {
+        "dataset": info.dataset_name or info.builder_name,
+        "config": info.config_name,
+        "split": str(ds.split) if ds.split is not None else None,
+        "fingerprint": identity,
+        "num_rows": merged.num_rows,
+        "num_pairs": int(table.num_pairs),
+        "num_images": int(len(table.image_rows)),
+        "num_captions": int(len(table.texts)),
+        "layout": layout,
+        "skipped_images": len(table.skipped_images),
+        "n_shards": int(ds.n_shards),
+    }
+    extra = {}
+    if given:
+        extra["embeddings"] = {"given": True, "image_column": config.image_embedding_column,
+                               "text_column": config.text_embedding_column}
+        encoder = (recorded_encoder(ds.features[config.image_embedding_column])
+                   or f"given column {config.image_embedding_column!r}")
+        revision = None
+    else:
+        loaded = processor.load_encoder()
+        encoder, revision = encoder_name(loaded), getattr(loaded, "revision", config.clip_revision)
+    return processor.to_dataset(selection, images, source=source, encoder=encoder, encoder_revision=revision,
+                                stages=stages, ranks=ranks, streaming=True, **extra)
