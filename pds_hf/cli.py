@@ -191,6 +191,17 @@ def _add_distill(subparsers):
     p.add_argument("--device", help="cuda, cpu, ... (default: cuda when available).")
     p.add_argument("--on-bad-image", choices=["skip", "error"], default="skip",
                    help="Images that cannot be decoded: skip them with a warning, or stop (default: skip).")
+    p.add_argument("--encode-workers", type=int,
+                   help="Processes decoding and preprocessing images ahead of the encoder (default: from the cores; "
+                        "0 decodes in the main process).")
+    p.add_argument("--barrier-timeout", type=float,
+                   help="Seconds a process of a multi-process run waits for the others, e.g. while the main one "
+                        "clusters (default: 7200).")
+    p.add_argument("--image-embedding-column",
+                   help="Column of image embeddings the dataset already has; with --text-embedding-column, encoding "
+                        "is skipped (default: image_embedding, used when present).")
+    p.add_argument("--text-embedding-column",
+                   help="Column of caption embeddings the dataset already has (default: text_embedding).")
     p.set_defaults(func=run_distill)
     return p
 
@@ -211,7 +222,7 @@ def run_distill(args) -> int:
     if output is not None and output.exists() and not args.overwrite:
         raise UsageError(f"{output} exists; pass --overwrite or choose another --output.")
     source = None if args.demo else args.dataset
-    if args.push_to_hub and current_ranks().is_main:
+    if args.push_to_hub and current_ranks(args.barrier_timeout or 7200).is_main:
         # Token, namespace and license are checked before any data or model is loaded.
         prepare_push(args.push_to_hub, token=args.token, license=args.license, source=source)
     overrides = {k: v for k, v in dict(
@@ -222,6 +233,8 @@ def run_distill(args) -> int:
         noise_level=args.noise_level, encode_batch_size=args.batch_size, device=args.device,
         on_bad_image=args.on_bad_image, num_pairs=args.num_pairs, clip_model=args.clip_model,
         unclip_model=args.unclip_model, num_inference_steps=args.steps, image_size=args.image_size,
+        encode_workers=args.encode_workers, barrier_timeout=args.barrier_timeout,
+        image_embedding_column=args.image_embedding_column, text_embedding_column=args.text_embedding_column,
     ).items() if v is not None}
 
     start = time.perf_counter()

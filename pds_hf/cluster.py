@@ -153,7 +153,7 @@ def kmeans(x, k: int, *, weights=None, seed: int = 42, iterations: int = 25, res
             its weight), then every point is assigned to its nearest centre. ``None``: fit on all.
         rows: cluster only these rows of ``x`` (labels are returned in this order); saves copying
             the rows out of a large table.
-        chunk: points per block when assigning, to bound memory.
+        chunk: points per block when gathering the fitted points and when assigning, to bound memory.
         normalize: cluster the points scaled to unit L2 norm (cosine geometry) instead of as given;
             the scaled copy is made only of the points fitted and of one assignment block at a time.
             The returned centres and inertia are then in that unit-norm space.

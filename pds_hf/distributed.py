@@ -56,9 +56,9 @@ class Ranks:
         import torch.distributed as dist
 
         timeout = timedelta(seconds=self.timeout)
-        if self.timeout not in _BARRIER_GROUPS:  # every process gets here together: safe to make a group
-            _BARRIER_GROUPS[self.timeout] = dist.new_group(backend="gloo", timeout=timeout)
         try:
+            if self.timeout not in _BARRIER_GROUPS:  # every process gets here (together): a group can be made
+                _BARRIER_GROUPS[self.timeout] = dist.new_group(backend="gloo", timeout=timeout)
             dist.monitored_barrier(group=_BARRIER_GROUPS[self.timeout], timeout=timeout)
         except RuntimeError as err:
             raise TimeoutError(
@@ -77,16 +77,13 @@ def current_ranks(timeout: float = BARRIER_TIMEOUT) -> Ranks:
     """The :class:`Ranks` of this process: a single one unless a launcher set ``WORLD_SIZE`` > 1.
 
     Args:
-        timeout: seconds a :meth:`Ranks.barrier` waits for the other processes (also the timeout of the
-            process group, when this call creates it).
+        timeout: seconds a :meth:`Ranks.barrier` waits for the other processes.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Ranks(timeout=timeout)
-    from datetime import timedelta
-
     import torch
     from accelerate import PartialState
 
     # Without CUDA, Accelerate only sets up a process group when told the run is on CPU (gloo).
-    state = PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=timeout))
+    state = PartialState(cpu=not torch.cuda.is_available())
     return Ranks(rank=state.process_index, world=state.num_processes, state=state, timeout=timeout)

@@ -254,35 +254,48 @@ def _prepare(stored: list, preprocess):
 
 
 _worker_preprocess = None
+_worker_depth = 1
 
 
-def _start_worker(preprocess) -> None:
+def _start_worker(preprocess, depth: int) -> None:
     """Decode worker set-up: one torch thread (a worker of a process that ran torch must not use
-    torch's thread pool), and the preprocessing to run."""
-    global _worker_preprocess
+    torch's thread pool), the preprocessing to run, and how many batches may be in flight."""
+    global _worker_preprocess, _worker_depth
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
-    _worker_preprocess = preprocess
+    _worker_preprocess, _worker_depth = preprocess, depth
+
+
+def _room_in_shared_memory(nbytes: int, depth: int) -> bool:
+    """Whether ``/dev/shm`` has room for ``depth`` + 2 batches of ``nbytes`` (Docker gives it 64 MB unless
+    told ``--shm-size``)."""
+    try:
+        stat = os.statvfs("/dev/shm")
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize >= (depth + 2) * nbytes
 
 
 def _prepare_in_worker(stored: list):
-    """:func:`_prepare` in a worker; a tensor goes back as a numpy array (plain pickling, no shared memory)."""
+    """:func:`_prepare` in a worker. A tensor goes back through shared memory, as with torch's DataLoader,
+    where ``/dev/shm`` has room for the batches in flight; else as a numpy array through the pipe (about
+    five times more of the main process's time per batch)."""
     ok, inputs = _prepare(stored, _worker_preprocess)
-    if _worker_preprocess is not None and hasattr(inputs, "numpy"):
+    if hasattr(inputs, "numpy") and not _room_in_shared_memory(inputs.nbytes, _worker_depth):
         return ok, inputs.numpy(), True
     return ok, inputs, False
 
 
-def _decode_pool(workers: int, preprocess):
-    """``workers`` decode processes. Forked where the platform can (as torch's DataLoader does: workers
-    touch no GPU and run torch with one thread), so that a script need not guard its ``__main__``; spawned
-    elsewhere."""
+def _decode_pool(workers: int, preprocess, depth: int):
+    """``workers`` decode processes for ``depth`` batches in flight. Forked where the platform can (as
+    torch's DataLoader does: workers touch no GPU and run torch with one thread), so that a script need not
+    guard its ``__main__``; spawned elsewhere."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
-                               initializer=_start_worker, initargs=(preprocess,))
+                               initializer=_start_worker, initargs=(preprocess, depth))
 
 
 def _feed(view, image_column: str, batches: list, preprocess, pool, depth: int):
@@ -296,7 +309,7 @@ def _feed(view, image_column: str, batches: list, preprocess, pool, depth: int):
             ok, inputs = _prepare(_stored_images(view, image_column, rows), preprocess)
             yield ok, inputs, preprocess is not None and ok.size > 0
         return
-    import torch
+    from concurrent.futures.process import BrokenProcessPool
 
     pending, upcoming = deque(), iter(batches)
     for rows in upcoming:
@@ -304,11 +317,20 @@ def _feed(view, image_column: str, batches: list, preprocess, pool, depth: int):
         if len(pending) >= depth:
             break
     while pending:
-        ok, inputs, as_array = pending.popleft().result()
+        try:
+            ok, inputs, as_array = pending.popleft().result()
+        except BrokenProcessPool as err:
+            raise RuntimeError(
+                "An image decode worker died (killed for memory?). Lower DistillConfig.encode_workers or "
+                "encode_batch_size, or pass encode_workers=0 to decode in the main process.") from err
         rows = next(upcoming, None)
         if rows is not None:
             pending.append(pool.submit(_prepare_in_worker, _stored_images(view, image_column, rows)))
-        yield ok, torch.from_numpy(inputs) if as_array else inputs, preprocess is not None and ok.size > 0
+        if as_array:
+            import torch
+
+            inputs = torch.from_numpy(inputs)
+        yield ok, inputs, preprocess is not None and ok.size > 0
 
 
 def _encode_image_rows(encoder, feed, rows, batch_size: int, bar):
@@ -415,7 +437,7 @@ def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size:
                    for s in todo_images for start in range(image_shards[s][0], image_shards[s][1], batch_size)]
         if workers:
             preprocess = getattr(encoder, "image_preprocessor", None) if hasattr(encoder, "encode_pixels") else None
-            pool = _decode_pool(workers, preprocess)
+            pool = _decode_pool(workers, preprocess, depth=2 * workers)
         else:
             preprocess = encoder.preprocess_images if _splits_preprocessing(encoder) else None
         feed = _feed(view, image_column, batches, preprocess, pool, depth=2 * workers)

@@ -189,15 +189,16 @@ def _read_captions(ds, caption_column: str, layout: str):
 
 
 def _image_columns(ds, image_column: str, batch_size: int = 10000) -> list:
-    """The stored ``bytes`` and ``path`` of the image column as Arrow arrays, a dict per batch (no decoding)."""
+    """The stored ``bytes`` and ``path`` of the image column as Arrow arrays, a dict per chunk (no decoding)."""
     from datasets import Image
 
     raw = ds.select_columns([image_column]).cast_column(image_column, Image(decode=False)).with_format("arrow")
     columns = []
     for table in raw.iter(batch_size=batch_size):
-        column = table.column(image_column).combine_chunks()
-        # flatten() carries a null image (a null struct) over to both of its fields.
-        columns.append(dict(zip([f.name for f in column.type], column.flatten())))
+        # Chunk by chunk: combining them would copy every byte. flatten() carries a null image (a null
+        # struct) over to both of its fields, sharing their data.
+        for chunk in table.column(image_column).chunks:
+            columns.append(dict(zip([f.name for f in chunk.type], chunk.flatten())))
     return columns
 
 

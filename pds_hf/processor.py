@@ -58,7 +58,7 @@ class _Stages:
         start = time.perf_counter()
         yield
         self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
-        logger.info("%s took %.2fs", name, self.seconds[name])
+        logger.debug("%s took %.2fs", name, self.seconds[name])
 
 
 @dataclass
@@ -226,7 +226,7 @@ class DistillProcessor:
             return config.device
         if rank is not None and torch.cuda.is_available():
             return f"cuda:{int(rank) % torch.cuda.device_count()}"
-        ranks = current_ranks()
+        ranks = current_ranks(self.config.barrier_timeout)
         if ranks.device is not None:
             return str(ranks.device)
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -422,7 +422,10 @@ class DistillProcessor:
         with stages("encode"):
             table, image_embeds, text_embeds = encode_table(
                 encoder, ds, table, image_column=config.image_column, batch_size=config.encode_batch_size,
-                on_bad_image=config.on_bad_image, shard_size=config.shard_size, stage=stage, ranks=ranks)
+                on_bad_image=config.on_bad_image, shard_size=config.shard_size, stage=stage, ranks=ranks,
+                workers=config.encode_workers,
+                # Only the main process clusters: the others never load the embeddings.
+                load=ranks.is_main)
         return table, image_embeds, text_embeds, key, encoder_name(encoder)
 
     def __call__(self, ds):
@@ -446,7 +449,7 @@ class DistillProcessor:
 
             return distill_stream(self, ds)
         stages = _Stages()
-        ranks = current_ranks()
+        ranks = current_ranks(self.config.barrier_timeout)
         with stages("read"):
             table, given = self.check_inputs(ds)
         table, image_embeds, text_embeds, key, encoder = self._encoded(ds, table, given, stages, ranks)
@@ -478,7 +481,7 @@ class DistillProcessor:
         from datasets import Dataset
 
         config = self.config
-        ranks = current_ranks() if ranks is None else ranks
+        ranks = current_ranks(self.config.barrier_timeout) if ranks is None else ranks
         record = {
             "config": config.to_dict(),
             "source": source,
@@ -537,8 +540,9 @@ class DistillProcessor:
                 f"select needs the embedding columns {config.image_embedding_column!r} and "
                 f"{config.text_embedding_column!r}; add them first: encoded = ds.map(processor.encode, batched=True).")
         table, _ = self.check_inputs(encoded)
-        table, image_embeds, text_embeds, key, _ = self._encoded(encoded, table, True, _Stages(), current_ranks())
-        return self._select(table, image_embeds, text_embeds, key, current_ranks())
+        ranks = current_ranks(self.config.barrier_timeout)
+        table, image_embeds, text_embeds, key, _ = self._encoded(encoded, table, True, _Stages(), ranks)
+        return self._select(table, image_embeds, text_embeds, key, ranks)
 
     def _select(self, table, image_embeds, text_embeds, parent_key, ranks) -> Selection:
         config = self.config
@@ -601,7 +605,7 @@ class DistillProcessor:
             A list of ``len(selection)`` RGB PIL images (``None`` each with ``synthesis="none"``).
         """
         config = self.config
-        ranks = current_ranks() if ranks is None else ranks
+        ranks = current_ranks(self.config.barrier_timeout) if ranks is None else ranks
         num = len(selection)
         if config.synthesis == "none":
             return [None] * num

@@ -45,8 +45,8 @@ _MAX_LISTED = 5
 _SHARD = "shard-{:06d}".format
 _IMAGE = "image-{:012d}".format
 # Keys of a saved shard that every process reads; the embeddings are read by the main process only.
-_INDEX_KEYS = ("num_rows", "image_offset", "image_digest", "caption_bytes", "caption_ends", "pair_image",
-               "pair_text", "pair_offset", "bad_offset")
+_INDEX_KEYS = ("num_rows", "image_offset", "image_digest", "caption_bytes", "caption_ends", "caption_offset",
+               "caption_position", "pair_image", "pair_text", "pair_offset", "bad_offset")
 
 
 class ShardReadError(RuntimeError):
@@ -106,8 +106,9 @@ def stream_fingerprint(ds) -> str | None:
         logger.info("The stream cannot be fingerprinted (%s): its encoding is not cached, nothing resumes.", err)
         return None
     features = ds.features.to_dict() if ds.features is not None else None
+    # A stream already split by node (split_dataset_by_node) yields only its part; a shuffled one depends on the epoch.
     return fingerprint("stream", recipe, info.builder_name, info.config_name, info.dataset_name,
-                       str(ds.split) if ds.split is not None else None, features)
+                       str(ds.split) if ds.split is not None else None, features, repr(ds._distributed), ds.epoch)
 
 
 @dataclass
@@ -134,6 +135,13 @@ class _Units:
 
     def describe(self) -> list:
         return ["rows" if self.by_rows else "shards", self.count]
+
+    def rows(self, unit: int, offsets: np.ndarray, rows_before: int) -> np.ndarray:
+        """The row of the whole stream at ``offsets`` of ``unit`` (``rows_before``: rows of the units before it).
+
+        A row slice ``u`` of ``w`` (``split_dataset_by_node``, strategy "examples") holds rows ``u, u + w, ...``.
+        """
+        return offsets * self.count + unit if self.by_rows else rows_before + offsets
 
 
 def _check_stream(ds, config, needs_images: bool) -> str:
@@ -201,16 +209,17 @@ def _unpack(data: np.ndarray, ends: np.ndarray) -> list[str]:
 class _UnitEncoder:
     """Reads one unit of the stream into its distinct images and captions, their embeddings and its pairs."""
 
-    def __init__(self, processor, layout: str, given: bool, has_images: bool, encoder, unit: int, units: int):
+    def __init__(self, processor, layout: str, given: bool, has_images: bool, encoder, unit: int):
         self.config = processor.config
         self.layout, self.given, self.has_images, self.encoder = layout, given, has_images, encoder
-        self.unit, self.units = unit, units
+        self.unit = unit
         self.image_offset: list[int] = []
         self.image_digest: list[bytes] = []
         self.image_parts: list[np.ndarray] = []
         self.seen_images: dict[bytes, int] = {}
         self.texts: dict[str, int] = {}
         self.text_parts: list[np.ndarray] = []
+        self.text_first: list[tuple[int, int]] = []
         self.pairs: list[tuple[int, int, int]] = []
         self.bad_offset: list[int] = []
 
@@ -250,8 +259,8 @@ class _UnitEncoder:
 
         size = self.config.encode_batch_size
         call = self.encoder.encode_images if what == "image" else self.encoder.encode_texts
-        return np.concatenate([check_embeddings(call(items[i:i + size]), what=what, expected_rows=len(items[i:i + size]))
-                               for i in range(0, len(items), size)])
+        batches = [items[i:i + size] for i in range(0, len(items), size)]
+        return np.concatenate([check_embeddings(call(batch), what=what, expected_rows=len(batch)) for batch in batches])
 
     def _decode(self, blob, path):
         """The decoded image, or None when it does not decode; True with given embeddings (not decoded, as for a
@@ -315,6 +324,7 @@ class _UnitEncoder:
             for position, caption in enumerate(row):
                 if caption not in self.texts:
                     self.texts[caption] = len(self.texts)
+                    self.text_first.append((start + i, position))
                     new_texts.append(caption)
                     new_positions.append(int(bounds[i]) + position)
                 if image_of_row[i] >= 0:
@@ -370,17 +380,19 @@ class _UnitEncoder:
 
         caption_bytes, caption_ends = _pack(list(self.texts))
         pairs = np.asarray(self.pairs, dtype=np.int64).reshape(-1, 3)
+        first = np.asarray(self.text_first, dtype=np.int64).reshape(-1, 2)
         return dict(
             num_rows=np.int64(num_rows),
             image_offset=np.asarray(self.image_offset, dtype=np.int64),
             image_digest=np.frombuffer(b"".join(self.image_digest), dtype=np.uint8).reshape(-1, 20).copy(),
-            caption_bytes=caption_bytes, caption_ends=caption_ends,
+            caption_bytes=caption_bytes, caption_ends=caption_ends, caption_offset=first[:, 0].copy(),
+            caption_position=first[:, 1].copy(),
             pair_image=pairs[:, 0].copy(), pair_text=pairs[:, 1].copy(), pair_offset=pairs[:, 2].copy(),
             bad_offset=np.asarray(self.bad_offset, dtype=np.int64),
             image_embeds=stack(self.image_parts), text_embeds=stack(self.text_parts))
 
 
-def _columns(ds, config, layout: str, given: bool, has_images: bool):
+def _columns(ds, config, given: bool, has_images: bool):
     """The stream reduced to the columns the encode pass reads, its images left undecoded."""
     from datasets import Image
 
@@ -408,8 +420,8 @@ def _encode_pass(processor, units: _Units, stage, layout: str, given: bool, has_
     encoder = processor.load_encoder() if todo and not given else None
     with progress(None, desc="Encoding the stream", unit="row", disable=not ranks.is_main) as bar:
         for u in todo:
-            part = _columns(units.open(u), config, layout, given, has_images)
-            reader = _UnitEncoder(processor, layout, given, has_images, encoder, u, units.count)
+            part = _columns(units.open(u), config, given, has_images)
+            reader = _UnitEncoder(processor, layout, given, has_images, encoder, u)
             rows = 0
             for start, table in _batches(part, u, units.count, config.encode_batch_size):
                 reader.add(start, table)
@@ -441,63 +453,82 @@ class _Merged:
     text_embeds: np.ndarray | None
 
 
+def _first_seen(order: np.ndarray, keys: list) -> tuple[np.ndarray, list[int]]:
+    """Walk entries in ``order``; equal keys share the id of the first. Returns each entry's id and the entry
+    each id was first seen at."""
+    ids = np.empty(len(keys), dtype=np.int64)
+    seen: dict = {}
+    sources: list[int] = []
+    for entry in order.tolist():
+        found = seen.get(keys[entry])
+        if found is None:
+            found = seen[keys[entry]] = len(sources)
+            sources.append(entry)
+        ids[entry] = found
+    return ids, sources
+
+
 def _merge(stage, units: _Units, layout: str, dedup: bool, with_embeddings: bool) -> _Merged:
-    """Join the saved units in stream order: a caption string is one caption and, ``dedup``, an image repeated
-    across shards (same bytes) is one image; the embeddings are read only ``with_embeddings``."""
-    keys = _INDEX_KEYS + (("image_embeds", "text_embeds") if with_embeddings else ())
-    texts: dict[str, int] = {}
-    first_image: dict[bytes, int] = {}
-    num_images = 0
-    image_unit, image_offset, image_digest, image_parts, text_parts = [], [], [], [], []
-    pair_image, pair_text, pair_rows, bad_rows = [], [], [], []
-    rows_before = 0
-    for u in range(units.count):
-        part = stage.load_arrays(_SHARD(u), keys=keys)
-        text_map = np.empty(len(part["caption_ends"]), dtype=np.int64)
-        new_texts = []
-        for j, caption in enumerate(_unpack(part["caption_bytes"], part["caption_ends"])):
-            if caption not in texts:
-                texts[caption] = len(texts)
-                new_texts.append(j)
-            text_map[j] = texts[caption]
-        image_map = np.empty(len(part["image_offset"]), dtype=np.int64)
-        new_images = []
-        for j, digest in enumerate(part["image_digest"]):
-            key = digest.tobytes()
-            if dedup and key in first_image:
-                image_map[j] = first_image[key]
-                continue
-            image_map[j] = first_image[key] = num_images
-            num_images += 1
-            new_images.append(j)
-        image_unit.append(np.full(len(new_images), u, np.int64))
-        image_offset.append(part["image_offset"][new_images])
-        image_digest.append(part["image_digest"][new_images])
-        if with_embeddings:
-            if new_images:
-                image_parts.append(part["image_embeds"][new_images])
-            if new_texts:
-                text_parts.append(part["text_embeds"][new_texts])
-        pair_image.append(image_map[part["pair_image"]])
-        pair_text.append(text_map[part["pair_text"]])
-        pair_rows.append(rows_before + part["pair_offset"])
-        bad_rows.append(rows_before + part["bad_offset"])
-        rows_before += int(part["num_rows"])
-    table = PairTable(image_rows=np.arange(num_images, dtype=np.int64), texts=list(texts),
-                      pair_image=np.concatenate(pair_image), pair_text=np.concatenate(pair_text),
-                      pair_rows=np.concatenate(pair_rows), layout=layout,
-                      skipped_images=np.concatenate(bad_rows).tolist())
+    """Join the saved units in the stream's row order: a caption string is one caption and, ``dedup``, an image
+    repeated across units (same bytes) is one image, numbered where it first appears, as for a map-style dataset.
+    The embeddings are read (one unit at a time) only ``with_embeddings``."""
+    parts = [stage.load_arrays(_SHARD(u), keys=_INDEX_KEYS) for u in range(units.count)]
+    rows_before = np.cumsum([0] + [int(part["num_rows"]) for part in parts])
+    captions, caption_row, caption_position, image_row, digests = [], [], [], [], []
+    for u, part in enumerate(parts):
+        captions += _unpack(part["caption_bytes"], part["caption_ends"])
+        caption_row.append(units.rows(u, part["caption_offset"], rows_before[u]))
+        caption_position.append(part["caption_position"])
+        image_row.append(units.rows(u, part["image_offset"], rows_before[u]))
+        digests += [digest.tobytes() for digest in part["image_digest"]]
+    text_of, text_sources = _first_seen(np.lexsort((np.concatenate(caption_position), np.concatenate(caption_row))),
+                                        captions)
+    image_row = np.concatenate(image_row)
+    image_of, image_sources = _first_seen(np.argsort(image_row, kind="stable"),
+                                          digests if dedup else list(range(len(digests))))
+    text_start = np.cumsum([0] + [len(part["caption_ends"]) for part in parts])
+    image_start = np.cumsum([0] + [len(part["image_offset"]) for part in parts])
+    pair_image = np.concatenate([image_of[image_start[u] + part["pair_image"]] for u, part in enumerate(parts)])
+    pair_text = np.concatenate([text_of[text_start[u] + part["pair_text"]] for u, part in enumerate(parts)])
+    pair_rows = np.concatenate([units.rows(u, part["pair_offset"], rows_before[u]) for u, part in enumerate(parts)])
+    order = np.argsort(pair_rows, kind="stable")  # the captions of one row stay in their order
+    bad_rows = np.sort(np.concatenate([units.rows(u, part["bad_offset"], rows_before[u])
+                                       for u, part in enumerate(parts)]))
+    image_unit = np.repeat(np.arange(units.count, dtype=np.int64), np.diff(image_start))
+    image_sources = np.asarray(image_sources, dtype=np.int64)
+    table = PairTable(image_rows=np.arange(len(image_sources), dtype=np.int64),
+                      texts=[captions[e] for e in text_sources], pair_image=pair_image[order],
+                      pair_text=pair_text[order], pair_rows=pair_rows[order], layout=layout,
+                      skipped_images=bad_rows.tolist())
     image_embeds = text_embeds = None
     if with_embeddings:
-        image_embeds, text_embeds = _stack_embeddings(image_parts, text_parts)
-    return _Merged(table, np.concatenate(image_unit), np.concatenate(image_offset), np.concatenate(image_digest),
-                   rows_before, image_embeds, text_embeds)
+        image_embeds, text_embeds = _gather_embeddings(stage, units, image_sources, image_start,
+                                                       np.asarray(text_sources, dtype=np.int64), text_start)
+    image_offset = np.concatenate([part["image_offset"] for part in parts])[image_sources]
+    image_digest = np.concatenate([part["image_digest"] for part in parts])[image_sources]
+    return _Merged(table, image_unit[image_sources], image_offset, image_digest, int(rows_before[-1]), image_embeds,
+                   text_embeds)
 
 
-def _stack_embeddings(image_parts, text_parts):
-    if not image_parts:
+def _gather_embeddings(stage, units: _Units, image_sources, image_start, text_sources, text_start):
+    """The ``(Ni, d)`` image and ``(Nt, d)`` caption embeddings, each row read from the unit it was first seen in."""
+    logger.info("Loading the embeddings of %d input shard(s) for clustering.", units.count)
+    if not len(image_sources):
         raise ValueError("No image of the stream could be decoded and encoded.")
-    image_embeds, text_embeds = np.concatenate(image_parts), np.concatenate(text_parts)
+    out = {}
+    for u in range(units.count):
+        part = stage.load_arrays(_SHARD(u), keys=("image_embeds", "text_embeds"))
+        for name, sources, start in (("image", image_sources, image_start), ("text", text_sources, text_start)):
+            mine = np.flatnonzero((sources >= start[u]) & (sources < start[u + 1]))
+            if not mine.size:
+                continue
+            block = part[f"{name}_embeds"][sources[mine] - start[u]]
+            target = out.setdefault(name, np.empty((len(sources), block.shape[1]), np.float32))
+            if block.shape[1] != target.shape[1]:
+                raise ValueError(f"Input shard {u} of the stream has {block.shape[1]}-d {name} embeddings but an "
+                                 f"earlier shard {target.shape[1]}-d ones; every embedding must come from one model.")
+            target[mine] = block
+    image_embeds, text_embeds = out["image"], out["text"]
     if image_embeds.shape[1] != text_embeds.shape[1]:
         raise ValueError(f"The image embeddings have {image_embeds.shape[1]} dimensions but the caption embeddings "
                          f"{text_embeds.shape[1]}; image and caption embeddings must come from one model (one space).")
@@ -545,11 +576,11 @@ def _fetch_pass(processor, units: _Units, merged: _Merged, wanted: np.ndarray, s
                 break
         missing = [offset for offset, image in needed.items() if not stage.done(_IMAGE(image))]
         if missing:
-            raise ShardReadError(f"Input shard {u} of the stream ended before row {min(missing)}, which the encode pass "
-                                 "read: the stream changed between passes.")
+            raise ShardReadError(f"Input shard {u} of the stream ended before row {min(missing)}, which the encode "
+                                 "pass read: the stream changed between passes.")
 
 
-def _real_images(processor, units, merged, selection, stages, ranks, stream_key) -> list:
+def _real_images(processor, units, merged, selection, ranks, stream_key) -> list:
     """Step 7 from the stream's own images: nearest to each image prototype, or the baseline's chosen pairs."""
     from .caption import nearest
 
@@ -564,8 +595,7 @@ def _real_images(processor, units, merged, selection, stages, ranks, stream_key)
         stage.save_arrays(picks_name, picks=np.asarray(picks, dtype=np.int64))
     ranks.barrier()
     picks = stage.load_arrays(picks_name)["picks"]
-    with stages("fetch images"):
-        _fetch_pass(processor, units, merged, picks, stage, ranks)
+    _fetch_pass(processor, units, merged, picks, stage, ranks)
     ranks.barrier()
     return [stage.load_image(_IMAGE(int(i))) for i in picks]
 
@@ -607,7 +637,7 @@ def distill_stream(processor, ds):
     if ds.features is None:
         ds = ds._resolve_features()
     stages = _Stages()
-    ranks = current_ranks()
+    ranks = current_ranks(timeout=config.barrier_timeout)
     given = embedding_columns_present(ds, config.image_embedding_column, config.text_embedding_column)
     needs_images = not given or (config.synthesis != "none" and (config.method != "pds"
                                                                   or config.synthesis == "retrieve"))
@@ -629,7 +659,7 @@ def distill_stream(processor, ds):
             f"A run over {ranks.world} processes shares its work through the cache, which needs use_cache=True, a "
             "stream that can be fingerprinted and an encoder known by id (or with a `fingerprint` attribute).")
 
-    with stages("encode"):
+    with stages("read embeddings" if given else "encode"):
         _encode_pass(processor, units, stage, layout, given, has_images, ranks)
     ranks.barrier()
     with stages("read"):
@@ -647,7 +677,7 @@ def distill_stream(processor, ds):
         if config.synthesis == "none":
             images = [None] * len(selection)
         elif config.method != "pds" or config.synthesis == "retrieve":
-            images = _real_images(processor, units, merged, selection, stages, ranks, key)
+            images = _real_images(processor, units, merged, selection, ranks, key)
         else:
             images = processor._unclip(selection, ranks)
 

@@ -155,64 +155,56 @@ def retrieve_images(ds, image_column: str, image_rows, image_embeds, image_proto
     return [resize_image(image, image_size) for image in load_images(ds, image_column, rows)], rows
 
 
-def retrieve_pair_images(image_embeds, text_embeds, pair_image, pair_text, image_prototypes, text_prototypes, *,
-                         chunk: int = 1024) -> np.ndarray:
-    """Step 7 without a decoder, by real pairs: the image of the real pair nearest to *both* prototypes.
+def retrieve_scored_images(image_embeds, image_prototypes, text_prototypes, *, candidates: int = 8,
+                           chunk: int = 1024) -> np.ndarray:
+    """Step 7 without a decoder, checked by the teacher: of the real images nearest the image prototype,
+    the one that matches the text prototype best.
 
-    ``synthesis="retrieve"`` takes the image nearest to the image prototype alone; on small clean data that
-    image often belongs to a different concept than the text prototype beside it. Here every real pair
-    ``p`` is scored ``cos(image_p, image prototype) + cos(caption_p, text prototype)`` (teacher embeddings)
-    and the best pair's image is taken, so the distilled image is one that the teacher has seen captioned
-    like the text prototype.
+    ``synthesis="retrieve"`` takes the single image nearest to the image prototype and never looks at
+    the text prototype beside it. Here the ``candidates`` images nearest to the image prototype (cosine)
+    are scored by the encoder that made the prototypes, ``cos(image, text prototype)``, and the best is
+    taken: the distilled image stays close to the image prototype and agrees with the pair's text side.
+    With ``candidates=1`` this is ``synthesis="retrieve"``.
 
     Args:
-        image_embeds: ``(Ni, d)`` embeddings of the distinct images.
-        text_embeds: ``(Nt, d)`` embeddings of the distinct captions.
-        pair_image: ``(P,)`` index into ``image_embeds`` of each real pair's image.
-        pair_text: ``(P,)`` index into ``text_embeds`` of each real pair's caption.
+        image_embeds: ``(Ni, d)`` encoder embeddings of the distinct real images.
         image_prototypes: ``(M, d)`` image prototypes.
         text_prototypes: ``(M, d)`` text prototypes, row ``k`` beside image prototype ``k``.
-        chunk: prototypes scored at once (memory: ``chunk x P`` floats; does not change the result).
+        candidates: how many nearest images the teacher chooses from (the paper has no such step; 8 was
+            fixed before it was measured, see benchmarks/quality/README.md).
+        chunk: prototypes scored at once (memory: ``chunk x Ni`` floats; does not change the result).
 
     Returns:
-        ``(M,)`` index into ``image_embeds`` of each prototype's image (the first best pair on ties). The
-        caller loads those images, e.g. ``load_images(ds, image_column, image_rows[index])``.
+        ``(M,)`` index into ``image_embeds`` of each prototype's image (the nearer image on ties). The caller
+        loads them, e.g. ``load_images(ds, image_column, image_rows[index])``.
 
     Example:
         ```py
-        >>> images = np.array([[1.0, 0.0], [0.8, 0.6]])
-        >>> texts = np.array([[0.0, 1.0], [1.0, 0.0]])
-        >>> retrieve_pair_images(images, texts, np.array([0, 1]), np.array([0, 1]),
-        ...                      np.array([[1.0, 0.1]]), np.array([[1.0, 0.0]]))
+        >>> images = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+        >>> retrieve_scored_images(images, np.array([[1.0, 0.1]]), np.array([[0.6, 0.8]]), candidates=2)
         array([1])
         ```
     """
     from .filter import normalize
 
-    image_embeds, text_embeds = np.asarray(image_embeds, np.float32), np.asarray(text_embeds, np.float32)
-    pair_image, pair_text = np.asarray(pair_image, np.int64), np.asarray(pair_text, np.int64)
+    image_embeds = np.asarray(image_embeds, np.float32)
     image_prototypes = np.asarray(image_prototypes, np.float32)
     text_prototypes = np.asarray(text_prototypes, np.float32)
-    if len(pair_image) != len(pair_text) or not len(pair_image):
-        raise ValueError(f"pair_image and pair_text must be equally long and not empty; got {len(pair_image)} and "
-                         f"{len(pair_text)}: pass the pair table's pair_image and pair_text.")
+    if not isinstance(candidates, (int, np.integer)) or candidates < 1:
+        raise ValueError(f"candidates must be a positive integer, got {candidates!r}.")
     if len(image_prototypes) != len(text_prototypes):
         raise ValueError(f"{len(image_prototypes)} image prototypes but {len(text_prototypes)} text prototypes; "
                          "pass the two sides of the same prototypes.")
-    for name, index, size in (("pair_image", pair_image, len(image_embeds)), ("pair_text", pair_text, len(text_embeds))):
-        bad = np.flatnonzero((index < 0) | (index >= size))
-        if bad.size:
-            raise ValueError(f"{name} at pair {int(bad[0])} is {int(index[bad[0]])}, outside 0..{size - 1}; it must "
-                             "index the embeddings passed beside it.")
-    for name, protos, embeds in (("image", image_prototypes, image_embeds), ("text", text_prototypes, text_embeds)):
-        if protos.shape[1] != embeds.shape[1]:
-            raise ValueError(f"The {name} prototypes have {protos.shape[1]} dimensions but the {name} embeddings "
-                             f"{embeds.shape[1]}; both must come from the same encoder.")
-    images_unit, texts_unit = normalize(image_embeds), normalize(text_embeds)
+    for name, protos in (("image", image_prototypes), ("text", text_prototypes)):
+        if protos.ndim != 2 or protos.shape[1] != image_embeds.shape[1]:
+            raise ValueError(f"The {name} prototypes have shape {protos.shape} but the image embeddings "
+                             f"{image_embeds.shape}; both must come from the same encoder (same width).")
+    images_unit = normalize(image_embeds)
+    count = min(int(candidates), len(images_unit))
     best = np.empty(len(image_prototypes), dtype=np.int64)
     for start in range(0, len(image_prototypes), chunk):
-        stop = start + chunk
-        scores = (normalize(image_prototypes[start:stop]) @ images_unit.T)[:, pair_image]
-        scores += (normalize(text_prototypes[start:stop]) @ texts_unit.T)[:, pair_text]
-        best[start:stop] = pair_image[np.argmax(scores, axis=1)]
+        near = normalize(image_prototypes[start:start + chunk]) @ images_unit.T
+        nearest = np.argsort(-near, axis=1, kind="stable")[:, :count]
+        teacher = np.einsum("kd,kcd->kc", normalize(text_prototypes[start:start + chunk]), images_unit[nearest])
+        best[start:start + chunk] = nearest[np.arange(len(nearest)), np.argmax(teacher, axis=1)]
     return best

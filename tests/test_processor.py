@@ -5,7 +5,7 @@ import logging
 
 import numpy as np
 import pytest
-from datasets import Dataset, DatasetDict, Features, Image, List, Value
+from datasets import Dataset, DatasetDict, Features, Image, IterableDatasetDict, List, Value
 
 import pds_hf
 from conftest import png_bytes
@@ -221,11 +221,15 @@ def test_num_pairs_above_distinct_captions_fails_before_encoding(config, tiny_en
         processor(ds)
 
 
-def test_distill_on_a_datasetdict_or_a_stream_explains(shapes_ds):
+def test_distill_on_a_datasetdict_or_a_stream_explains(shapes_ds, config):
     with pytest.raises(TypeError, match=r"DatasetDict with splits \['train'\]"):
         DatasetDict({"train": shapes_ds}).distill(num_pairs=2)
-    with pytest.raises(TypeError, match="IterableDataset"):
-        shapes_ds.to_iterable_dataset().distill(num_pairs=2)
+    with pytest.raises(TypeError, match=r"IterableDatasetDict with splits \['train'\].*streaming=True"):
+        IterableDatasetDict({"train": shapes_ds.to_iterable_dataset()}).distill(config)
+    # A stream distils (tests/test_stream.py): to the same set as the map-style dataset.
+    streamed = shapes_ds.to_iterable_dataset().distill(config)
+    assert streamed["caption"] == DistillProcessor(config)(shapes_ds)["caption"]
+    assert pds_hf.metadata(streamed)["streaming"] is True
 
 
 def test_stage_versions_are_part_of_the_cache_key(shapes_ds, tiny_encoder, tmp_path, monkeypatch):

@@ -127,3 +127,22 @@ def test_efficientnet_lite0_loads_every_key_and_folding_keeps_the_function():
         a, b = plain(x), folded(x)
     assert a.shape == (2, 1280)
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_grid_validation_halves_keep_each_image_with_its_captions():
+    pytest.importorskip("torch")
+    import grid
+    from pds_hf.evaluation.features import RetrievalSet
+
+    images = np.arange(10, dtype=np.float32).reshape(5, 2)
+    owner = np.array([0, 0, 1, 2, 3, 3, 3, 4])
+    texts = 100 + owner[:, None].astype(np.float32) * np.ones((1, 3))
+    select_on, score_on = grid.halves(RetrievalSet(images, texts, owner, name="validation"), seed=1)
+    assert select_on.num_images + score_on.num_images == 5 and select_on.num_captions + score_on.num_captions == 8
+    seen = []
+    for part in (select_on, score_on):
+        original = part.image_feats[:, 0] / 2  # row i of images is (2i, 2i + 1)
+        seen += original.tolist()
+        # every caption still points at its own image: its feature encodes the original image index
+        assert np.array_equal(part.text_feats[:, 0] - 100, original[part.caption_to_image])
+    assert sorted(seen) == [0, 1, 2, 3, 4]

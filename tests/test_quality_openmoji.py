@@ -1,5 +1,5 @@
 """Fast checks of the second quality dataset (benchmarks/quality/openmoji.py, on a handful of made-up emoji
-in a package-shaped tarball) and of the pair-based offline step 7 (pds_hf.synthesize.retrieve_pair_images)."""
+in a package-shaped tarball) and of the teacher-scored offline step 7 (pds_hf.synthesize.retrieve_scored_images)."""
 
 import io
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pds_hf.synthesize import retrieve_pair_images
+from pds_hf.synthesize import retrieve_scored_images
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks" / "quality"))
 
@@ -83,25 +83,26 @@ def test_openmoji_build_refuses_too_few_images(tmp_path):
         openmoji.build(tmp_path / "cache", size=32, tarball=_tarball(tmp_path), test_images=3, validation_images=1)
 
 
-def test_retrieve_pair_images_takes_the_pair_nearest_both_prototypes():
-    # Image 0 is nearest the image prototype, but its only caption is far from the text prototype;
-    # image 1 is a little further from the image prototype and its caption matches the text prototype.
-    images = np.array([[1.0, 0.0, 0.0], [0.9, 0.3, 0.0], [0.0, 0.0, 1.0]])
-    texts = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
-    pair_image, pair_text = np.array([0, 1, 2, 2]), np.array([0, 1, 2, 1])
-    image_protos = np.array([[1.0, 0.05, 0.0], [0.0, 0.1, 1.0]])
-    text_protos = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
-    assert retrieve_pair_images(images, texts, pair_image, pair_text, image_protos, text_protos).tolist() == [1, 2]
-    # Scaling embeddings or prototypes changes nothing (cosine), and chunking changes nothing.
-    assert retrieve_pair_images(3 * images, texts, pair_image, pair_text, image_protos, 7 * text_protos,
-                                chunk=1).tolist() == [1, 2]
+def test_retrieve_scored_images_lets_the_teacher_choose_among_the_nearest():
+    # Image 0 is nearest the first image prototype but unlike its text prototype; image 1, the second
+    # nearest, matches the text prototype. Image 3 matches it best of all but is not among the 2 nearest.
+    images = np.array([[1.0, 0.0, 0.0], [0.9, 0.4, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    image_protos = np.array([[1.0, 0.1, 0.0], [0.0, 0.1, 1.0]])
+    text_protos = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    assert retrieve_scored_images(images, image_protos, text_protos, candidates=2).tolist() == [1, 2]
+    assert retrieve_scored_images(images, image_protos, text_protos, candidates=4).tolist() == [3, 2]
+    # One candidate is synthesis="retrieve": the nearest image, whatever the text prototype says.
+    assert retrieve_scored_images(images, image_protos, text_protos, candidates=1).tolist() == [0, 2]
+    # Scale does not matter (cosine), nor does chunking; more candidates than images is allowed.
+    assert retrieve_scored_images(5 * images, image_protos, 3 * text_protos, candidates=2, chunk=1).tolist() == [1, 2]
+    assert retrieve_scored_images(images, image_protos, text_protos, candidates=50).tolist() == [3, 2]
 
 
-def test_retrieve_pair_images_names_bad_input():
-    images, texts = np.eye(2), np.eye(2)
-    with pytest.raises(ValueError, match="pair_text at pair 1 is 5"):
-        retrieve_pair_images(images, texts, np.array([0, 1]), np.array([0, 5]), np.eye(2), np.eye(2))
-    with pytest.raises(ValueError, match="equally long"):
-        retrieve_pair_images(images, texts, np.array([0, 1]), np.array([0]), np.eye(2), np.eye(2))
-    with pytest.raises(ValueError, match="text prototypes have 3 dimensions"):
-        retrieve_pair_images(images, texts, np.array([0, 1]), np.array([0, 1]), np.eye(2), np.ones((2, 3)))
+def test_retrieve_scored_images_names_bad_input():
+    images = np.eye(3)
+    with pytest.raises(ValueError, match="candidates must be a positive integer"):
+        retrieve_scored_images(images, np.eye(3), np.eye(3), candidates=0)
+    with pytest.raises(ValueError, match="3 image prototypes but 2 text prototypes"):
+        retrieve_scored_images(images, np.eye(3), np.eye(3)[:2])
+    with pytest.raises(ValueError, match="text prototypes have shape"):
+        retrieve_scored_images(images, np.eye(3), np.ones((3, 4)))

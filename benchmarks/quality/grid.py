@@ -24,7 +24,8 @@ Two student protocols:
   PDS gives it the retrieved caption (step 6), a baseline its chosen captions.
 
 Rows (``--methods``): ``pds`` (step 7 by ``synthesis="retrieve"``: the real image nearest the image
-prototype), ``pds-pair`` (step 7 by :func:`pds_hf.synthesize.retrieve_pair_images`), ``ideal`` (an ideal
+prototype), ``pds-scored`` (step 7 by :func:`pds_hf.synthesize.retrieve_scored_images`: of the 8 images
+nearest the image prototype, the one the teacher matches best with the text prototype), ``ideal`` (an ideal
 decoder: the student features of each distilled image are the mean of its intersection's members'
 features; the text side as ``pds``), ``random``, ``herding``, ``kcenter``.
 
@@ -60,7 +61,7 @@ from run import load_average, machine_info  # noqa: E402
 DATASETS = ("openclipart", "openmoji")
 PROTOCOLS = ("teacher-text", "captions")
 SIZES = (10, 25, 50, 100, 200)
-METHODS = ("pds", "pds-pair", "ideal", "random", "herding", "kcenter")
+METHODS = ("pds", "pds-scored", "ideal", "random", "herding", "kcenter")
 BASELINES = ("random", "herding", "kcenter")
 # Offline step-7 rules compared by --tune (each maps a prototype to one real training image).
 STEP7 = ("retrieve", "pair", "medoid", "inter-nearest", "scored")
@@ -84,7 +85,7 @@ class TowerText:
 class Bench:
     """One dataset's frozen features: teacher embeddings, student image features, both protocols' text sides."""
 
-    def __init__(self, dataset: str, cache_dir: Path, *, student_text: str = "minilm"):
+    def __init__(self, dataset: str, cache_dir: Path, *, student_text: str = "minilm", train_images: int | None = None):
         import torch
 
         from pds_hf.evaluation import load_student
@@ -101,7 +102,11 @@ class Bench:
             encoder_dir = cache_dir / dataset
         self.dataset = dataset
         self.encoder, student, self.encoder_info = lit_encoder.build_encoder(self.splits, encoder_dir)
-        self.data = investigate.TrainFeatures(self.splits["train"], self.encoder, student)
+        pool = self.splits["train"]
+        if train_images is not None:
+            # A smaller pool to distil from (the teacher is still the one trained on the whole train split).
+            pool = pool.select(np.sort(np.random.default_rng(0).permutation(len(pool))[:train_images]))
+        self.data = investigate.TrainFeatures(pool, self.encoder, student)
         if student_text == "mpnet":
             self.text_net = mpnet_text.MPNetText(cache_dir, store_dir=encoder_dir / "features")
         else:
@@ -140,27 +145,27 @@ def step7_images(rule: str, data, protos) -> np.ndarray:
     """Per prototype, the index of the real training image that an offline step 7 ``rule`` picks.
 
     ``retrieve``: nearest the image prototype (``synthesis="retrieve"``). ``pair``: the image of the real
-    pair nearest both prototypes (:func:`pds_hf.synthesize.retrieve_pair_images`). ``medoid``: the
-    intersection's image with the highest mean cosine to its other images. ``inter-nearest``: the
-    intersection's image nearest the image prototype. ``scored``: of the :data:`SCORED_CANDIDATES` images
-    nearest the image prototype, the one the teacher scores highest against the text prototype. The
-    intersection rules fall back to ``retrieve`` where the intersection is empty.
+    pair nearest both prototypes (highest ``cos(image, image prototype) + cos(caption, text prototype)``).
+    ``medoid``: the intersection's image with the highest mean cosine to its other images.
+    ``inter-nearest``: the intersection's image nearest the image prototype. ``scored``: of the
+    :data:`SCORED_CANDIDATES` images nearest the image prototype, the one the teacher scores highest
+    against the text prototype (:func:`pds_hf.synthesize.retrieve_scored_images`). The intersection rules
+    fall back to ``retrieve`` where the intersection is empty.
     """
     from pds_hf.filter import normalize
-    from pds_hf.synthesize import retrieve_pair_images
+    from pds_hf.synthesize import retrieve_scored_images
 
     nearest = investigate.nearest(protos.image_embeds, data.image_embeds)
     if rule == "retrieve":
         return nearest
-    if rule == "pair":
-        return retrieve_pair_images(data.image_embeds, data.text_embeds, data.pair_image, data.pair_text,
-                                    protos.image_embeds, protos.text_embeds)
-    images_unit = normalize(data.image_embeds)
     if rule == "scored":
-        scores = normalize(protos.image_embeds) @ images_unit.T
-        candidates = np.argsort(-scores, axis=1, kind="stable")[:, :SCORED_CANDIDATES]
-        teacher = np.einsum("kd,kcd->kc", normalize(protos.text_embeds), images_unit[candidates])
-        return candidates[np.arange(len(candidates)), teacher.argmax(axis=1)]
+        return retrieve_scored_images(data.image_embeds, protos.image_embeds, protos.text_embeds,
+                                      candidates=SCORED_CANDIDATES)
+    images_unit = normalize(data.image_embeds)
+    if rule == "pair":
+        scores = (normalize(protos.image_embeds) @ images_unit.T)[:, data.pair_image]
+        scores += (normalize(protos.text_embeds) @ normalize(data.text_embeds).T)[:, data.pair_text]
+        return data.pair_image[scores.argmax(axis=1)]
     out = nearest.copy()
     for k, members in enumerate(investigate._members(protos)):
         images = np.unique(data.pair_image[members])
@@ -327,6 +332,46 @@ def merge(parts: list[dict]) -> dict:
     return merged
 
 
+def write_tuning(path: Path, sections: list[tuple[str, list[dict]]]) -> None:
+    """findings/TUNING.md: the step-7 rules on validation (``--tune`` runs), each section's cells pooled."""
+    lines = ["# Offline step 7 on validation data (`grid.py --tune`)", "",
+             "Generated by `grid.py --report` from `findings/tune-*.json` and `findings/small-pool-*.json`; do not "
+             "edit by hand. Mean recall on half B of each validation split (epoch chosen on half A; the test split is "
+             "never read), mean ± sd over seeds (with n). Each rule maps a prototype to one real training image "
+             "(see `grid.step7_images`); N is the number of training pairs distilled from.", ""]
+    for title, parts in sections:
+        lines += _tuning_section(title, parts)
+    path.write_text("\n".join(lines))
+
+
+def _tuning_section(title: str, parts: list[dict]) -> list[str]:
+    # A cell that two runs both measured (same rule, M, seed) counts once: it is deterministic.
+    rows = list({(r["dataset"], r["protocol"], r["method"], r["num_pairs"], r["seed"]): r
+                 for part in parts for r in part["rows"]}.values())
+    summary = summarize(rows)
+    lines = ["Commands:", "", "```", *[part["command"] + ("" if part["complete"] else "   # stopped early")
+                                       for part in parts], "```", ""]
+    pool = {part["dataset"]: part["train_pairs"] for part in parts}
+    for dataset in DATASETS:
+        for protocol in PROTOCOLS:
+            keys = [k for k in summary if k[0] == dataset and k[1] == protocol]
+            if not keys:
+                continue
+            sizes = sorted({k[3] for k in keys})
+            methods = [m for m in dict.fromkeys(r["method"] for r in rows) if any(k[2] == m for k in keys)]
+            lines += [f"## {dataset}, {protocol}{title}: N = {pool[dataset]}", "",
+                      "| Rule | " + " | ".join(f"M = {m}" for m in sizes) + " |",
+                      "|---|" + "---:|" * len(sizes)]
+            for method in methods:
+                cells = []
+                for m in sizes:
+                    cell = summary.get((dataset, protocol, method, m))
+                    cells.append(f"{cell['mean']['mean']:.2f} ± {cell['sd']['mean']:.2f} (n={cell['n']})" if cell else "")
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return lines
+
+
 def write_report(path: Path, results: list[dict]) -> None:
     """RESULTS.md from the per-dataset result files (only what was measured)."""
     lines = ["# Quality beyond one dataset: PDS against random, herding and k-center, two datasets x two protocols",
@@ -353,7 +398,7 @@ def write_report(path: Path, results: list[dict]) -> None:
                 label = {"ideal": "*ideal decoder (ceiling)*"}.get(method, method)
                 lines.append(f"| {label} | " + " | ".join(_cell(summary, (dataset, protocol, method, m))
                                                          for m in sizes) + " |")
-            for pds in ("pds", "pds-pair"):
+            for pds in ("pds", "pds-scored"):
                 if pds not in methods:
                     continue
                 cells = []
@@ -383,8 +428,9 @@ def write_report(path: Path, results: list[dict]) -> None:
             "1 torch thread for training, `nice -n 10`; Python "
             f"{result['machine']['python']}, torch {result['machine']['versions'].get('torch')}, pds-hf at "
             f"{result['machine']['commit']}.",
-            f"- Time: {result['seconds']['features']:.0f} s for data, teacher and features (cached after the first "
-            f"run), {result['seconds']['cells']:.0f} s for the cells, {result['seconds']['total']:.0f} s in all.",
+            f"- Wall time on the shared machine, summed over the commands above (they ran side by side): "
+            f"{result['seconds']['features']:.0f} s for data, teacher and features (cached after the first run), "
+            f"{result['seconds']['cells']:.0f} s for the cells, {result['seconds']['total']:.0f} s in all.",
             ""]
     path.write_text("\n".join(lines))
 
@@ -397,6 +443,9 @@ def main(argv=None) -> int:
                         help=f"default {' '.join(METHODS)}; with --tune the step-7 rules {' '.join(STEP7)}")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per cell (selection 42 + i, student i)")
     parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--train-images", type=int, default=None,
+                        help="distil from this many train images only (seeded subset), to vary M/N; the teacher "
+                             "stays the one trained on the whole train split")
     parser.add_argument("--student-text", choices=("minilm", "mpnet"), default="minilm",
                         help="protocol (b)'s text network: the MiniLM tower without the teacher's projection "
                              "(default; its features are cached with the teacher's), or all-mpnet-base-v2 (a "
@@ -415,6 +464,11 @@ def main(argv=None) -> int:
                    for name in DATASETS if any(HERE.glob(f"results-{name}*.json"))]
         write_report(HERE / "RESULTS.md", results)
         print(f"Wrote {HERE / 'RESULTS.md'} from {len(results)} dataset(s).")
+        sections = [(title, [json.loads(p.read_text()) for p in sorted((HERE / "findings").glob(pattern))])
+                     for title, pattern in (("", "tune-*.json"), (" (a smaller pool: --train-images)", "small-pool-*.json"))]
+        if any(parts for _, parts in sections):
+            write_tuning(HERE / "findings" / "TUNING.md", [(title, parts) for title, parts in sections if parts])
+            print(f"Wrote {HERE / 'findings' / 'TUNING.md'}.")
         return 0
     if args.dataset is None:
         parser.error("pass --dataset (or --report)")
@@ -424,7 +478,7 @@ def main(argv=None) -> int:
     datasets.disable_progress_bars()
     start, load_start = time.perf_counter(), load_average()
     command = "nice -n 10 python benchmarks/quality/grid.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    bench = Bench(args.dataset, args.cache_dir, student_text=args.student_text)
+    bench = Bench(args.dataset, args.cache_dir, student_text=args.student_text, train_images=args.train_images)
     print(f"{args.dataset}: {bench.num_pairs} training pairs, features in {bench.seconds['features']:.0f}s; teacher "
           f"test mean recall {bench.teacher_on_test['mean']:.2f}", flush=True)
     methods = args.methods or (STEP7 if args.tune or args.diagnose else METHODS)
