@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .filter import nonfinite_rows, normalize
+from .filter import finite_table, normalize
 
 BASELINES = ("random", "herding", "kcenter")
 MODALITIES = ("both", "image", "text")
@@ -91,15 +91,8 @@ def herding(features, num_pairs: int, *, device=None) -> np.ndarray:
 def kcenter(features, num_pairs: int, *, seed: int = 42, first: int | None = None, device=None) -> np.ndarray:
     """Greedy k-center (farthest-point) selection on ``features`` as given, by Euclidean distance.
 
-    Args:
-        features: ``(N, d)`` array.
-        num_pairs: how many rows to pick (at most ``N``).
-        seed: chooses the first row when ``first`` is not given.
-        first: the first row, overriding ``seed``.
-        device: where to compute; CUDA when available.
-
-    Returns:
-        ``(num_pairs,)`` int64 row indices, in the order they were picked.
+    Takes ``features``, ``num_pairs`` and ``device`` as :func:`herding` does, and returns the picked rows in
+    the same way. The first row is ``first`` when given, else drawn with ``seed``.
 
     Example:
         ```py
@@ -136,13 +129,7 @@ def _check_count(num_pairs: int, total: int) -> None:
 
 
 def _embeddings(name: str, array) -> np.ndarray:
-    array = np.asarray(array, dtype=np.float32)
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be an (N, d) array, one row per pair; got shape {array.shape}.")
-    bad = nonfinite_rows(array)
-    if bad.size:
-        raise ValueError(f"{name} holds NaN or inf at pair(s) {bad[:5].tolist()}; drop those pairs first.")
-    return array
+    return finite_table(array, name, unit="pair")
 
 
 def select_pairs(method: str, image_embeds, text_embeds, num_pairs: int, *, seed: int = 42,

@@ -34,7 +34,8 @@ class DistillConfig:
         empty: matched clusters that share no pair: ``"centroid"`` (use k-means centres) or ``"drop"``.
         kmeans_iterations: Lloyd iterations per k-means run.
         kmeans_restarts: k-means runs per modality; the lowest inertia is kept.
-        kmeans_init: initial centres: ``"k-means++"``, ``"random"`` or ``"afk-mc2"``.
+        kmeans_init: initial centres: ``"auto"`` (greedy k-means++ up to 2,000 clusters, afk-mc2 above, whose
+            seeding grows linearly in k), ``"k-means++"``, ``"random"`` or ``"afk-mc2"``.
         normalize: cluster each modality on L2-normalised embeddings (cosine geometry; default),
             or, with False, on the raw ones as the reference code does. Prototypes are means of the
             raw embeddings either way. See :func:`pds_hf.prototypes_from_embeddings`.
@@ -55,6 +56,9 @@ class DistillConfig:
         cache_dir: where; None means ``$PDS_HF_CACHE``, else ``$HF_HOME/pds_hf``.
         shard_size: images (or captions) per encoding shard: the unit of resuming and of splitting
             work between processes.
+        embedding_dtype: how the embeddings are stored for steps 2-6 (memory maps in the cache, see
+            :mod:`pds_hf.store`): ``"float32"``, or ``"float16"`` for half the disk (the prototypes move about
+            as much as with another k-means seed; measured in benchmarks/perf/RESULTS.md).
         barrier_timeout: seconds a process of a multi-process run waits for the others (e.g. while the
             main process clusters) before failing.
     """
@@ -76,7 +80,7 @@ class DistillConfig:
     empty: str = "centroid"
     kmeans_iterations: int = 25
     kmeans_restarts: int = 1
-    kmeans_init: str = "k-means++"
+    kmeans_init: str = "auto"
     normalize: bool = True
     num_inference_steps: int = 100
     guidance_scale: float = 5.0
@@ -92,11 +96,13 @@ class DistillConfig:
     use_cache: bool = True
     cache_dir: str | None = None
     shard_size: int = 10000
+    embedding_dtype: str = "float32"
     barrier_timeout: float = 7200
 
     def __post_init__(self):
         from .cluster import INIT_METHODS
         from .prototypes import EMPTY_POLICIES
+        from .store import EMBEDDING_DTYPES
         from .synthesize import SYNTHESIS_METHODS
 
         if isinstance(self.num_pairs, bool) or not isinstance(self.num_pairs, int) or self.num_pairs < 1:
@@ -105,7 +111,7 @@ class DistillConfig:
             raise ValueError(f"rm_ratio must be in [0, 1), got {self.rm_ratio!r}.")
         for name, allowed in (("method", METHODS), ("synthesis", SYNTHESIS_METHODS), ("empty", EMPTY_POLICIES),
                               ("kmeans_init", INIT_METHODS),
-                              ("on_bad_image", ("skip", "error"))):
+                              ("on_bad_image", ("skip", "error")), ("embedding_dtype", EMBEDDING_DTYPES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         for name in ("encode_batch_size", "synthesis_batch_size", "num_inference_steps", "kmeans_iterations",

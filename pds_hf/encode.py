@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from .filter import nonfinite_rows
+from .store import open_embeddings, write_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -370,14 +371,15 @@ def _encode_texts(encoder, texts: list[str], batch_size: int, bar) -> np.ndarray
 
 def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size: int = 64,
                  on_bad_image: str = "skip", shard_size: int = 10000, stage=None, ranks=None,
-                 workers: int | None = None, load: bool = True):
+                 workers: int | None = None, load: bool = True, dtype: str = "float32"):
     """Encode each distinct image and each distinct caption of a :class:`~pds_hf.inputs.PairTable` once.
 
     The work is cut into shards of ``shard_size`` images (or captions). Each process encodes the
     shards it owns (see :mod:`pds_hf.distributed`) and saves each one, with its dataset rows, into
     ``stage`` with a completion marker; shards already done (an interrupted earlier run with the
     same fingerprint) are loaded, not recomputed. After every process is done, the embeddings are read
-    back from all shards (only where ``load``).
+    back from all shards (only where ``load``): on a disk stage, once, into the store of :mod:`pds_hf.store`
+    (``image_embeds.npy``, ``text_embeds.npy``), returned as memory maps and reopened by a rerun.
 
     Images are decoded, and preprocessed when the encoder offers a picklable ``image_preprocessor``
     (as :class:`TransformersEncoder` does), in ``workers`` processes, batches ahead of the model and
@@ -398,11 +400,12 @@ def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size:
             this thread, between the model's batches.
         load: read the embeddings back. With False (a process of a multi-process run that does not
             cluster), only the small index of each image shard is read, to drop the failed images.
+        dtype: how the embeddings are stored and returned: ``"float32"`` or ``"float16"`` (half the disk).
 
     Returns:
         ``(table, image_embeds, text_embeds)``: the table (minus images that failed to decode, when
-        ``on_bad_image="skip"``), ``(Ni, d)`` image and ``(Nt, d)`` text embeddings as float32; both
-        embeddings are None when ``load`` is False.
+        ``on_bad_image="skip"``), ``(Ni, d)`` image and ``(Nt, d)`` text embeddings in ``dtype`` (read-only
+        ``np.memmap`` on a disk stage); both embeddings are None when ``load`` is False.
 
     Example:
         ```py
@@ -459,31 +462,55 @@ def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size:
             stage.save_arrays(f"texts-{s:06d}", embeds=_encode_texts(encoder, table.texts[start:stop], batch_size, bar))
     ranks.barrier()
 
+    failed = [stage.load_arrays(f"images-{s:06d}", keys=["failed"])["failed"] for s in range(len(image_shards))]
+    failed = np.concatenate(failed) if failed else np.zeros(0, np.int64)
     if not load:
-        failed = [stage.load_arrays(f"images-{s:06d}", keys=["failed"])["failed"] for s in range(len(image_shards))]
-        failed = np.concatenate(failed) if failed else np.zeros(0, np.int64)
         return _drop_failed(table, failed, image_column, on_bad_image), None, None
 
-    logger.info("loading %d encoded shards", len(image_shards) + len(text_shards))
-    image_parts = [stage.load_arrays(f"images-{s:06d}") for s in range(len(image_shards))]
-    failed = np.concatenate([part["failed"] for part in image_parts]) if image_parts else np.zeros(0, np.int64)
-    dims = {part["embeds"].shape[1] for part in image_parts if part["embeds"].shape[1]}
-    if not dims:
-        raise ValueError(f"No image of column {image_column!r} could be decoded and encoded.")
-    if len(dims) > 1:
-        raise ValueError(f"The encoder returned image embeddings of different sizes {sorted(dims)}.")
-    dim = dims.pop()
-    image_embeds = np.concatenate([part["embeds"] if part["embeds"].shape[1] else
-                                   np.full((len(part["rows"]), dim), np.nan, np.float32) for part in image_parts])
-    text_embeds = np.concatenate([stage.load_arrays(f"texts-{s:06d}")["embeds"] for s in range(len(text_shards))])
-    if text_embeds.shape[1] != dim:
-        raise ValueError(f"The encoder's image embeddings have {dim} dimensions but its text embeddings "
-                         f"{text_embeds.shape[1]}; both must live in one space.")
-    if failed.size:
-        keep = np.ones(len(rows), dtype=bool)
-        keep[failed] = False
-        image_embeds = image_embeds[keep]
+    stored = open_embeddings(stage)
+    if stored is None:
+        logger.info("loading %d encoded shards", len(image_shards) + len(text_shards))
+        stored = _store_shards(stage, image_shards, text_shards, failed, image_column, dtype)
+    else:
+        logger.info("Opening the stored embeddings in %s.", stage)
+    image_embeds, text_embeds = stored
     return _drop_failed(table, failed, image_column, on_bad_image), image_embeds, text_embeds
+
+
+def _store_shards(stage, image_shards, text_shards, failed, image_column: str, dtype: str):
+    """Write the saved shards of ``stage`` into its store (see :mod:`pds_hf.store`), one shard in memory at a time,
+    without the images at positions ``failed``; returns ``(image_embeds, text_embeds)``."""
+    dim = next((width for s in range(len(image_shards))
+                if (width := stage.load_arrays(f"images-{s:06d}", keys=["embeds"])["embeds"].shape[1])), None)
+    if dim is None:
+        raise ValueError(f"No image of column {image_column!r} could be decoded and encoded.")
+    text_dim = stage.load_arrays("texts-000000", keys=["embeds"])["embeds"].shape[1] if text_shards else dim
+    if text_dim != dim:
+        raise ValueError(f"The encoder's image embeddings have {dim} dimensions but its text embeddings "
+                         f"{text_dim}; both must live in one space.")
+
+    def fill(image_embeds, text_embeds):
+        at = 0
+        for s, (start, stop) in enumerate(image_shards):
+            part = stage.load_arrays(f"images-{s:06d}", keys=["embeds", "failed"])
+            keep = np.ones(stop - start, dtype=bool)
+            keep[part["failed"] - start] = False
+            if part["embeds"].shape[1] not in (0, dim):
+                raise ValueError(f"The encoder returned image embeddings of different sizes "
+                                 f"{sorted({dim, part['embeds'].shape[1]})}.")
+            if keep.any():
+                image_embeds[at:at + int(keep.sum())] = part["embeds"][keep]
+                at += int(keep.sum())
+        for s, (start, stop) in enumerate(text_shards):
+            embeds = stage.load_arrays(f"texts-{s:06d}", keys=["embeds"])["embeds"]
+            if embeds.shape[1] != dim:
+                raise ValueError(f"The encoder's image embeddings have {dim} dimensions but its text embeddings "
+                                 f"{embeds.shape[1]}; both must live in one space.")
+            text_embeds[start:stop] = embeds
+
+    num_images = image_shards[-1][1] - failed.size if image_shards else 0
+    num_texts = text_shards[-1][1] if text_shards else 0
+    return write_embeddings(stage, ((num_images, dim), (num_texts, dim)), fill, dtype=dtype)
 
 
 def _drop_failed(table, failed, image_column: str, on_bad_image: str):

@@ -52,6 +52,25 @@ def nonfinite_rows(array, *, chunk: int = 65536) -> np.ndarray:
     return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
 
 
+def finite_table(array, what: str, *, unit: str = "row") -> np.ndarray:
+    """``array`` as a float32 ``(N, d)`` table; a ``ValueError`` naming ``what`` and the first bad ``unit``s if not.
+
+    Example:
+        ```py
+        >>> finite_table([[0.0, 1.0], [np.nan, 0.0]], "image_embeds", unit="pair")
+        Traceback (most recent call last):
+        ValueError: image_embeds holds NaN or inf at pair(s) [1]; drop those pairs first.
+        ```
+    """
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim != 2:
+        raise ValueError(f"{what} must hold one vector per {unit}, an (N, d) array; got shape {array.shape}.")
+    bad = nonfinite_rows(array)
+    if bad.size:
+        raise ValueError(f"{what} holds NaN or inf at {unit}(s) {bad[:5].tolist()}; drop those {unit}s first.")
+    return array
+
+
 def pair_similarity(image_embeds, text_embeds, pair_image=None, pair_text=None, *, chunk: int = 65536) -> np.ndarray:
     """Cosine similarity of each pair's image and text embeddings.
 

@@ -401,12 +401,40 @@ def _vectors(column, name: str, rows) -> np.ndarray:
             f"{int(rows[0])}. Every embedding must have the same dimension; re-encode the column with one model.")
     values = column.flatten() if not pa.types.is_fixed_size_list(column.type) else column.values
     matrix = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(column), dim)
-    bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
+    from .filter import nonfinite_rows
+
+    bad = nonfinite_rows(matrix)
     if bad.size:
         raise ValueError(
             f"Column {name!r} holds NaN or inf at row(s) {[int(rows[i]) for i in bad[:_MAX_LISTED]]} "
             f"({bad.size} in all). Drop or re-encode those rows.")
     return matrix
+
+
+def caption_vector_counts(column, name: str, captions, where) -> np.ndarray:
+    """Check a list-of-vectors column against its rows' caption lists; return the vectors per row.
+
+    ``captions`` holds each row's list of captions; ``where(i)`` says where row ``i`` is, for the errors.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)) or not (
+            pa.types.is_list(column.type.value_type) or pa.types.is_large_list(column.type.value_type)
+            or pa.types.is_fixed_size_list(column.type.value_type)):
+        raise TypeError(f"Column {name!r} holds {column.type}; with a list of captions per row it needs a list of "
+                        "vectors per row, one per caption.")
+    if column.null_count:
+        row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ValueError(f"Column {name!r} is empty (null) at {where(row)}; every caption needs an embedding. Drop "
+                         "that row or encode it.")
+    counts = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    wrong = [i for i, row in enumerate(captions) if counts[i] != len(row)]
+    if wrong:
+        i = wrong[0]
+        raise ValueError(f"Column {name!r} has {counts[i]} vector(s) at {where(i)} but the row has "
+                         f"{len(captions[i])} caption(s); give one embedding per caption.")
+    return counts
 
 
 def embeddings_from_columns(ds, table: PairTable, image_embedding_column: str, text_embedding_column: str,
@@ -429,24 +457,8 @@ def embeddings_from_columns(ds, table: PairTable, image_embedding_column: str, t
     text_column = text_column.combine_chunks() if isinstance(text_column, pa.ChunkedArray) else text_column
     all_rows = np.arange(len(ds))
     if table.layout == "image":
-        if not (pa.types.is_list(text_column.type) or pa.types.is_large_list(text_column.type)) or not (
-                pa.types.is_list(text_column.type.value_type) or pa.types.is_large_list(text_column.type.value_type)
-                or pa.types.is_fixed_size_list(text_column.type.value_type)):
-            raise TypeError(f"Column {text_embedding_column!r} holds {text_column.type}; with a list of captions per "
-                            "row it needs a list of vectors per row, one per caption.")
-        import pyarrow.compute as pc
-
-        if text_column.null_count:
-            row = int(np.flatnonzero(text_column.is_null().to_numpy(zero_copy_only=False))[0])
-            raise ValueError(f"Column {text_embedding_column!r} is empty (null) at row {row}; every caption needs an "
-                             "embedding. Drop that row or encode it.")
-        counts = pc.list_value_length(text_column).to_numpy(zero_copy_only=False)
         captions = ds.with_format(None)[caption_column]
-        wrong = [row for row, (count, value) in enumerate(zip(counts, captions)) if count != len(value)]
-        if wrong:
-            row = wrong[0]
-            raise ValueError(f"Column {text_embedding_column!r} has {counts[row]} vector(s) at row {row} but the row "
-                             f"has {len(captions[row])} caption(s); give one embedding per caption.")
+        counts = caption_vector_counts(text_column, text_embedding_column, captions, lambda row: f"row {row}")
         flat = _vectors(text_column.flatten(), text_embedding_column, np.repeat(all_rows, counts))
         flat_captions = (caption for value in captions for caption in value)
     else:

@@ -411,8 +411,10 @@ class DistillProcessor:
                     or f"given column {config.image_embedding_column!r}")
             return table, image_embeds, text_embeds, key, name
         encoder = self.load_encoder()
+        # float32 is not in the key, so that the keys of runs from before the option stay valid.
         key = stage_key("encode", model_fingerprint(encoder), ds._fingerprint, config.image_column,
-                        config.caption_column, config.on_bad_image, config.shard_size)
+                        config.caption_column, config.on_bad_image, config.shard_size,
+                        *(() if config.embedding_dtype == "float32" else (config.embedding_dtype,)))
         stage = open_stage(self._cache_dir(), "encode", key)
         if ranks.world > 1 and stage.path is None:
             raise ValueError(
@@ -423,7 +425,7 @@ class DistillProcessor:
             table, image_embeds, text_embeds = encode_table(
                 encoder, ds, table, image_column=config.image_column, batch_size=config.encode_batch_size,
                 on_bad_image=config.on_bad_image, shard_size=config.shard_size, stage=stage, ranks=ranks,
-                workers=config.encode_workers,
+                workers=config.encode_workers, dtype=config.embedding_dtype,
                 # Only the main process clusters: the others never load the embeddings.
                 load=ranks.is_main)
         return table, image_embeds, text_embeds, key, encoder_name(encoder)

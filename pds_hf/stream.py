@@ -37,7 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cache import fingerprint, open_stage, stage_key
-from .inputs import PairTable, check_dataset_type, embedding_columns_present
+from .inputs import PairTable, caption_vector_counts, check_dataset_type, embedding_columns_present
+from .store import open_embeddings, write_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -345,28 +346,11 @@ class _UnitEncoder:
 
     def _given_texts(self, table, captions, offsets) -> np.ndarray:
         """One vector per caption of the batch (flattened in row order), from the text embedding column."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         name = self.config.text_embedding_column
         column = table.column(name).combine_chunks()
         if self.layout == "pair":
             return self._vectors(column, name, offsets)
-        if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)) or not (
-                pa.types.is_list(column.type.value_type) or pa.types.is_large_list(column.type.value_type)
-                or pa.types.is_fixed_size_list(column.type.value_type)):
-            raise TypeError(f"Column {name!r} holds {column.type}; with a list of captions per row it needs a list "
-                            "of vectors per row, one per caption.")
-        if column.null_count:
-            row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-            raise ValueError(f"Column {name!r} is empty (null) at {self._where(int(offsets[row]))}; every caption "
-                             "needs an embedding. Drop that row or encode it.")
-        counts = pc.list_value_length(column).to_numpy(zero_copy_only=False)
-        wrong = [i for i, row in enumerate(captions) if counts[i] != len(row)]
-        if wrong:
-            i = wrong[0]
-            raise ValueError(f"Column {name!r} has {counts[i]} vector(s) at {self._where(int(offsets[i]))} but the row "
-                             f"has {len(captions[i])} caption(s); give one embedding per caption.")
+        counts = caption_vector_counts(column, name, captions, lambda i: self._where(int(offsets[i])))
         return self._vectors(column.flatten(), name, np.repeat(offsets, counts))
 
     def arrays(self, num_rows: int) -> dict:
@@ -468,10 +452,11 @@ def _first_seen(order: np.ndarray, keys: list) -> tuple[np.ndarray, list[int]]:
     return ids, sources
 
 
-def _merge(stage, units: _Units, layout: str, dedup: bool, with_embeddings: bool) -> _Merged:
+def _merge(stage, units: _Units, layout: str, dedup: bool, with_embeddings: bool,
+           dtype: str = "float32") -> _Merged:
     """Join the saved units in the stream's row order: a caption string is one caption and, ``dedup``, an image
     repeated across units (same bytes) is one image, numbered where it first appears, as for a map-style dataset.
-    The embeddings are read (one unit at a time) only ``with_embeddings``."""
+    The embeddings are read (one unit at a time, into the store, stored as ``dtype``) only ``with_embeddings``."""
     parts = [stage.load_arrays(_SHARD(u), keys=_INDEX_KEYS) for u in range(units.count)]
     rows_before = np.cumsum([0] + [int(part["num_rows"]) for part in parts])
     captions, caption_row, caption_position, image_row, digests = [], [], [], [], []
@@ -503,36 +488,52 @@ def _merge(stage, units: _Units, layout: str, dedup: bool, with_embeddings: bool
     image_embeds = text_embeds = None
     if with_embeddings:
         image_embeds, text_embeds = _gather_embeddings(stage, units, image_sources, image_start,
-                                                       np.asarray(text_sources, dtype=np.int64), text_start)
+                                                       np.asarray(text_sources, dtype=np.int64), text_start,
+                                                       dtype)
     image_offset = np.concatenate([part["image_offset"] for part in parts])[image_sources]
     image_digest = np.concatenate([part["image_digest"] for part in parts])[image_sources]
     return _Merged(table, image_unit[image_sources], image_offset, image_digest, int(rows_before[-1]), image_embeds,
                    text_embeds)
 
 
-def _gather_embeddings(stage, units: _Units, image_sources, image_start, text_sources, text_start):
-    """The ``(Ni, d)`` image and ``(Nt, d)`` caption embeddings, each row read from the unit it was first seen in."""
-    logger.info("Loading the embeddings of %d input shard(s) for clustering.", units.count)
+def _gather_embeddings(stage, units: _Units, image_sources, image_start, text_sources, text_start, dtype: str):
+    """The ``(Ni, d)`` image and ``(Nt, d)`` caption embeddings, each row read from the unit it was first seen in,
+    written once into the store of ``stage`` (memory maps on disk, see :mod:`pds_hf.store`) or reopened from it."""
     if not len(image_sources):
         raise ValueError("No image of the stream could be decoded and encoded.")
-    out = {}
-    for u in range(units.count):
-        part = stage.load_arrays(_SHARD(u), keys=("image_embeds", "text_embeds"))
-        for name, sources, start in (("image", image_sources, image_start), ("text", text_sources, text_start)):
-            mine = np.flatnonzero((sources >= start[u]) & (sources < start[u + 1]))
-            if not mine.size:
-                continue
-            block = part[f"{name}_embeds"][sources[mine] - start[u]]
-            target = out.setdefault(name, np.empty((len(sources), block.shape[1]), np.float32))
-            if block.shape[1] != target.shape[1]:
-                raise ValueError(f"Input shard {u} of the stream has {block.shape[1]}-d {name} embeddings but an "
-                                 f"earlier shard {target.shape[1]}-d ones; every embedding must come from one model.")
-            target[mine] = block
-    image_embeds, text_embeds = out["image"], out["text"]
-    if image_embeds.shape[1] != text_embeds.shape[1]:
-        raise ValueError(f"The image embeddings have {image_embeds.shape[1]} dimensions but the caption embeddings "
-                         f"{text_embeds.shape[1]}; image and caption embeddings must come from one model (one space).")
-    return image_embeds, text_embeds
+    stored = open_embeddings(stage)
+    if stored is not None:
+        logger.info("Opening the stored embeddings of the stream in %s.", stage)
+        return stored
+    logger.info("Loading the embeddings of %d input shard(s) for clustering.", units.count)
+    wanted = {"image": (image_sources, image_start), "text": (text_sources, text_start)}
+    dims = {}
+    for name, (sources, start) in wanted.items():
+        if len(sources):
+            u = int(np.searchsorted(start, sources[0], side="right")) - 1
+            dims[name] = u, stage.load_arrays(_SHARD(u), keys=(f"{name}_embeds",))[f"{name}_embeds"].shape[1]
+    dims.setdefault("text", dims["image"])
+    if dims["image"][1] != dims["text"][1]:
+        raise ValueError(f"The image embeddings have {dims['image'][1]} dimensions but the caption embeddings "
+                         f"{dims['text'][1]}; image and caption embeddings must come from one model (one space).")
+
+    def fill(image_embeds, text_embeds):
+        targets = {"image": image_embeds, "text": text_embeds}
+        for u in range(units.count):
+            part = stage.load_arrays(_SHARD(u), keys=("image_embeds", "text_embeds"))
+            for name, (sources, start) in wanted.items():
+                mine = np.flatnonzero((sources >= start[u]) & (sources < start[u + 1]))
+                if not mine.size:
+                    continue
+                block = part[f"{name}_embeds"][sources[mine] - start[u]]
+                first, dim = dims[name]
+                if block.shape[1] != dim:
+                    raise ValueError(f"Input shard {u} of the stream has {block.shape[1]}-d {name} embeddings but "
+                                     f"shard {first} {dim}-d ones; every embedding must come from one model.")
+                targets[name][mine] = block
+
+    dim = dims["image"][1]
+    return write_embeddings(stage, ((len(image_sources), dim), (len(text_sources), dim)), fill, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -652,7 +653,9 @@ def distill_stream(processor, ds):
     identity = stream_fingerprint(ds)
     key = None if identity is None or source_key[-1] is None else stage_key(
         "stream", identity, units.describe(), layout, has_images, config.image_column, config.caption_column,
-        config.on_bad_image, *source_key)
+        config.on_bad_image, *source_key,
+        # float32 is not in the key, so that the keys of runs from before the option stay valid.
+        *(() if config.embedding_dtype == "float32" else (config.embedding_dtype,)))
     stage = open_stage(processor._cache_dir(), "stream", key)
     if ranks.world > 1 and stage.path is None:
         raise ValueError(
@@ -664,7 +667,7 @@ def distill_stream(processor, ds):
     ranks.barrier()
     with stages("read"):
         merged = _merge(stage, units, layout, dedup=layout == "pair" and has_images,
-                        with_embeddings=ranks.is_main)
+                        with_embeddings=ranks.is_main, dtype=config.embedding_dtype)
     table = merged.table
     if table.skipped_images:
         logger.warning("Skipping %d undecodable image(s) in column %r, at row(s) %s%s of the stream.",

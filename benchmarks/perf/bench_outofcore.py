@@ -13,15 +13,20 @@ Cases:
   (``retrieve_captions`` over the N captions), the prototypes saved for the float16 comparison.
 - ``nearest``: step 6 alone, M queries against the first N caption embeddings.
 - ``--compare``: prototypes from the float16 file against those from the float32 file on the same
-  first N pairs (the float16 file holds the float32 values rounded).
+  first N pairs (the float16 file holds the float32 values rounded); with ``--seed S``, float32
+  with k-means seed S instead: the control, how far the seed alone moves the result.
 - ``--reference DIR``: steps 2-6 with the package found in ``DIR`` (e.g. ``git archive HEAD pds_hf``
   unpacked there) on in-memory arrays, against this checkout on the same pairs as memory maps.
 
-Usage:
-    python benchmarks/perf/bench_outofcore.py --steps 1000000 2000000
-    python benchmarks/perf/bench_outofcore.py --nearest 1000000 2000000 --dtype float16
-    python benchmarks/perf/bench_outofcore.py --compare 1000000
-    python benchmarks/perf/bench_outofcore.py --reference /tmp/pds_head --pairs 200000 --k 300
+Usage (each run appends its table to RESULTS.md):
+    python benchmarks/perf/bench_outofcore.py --steps 1000000 2000000            # float32, M = 1000
+    python benchmarks/perf/bench_outofcore.py --steps 1000000 --dtype float16
+    python benchmarks/perf/bench_outofcore.py --nearest 1000000 10000000 --dtype float16
+    python benchmarks/perf/bench_outofcore.py --compare 1000000                  # after both --steps runs
+    python benchmarks/perf/bench_outofcore.py --steps 100000 --k 100 --seed 43   # the seed control ...
+    python benchmarks/perf/bench_outofcore.py --compare 100000 --k 100 --seed 43  # ... compared
+    mkdir /tmp/pds_head && git archive 5e52d80 pds_hf | tar -x -C /tmp/pds_head
+    python benchmarks/perf/bench_outofcore.py --reference /tmp/pds_head --pairs 100000 --k 100
 """
 
 from __future__ import annotations
@@ -67,7 +72,11 @@ def open_pairs(dtype: str, n: int):
     return images[:n], texts[:n]
 
 
-def steps_case(dtype: str, n: int, k: int) -> dict:
+def saved(dtype: str, n: int, k: int, seed: int = 42) -> Path:
+    return CACHE / (f"outofcore_protos_{dtype}_{n}_{k}" + ("" if seed == 42 else f"_seed{seed}") + ".npz")
+
+
+def steps_case(dtype: str, n: int, k: int, seed: int = 42) -> dict:
     from pds_hf.caption import retrieve_captions
     from pds_hf.prototypes import prototypes_from_embeddings
 
@@ -75,13 +84,13 @@ def steps_case(dtype: str, n: int, k: int) -> dict:
     start_anon = memory_status()["RssAnon"]
     with AnonPeak() as peak_protos:
         start = time.perf_counter()
-        protos = prototypes_from_embeddings(images, texts, k)
+        protos = prototypes_from_embeddings(images, texts, k, seed=seed)
         protos_seconds = time.perf_counter() - start
     with AnonPeak() as peak_caption:
         start = time.perf_counter()
         _, caption_index = retrieve_captions(protos.text_embeds, texts, Captions())
         caption_seconds = time.perf_counter() - start
-    np.savez(CACHE / f"outofcore_protos_{dtype}_{n}_{k}.npz", image_embeds=protos.image_embeds,
+    np.savez(saved(dtype, n, k, seed), image_embeds=protos.image_embeds,
              text_embeds=protos.text_embeds, image_labels=protos.image_labels, text_labels=protos.text_labels,
              kept=protos.kept, caption_index=caption_index, support=protos.support)
     return dict(protos_seconds=protos_seconds, caption_seconds=caption_seconds, start_anon=start_anon,
@@ -149,6 +158,61 @@ def compare(a: dict, b: dict) -> dict:
     )
 
 
+def adjusted_rand_score(x: np.ndarray, y: np.ndarray) -> float:
+    """Adjusted Rand index of two labelings (1: the same partition, whatever the numbering; ~0: chance)."""
+    def pairs(counts):
+        counts = counts.astype(np.float64)
+        return float((counts * (counts - 1) / 2).sum())
+
+    together = pairs(np.unique(x * (int(y.max()) + 1) + y, return_counts=True)[1])
+    in_x, in_y = pairs(np.bincount(x)), pairs(np.bincount(y))
+    expected = in_x * in_y / pairs(np.array([len(x)]))
+    return (together - expected) / ((in_x + in_y) / 2 - expected)
+
+
+def storage_effect(n: int, k: int, other_dtype: str = "float16", other_seed: int = 42) -> dict:
+    """float16 against float32 storage of the same first ``n`` pairs. With the float32 run's clusters
+    and matching held fixed, the prototypes (means) computed from each storage show the rounding
+    alone; the two full runs (saved by ``steps``) show it through k-means, whose local optimum moves
+    with any perturbation, compared without regard to cluster numbering. ``other_dtype="float32"``
+    with another ``other_seed`` is the control: how much k-means moves with its seed alone."""
+    from pds_hf.align import align_clusters, sparse_count_table
+    from pds_hf.filter import normalize
+    from pds_hf.prototypes import _group_means
+
+    a, b = dict(np.load(saved("float32", n, k))), dict(np.load(saved(other_dtype, n, k, other_seed)))
+    kept = a["kept"]
+    image_cluster, text_cluster = align_clusters(sparse_count_table(a["image_labels"][kept], a["text_labels"][kept], k))
+    match_of_image = np.full(k, -1)
+    match_of_image[image_cluster] = np.arange(k)
+    text_of_image = np.full(k, -1)
+    text_of_image[image_cluster] = text_cluster
+    image_labels = np.maximum(a["image_labels"], 0)
+    group = np.where(kept & (a["text_labels"] == text_of_image[image_labels]), match_of_image[image_labels], -1)
+    weights = np.ones(n)
+    means = {}
+    for dtype in ("float32", other_dtype):
+        images, texts = open_pairs(dtype, n)
+        means[dtype] = [_group_means(table, np.arange(n), group, weights, k)[0] for table in (images, texts)]
+    filled = _group_means(np.zeros((n, 1), np.float32), np.arange(n), group, weights, k)[1] > 0
+    diffs = [np.abs(x[filled] - y[filled]) for x, y in zip(means["float32"], means[other_dtype])]
+    cosines = [np.einsum("ij,ij->i", normalize(x[filled]), normalize(y[filled]))
+               for x, y in zip(means["float32"], means[other_dtype])]
+    both = a["kept"] & b["kept"]
+    nearest_cosine = (normalize(a["text_embeds"]) @ normalize(b["text_embeds"]).T).max(axis=1)
+    return dict(
+        kept=float(np.mean(a["kept"] == b["kept"])),
+        fixed_max_abs=float(max(d.max() for d in diffs)),
+        fixed_rel=float(max(d.max() / np.linalg.norm(x[filled], axis=1).mean()
+                            for d, x in zip(diffs, means["float32"]))),
+        fixed_min_cosine=float(min(c.min() for c in cosines)),
+        ari_image=adjusted_rand_score(a["image_labels"][both], b["image_labels"][both]),
+        ari_text=adjusted_rand_score(a["text_labels"][both], b["text_labels"][both]),
+        nearest_median=float(np.median(nearest_cosine)),
+        nearest_p5=float(np.percentile(nearest_cosine, 5)),
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, nargs="*", default=[], help="pair counts N for steps 2-6")
@@ -158,6 +222,8 @@ def main():
     parser.add_argument("--reference", help="folder holding the pds_hf package to compare with")
     parser.add_argument("--pairs", type=int, default=200_000, help="pairs for --reference")
     parser.add_argument("--k", type=int, default=1000, help="num_pairs M")
+    parser.add_argument("--seed", type=int, default=42, help="k-means seed of --steps; with --compare, compare "
+                        "float32 seed 42 against float32 with this seed (the control) instead of float16")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -170,7 +236,7 @@ def main():
     if args.steps:
         rows = []
         for n in args.steps:
-            r = subprocess_case("steps", args.dtype, n, args.k)
+            r = subprocess_case("steps", args.dtype, n, args.k, args.seed)
             rows.append([f"{n:,}", args.dtype, args.k, f"{r['protos_seconds']:.0f}", f"{r['caption_seconds']:.0f}",
                          f"{r['protos_seconds'] + r['caption_seconds']:.0f}", f"{r['start_anon'] * gb:.2f}",
                          f"{r['peak_protos'] * gb:.2f}", f"{r['peak_caption'] * gb:.2f}", f"{r['hwm'] * gb:.2f}",
@@ -193,14 +259,18 @@ def main():
     if args.compare:
         rows = []
         for n in args.compare:
-            a, b = (dict(np.load(CACHE / f"outofcore_protos_{dtype}_{n}_{args.k}.npz")) for dtype in ("float32", "float16"))
-            c = compare(a, b)
-            rows.append([f"{n:,}", args.k, f"{c['kept']:.5f}", f"{c['image_labels']:.4f}", f"{c['text_labels']:.4f}",
-                         f"{c['max_abs']:.3g}", f"{c['min_cosine']:.6f}", f"{c['caption_index']:.3f}"])
+            against = ("float32", args.seed) if args.seed != 42 else ("float16", 42)
+            c = storage_effect(n, args.k, *against)
+            rows.append([f"{n:,}", args.k, f"{against[0]} seed {against[1]}", f"{c['kept']:.5f}", f"{c['fixed_max_abs']:.2e}", f"{c['fixed_rel']:.2e}",
+                         f"{c['fixed_min_cosine']:.7f}", f"{c['ari_image']:.3f}", f"{c['ari_text']:.3f}",
+                         f"{c['nearest_median']:.4f}", f"{c['nearest_p5']:.4f}"])
             print(rows[-1], flush=True)
-        table = markdown_table(["pairs N", "M", "same kept pairs", "same image label", "same text label",
-                                "prototypes max abs diff", "min cosine text prototype fp16 vs fp32",
-                                "same retrieved caption"], rows)
+        table = markdown_table(["pairs N", "M", "against float32 seed 42", "same kept pairs",
+                                "same clusters: prototypes max abs diff",
+                                "same clusters: max diff / mean prototype norm", "same clusters: min cosine",
+                                "image labels ARI of the two runs", "text labels ARI",
+                                "float32 seed 42 text prototype to the nearest other one: median cosine",
+                                "5th percentile"], rows)
         append_results("float16 storage against float32: effect on the prototypes", table)
     if args.reference:
         old = subprocess_case("reference", args.reference, args.pairs, args.k, True, package=args.reference)

@@ -460,7 +460,7 @@ def main(argv=None) -> int:
                         help="where the rows go (default results-<dataset>.json next to this file)")
     args = parser.parse_args(argv)
     if args.report:
-        results = [merge([json.loads(p.read_text()) for p in sorted(HERE.glob(f"results-{name}*.json"))])
+        results = [merge([json.loads(p.read_text()) for p in sorted(HERE.glob(f"results-{name}*.json"), key=lambda p: (len(p.name), p.name))])
                    for name in DATASETS if any(HERE.glob(f"results-{name}*.json"))]
         write_report(HERE / "RESULTS.md", results)
         print(f"Wrote {HERE / 'RESULTS.md'} from {len(results)} dataset(s).")

@@ -56,8 +56,6 @@ sys.path.insert(0, str(HERE))
 
 from openclipart import DEFAULT_CACHE, caption_key, normalize_text  # noqa: E402
 
-logger = logging.getLogger(__name__)
-
 PACKAGE = "openmoji@17.0.0"
 TARBALL = "openmoji-17.0.0.tgz"
 SVG_DIR = "package/color/svg/"

@@ -21,6 +21,8 @@ import logging
 
 import numpy as np
 
+from ..filter import finite_table
+
 from .features import RetrievalSet, resolve_cache_dir, retrieval_set, student_image_features
 from .report import EvaluationReport
 
@@ -131,12 +133,7 @@ def _read_text_embeddings(distilled, column: str) -> np.ndarray:
         array = np.asarray(list(values), dtype=np.float32)
     except (TypeError, ValueError) as err:
         raise ValueError(f"Column {column!r} must hold one float vector of the same length per row ({err}).") from err
-    if array.ndim != 2:
-        raise ValueError(f"Column {column!r} must hold one float vector per row; got an array of shape {array.shape}.")
-    bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
-    if bad.size:
-        raise ValueError(f"Column {column!r} holds NaN or inf at row(s) {bad[:5].tolist()}; drop those rows first.")
-    return array
+    return finite_table(array, f"Column {column!r}")
 
 
 def _distilled_features(distilled, *, student, encoder, encoder_key, image_column, text_embedding_column,
