@@ -143,7 +143,7 @@ def parse_args(argv=None):
     parser.add_argument("--sizes", type=int, nargs="+",
                         help=f"Distilled sizes M (default {' '.join(map(str, SIZES))}; "
                              f"{' '.join(map(str, DRY_RUN_SIZES))} with --dry-run).")
-    parser.add_argument("--synthesis", choices=["unclip", "retrieve", "none"], default="unclip",
+    parser.add_argument("--synthesis", choices=["unclip", "retrieve", "retrieve-scored", "none"], default="unclip",
                         help="Step 7: Stable unCLIP (paper), the nearest real image, or no image.")
     parser.add_argument("--license", help="Hub license id (default: the one the source's card declares).")
     parser.add_argument("--private", action="store_true", help="Create the repositories private.")

@@ -164,8 +164,9 @@ def _add_distill(subparsers):
     p.add_argument("--num-pairs", type=int, help="Distilled pairs M (default 100; 16 with --demo).")
     p.add_argument("--method", choices=["pds", "random", "herding", "kcenter"], default="pds",
                    help="pds (prototypes, the paper) or a baseline that keeps real pairs (default: pds).")
-    p.add_argument("--synthesis", choices=["unclip", "retrieve", "none"], default="unclip",
-                   help="Images of the pds pairs: decoded by unCLIP, the nearest real image, or none "
+    p.add_argument("--synthesis", choices=["unclip", "retrieve", "retrieve-scored", "none"], default="unclip",
+                   help="Images of the pds pairs: decoded by unCLIP, the nearest real image, of the 8 nearest "
+                        "the one the encoder matches best with the text prototype (retrieve-scored), or none "
                         "(default: unclip).")
     p.add_argument("--clip-model", help="Encoder id or folder (default openai/clip-vit-large-patch14).")
     p.add_argument("--clip-revision", help="Revision (branch, tag or commit) of --clip-model.")

@@ -17,7 +17,9 @@ class DistillConfig:
         num_pairs: number of distilled pairs ``M`` (clusters per modality).
         method: ``"pds"`` (prototypes) or a baseline choosing real pairs: ``"random"``,
             ``"herding"``, ``"kcenter"``.
-        synthesis: step 7: ``"unclip"`` (paper), ``"retrieve"`` (nearest real image), ``"none"``.
+        synthesis: step 7: ``"unclip"`` (paper), ``"retrieve"`` (nearest real image), ``"retrieve-scored"`` (of
+            the 8 real images nearest the image prototype, the one the encoder matches best with the text
+            prototype; no decoder, see benchmarks/quality), ``"none"``.
         clip_model: encoder: Hub id, loaded transformers model, or object with encode_images/encode_texts.
         clip_processor: processor for a loaded transformers ``clip_model`` (loaded from its id if None).
         clip_revision: revision of ``clip_model`` when it is an id.

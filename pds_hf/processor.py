@@ -35,7 +35,14 @@ from .encode import encode_table, encoder_name, load_encoder, model_fingerprint
 from .inputs import check_columns, embedding_columns_present, load_images, read_pairs
 from .prototypes import prototypes_from_embeddings
 from .schema import output_features, read_run_record, run_record_info
-from .synthesize import load_unclip, resize_image, synthesize_unclip, unclip_fingerprint
+from .synthesize import (
+    REAL_IMAGE_METHODS,
+    load_unclip,
+    resize_image,
+    retrieve_scored_images,
+    synthesize_unclip,
+    unclip_fingerprint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -346,7 +353,7 @@ class DistillProcessor:
         """
         config = self.config
         given = embedding_columns_present(ds, config.image_embedding_column, config.text_embedding_column)
-        needs_images = not given or config.method != "pds" or config.synthesis == "retrieve"
+        needs_images = not given or config.method != "pds" or config.synthesis in REAL_IMAGE_METHODS
         check_columns(ds, config.image_column, config.caption_column, require_images=needs_images)
         table = read_pairs(ds, image_column=config.image_column, caption_column=config.caption_column,
                            on_bad_image=config.on_bad_image, require_images=needs_images)
@@ -550,7 +557,9 @@ class DistillProcessor:
         config = self.config
         key = stage_key("select", parent_key, config.method, config.num_pairs, config.rm_ratio, config.seed,
                         config.empty, config.kmeans_iterations, config.kmeans_restarts, config.kmeans_init,
-                        "unit-norm" if config.normalize else "raw")
+                        "unit-norm" if config.normalize else "raw",
+                        # the selection holds the chosen real images, whose rule only "retrieve-scored" changes
+                        *(["retrieve-scored"] if config.synthesis == "retrieve-scored" else []))
         stage = open_stage(self._cache_dir(), "select", key)
         if not stage.done("selection") and ranks.is_main:
             stage.save_arrays("selection", **self._choose(table, image_embeds, text_embeds))
@@ -573,9 +582,13 @@ class DistillProcessor:
                 kmeans_iterations=config.kmeans_iterations, kmeans_restarts=config.kmeans_restarts,
                 kmeans_init=config.kmeans_init, normalize=config.normalize)
             _, caption_index = retrieve_captions(protos.text_embeds, text_embeds, table.texts)
-            # The nearest real images are found here, where the embeddings are, so that step 7 needs none of them.
+            # The real images are chosen here, where the embeddings are, so that step 7 needs none of them.
+            if config.synthesis == "retrieve-scored":
+                image_index = retrieve_scored_images(image_embeds, protos.image_embeds, protos.text_embeds)
+            else:
+                image_index = nearest(protos.image_embeds, image_embeds)
             return dict(image_embeds=protos.image_embeds, text_embeds=protos.text_embeds,
-                        image_index=np.asarray(nearest(protos.image_embeds, image_embeds), dtype=np.int64),
+                        image_index=np.asarray(image_index, dtype=np.int64),
                         support=np.asarray(protos.support, dtype=np.int64), image_cluster=protos.image_cluster,
                         text_cluster=protos.text_cluster, caption_index=caption_index,
                         pairs=np.zeros(0, np.int64), kept=np.int64(protos.kept.sum()),
@@ -611,10 +624,10 @@ class DistillProcessor:
         num = len(selection)
         if config.synthesis == "none":
             return [None] * num
-        if (config.method != "pds" or config.synthesis == "retrieve") and ds is None:
+        if (config.method != "pds" or config.synthesis in REAL_IMAGE_METHODS) and ds is None:
             raise ValueError(f"synthesis={config.synthesis!r} with method={config.method!r} takes images from the "
                              "source: pass it, processor.synthesize(selection, ds).")
-        if config.method != "pds" or config.synthesis == "retrieve":
+        if config.method != "pds" or config.synthesis in REAL_IMAGE_METHODS:
             # A baseline's pairs are real: their images are the data's own; "retrieve" takes the nearest real ones.
             rows = selection.table.image_rows[selection.image_index]
             return [resize_image(image, config.image_size) for image in load_images(ds, config.image_column, rows)]

@@ -39,6 +39,7 @@ import numpy as np
 from .cache import fingerprint, open_stage, stage_key
 from .inputs import PairTable, caption_vector_counts, check_dataset_type, embedding_columns_present
 from .store import open_embeddings, write_embeddings
+from .synthesize import REAL_IMAGE_METHODS
 
 logger = logging.getLogger(__name__)
 
@@ -583,19 +584,10 @@ def _fetch_pass(processor, units: _Units, merged: _Merged, wanted: np.ndarray, s
 
 def _real_images(processor, units, merged, selection, ranks, stream_key) -> list:
     """Step 7 from the stream's own images: nearest to each image prototype, or the baseline's chosen pairs."""
-    from .caption import nearest
-
     config = processor.config
     stage = open_stage(processor._cache_dir(), "stream", stage_key("stream", stream_key, "images", config.image_size))
-    picks_name = f"picks-{selection.key}"
-    if ranks.is_main:
-        if config.method != "pds":
-            picks = merged.table.pair_image[selection.pairs]
-        else:
-            picks = nearest(selection.image_embeds, merged.image_embeds)
-        stage.save_arrays(picks_name, picks=np.asarray(picks, dtype=np.int64))
-    ranks.barrier()
-    picks = stage.load_arrays(picks_name)["picks"]
+    # The selection names its real images (the nearest, the teacher's pick, or a baseline's own).
+    picks = np.asarray(selection.image_index, dtype=np.int64)
     _fetch_pass(processor, units, merged, picks, stage, ranks)
     ranks.barrier()
     return [stage.load_image(_IMAGE(int(i))) for i in picks]
@@ -641,7 +633,7 @@ def distill_stream(processor, ds):
     ranks = current_ranks(timeout=config.barrier_timeout)
     given = embedding_columns_present(ds, config.image_embedding_column, config.text_embedding_column)
     needs_images = not given or (config.synthesis != "none" and (config.method != "pds"
-                                                                  or config.synthesis == "retrieve"))
+                                                                  or config.synthesis in REAL_IMAGE_METHODS))
     layout = _check_stream(ds, config, needs_images)
     has_images = config.image_column in ds.column_names
     if given:
@@ -679,7 +671,7 @@ def distill_stream(processor, ds):
     with stages("synthesize"):
         if config.synthesis == "none":
             images = [None] * len(selection)
-        elif config.method != "pds" or config.synthesis == "retrieve":
+        elif config.method != "pds" or config.synthesis in REAL_IMAGE_METHODS:
             images = _real_images(processor, units, merged, selection, ranks, key)
         else:
             images = processor._unclip(selection, ranks)

@@ -17,7 +17,9 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-SYNTHESIS_METHODS = ("unclip", "retrieve", "none")
+SYNTHESIS_METHODS = ("unclip", "retrieve", "retrieve-scored", "none")
+# The step-7 rules that take real images of the source instead of making new ones.
+REAL_IMAGE_METHODS = ("retrieve", "retrieve-scored")
 
 
 def load_unclip(spec, *, revision: str | None = None, device=None, dtype=None):
@@ -164,7 +166,8 @@ def retrieve_scored_images(image_embeds, image_prototypes, text_prototypes, *, c
     the text prototype beside it. Here the ``candidates`` images nearest to the image prototype (cosine)
     are scored by the encoder that made the prototypes, ``cos(image, text prototype)``, and the best is
     taken: the distilled image stays close to the image prototype and agrees with the pair's text side.
-    With ``candidates=1`` this is ``synthesis="retrieve"``.
+    With ``candidates=1`` this is ``synthesis="retrieve"``. It holds a normalised copy of ``image_embeds``:
+    for sets that fit in memory (``"retrieve"`` streams over memory-mapped embeddings in blocks).
 
     Args:
         image_embeds: ``(Ni, d)`` encoder embeddings of the distinct real images.

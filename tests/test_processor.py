@@ -303,3 +303,24 @@ def test_from_pretrained_of_a_hub_dataset(hub, shapes_ds, config, tiny_encoder):
     pds_hf.push_to_hub(small, "pds-org/shapes-pds-4", token=hub.token, license="cc0-1.0")
     again = DistillProcessor.from_pretrained("pds-org/shapes-pds-4", clip_model=tiny_encoder)
     assert again.config.num_pairs == 4 and again.config.synthesis == "retrieve"
+
+
+def test_retrieve_scored_takes_the_teachers_pick_among_the_nearest(shapes_ds, encoded, config, tmp_path):
+    from pds_hf.encode import encode_table
+    from pds_hf.synthesize import retrieve_scored_images
+
+    processor = DistillProcessor(config, synthesis="retrieve-scored", num_pairs=8)
+    selection = processor.select(encoded)
+    table, image_embeds, _ = encode_table(config.clip_model, shapes_ds, read_pairs(shapes_ds), batch_size=16)
+    expected = retrieve_scored_images(image_embeds, selection.image_embeds, selection.text_embeds)
+    np.testing.assert_array_equal(selection.image_index, expected)
+    nearest_only = DistillProcessor(config, num_pairs=8).select(encoded).image_index
+    assert not np.array_equal(expected, nearest_only), "the teacher's pick should differ from the nearest somewhere"
+
+    small = processor(encoded)
+    real = {np.asarray(image.resize((32, 32))).tobytes() for image in shapes_ds.select(table.image_rows[expected])["image"]}
+    assert {np.asarray(image).tobytes() for image in small["image"]} <= real
+    pds_hf.save_to_folder(small, tmp_path / "scored")
+    assert "best matches the text prototype" in (tmp_path / "scored" / "README.md").read_text()
+    stream = shapes_ds.to_iterable_dataset(num_shards=3)
+    assert DistillProcessor(config, synthesis="retrieve-scored", num_pairs=8)(stream)["caption"] == small["caption"]

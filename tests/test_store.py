@@ -1,4 +1,4 @@
-"""The embedding store: encode (and a stream's merge) writes the embeddings once to disk and steps 2-6 read memory maps."""
+"""The embedding store: encode (and a stream's merge) writes the embeddings to disk once; steps 2-6 get memory maps."""
 
 import errno
 import os

@@ -264,7 +264,7 @@ def halves(retrieval, seed: int = 0):
     return parts
 
 
-def run_cells(bench: Bench, *, methods, sizes, seeds: int, epochs: int, tune: bool, log, save) -> list[dict]:
+def run_cells(bench: Bench, *, methods, sizes, seeds: range, epochs: int, tune: bool, log, save) -> list[dict]:
     """Every (seed, M, method, protocol) cell: one student per seed, scored on test (or validation half B).
 
     Seeds are the outer loop and ``save(rows)`` is called after each (seed, M), so a run stopped early
@@ -272,7 +272,7 @@ def run_cells(bench: Bench, *, methods, sizes, seeds: int, epochs: int, tune: bo
     from pds_hf.evaluation import evaluate_features
 
     data, rows = bench.data, []
-    for index in range(seeds):
+    for index in seeds:
         seed = 42 + index
         for num_pairs in sizes:
             protos = prototypes(data, num_pairs, seed)
@@ -442,6 +442,7 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", default=None,
                         help=f"default {' '.join(METHODS)}; with --tune the step-7 rules {' '.join(STEP7)}")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per cell (selection 42 + i, student i)")
+    parser.add_argument("--first-seed", type=int, default=0, help="i of the first seed (to add seeds to a run)")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--train-images", type=int, default=None,
                         help="distil from this many train images only (seeded subset), to vary M/N; the teacher "
@@ -505,7 +506,8 @@ def main(argv=None) -> int:
                   "settings": ", ".join(f"{k} {v}" for k, v in settings.items())}
         output.write_text(json.dumps(result, indent=1, default=str))
 
-    rows = run_cells(bench, methods=methods, sizes=args.num_pairs, seeds=args.seeds, epochs=args.epochs,
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    rows = run_cells(bench, methods=methods, sizes=args.num_pairs, seeds=seeds, epochs=args.epochs,
                      tune=args.tune, log=lambda line: print(line, flush=True), save=save)
     save(rows, complete=True)
     print("\nmean recall, mean ± sd over seeds:")

@@ -128,7 +128,7 @@ def add_parsers(subparsers) -> None:
     compare.add_argument("--num-pairs", nargs="+", type=int, default=None,
                          help=f"distilled set sizes (default: {' '.join(map(str, DEFAULT_SIZES))}; "
                               f"{' '.join(map(str, DEMO_SIZES))} with --demo and no training set)")
-    compare.add_argument("--synthesis", choices=["unclip", "retrieve"], default=None,
+    compare.add_argument("--synthesis", choices=["unclip", "retrieve", "retrieve-scored"], default=None,
                          help="image synthesis for pds; the student needs images (default: unclip; retrieve with "
                               "--demo)")
     compare.add_argument("--distill-seed", type=int, default=42, help="seed of distill (default: 42)")

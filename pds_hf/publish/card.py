@@ -111,6 +111,12 @@ _SYNTHESIS = {
     "retrieve": ("Every image is a real image of the source: the one nearest (cosine) to the image prototype.",
                  "the real source image nearest (cosine) to the image prototype",
                  "take the real image nearest to each image prototype"),
+    "retrieve-scored": ("Every image is a real image of the source: of the 8 nearest (cosine) to the image "
+                        "prototype, the one the encoder matches best with the text prototype.",
+                        "the real source image, of the 8 nearest to the image prototype, that best matches the text "
+                        "prototype",
+                        "take, of the 8 real images nearest to each image prototype, the one that best matches "
+                        "its text prototype"),
     "none": ("No images were made (`synthesis=\"none\"`): the `image` column is empty; train on the embeddings.",
              "empty: no images were made", "no images are made"),
     "baseline": ("Every image is a real image of the source: the image of the chosen pair.",
@@ -128,7 +134,7 @@ def _limitations(synthesis: str, config: dict, encoder: str, evaluated: bool, ze
         lines.append(f"The images are synthetic (Stable unCLIP, {config.get('num_inference_steps')} steps, guidance "
                      f"{config.get('guidance_scale')}): they follow the prototypes, they are not photographs, and "
                      "they can show decoder artefacts or unreadable text.")
-    elif synthesis == "retrieve":
+    elif synthesis in ("retrieve", "retrieve-scored"):
         lines.append("The images are real images of the source, copied with its terms and content.")
     elif synthesis == "none":
         lines.append("There are no images: only the embeddings and captions can be trained on.")
