@@ -138,25 +138,6 @@ def synthesize_unclip(pipe, image_embeds, prompts: list[str], *, negative_prompt
     return images
 
 
-def retrieve_images(ds, image_column: str, image_rows, image_embeds, image_prototypes, *,
-                    image_size: int | None = 224):
-    """The real image nearest (cosine) to each image prototype, and its dataset row.
-
-    Args:
-        ds: the source dataset.
-        image_column: its image column.
-        image_rows: ``(Ni,)`` dataset row of each distinct image.
-        image_embeds: ``(Ni, d)`` their embeddings.
-        image_prototypes: ``(M, d)`` image prototypes.
-        image_size: output side in pixels; ``None`` keeps the original image.
-    """
-    from .caption import nearest
-    from .inputs import load_images
-
-    rows = np.asarray(image_rows)[nearest(image_prototypes, image_embeds)]
-    return [resize_image(image, image_size) for image in load_images(ds, image_column, rows)], rows
-
-
 def retrieve_scored_images(image_embeds, image_prototypes, text_prototypes, *, candidates: int = 8,
                            chunk: int = 1024) -> np.ndarray:
     """Step 7 without a decoder, checked by the teacher: of the real images nearest the image prototype,

