@@ -15,12 +15,17 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 
@@ -172,3 +177,17 @@ def open_stage(cache_dir, stage: str, key: str | None) -> Stage:
     if cache_dir is None or key is None:
         return MemoryStage()
     return Stage(Path(cache_dir) / f"{stage}-{key}")
+
+
+class StageTimer:
+    """Wall-clock seconds per stage, for the summary and the dataset card."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+        logger.debug("%s took %.2fs", name, self.seconds[name])

@@ -20,21 +20,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .cache import default_cache_dir, open_stage, stage_key
+from .cache import StageTimer, default_cache_dir, open_stage, stage_key
 from .caption import nearest, retrieve_captions
 from .config import DistillConfig
 from .distributed import current_ranks
 from .encode import encode_table, encoder_name, load_encoder, model_fingerprint
 from .inputs import check_columns, embedding_columns_present, load_images, read_pairs
 from .prototypes import prototypes_from_embeddings
-from .schema import output_features, read_run_record, run_record_info
+from .schema import ENCODER_ID_PREFIX, output_features, read_run_record, recorded_encoder, run_record_info
 from .synthesize import (
     REAL_IMAGE_METHODS,
     load_unclip,
@@ -47,25 +45,8 @@ from .synthesize import (
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "distill_config.json"
-# The feature ``id`` of an embedding column made by :meth:`DistillProcessor.embed` names its encoder, so that a
-# later run can tell whether the given embeddings come from the encoder it is configured with.
-ENCODER_ID_PREFIX = "pds_hf:encoder="
 # Fields that describe one machine, not the recipe: not taken from another machine's saved config.
 _MACHINE_FIELDS = ("device", "cache_dir")
-
-
-class _Stages:
-    """Wall-clock seconds per stage, for the summary and the dataset card."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
-        logger.debug("%s took %.2fs", name, self.seconds[name])
 
 
 @dataclass
@@ -153,14 +134,6 @@ def _single_threaded_cpu() -> None:
     import torch
 
     torch.set_num_threads(1)
-
-
-def recorded_encoder(feature) -> str | None:
-    """The encoder an embedding column's feature names (set by :meth:`DistillProcessor.embed`), or None."""
-    while hasattr(feature, "feature"):
-        feature = feature.feature
-    tag = getattr(feature, "id", None)
-    return tag[len(ENCODER_ID_PREFIX):] if isinstance(tag, str) and tag.startswith(ENCODER_ID_PREFIX) else None
 
 
 class DistillProcessor:
@@ -457,7 +430,7 @@ class DistillProcessor:
             from .stream import distill_stream
 
             return distill_stream(self, ds)
-        stages = _Stages()
+        stages = StageTimer()
         ranks = current_ranks(self.config.barrier_timeout)
         with stages("read"):
             table, given = self.check_inputs(ds)
@@ -550,7 +523,7 @@ class DistillProcessor:
                 f"{config.text_embedding_column!r}; add them first: encoded = ds.map(processor.encode, batched=True).")
         table, _ = self.check_inputs(encoded)
         ranks = current_ranks(self.config.barrier_timeout)
-        table, image_embeds, text_embeds, key, _ = self._encoded(encoded, table, True, _Stages(), ranks)
+        table, image_embeds, text_embeds, key, _ = self._encoded(encoded, table, True, StageTimer(), ranks)
         return self._select(table, image_embeds, text_embeds, key, ranks)
 
     def _select(self, table, image_embeds, text_embeds, parent_key, ranks) -> Selection:

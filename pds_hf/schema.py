@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 
 METADATA_KEY = "pds_hf"
+# The feature ``id`` of an embedding column made by ``DistillProcessor.embed`` names its encoder, so that a
+# later run can tell whether the given embeddings come from the encoder it is configured with.
+ENCODER_ID_PREFIX = "pds_hf:encoder="
 
 COLUMNS = ("image", "caption", "image_embedding", "text_embedding", "support", "image_cluster", "text_cluster")
 
@@ -44,3 +47,11 @@ def read_run_record(ds) -> dict:
             "This dataset carries no pds_hf metadata; was it made by pds_hf.distill? A set loaded back from "
             "parquet (load_dataset) has lost it: pass its folder or Hub id instead, "
             "e.g. pds_hf.metadata('me/flickr30k-pds-100').") from None
+
+
+def recorded_encoder(feature) -> str | None:
+    """The encoder an embedding column's feature names (set by ``DistillProcessor.embed``), or None."""
+    while hasattr(feature, "feature"):
+        feature = feature.feature
+    tag = getattr(feature, "id", None)
+    return tag[len(ENCODER_ID_PREFIX):] if isinstance(tag, str) and tag.startswith(ENCODER_ID_PREFIX) else None

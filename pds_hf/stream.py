@@ -36,8 +36,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cache import fingerprint, open_stage, stage_key
+from .cache import StageTimer, fingerprint, open_stage, stage_key
 from .inputs import PairTable, caption_vector_counts, check_dataset_type, embedding_columns_present
+from .schema import recorded_encoder
 from .store import open_embeddings, write_embeddings
 from .synthesize import REAL_IMAGE_METHODS
 
@@ -623,13 +624,12 @@ def distill_stream(processor, ds):
     """
     from .distributed import current_ranks
     from .encode import encoder_name, model_fingerprint
-    from .processor import _Stages, recorded_encoder
 
     config = processor.config
     check_dataset_type(ds, streaming=True)
     if ds.features is None:
         ds = ds._resolve_features()
-    stages = _Stages()
+    stages = StageTimer()
     ranks = current_ranks(timeout=config.barrier_timeout)
     given = embedding_columns_present(ds, config.image_embedding_column, config.text_embedding_column)
     needs_images = not given or (config.synthesis != "none" and (config.method != "pds"
