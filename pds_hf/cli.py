@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -422,7 +425,7 @@ def run_command(args) -> int:
     """Run ``args.func(args)`` with the CLI's logging, and turn an exception into one ``error:`` line and an exit
     code (the traceback too under ``-v``)."""
     verbose = getattr(args, "verbose", False)
-    with _Logging(verbose):
+    with _Logging(verbose), _exit_on_interrupt(args, enabled=not verbose):
         try:
             return args.func(args)
         except (Exception, KeyboardInterrupt) as err:
@@ -431,6 +434,34 @@ def run_command(args) -> int:
                 traceback.print_exc()
             print(f"error: {message}", file=sys.stderr)
             return code
+
+
+class _exit_on_interrupt:
+    """While a command runs, Ctrl-C prints the one ``error:`` line and ends the process with code 130 at once.
+
+    A KeyboardInterrupt raised where torch's C++ code is calling back into Python cannot cross that boundary
+    and aborts the process ("terminate called ..."); ending from the signal handler never raises it. Every
+    stage file is written under a temporary name and renamed, so what was finished is kept for the rerun.
+    Under ``-v`` (and off the main thread) Ctrl-C raises as usual, to show where it stopped.
+    """
+
+    def __init__(self, args, *, enabled: bool):
+        self.args, self.enabled, self.previous = args, enabled, None
+
+    def _handler(self, signum, frame):
+        _, message = error_line(KeyboardInterrupt(), self.args)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(EXIT_INTERRUPTED)
+
+    def __enter__(self):
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def main(argv=None) -> int:
@@ -443,5 +474,18 @@ def main(argv=None) -> int:
     return run_command(args)
 
 
+def console() -> None:
+    """The ``pds-hf`` console script and ``python -m pds_hf``: :func:`main`, then end the process.
+
+    The process ends without the interpreter's teardown, once output is flushed: pyarrow's C++ threads can race
+    that teardown and abort ("terminate called without an active exception") after the command has finished.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
