@@ -299,54 +299,102 @@ def _decode_pool(workers: int, preprocess, depth: int):
                                initializer=_start_worker, initargs=(preprocess, depth))
 
 
-def _feed(view, image_column: str, batches: list, preprocess, pool, depth: int):
-    """Yield ``(ok, inputs, preprocessed)`` for each batch of dataset rows, in order.
+class DecodeFeed:
+    """Decoded (and preprocessed) image batches for an encoder, in order, from ``workers`` processes.
 
-    With a ``pool``, up to ``depth`` batches are decoded ahead in its workers; without one, each batch
-    is decoded in this thread when asked for.
+    Used as a context manager (the worker processes end with it). Called on an iterable of batches of stored
+    images (lists of ``(bytes, path)``, as an undecoded ``datasets.Image`` column holds them), it yields for each
+    batch, in order, ``(ok, inputs, preprocessed)``: the positions that decoded and their model inputs. With
+    workers, up to ``2 * workers`` batches are decoded ahead (the iterable is read that far ahead); with
+    ``workers=0`` each batch is decoded in this thread when asked for. :meth:`encode` turns one such batch into
+    embeddings. The map-style encode stage (:func:`encode_table`) and a stream's encode pass
+    (:mod:`pds_hf.stream`) both read their images through it, so their results do not depend on ``workers``.
+
+    Args:
+        encoder: an :class:`Encoder`. When it offers a picklable ``image_preprocessor`` and ``encode_pixels`` (as
+            :class:`TransformersEncoder` does), the workers preprocess too.
+        workers: decode processes; None for :func:`default_workers`, 0 for none.
+
+    Example:
+        ```py
+        >>> with DecodeFeed(encoder, workers=2) as feed:
+        ...     for ok, inputs, preprocessed in feed(batches_of_stored_images):
+        ...         embeds = feed.encode(ok, inputs, preprocessed)
+        ```
     """
-    if pool is None:
-        for rows in batches:
-            ok, inputs = _prepare(_stored_images(view, image_column, rows), preprocess)
-            yield ok, inputs, preprocess is not None and ok.size > 0
-        return
-    from concurrent.futures.process import BrokenProcessPool
 
-    pending, upcoming = deque(), iter(batches)
-    for rows in upcoming:
-        pending.append(pool.submit(_prepare_in_worker, _stored_images(view, image_column, rows)))
-        if len(pending) >= depth:
-            break
-    while pending:
-        try:
-            ok, inputs, as_array = pending.popleft().result()
-        except BrokenProcessPool as err:
-            raise RuntimeError(
-                "An image decode worker died (killed for memory?). Lower DistillConfig.encode_workers or "
-                "encode_batch_size, or pass encode_workers=0 to decode in the main process.") from err
-        rows = next(upcoming, None)
-        if rows is not None:
-            pending.append(pool.submit(_prepare_in_worker, _stored_images(view, image_column, rows)))
-        if as_array:
-            import torch
+    def __init__(self, encoder, workers: int | None = None):
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+            raise ValueError(f"workers must be None or an integer >= 0, got {workers!r}.")
+        self.encoder = encoder
+        self.workers = default_workers() if workers is None else workers
+        self.depth = 2 * self.workers
+        self.pool = None
+        if not self.workers:
+            self.preprocess = encoder.preprocess_images if _splits_preprocessing(encoder) else None
+        elif hasattr(encoder, "encode_pixels"):
+            self.preprocess = getattr(encoder, "image_preprocessor", None)
+        else:
+            self.preprocess = None
 
-            inputs = torch.from_numpy(inputs)
-        yield ok, inputs, preprocess is not None and ok.size > 0
+    def __enter__(self) -> "DecodeFeed":
+        if self.workers:
+            self.pool = _decode_pool(self.workers, self.preprocess, self.depth)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
+
+    def __call__(self, stored_batches):
+        if self.pool is None:
+            for stored in stored_batches:
+                ok, inputs = _prepare(stored, self.preprocess)
+                yield ok, inputs, self.preprocess is not None and ok.size > 0
+            return
+        from concurrent.futures.process import BrokenProcessPool
+
+        pending, upcoming = deque(), iter(stored_batches)
+        for stored in upcoming:
+            pending.append(self.pool.submit(_prepare_in_worker, stored))
+            if len(pending) >= self.depth:
+                break
+        while pending:
+            try:
+                ok, inputs, as_array = pending.popleft().result()
+            except BrokenProcessPool as err:
+                raise RuntimeError(
+                    "An image decode worker died (killed for memory?). Lower DistillConfig.encode_workers or "
+                    "encode_batch_size, or pass encode_workers=0 to decode in the main process.") from err
+            stored = next(upcoming, None)
+            if stored is not None:
+                pending.append(self.pool.submit(_prepare_in_worker, stored))
+            if as_array:
+                import torch
+
+                inputs = torch.from_numpy(inputs)
+            yield ok, inputs, self.preprocess is not None and ok.size > 0
+
+    def encode(self, ok, inputs, preprocessed: bool, row_ids=None) -> np.ndarray:
+        """The ``(len(ok), d)`` embeddings of one batch from the feed (``row_ids``: dataset rows, for errors)."""
+        encoder = self.encoder
+        if not preprocessed and _splits_preprocessing(encoder):
+            inputs, preprocessed = encoder.preprocess_images(inputs), True
+        out = encoder.encode_pixels(inputs) if preprocessed else encoder.encode_images(inputs)
+        return check_embeddings(out, what="image", expected_rows=ok.size, row_ids=row_ids)
 
 
-def _encode_image_rows(encoder, feed, rows, batch_size: int, bar):
-    """Encode the images at dataset ``rows`` from ``feed`` (see :func:`_feed`); a row that fails to decode
-    gets NaN and is listed."""
+def _encode_image_rows(feed: DecodeFeed, batches, rows, batch_size: int, bar):
+    """Encode the images at dataset ``rows`` from ``batches`` (what ``feed`` yields, a batch of ``batch_size``
+    rows each); a row that fails to decode gets NaN and is listed."""
     embeds, failed = None, []
     for b in range(0, len(rows), batch_size):
         batch_rows = rows[b:b + batch_size]
-        ok, inputs, preprocessed = next(feed)
+        ok, inputs, preprocessed = next(batches)
         failed.extend(b + i for i in sorted(set(range(len(batch_rows))) - set(ok.tolist())))
         if ok.size:
-            if not preprocessed and _splits_preprocessing(encoder):
-                inputs, preprocessed = encoder.preprocess_images(inputs), True
-            out = encoder.encode_pixels(inputs) if preprocessed else encoder.encode_images(inputs)
-            out = check_embeddings(out, what="image", expected_rows=ok.size, row_ids=batch_rows[ok])
+            out = feed.encode(ok, inputs, preprocessed, row_ids=batch_rows[ok])
             if embeds is None:
                 embeds = np.full((len(rows), out.shape[1]), np.nan, dtype=np.float32)
             embeds[b + ok] = out
@@ -419,9 +467,7 @@ def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size:
     from .distributed import Ranks
     from .inputs import undecoded_images
 
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
-        raise ValueError(f"workers must be None or an integer >= 0, got {workers!r}.")
-    workers = default_workers() if workers is None else workers
+    feed = DecodeFeed(encoder, workers)
     stage = MemoryStage() if stage is None else stage
     ranks = Ranks() if ranks is None else ranks
     rows = table.image_rows
@@ -433,28 +479,18 @@ def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size:
         logger.info("Resuming: %d encoded image shard(s) found in %s.", skipped, stage)
 
     total = sum(image_shards[s][1] - image_shards[s][0] for s in todo_images)
-    pool = feed = None
     if todo_images:
         view = undecoded_images(ds, image_column)
-        batches = [rows[start:min(start + batch_size, image_shards[s][1])]
-                   for s in todo_images for start in range(image_shards[s][0], image_shards[s][1], batch_size)]
-        if workers:
-            preprocess = getattr(encoder, "image_preprocessor", None) if hasattr(encoder, "encode_pixels") else None
-            pool = _decode_pool(workers, preprocess, depth=2 * workers)
-        else:
-            preprocess = encoder.preprocess_images if _splits_preprocessing(encoder) else None
-        feed = _feed(view, image_column, batches, preprocess, pool, depth=2 * workers)
-    try:
-        with _progress(total, "Encoding images", disable=not ranks.is_main) as bar:
+        stored = (_stored_images(view, image_column, rows[start:min(start + batch_size, image_shards[s][1])])
+                  for s in todo_images for start in range(image_shards[s][0], image_shards[s][1], batch_size))
+        with feed, _progress(total, "Encoding images", disable=not ranks.is_main) as bar:
+            batches = feed(stored)
             for s in todo_images:
                 start, stop = image_shards[s]
-                embeds, failed = _encode_image_rows(encoder, feed, rows[start:stop], batch_size, bar)
+                embeds, failed = _encode_image_rows(feed, batches, rows[start:stop], batch_size, bar)
                 stage.save_arrays(f"images-{s:06d}", embeds=embeds, rows=rows[start:stop], failed=failed + start)
                 if failed.size and on_bad_image == "error" and ranks.world == 1:
                     _raise_failed(image_column, rows[failed + start])
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
     total = sum(text_shards[s][1] - text_shards[s][0] for s in todo_texts)
     with _progress(total, "Encoding captions", disable=not ranks.is_main) as bar:
         for s in todo_texts:

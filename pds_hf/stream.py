@@ -9,8 +9,11 @@ is downloaded ahead, and no row can be read by index. :func:`distill_stream` (wh
    ``datasets.distributed.split_dataset_by_node``). Each shard's distinct images and captions are encoded once
    (or read from the embedding columns the stream carries) and saved with, for each pair, its image and caption,
    and for each image where to find it again: (input shard, offset within that shard) and the hash of its bytes.
-   A shard is saved whole with a completion marker: a run that fails on shard ``s`` keeps shards ``0..s-1`` and
-   the next run starts from there.
+   Images are decoded and preprocessed in ``DistillConfig.encode_workers`` processes, batches ahead of the
+   encoder (:class:`~pds_hf.encode.DecodeFeed`), as for a map-style dataset. A shard is saved whole with a
+   completion marker: a run that fails on shard ``s`` (the stream raised, or ended before the rows its source
+   holds, where the source tells: :func:`pds_hf.lengths.expected_rows`) keeps shards ``0..s-1`` and the next
+   run starts from there.
 2. **Steps 2-6** run on the main process over the shards' embeddings, exactly as for a map-style dataset:
    images repeated across shards (same bytes) count once, captions are the distinct strings in stream order.
 3. **Fetch pass** (``synthesis="retrieve"`` and the baselines only): the chosen real images are read again by
@@ -32,7 +35,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -170,14 +174,18 @@ def _check_stream(ds, config, needs_images: bool) -> str:
 
 
 def _batches(part, unit: int, units: int, batch_size: int):
-    """``(first offset, arrow table)`` batches of one unit; a failure of the stream names the shard."""
+    """``(first offset, arrow table)`` batches of one unit; a failure of the stream names the shard, and so does
+    an end before the rows its source holds, where the source tells (:func:`pds_hf.lengths.expected_rows`)."""
+    from .lengths import expected_rows
+
+    expected = expected_rows(part)
     iterator = iter(part.iter(batch_size=batch_size))
     seen = 0
     while True:
         try:
             table = next(iterator)
         except StopIteration:
-            return
+            break
         except Exception as err:
             raise ShardReadError(
                 f"Reading input shard {unit} (of {units}) of the stream failed after {seen} row(s): "
@@ -185,6 +193,11 @@ def _batches(part, unit: int, units: int, batch_size: int):
                 "resume from this shard (check the source file or connection if it fails again).") from err
         yield seen, table
         seen += table.num_rows
+    if expected is not None and seen < expected:
+        raise ShardReadError(
+            f"Input shard {unit} (of {units}) of the stream ended after {seen} row(s), but its source holds "
+            f"{expected} (a file cut short, a connection closed early?). Shards that were finished are saved; run "
+            "the same call again to resume from this shard (check the source file or connection if it fails again).")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -209,13 +222,34 @@ def _unpack(data: np.ndarray, ends: np.ndarray) -> list[str]:
     return [raw[a:b].decode("utf-8") for a, b in zip(starts.tolist(), ends.tolist())]
 
 
-class _UnitEncoder:
-    """Reads one unit of the stream into its distinct images and captions, their embeddings and its pairs."""
+_PENDING = -2  # an image first seen in a batch read but not finished yet
 
-    def __init__(self, processor, layout: str, given: bool, has_images: bool, encoder, unit: int):
+
+@dataclass
+class _Batch:
+    """One batch of a unit between :meth:`_UnitEncoder.read` and :meth:`_UnitEncoder.finish`."""
+
+    start: int
+    table: object
+    captions: list
+    # Per row: None (no image), ("fresh", j) (the batch's new image j) or ("seen", digest) (an earlier image).
+    image_keys: list = field(default_factory=list)
+    fresh: list = field(default_factory=list)  # (row in the batch, digest) of each new image
+    stored: list = field(default_factory=list)  # (bytes, path) of each new image, for the decode feed
+
+
+class _UnitEncoder:
+    """Reads one unit of the stream into its distinct images and captions, their embeddings and its pairs.
+
+    A batch is read (:meth:`read`: captions checked, images hashed, new images found), its new images are decoded
+    in the decode feed's workers while later batches are read, and it is finished (:meth:`finish`) in order.
+    """
+
+    def __init__(self, processor, layout: str, given: bool, has_images: bool, encoder, unit: int, feed=None):
         self.config = processor.config
         self.layout, self.given, self.has_images, self.encoder = layout, given, has_images, encoder
-        self.unit = unit
+        self.unit, self.feed = unit, feed
+        self.num_rows = 0
         self.image_offset: list[int] = []
         self.image_digest: list[bytes] = []
         self.image_parts: list[np.ndarray] = []
@@ -257,73 +291,70 @@ class _UnitEncoder:
         except (TypeError, ValueError) as err:
             raise type(err)(f"Input shard {self.unit} of the stream: {err}") from err
 
-    def _encode(self, what: str, items: list) -> np.ndarray:
+    def _encode_texts(self, texts: list[str]) -> np.ndarray:
         from .encode import check_embeddings
 
         size = self.config.encode_batch_size
-        call = self.encoder.encode_images if what == "image" else self.encoder.encode_texts
-        batches = [items[i:i + size] for i in range(0, len(items), size)]
-        return np.concatenate([check_embeddings(call(batch), what=what, expected_rows=len(batch)) for batch in batches])
+        return np.concatenate([check_embeddings(self.encoder.encode_texts(texts[i:i + size]), what="text",
+                                                expected_rows=len(texts[i:i + size]))
+                               for i in range(0, len(texts), size)])
 
-    def _decode(self, blob, path):
-        """The decoded image, or None when it does not decode; True with given embeddings (not decoded, as for a
-        map-style dataset: the image is only read again if step 7 picks it)."""
-        from .inputs import decode_image
-
-        if self.given:
-            return True
-        try:
-            return decode_image(blob, path)
-        except Exception:
-            return None
-
-    def _image(self, blob, path, offset: int, queue: list) -> int:
-        """The index of a row's image among this unit's distinct images, or -1 when it cannot be decoded.
-
-        A new image is queued (its decoded form, for the encoder) until the batch is encoded.
-        """
-        if not self.has_images:
-            digest, decoded = bytes(20), True
-        elif blob is None and path is None:
-            return -1
-        else:
-            digest = _digest(blob, path)
-            if self.layout == "pair" and digest in self.seen_images:
-                return self.seen_images[digest]
-            decoded = self._decode(blob, path)
-        index = -1
-        if decoded is not None:
-            index = len(self.image_offset)
-            self.image_offset.append(offset)
-            self.image_digest.append(digest)
-            queue.append(decoded)
-        if self.layout == "pair" and self.has_images:
-            self.seen_images[digest] = index
-        return index
-
-    def add(self, start: int, table) -> None:
-        """Read one batch of rows (an arrow table starting at ``start`` in this unit)."""
+    def read(self, start: int, table) -> _Batch:
+        """Read one batch of rows (an arrow table starting at ``start`` in this unit): check its captions and
+        find its new images, to decode (see :meth:`finish`) unless the embeddings are given."""
         config = self.config
         captions = self._captions(start, table.column(config.caption_column).to_pylist())
-        offsets = np.arange(start, start + table.num_rows, dtype=np.int64)
-        if self.has_images:
-            images = table.column(config.image_column).combine_chunks()
-            blobs, paths = images.field("bytes").to_pylist(), images.field("path").to_pylist()
-        else:
-            blobs = paths = [None] * table.num_rows
-        queue, new_rows, image_of_row = [], [], []
-        for i in range(table.num_rows):
-            before = len(queue)
-            index = self._image(blobs[i], paths[i], start + i, queue)
-            if len(queue) > before:
-                new_rows.append(i)
+        self.num_rows = start + table.num_rows
+        batch = _Batch(start, table, captions)
+        if not self.has_images:  # given embeddings, no image column: every row is an image of its own
+            batch.fresh = [(i, bytes(20)) for i in range(table.num_rows)]
+            batch.image_keys = [("fresh", i) for i in range(table.num_rows)]
+            return batch
+        images = table.column(config.image_column).combine_chunks()
+        dedup = self.layout == "pair"
+        for i, (blob, path) in enumerate(zip(images.field("bytes").to_pylist(), images.field("path").to_pylist())):
+            if blob is None and path is None:
+                batch.image_keys.append(None)
+                continue
+            digest = _digest(blob, path)
+            if dedup and digest in self.seen_images:
+                batch.image_keys.append(("seen", digest))
+                continue
+            if dedup:
+                self.seen_images[digest] = _PENDING
+            batch.image_keys.append(("fresh", len(batch.fresh)))
+            batch.fresh.append((i, digest))
+            batch.stored.append((blob, path))
+        return batch
+
+    def finish(self, batch: _Batch, ok: np.ndarray, inputs=None, preprocessed: bool = False) -> None:
+        """Number the images of a batch that decoded (positions ``ok`` of its new images; ``inputs``: their
+        model inputs from the decode feed), mark the rows whose image did not, then add the batch's captions,
+        pairs and embeddings. Batches are finished in the order they were read."""
+        config = self.config
+        start, table = batch.start, batch.table
+        decoded = np.zeros(len(batch.fresh), dtype=bool)
+        decoded[ok] = True
+        fresh_index = []
+        for (i, digest), good in zip(batch.fresh, decoded.tolist()):
+            index = -1
+            if good:
+                index = len(self.image_offset)
+                self.image_offset.append(start + i)
+                self.image_digest.append(digest)
+            fresh_index.append(index)
+            if self.layout == "pair" and self.has_images:
+                self.seen_images[digest] = index
+        image_of_row = []
+        for i, key in enumerate(batch.image_keys):
+            index = -1 if key is None else fresh_index[key[1]] if key[0] == "fresh" else self.seen_images[key[1]]
             if index < 0:
                 self.bad_offset.append(start + i)
             image_of_row.append(index)
 
-        bounds = np.cumsum([0] + [len(row) for row in captions])
+        bounds = np.cumsum([0] + [len(row) for row in batch.captions])
         new_texts, new_positions = [], []
-        for i, row in enumerate(captions):
+        for i, row in enumerate(batch.captions):
             for position, caption in enumerate(row):
                 if caption not in self.texts:
                     self.texts[caption] = len(self.texts)
@@ -333,18 +364,20 @@ class _UnitEncoder:
                 if image_of_row[i] >= 0:
                     self.pairs.append((image_of_row[i], self.texts[caption], start + i))
 
+        new_rows = [i for (i, _), good in zip(batch.fresh, decoded.tolist()) if good]
+        offsets = np.arange(start, start + table.num_rows, dtype=np.int64)
         if self.given:
             if new_rows:
                 vectors = self._vectors(table.column(config.image_embedding_column), config.image_embedding_column,
                                         offsets)
                 self.image_parts.append(vectors[new_rows])
             if new_texts:
-                self.text_parts.append(self._given_texts(table, captions, offsets)[new_positions])
+                self.text_parts.append(self._given_texts(table, batch.captions, offsets)[new_positions])
         else:
-            if queue:
-                self.image_parts.append(self._encode("image", queue))
+            if new_rows:
+                self.image_parts.append(self.feed.encode(ok, inputs, preprocessed, row_ids=offsets[new_rows]))
             if new_texts:
-                self.text_parts.append(self._encode("text", new_texts))
+                self.text_parts.append(self._encode_texts(new_texts))
 
     def _given_texts(self, table, captions, offsets) -> np.ndarray:
         """One vector per caption of the batch (flattened in row order), from the text embedding column."""
@@ -393,8 +426,24 @@ def _columns(ds, config, given: bool, has_images: bool):
     return ds.with_format("arrow")
 
 
+def _read_ahead(reader: _UnitEncoder, batches, read: deque):
+    """Read ``batches`` of a unit, queueing each in ``read``, and yield each one's new images for the decode feed,
+    which reads as far ahead as it decodes."""
+    for start, table in batches:
+        batch = reader.read(start, table)
+        read.append(batch)
+        yield batch.stored
+
+
 def _encode_pass(processor, units: _Units, stage, layout: str, given: bool, has_images: bool, ranks) -> None:
-    """Pass 1: each process encodes the units it owns that are not saved yet."""
+    """Pass 1: each process encodes the units it owns that are not saved yet.
+
+    Images are decoded and preprocessed in ``DistillConfig.encode_workers`` processes, batches ahead of the encoder
+    (:class:`~pds_hf.encode.DecodeFeed`, as for a map-style dataset); the results do not depend on their number.
+    """
+    from contextlib import nullcontext
+
+    from .encode import DecodeFeed
     from .progress import progress
 
     config = processor.config
@@ -404,21 +453,30 @@ def _encode_pass(processor, units: _Units, stage, layout: str, given: bool, has_
         logger.info("Resuming: %d of %d input shard(s) of this process already encoded (%s).",
                     len(owned) - len(todo), len(owned), stage)
     encoder = processor.load_encoder() if todo and not given else None
-    with progress(None, desc="Encoding the stream", unit="row", disable=not ranks.is_main) as bar:
+    feed = DecodeFeed(encoder, config.encode_workers) if encoder is not None else None
+    with feed or nullcontext(), progress(None, desc="Encoding the stream", unit="row",
+                                         disable=not ranks.is_main) as bar:
         for u in todo:
             part = _columns(units.open(u), config, given, has_images)
-            reader = _UnitEncoder(processor, layout, given, has_images, encoder, u)
-            rows = 0
-            for start, table in _batches(part, u, units.count, config.encode_batch_size):
-                reader.add(start, table)
-                rows = start + table.num_rows
-                bar.update(table.num_rows)
+            reader = _UnitEncoder(processor, layout, given, has_images, encoder, u, feed)
+            batches = _batches(part, u, units.count, config.encode_batch_size)
+            if feed is None:  # the embeddings are given: nothing to decode
+                for start, table in batches:
+                    batch = reader.read(start, table)
+                    reader.finish(batch, np.arange(len(batch.fresh)))
+                    bar.update(table.num_rows)
+            else:
+                read = deque()
+                for ok, inputs, preprocessed in feed(_read_ahead(reader, batches, read)):
+                    batch = read.popleft()
+                    reader.finish(batch, ok, inputs, preprocessed)
+                    bar.update(batch.table.num_rows)
             if reader.bad_offset and config.on_bad_image == "error":
                 raise ValueError(
                     f"Column {config.image_column!r} has {len(reader.bad_offset)} image(s) that cannot be decoded in "
                     f"input shard {u} of the stream, at row(s) {reader.bad_offset[:_MAX_LISTED]} of that shard. "
                     "Remove them (ds.filter) or pass on_bad_image='skip'.")
-            stage.save_arrays(_SHARD(u), **reader.arrays(rows))
+            stage.save_arrays(_SHARD(u), **reader.arrays(reader.num_rows))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -613,8 +671,9 @@ def distill_stream(processor, ds):
         The distilled ``datasets.Dataset``, as for a map-style dataset; its run record says ``streaming: true``.
 
     Raises:
-        ShardReadError: an input shard could not be read to its end; the finished shards are kept, and running
-            the same call again resumes from the failed one.
+        ShardReadError: an input shard could not be read to its end (the stream raised, or yielded fewer rows than
+            its source holds); the finished shards are kept, and running the same call again resumes from the
+            failed one.
 
     Example:
         ```py

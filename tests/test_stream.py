@@ -155,15 +155,19 @@ def _flaky_stream(flag, rows_per_shard=8):
                                           features=Features({"image": Image(), "caption": Value("string")}))
 
 
-def test_a_failing_shard_is_named_and_the_rerun_resumes(config, tmp_path):
+@pytest.mark.parametrize("workers, encoded", [
+    (0, 16 + 2),  # shards 0 and 1, and the batch of shard 2 read before it failed
+    (1, 16),  # the feed reads 2 batches ahead: shard 2 fails before its first batch reaches the encoder
+])
+def test_a_failing_shard_is_named_and_the_rerun_resumes(workers, encoded, config, tmp_path):
     flag = tmp_path / "fail"
     flag.touch()
     counting = Counting(config.clip_model)
     settings = dict(clip_model=counting, num_pairs=3, use_cache=True, cache_dir=str(tmp_path / "cache"),
-                    encode_batch_size=2)
+                    encode_batch_size=2, encode_workers=workers)
     with pytest.raises(ShardReadError, match=r"input shard 2 \(of 4\).*after 2 row\(s\).*ConnectionError.*again"):
         DistillProcessor(config, **settings)(_flaky_stream(flag))
-    assert counting.images == 16 + 2  # shards 0 and 1, and the batch of shard 2 read before it failed
+    assert counting.images == encoded
     flag.unlink()
     counting.images = 0
     small = DistillProcessor(config, **settings)(_flaky_stream(flag))
@@ -172,6 +176,38 @@ def test_a_failing_shard_is_named_and_the_rerun_resumes(config, tmp_path):
     counting.images = counting.texts = 0
     DistillProcessor(config, **settings)(_flaky_stream(flag))
     assert counting.images == counting.texts == 0  # everything saved: nothing read again
+
+
+def test_a_shard_that_ends_early_without_an_error_is_named(shapes_pairs_ds, config, tmp_path, monkeypatch):
+    import datasets.config
+    from datasets import load_dataset
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+    files = []
+    for i in range(3):  # 3 parquet files of 10 rows: their footers say how many rows each holds
+        files.append(str(tmp_path / f"part-{i}.parquet"))
+        shapes_pairs_ds.select(range(10 * i, 10 * i + 10)).to_parquet(files[-1])
+    cut = set(shapes_pairs_ds.select(range(10, 20))["caption"])
+    cast_table = Parquet._cast_table
+
+    def drop_the_last_rows_of_file_1(self, table):  # a reader that stops early without an error
+        table = cast_table(self, table)
+        return table.slice(0, 6) if table["caption"][0].as_py() in cut else table
+
+    monkeypatch.setattr(Parquet, "_cast_table", drop_the_last_rows_of_file_1)
+    counting = Counting(config.clip_model)
+    settings = dict(clip_model=counting, num_pairs=3, use_cache=True, cache_dir=str(tmp_path / "cache"),
+                    encode_workers=0)
+    stream = load_dataset("parquet", data_files=files, split="train", streaming=True)
+    with pytest.raises(ShardReadError, match=r"Input shard 1 \(of 3\).*ended after 6 row\(s\), but its source "
+                                             r"holds 10.*run the same call again"):
+        DistillProcessor(config, **settings)(stream)
+    monkeypatch.setattr(Parquet, "_cast_table", cast_table)
+    first = counting.images
+    small = DistillProcessor(config, **settings)(stream)
+    assert counting.images - first == 10  # shards 1 and 2 (5 distinct images each): shard 0 was kept
+    assert pds_hf.metadata(small)["source"]["num_rows"] == 30
 
 
 def test_a_stream_without_identity_is_not_cached(shapes_ds, config, tmp_path):
@@ -222,6 +258,41 @@ def test_a_full_disk_names_the_stage_and_the_space(shapes_ds, config, tmp_path, 
     assert caught.value.errno == errno.ENOSPC
 
 
+def test_decode_workers_feed_the_stream(shapes_pairs_ds, config, tmp_path, monkeypatch):
+    import pds_hf.encode
+
+    # One row per pair (images repeat), with two rows whose image does not decode.
+    rows = shapes_pairs_ds.select(range(40)).cast_column("image", Image(decode=False)).to_dict()
+    rows["image"][7:7] = [{"bytes": b"not an image", "path": None}]
+    rows["caption"][7:7] = ["an unreadable picture"]
+    rows["image"][25:25] = [{"bytes": rows["image"][3]["bytes"][:-30], "path": None}]  # cut short
+    rows["caption"][25:25] = ["a picture cut short"]
+    ds = Dataset.from_dict(rows, features=Features({"image": Image(), "caption": Value("string")}))
+    settings = dict(num_pairs=4, encode_batch_size=4, rm_ratio=0.0)
+    reference = DistillProcessor(config, encode_workers=0, **settings)(ds)
+
+    decoders = tmp_path / "decoders"
+    original = pds_hf.encode._prepare
+
+    def prepare(stored, preprocess):  # the encode pass's decoding (the fetch pass decodes its picks in this process)
+        with open(decoders, "a") as log:  # forked workers inherit this patch and append their own pid
+            log.write(f"{os.getpid()}\n")
+        return original(stored, preprocess)
+
+    monkeypatch.setattr(pds_hf.encode, "_prepare", prepare)
+    for workers in (0, 1, 2):
+        decoders.write_text("")
+        streamed = DistillProcessor(config, encode_workers=workers, **settings)(ds.to_iterable_dataset(num_shards=2))
+        assert_same_set(streamed, reference)
+        source = pds_hf.metadata(streamed)["source"]
+        assert (source["skipped_images"], source["num_images"]) == (2, 20)
+        pids = set(decoders.read_text().split())
+        if workers:  # decoded in the workers only
+            assert str(os.getpid()) not in pids and 1 <= len(pids) <= workers
+        else:
+            assert pids == {str(os.getpid())}
+
+
 def test_bad_rows_of_a_stream_are_named_by_shard_and_row(config):
     rows = {"image": [{"bytes": png_bytes((i, 0, 0)), "path": None} for i in range(6)],
             "caption": ["a", "b", "c", "d", "", "f"]}
@@ -257,8 +328,8 @@ logging.basicConfig(level=logging.WARNING)
 logging.getLogger("pds_hf.stream").setLevel(logging.INFO)
 encoder = tiny_clip_encoder(seed=0)
 encoded = []
-inner = encoder.encode_images
-encoder.encode_images = lambda images: (encoded.append(len(images)), inner(images))[1]
+inner = encoder.encode_pixels  # the image batches, preprocessed by the decode workers
+encoder.encode_pixels = lambda pixels: (encoded.append(len(pixels)), inner(pixels))[1]
 config = pds_hf.DistillConfig(num_pairs=6, clip_model=encoder, synthesis="retrieve", image_size=32, device="cpu",
                               cache_dir=sys.argv[1])
 stream = demo_dataset(60, side=32).to_iterable_dataset(num_shards=int(sys.argv[2]))
