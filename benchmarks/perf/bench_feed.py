@@ -17,7 +17,7 @@ projection for ``w`` workers on a machine with a core for each worker and one fo
 
 Peak anonymous resident memory is sampled: ``RssAnon`` of the main process, and ``Pss_Anon`` summed over
 the main process and its workers (a forked worker shares its parent's pages until it writes them; PSS
-counts a shared page once in the sum).
+counts a shared page once in the sum): ``machine.AnonPeak`` with ``children=True``.
 
 Usage:
     python benchmarks/perf/bench_feed.py                         # 1024 images, workers 0 1 2
@@ -30,7 +30,6 @@ import argparse
 import io
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -40,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1]))
 
-from machine import append_results, markdown_table  # noqa: E402
+from machine import AnonPeak, append_results, markdown_table  # noqa: E402
 
 
 def jpeg_dataset(num_images: int, seed: int = 0):
@@ -106,69 +105,13 @@ def tiny_model_224():
                                                                   tokenizer=tokenizer))
 
 
-def _anon_mb(pid, proportional: bool = False) -> float:
-    """``RssAnon`` of a process in MB; with ``proportional``, ``Pss_Anon`` (anonymous pages shared after a
-    fork are split between the processes sharing them, so that a sum over processes counts them once)."""
-    path, key = (f"/proc/{pid}/smaps_rollup", "Pss_Anon:") if proportional else (f"/proc/{pid}/status", "RssAnon:")
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def _children(pid) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
-
-
-class AnonPeakWithWorkers:
-    """Peak ``RssAnon`` of this process (``main_mb``, every ``interval`` seconds), and peak ``Pss_Anon``
-    summed over it and its child processes (``total_mb``, every ``pss_interval`` seconds: reading
-    ``smaps_rollup`` walks the page tables, a CPU cost that would otherwise be counted as the feed's)."""
-
-    def __init__(self, interval: float = 0.05, pss_interval: float = 0.5):
-        self.interval, self.every = interval, max(1, round(pss_interval / interval))
-        self.main_mb, self.total_mb = 0.0, 0.0
-
-    def _sample(self, with_workers: bool = True):
-        self.main_mb = max(self.main_mb, _anon_mb(os.getpid()))
-        if with_workers:
-            pids = [os.getpid(), *_children(os.getpid())]
-            self.total_mb = max(self.total_mb, sum(_anon_mb(p, proportional=True) for p in pids))
-
-    def _run(self):
-        tick = 0
-        while not self._stop.wait(self.interval):
-            tick += 1
-            self._sample(with_workers=tick % self.every == 0)
-
-    def __enter__(self):
-        self._stop = threading.Event()
-        self._sample()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-
 def time_encode(encoder, ds, table, workers: int, batch_size: int, repeats: int):
     """Best wall time of ``repeats`` runs, with that run's peak memory and CPU seconds (main, workers)."""
     from pds_hf.encode import encode_table
 
     best = (float("inf"), None, None, None)
     for _ in range(repeats):
-        with AnonPeakWithWorkers() as sampler:
+        with AnonPeak(children=True) as sampler:
             before, start = os.times(), time.perf_counter()
             encode_table(encoder, ds, table, batch_size=batch_size, workers=workers)
             seconds, after = time.perf_counter() - start, os.times()
@@ -207,7 +150,7 @@ def main():
             rows.append([name, workers, f"{seconds:.2f}", f"{args.images / seconds:.1f}", per_worker,
                          f"{1e3 * main_cpu / args.images:.2f}",
                          f"{1e3 * worker_cpu / args.images:.2f}" if workers else "-",
-                         f"{peak.main_mb:.0f}", f"{peak.total_mb:.0f}"])
+                         f"{peak.peak_mb:.0f}", f"{peak.total_mb:.0f}"])
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     body = markdown_table(["encoder", "workers", "seconds", "images/s", "images/s per worker",
                            "main CPU ms/image", "workers' CPU ms/image", "peak RssAnon main (MB)",

@@ -82,31 +82,69 @@ def memory_status() -> dict[str, float]:
     return out
 
 
+def _pss_anon_mb(pid: int) -> float:
+    """``Pss_Anon`` of a process in MiB (0 once it has exited): anonymous pages shared after a fork are split
+    between the processes sharing them, so that a sum over processes counts each page once."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss_Anon:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
 class AnonPeak:
     """Samples ``RssAnon`` every ``interval`` seconds in a background thread while in the ``with`` block;
     ``peak_mb`` is the highest sample (numpy and faiss release the GIL, so the sampler keeps running
     through long calls).
+
+    With ``children``, ``total_mb`` is also the peak of ``Pss_Anon`` summed over this process and its child
+    processes (decode workers, say), sampled every ``children_interval`` seconds: reading ``smaps_rollup``
+    walks the page tables, a CPU cost that would otherwise be counted as the measured work's.
 
     Example:
         ```py
         >>> with AnonPeak() as peak:
         ...     work()
         >>> peak.peak_mb
+        >>> with AnonPeak(children=True) as peak:
+        ...     work_in_a_pool()
+        >>> peak.peak_mb, peak.total_mb
         ```
     """
 
-    def __init__(self, interval: float = 0.05):
-        self.interval = interval
-        self.peak_mb = 0.0
+    def __init__(self, interval: float = 0.05, *, children: bool = False, children_interval: float = 0.5):
+        self.interval, self.children = interval, children
+        self.every = max(1, round(children_interval / interval))
+        self.peak_mb = self.total_mb = 0.0
+
+    def _sample(self, with_children: bool = True):
+        self.peak_mb = max(self.peak_mb, memory_status()["RssAnon"])
+        if self.children and with_children:
+            pids = [os.getpid(), *_children(os.getpid())]
+            self.total_mb = max(self.total_mb, sum(_pss_anon_mb(pid) for pid in pids))
 
     def _run(self):
+        tick = 0
         while not self._stop.wait(self.interval):
-            self.peak_mb = max(self.peak_mb, memory_status()["RssAnon"])
+            tick += 1
+            self._sample(with_children=tick % self.every == 0)
 
     def __enter__(self):
         import threading
 
-        self.peak_mb = memory_status()["RssAnon"]
+        self.peak_mb = self.total_mb = 0.0
+        self._sample()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -115,4 +153,4 @@ class AnonPeak:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak_mb = max(self.peak_mb, memory_status()["RssAnon"])
+        self._sample()

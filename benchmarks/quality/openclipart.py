@@ -44,13 +44,11 @@ from __future__ import annotations
 import hashlib
 import html
 import io
-import json
 import logging
 import os
 import re
 import subprocess
 import sys
-import time
 import unicodedata
 import warnings
 import xml.etree.ElementTree as ET
@@ -59,6 +57,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from dataset_build import DEFAULT_CACHE, build_once, main as build_main
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,6 @@ MIN_SIDE = 32
 MAX_PIXELS = 16_000_000
 TEST_IMAGES = 1000
 VALIDATION_IMAGES = 500
-DEFAULT_CACHE = Path(__file__).resolve().parent / "cache"
 
 _NICU_PREFIX = re.compile(r"^clipart by nicu buculei\s*-\s*", re.IGNORECASE)
 _GLUED_DIGITS = re.compile(r"\b([^\W\d_]{2,})\d+\b")
@@ -288,6 +287,40 @@ def _render_one(args):
 # --------------------------------------------------------------------------------------------- build
 
 
+def claim_captions(images) -> list[tuple[dict, str]]:
+    """Give each caption to the first image that has it; return the ``(image, caption)`` pairs left out.
+
+    Candidates of rank 0 claim their strings before those of rank 1, over the images in order; two captions are
+    the same when their :func:`caption_key` is. Empty captions are skipped.
+
+    Args:
+        images: dicts with ``candidates`` (``(rank, caption)`` pairs, rank 0 or 1) and ``caption`` (a list,
+            appended to).
+
+    Example:
+        ```py
+        >>> images = [{"candidates": [(0, "Red box"), (1, "a red box")], "caption": []},
+        ...           {"candidates": [(0, "red box!"), (1, "a blue box")], "caption": []}]
+        >>> [text for _, text in claim_captions(images)], [image["caption"] for image in images]
+        (['red box!'], [['Red box', 'a red box'], ['a blue box']])
+        ```
+    """
+    used: set[str] = set()
+    dropped = []
+    for rank in (0, 1):
+        for image in images:
+            for kind, text in image["candidates"]:
+                key = caption_key(text)
+                if kind != rank or not key:
+                    continue
+                if key in used:
+                    dropped.append((image, text))
+                    continue
+                used.add(key)
+                image["caption"].append(text)
+    return dropped
+
+
 def build_rows(drawings: list[Drawing], size: int, workers: int = 2) -> tuple[list[dict], dict]:
     """Render, merge duplicate drawings, de-duplicate captions; return the rows and what was dropped."""
     from multiprocessing import Pool
@@ -308,25 +341,16 @@ def build_rows(drawings: list[Drawing], size: int, workers: int = 2) -> tuple[li
             images[thumb]["candidates"] += [(0, title), (1, description)]
             continue
         images[thumb] = {"image": png_bytes, "path": drawing.path, "title": drawing.title,
-                         "keywords": drawing.keywords, "candidates": [(0, title), (1, description)]}
+                         "keywords": drawing.keywords, "candidates": [(0, title), (1, description)], "caption": []}
 
-    used: set[str] = set()
+    # Titles claim their strings before descriptions do, over all images in path order; a merged copy's
+    # caption that its image already has is not counted as dropped.
+    dropped = sum(text not in row["caption"] for row, text in claim_captions(images.values()))
+    if dropped:
+        stats["duplicate caption (dropped)"] += dropped
     rows = []
-    # Titles claim their strings before descriptions do, over all images in path order.
-    for rank in (0, 1):
-        for row in images.values():
-            for kind, text in row["candidates"]:
-                key = caption_key(text)
-                if kind != rank or not key:
-                    continue
-                if key in used:
-                    if text not in row.setdefault("caption", []):
-                        stats["duplicate caption (dropped)"] += 1
-                    continue
-                used.add(key)
-                row.setdefault("caption", []).append(text)
     for row in images.values():
-        if not row.get("caption"):
+        if not row["caption"]:
             stats["image without a caption (dropped)"] += 1
             continue
         rows.append({"image": {"bytes": row["image"], "path": None}, "caption": row["caption"], "path": row["path"],
@@ -356,54 +380,21 @@ def build(cache_dir: Path = DEFAULT_CACHE, *, size: int = 224, seed: int = 0, wo
     Returns:
         ``(dataset_dict, manifest)``; the manifest records the counts, the rules' version and the time taken.
     """
-    import datasets
+    def make(roots: dict[str, Path]) -> tuple[list[dict], dict]:
+        drawings = list_drawings(roots["openclipart-png"] / PNG_ROOT, roots["openclipart-svg"] / SVG_ROOT)
+        rows, stats = build_rows(drawings, size, workers=workers)
+        if len(rows) <= TEST_IMAGES + VALIDATION_IMAGES:
+            raise RuntimeError(f"Only {len(rows)} images survived cleaning; expected several thousand.")
+        return rows, {"build_version": BUILD_VERSION, "size": size, "seed": seed,
+                      "packages": sorted(p.name for p in (cache_dir / "debs").glob("*.deb")), "counts": stats}
 
-    target = cache_dir / f"openclipart-v{BUILD_VERSION}-{size}px-seed{seed}"
-    if (target / "manifest.json").exists():
-        return datasets.load_from_disk(str(target / "data")), json.loads((target / "manifest.json").read_text())
-
-    start = time.perf_counter()
-    roots = fetch_packages(cache_dir)
-    fetched = time.perf_counter()
-    drawings = list_drawings(roots["openclipart-png"] / PNG_ROOT, roots["openclipart-svg"] / SVG_ROOT)
-    rows, stats = build_rows(drawings, size, workers=workers)
-    if len(rows) <= TEST_IMAGES + VALIDATION_IMAGES:
-        raise RuntimeError(f"Only {len(rows)} images survived cleaning; expected several thousand.")
-    order = np.random.default_rng(seed).permutation(len(rows))
-    parts = {"test": order[:TEST_IMAGES], "validation": order[TEST_IMAGES:TEST_IMAGES + VALIDATION_IMAGES],
-             "train": order[TEST_IMAGES + VALIDATION_IMAGES:]}
-    features = _features()
-    splits = datasets.DatasetDict({
-        name: datasets.Dataset.from_list([rows[i] for i in sorted(index)], features=features, split=name)
-        for name, index in parts.items()
-    })
-    splits.save_to_disk(str(target / "data"))
-    manifest = {
-        "build_version": BUILD_VERSION, "size": size, "seed": seed, "packages": sorted(p.name for p in (cache_dir / "debs").glob("*.deb")),
-        "counts": stats,
-        "splits": {name: {"images": len(ds), "captions": int(sum(len(c) for c in ds["caption"]))} for name, ds in splits.items()},
-        "seconds": {"fetch": round(fetched - start, 1), "build": round(time.perf_counter() - fetched, 1)},
-    }
-    (target / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return datasets.load_from_disk(str(target / "data")), manifest
+    return build_once(cache_dir / f"openclipart-v{BUILD_VERSION}-{size}px-seed{seed}", lambda: fetch_packages(cache_dir),
+                      make, features=_features(), seed=seed, test_images=TEST_IMAGES,
+                      validation_images=VALIDATION_IMAGES)
 
 
 def main(argv=None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    splits, manifest = build(args.cache_dir, size=args.size, seed=args.seed)
-    print(json.dumps(manifest, indent=2))
-    rng = np.random.default_rng(1)
-    train = splits["train"]
-    for i in rng.choice(len(train), size=12, replace=False):
-        print(train[int(i)]["path"], "->", train[int(i)]["caption"])
-    return 0
+    return build_main(argv, description=__doc__.split("\n\n")[0], build=build, label="path")
 
 
 if __name__ == "__main__":

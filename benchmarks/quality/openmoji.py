@@ -41,11 +41,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import subprocess
 import sys
 import tarfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -54,7 +52,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from openclipart import DEFAULT_CACHE, caption_key, normalize_text  # noqa: E402
+from dataset_build import DEFAULT_CACHE, build_once, main as build_main  # noqa: E402
+from openclipart import claim_captions, normalize_text  # noqa: E402
 
 PACKAGE = "openmoji@17.0.0"
 TARBALL = "openmoji-17.0.0.tgz"
@@ -166,18 +165,9 @@ def build_rows(entries: list[dict], svgs: dict[str, bytes], size: int) -> tuple[
                        "group": entry.get("group") or "", "subgroup": entry.get("subgroups") or "",
                        "candidates": candidates, "caption": []}
 
-    used: set[str] = set()
-    for rank in (0, 1):
-        for row in images.values():
-            for kind, text in row["candidates"]:
-                key = caption_key(text)
-                if kind != rank or not key:
-                    continue
-                if key in used:
-                    stats["duplicate caption (dropped)"] += 1
-                    continue
-                used.add(key)
-                row["caption"].append(text)
+    dropped = claim_captions(images.values())
+    if dropped:
+        stats["duplicate caption (dropped)"] += len(dropped)
     rows = []
     for row in images.values():
         if not row["caption"]:
@@ -219,56 +209,30 @@ def build(cache_dir: Path = DEFAULT_CACHE, *, size: int = 224, seed: int = 0, ta
         (1617, ['hyphen-minus', 'hyphen, minus, dash, line'])
         ```
     """
-    import datasets
-
     name = f"openmoji-v{BUILD_VERSION}-{size}px-seed{seed}-{test_images}-{validation_images}"
     if tarball is not None:
         name += "-" + hashlib.sha1(Path(tarball).read_bytes()).hexdigest()[:8]
-    target = cache_dir / name
-    if (target / "manifest.json").exists():
-        return datasets.load_from_disk(str(target / "data")), json.loads((target / "manifest.json").read_text())
 
-    start = time.perf_counter()
-    tarball = Path(tarball) if tarball is not None else fetch_package(cache_dir)
-    entries, svgs = read_package(tarball)
-    fetched = time.perf_counter()
-    rows, stats = build_rows(entries, svgs, size)
-    if len(rows) <= test_images + validation_images:
-        raise RuntimeError(f"Only {len(rows)} emoji survived selection, not more than the {test_images} test and "
-                           f"{validation_images} validation images; pass smaller test_images / validation_images.")
-    order = np.random.default_rng(seed).permutation(len(rows))
-    parts = {"test": order[:test_images], "validation": order[test_images:test_images + validation_images],
-             "train": order[test_images + validation_images:]}
-    splits = datasets.DatasetDict({
-        part: datasets.Dataset.from_list([rows[i] for i in sorted(index)], features=_features(), split=part)
-        for part, index in parts.items()
-    })
-    splits.save_to_disk(str(target / "data"))
-    manifest = {
-        "build_version": BUILD_VERSION, "package": tarball.name, "size": size, "seed": seed, "counts": stats,
-        "splits": {part: {"images": len(ds), "captions": int(sum(len(c) for c in ds["caption"]))}
-                   for part, ds in splits.items()},
-        "seconds": {"fetch": round(fetched - start, 1), "build": round(time.perf_counter() - fetched, 1)},
-    }
-    (target / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return datasets.load_from_disk(str(target / "data")), manifest
+    def fetch() -> tuple[Path, tuple[list[dict], dict[str, bytes]]]:
+        path = Path(tarball) if tarball is not None else fetch_package(cache_dir)
+        return path, read_package(path)
+
+    def make(package: tuple[Path, tuple[list[dict], dict[str, bytes]]]) -> tuple[list[dict], dict]:
+        path, (entries, svgs) = package
+        rows, stats = build_rows(entries, svgs, size)
+        if len(rows) <= test_images + validation_images:
+            raise RuntimeError(f"Only {len(rows)} emoji survived selection, not more than the {test_images} test "
+                               f"and {validation_images} validation images; pass smaller test_images / "
+                               "validation_images.")
+        return rows, {"build_version": BUILD_VERSION, "package": path.name, "size": size, "seed": seed,
+                      "counts": stats}
+
+    return build_once(cache_dir / name, fetch, make, features=_features(), seed=seed, test_images=test_images,
+                      validation_images=validation_images)
 
 
 def main(argv=None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    splits, manifest = build(args.cache_dir, size=args.size, seed=args.seed)
-    print(json.dumps(manifest, indent=2))
-    train = splits["train"]
-    for i in np.random.default_rng(1).choice(len(train), size=12, replace=False):
-        print(train[int(i)]["group"], "->", train[int(i)]["caption"])
-    return 0
+    return build_main(argv, description=__doc__.split("\n\n")[0], build=build, label="group")
 
 
 if __name__ == "__main__":
