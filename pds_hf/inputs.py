@@ -370,10 +370,12 @@ def embedding_columns_present(ds, image_embedding_column: str, text_embedding_co
     return all(has)
 
 
-def _vectors(column, name: str, rows) -> np.ndarray:
+def _vectors(column, name: str, rows, dim: int | None = None, dim_row: int | None = None) -> np.ndarray:
     """A pyarrow list-of-float column as an ``(n, d)`` float32 array, checked row by row.
 
-    ``rows`` gives the dataset row of each entry (for the error messages).
+    ``rows`` gives the dataset row of each entry (for the error messages). ``dim`` is the size every vector
+    must have, first seen at dataset row ``dim_row`` (a later block of a column read in blocks); without it,
+    the first entry sets the size.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -392,13 +394,14 @@ def _vectors(column, name: str, rows) -> np.ndarray:
     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
     if len(lengths) == 0:
         return np.zeros((0, 0), np.float32)
-    dim = int(lengths[0])
+    if dim is None:
+        dim, dim_row = int(lengths[0]), int(rows[0])
     odd = np.flatnonzero(lengths != dim)
     if dim == 0 or odd.size:
         at = int(odd[0]) if odd.size else 0
         raise ValueError(
             f"Column {name!r} mixes vector sizes: {int(lengths[at])} at row {int(rows[at])} but {dim} at row "
-            f"{int(rows[0])}. Every embedding must have the same dimension; re-encode the column with one model.")
+            f"{dim_row}. Every embedding must have the same dimension; re-encode the column with one model.")
     values = column.flatten() if not pa.types.is_fixed_size_list(column.type) else column.values
     matrix = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(column), dim)
     from .filter import nonfinite_rows
@@ -437,40 +440,121 @@ def caption_vector_counts(column, name: str, captions, where) -> np.ndarray:
     return counts
 
 
+# Dataset rows read at a time from the embedding columns: peak memory is one block of vectors (with 768-d float32
+# vectors, 48 MiB per caption a row holds), whatever the number of rows.
+EMBEDDING_BLOCK_ROWS = 16384
+
+
+def _embedding_blocks(ds, columns: list, block_rows: int):
+    """``(start, table)`` for each block of ``block_rows`` dataset rows: ``columns`` of rows ``start`` onwards, as
+    an Arrow table (zero-copy slices of a memory-mapped dataset)."""
+    arrow = ds.select_columns(columns).with_format("arrow")
+    for start in range(0, len(ds), block_rows):
+        yield start, arrow[start:start + block_rows]
+
+
+def _caption_vectors(block, start: int, name: str, caption_column: str, layout: str, dim: int | None = None,
+                     dim_row: int | None = None):
+    """``(vectors, captions)``: the checked vectors of column ``name`` of an Arrow ``block`` of dataset rows from
+    ``start`` on, one per caption, and the captions, both flattened in caption order."""
+    rows = np.arange(start, start + block.num_rows)
+    column = block.column(name).combine_chunks()
+    values = block.column(caption_column).to_pylist()
+    if layout != "image":
+        return _vectors(column, name, rows, dim, dim_row), values
+    counts = caption_vector_counts(column, name, values, lambda i: f"row {start + i}")
+    captions = [caption for value in values for caption in value]
+    return _vectors(column.flatten(), name, np.repeat(rows, counts), dim, dim_row), captions
+
+
 def embeddings_from_columns(ds, table: PairTable, image_embedding_column: str, text_embedding_column: str,
-                            caption_column: str):
+                            caption_column: str, *, stage=None, dtype: str = "float32", load: bool = True):
     """The ``(Ni, d)`` image and ``(Nt, d)`` caption embeddings of ``table``, read from ``ds``'s columns.
 
     The image column holds one vector per row; the caption column one vector per caption (a list of
     vectors, one per caption, in the one-row-per-image layout). A repeated image or caption takes the
     embedding of its first occurrence. Every shape, size and value is checked, naming the column and row.
+
+    The columns are read :data:`EMBEDDING_BLOCK_ROWS` rows at a time and written into the store of ``stage``
+    (see :mod:`pds_hf.store`), so memory holds one block, not the columns: on a disk stage the result is a pair of
+    memory maps, which a later call with the same stage opens without reading the columns again. The vector sizes
+    of both columns are compared first, from one row each, before anything is read in bulk.
+
+    Args:
+        ds: a ``datasets.Dataset`` holding both embedding columns.
+        table: its :class:`PairTable` (from :func:`read_pairs`).
+        image_embedding_column: the column of image vectors.
+        text_embedding_column: the column of caption vectors.
+        caption_column: the column of captions.
+        stage: a :class:`~pds_hf.cache.Stage` to keep the embeddings in (default: a
+            :class:`~pds_hf.cache.MemoryStage`, in memory).
+        dtype: ``"float32"`` or ``"float16"``: how the embeddings are stored and returned.
+        load: with False (a process of a multi-process run that does not cluster), only the sizes are compared
+            and nothing is read or returned.
+
+    Returns:
+        ``(image_embeds, text_embeds)`` in ``dtype``: read-only ``np.memmap`` on a disk stage, else ``np.ndarray``;
+        ``(None, None)`` when ``load`` is False.
+
+    Raises:
+        TypeError, ValueError: a column of the wrong type, a null, a vector of another size or holding NaN or
+            inf, a row whose vectors and captions differ in number, or image and caption vectors of different
+            sizes; each names the column and the dataset row.
+
+    Example:
+        ```py
+        >>> from pds_hf.cache import open_stage
+        >>> from pds_hf.inputs import embeddings_from_columns, read_pairs
+        >>> table = read_pairs(ds, require_images=False)
+        >>> image_embeds, text_embeds = embeddings_from_columns(
+        ...     ds, table, "image_embedding", "text_embedding", "caption",
+        ...     stage=open_stage("/tmp/cache", "embeddings", "0123abcd"), dtype="float16")
+        >>> type(image_embeds).__name__, image_embeds.dtype
+        ('memmap', dtype('float16'))
+        ```
     """
-    import pyarrow as pa
+    from .cache import MemoryStage
+    from .store import open_embeddings, write_embeddings
 
+    stage = MemoryStage() if stage is None else stage
+    if load:
+        stored = open_embeddings(stage)
+        if stored is not None:
+            logger.info("Opening the stored embeddings in %s.", stage)
+            return stored
     arrow = ds.with_format("arrow")
-    image_rows = table.image_rows
-    image_column = arrow.select(image_rows.tolist())[image_embedding_column] if len(image_rows) != len(ds) or \
-        np.any(image_rows != np.arange(len(ds))) else arrow[image_embedding_column]
-    image_embeds = _vectors(image_column, image_embedding_column, image_rows)
-
-    text_column = arrow[text_embedding_column]
-    text_column = text_column.combine_chunks() if isinstance(text_column, pa.ChunkedArray) else text_column
-    all_rows = np.arange(len(ds))
-    if table.layout == "image":
-        captions = ds.with_format(None)[caption_column]
-        counts = caption_vector_counts(text_column, text_embedding_column, captions, lambda row: f"row {row}")
-        flat = _vectors(text_column.flatten(), text_embedding_column, np.repeat(all_rows, counts))
-        flat_captions = (caption for value in captions for caption in value)
-    else:
-        flat = _vectors(text_column, text_embedding_column, all_rows)
-        flat_captions = iter(ds.with_format(None)[caption_column])
-    # Each distinct caption takes the embedding of its first occurrence.
-    first: dict[str, int] = {}
-    for position, caption in enumerate(flat_captions):
-        first.setdefault(caption, position)
-    text_embeds = flat[np.asarray([first[text] for text in table.texts], dtype=np.int64)]
-    if image_embeds.shape[1] != text_embeds.shape[1]:
+    # Both sizes from one row each, so that a mismatch is reported before any bulk read.
+    image_rows = np.sort(table.image_rows)
+    first_row = int(image_rows[0]) if len(image_rows) else 0
+    image_dim = _vectors(arrow[first_row:first_row + 1][image_embedding_column], image_embedding_column,
+                         [first_row]).shape[1]
+    text_dim = _caption_vectors(arrow[0:1], 0, text_embedding_column, caption_column, table.layout)[0].shape[1]
+    if image_dim != text_dim:
         raise ValueError(
-            f"Column {image_embedding_column!r} holds {image_embeds.shape[1]}-d vectors but {text_embedding_column!r} "
-            f"holds {text_embeds.shape[1]}-d ones; image and caption embeddings must come from one model (one space).")
-    return image_embeds, text_embeds
+            f"Column {image_embedding_column!r} holds {image_dim}-d vectors but {text_embedding_column!r} holds "
+            f"{text_dim}-d ones; image and caption embeddings must come from one model (one space).")
+    if not load:
+        return None, None
+    image_order = np.argsort(table.image_rows, kind="stable")
+
+    def fill(image_embeds, text_embeds):
+        # Each distinct caption takes the vector of its first occurrence: it leaves `wanted` when found.
+        wanted = {text: i for i, text in enumerate(table.texts)}
+        columns = [image_embedding_column, text_embedding_column, caption_column]
+        for start, block in _embedding_blocks(ds, columns, EMBEDDING_BLOCK_ROWS):
+            lo, hi = np.searchsorted(image_rows, [start, start + block.num_rows])
+            if hi > lo:
+                picked = block.column(image_embedding_column).take(image_rows[lo:hi] - start)
+                image_embeds[image_order[lo:hi]] = _vectors(picked, image_embedding_column, image_rows[lo:hi],
+                                                            image_dim, first_row)
+            vectors, captions = _caption_vectors(block, start, text_embedding_column, caption_column, table.layout,
+                                                 text_dim, 0)
+            found = [(wanted.pop(caption), at) for at, caption in enumerate(captions) if caption in wanted]
+            if found:
+                index, at = np.asarray(found, dtype=np.int64).T
+                text_embeds[index] = vectors[at]
+        if wanted:
+            raise ValueError(f"{len(wanted)} caption(s) of the table are not in column {caption_column!r}, e.g. "
+                             f"{next(iter(wanted))!r}; build the table from this dataset: read_pairs(ds).")
+
+    return write_embeddings(stage, ((len(image_rows), image_dim), (len(table.texts), text_dim)), fill, dtype=dtype)

@@ -382,11 +382,18 @@ class DistillProcessor:
         if given:
             from .inputs import embeddings_from_columns
 
-            with stages("read embeddings"):
-                image_embeds, text_embeds = embeddings_from_columns(
-                    ds, table, config.image_embedding_column, config.text_embedding_column, config.caption_column)
             key = stage_key("embeddings", ds._fingerprint, config.image_column, config.caption_column,
-                            config.image_embedding_column, config.text_embedding_column, config.on_bad_image)
+                            config.image_embedding_column, config.text_embedding_column, config.on_bad_image,
+                            *(() if config.embedding_dtype == "float32" else (config.embedding_dtype,)))
+            stage = open_stage(self._cache_dir(), "embeddings", key)
+            if ranks.world > 1 and stage.path is None:
+                raise ValueError(f"A run over {ranks.world} processes shares its work through the cache, which "
+                                 "needs use_cache=True, so that every process reads the same results.")
+            with stages("read embeddings"):
+                # Only the main process clusters: the others never read the columns.
+                image_embeds, text_embeds = embeddings_from_columns(
+                    ds, table, config.image_embedding_column, config.text_embedding_column, config.caption_column,
+                    stage=stage, dtype=config.embedding_dtype, load=ranks.is_main)
             name = (recorded_encoder(ds.features[config.image_embedding_column])
                     or f"given column {config.image_embedding_column!r}")
             return table, image_embeds, text_embeds, key, name
