@@ -37,7 +37,7 @@ STAGE_VERSIONS = {
     "embeddings": 1,
     "select": 3,  # 2: greedy k-means++ seeding; 3: clusters on L2-normalised embeddings by default
     "synthesize": 1,
-    "stream": 1,
+    "stream": 2,  # 2: embeddings saved in chunks of shard_size rows
 }
 
 

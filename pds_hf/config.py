@@ -57,7 +57,8 @@ class DistillConfig:
             multi-process runs).
         cache_dir: where; None means ``$PDS_HF_CACHE``, else ``$HF_HOME/pds_hf``.
         shard_size: images (or captions) per encoding shard: the unit of resuming and of splitting
-            work between processes.
+            work between processes (a stream's unit is its input shard, whose embeddings are saved in chunks
+            of this many rows).
         embedding_dtype: how the embeddings are stored for steps 2-6 (memory maps in the cache, see
             :mod:`pds_hf.store`): ``"float32"``, or ``"float16"`` for half the disk (the prototypes move about
             as much as with another k-means seed; measured in benchmarks/perf/RESULTS.md).

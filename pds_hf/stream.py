@@ -10,10 +10,11 @@ is downloaded ahead, and no row can be read by index. :func:`distill_stream` (wh
    (or read from the embedding columns the stream carries) and saved with, for each pair, its image and caption,
    and for each image where to find it again: (input shard, offset within that shard) and the hash of its bytes.
    Images are decoded and preprocessed in ``DistillConfig.encode_workers`` processes, batches ahead of the
-   encoder (:class:`~pds_hf.encode.DecodeFeed`), as for a map-style dataset. A shard is saved whole with a
-   completion marker: a run that fails on shard ``s`` (the stream raised, or ended before the rows its source
-   holds, where the source tells: :func:`pds_hf.lengths.expected_rows`) keeps shards ``0..s-1`` and the next
-   run starts from there.
+   encoder (:class:`~pds_hf.encode.DecodeFeed`), as for a map-style dataset. The embeddings reach the disk in
+   chunks of ``DistillConfig.shard_size`` rows (memory holds one chunk, whatever the size of a shard), and a
+   shard's index is saved last, as its completion marker: a run that fails on shard ``s`` (the stream raised,
+   or ended before the rows its source holds, where the source tells: :func:`pds_hf.lengths.expected_rows`)
+   keeps shards ``0..s-1`` and the next run starts from there.
 2. **Steps 2-6** run on the main process over the shards' embeddings, exactly as for a map-style dataset:
    images repeated across shards (same bytes) count once, captions are the distinct strings in stream order.
 3. **Fetch pass** (``synthesis="retrieve"`` and the baselines only): the chosen real images are read again by
@@ -50,10 +51,12 @@ logger = logging.getLogger(__name__)
 
 _MAX_LISTED = 5
 _SHARD = "shard-{:06d}".format
+_CHUNK = "shard-{:06d}-{}-{:06d}".format  # (unit, "image" or "text", chunk): a unit's embeddings, in order
 _IMAGE = "image-{:012d}".format
 # Keys of a saved shard that every process reads; the embeddings are read by the main process only.
 _INDEX_KEYS = ("num_rows", "image_offset", "image_digest", "caption_bytes", "caption_ends", "caption_offset",
-               "caption_position", "pair_image", "pair_text", "pair_offset", "bad_offset")
+               "caption_position", "pair_image", "pair_text", "pair_offset", "bad_offset", "image_chunks",
+               "text_chunks", "image_dim", "text_dim")
 
 
 class ShardReadError(RuntimeError):
@@ -245,17 +248,20 @@ class _UnitEncoder:
     in the decode feed's workers while later batches are read, and it is finished (:meth:`finish`) in order.
     """
 
-    def __init__(self, processor, layout: str, given: bool, has_images: bool, encoder, unit: int, feed=None):
+    def __init__(self, processor, layout: str, given: bool, has_images: bool, encoder, unit: int, stage,
+                 feed=None):
         self.config = processor.config
         self.layout, self.given, self.has_images, self.encoder = layout, given, has_images, encoder
-        self.unit, self.feed = unit, feed
+        self.unit, self.stage, self.feed = unit, stage, feed
         self.num_rows = 0
         self.image_offset: list[int] = []
         self.image_digest: list[bytes] = []
-        self.image_parts: list[np.ndarray] = []
         self.seen_images: dict[bytes, int] = {}
         self.texts: dict[str, int] = {}
-        self.text_parts: list[np.ndarray] = []
+        # Embeddings not saved yet, saved chunks and the width of each modality's vectors.
+        self.buffered: dict[str, list[np.ndarray]] = {"image": [], "text": []}
+        self.chunks = {"image": 0, "text": 0}
+        self.dims: dict[str, int] = {}
         self.text_first: list[tuple[int, int]] = []
         self.pairs: list[tuple[int, int, int]] = []
         self.bad_offset: list[int] = []
@@ -370,14 +376,33 @@ class _UnitEncoder:
             if new_rows:
                 vectors = self._vectors(table.column(config.image_embedding_column), config.image_embedding_column,
                                         offsets)
-                self.image_parts.append(vectors[new_rows])
+                self._keep("image", vectors[new_rows])
             if new_texts:
-                self.text_parts.append(self._given_texts(table, batch.captions, offsets)[new_positions])
+                self._keep("text", self._given_texts(table, batch.captions, offsets)[new_positions])
         else:
             if new_rows:
-                self.image_parts.append(self.feed.encode(ok, inputs, preprocessed, row_ids=offsets[new_rows]))
+                self._keep("image", self.feed.encode(ok, inputs, preprocessed, row_ids=offsets[new_rows]))
             if new_texts:
-                self.text_parts.append(self._encode_texts(new_texts))
+                self._keep("text", self._encode_texts(new_texts))
+
+    def _keep(self, what: str, vectors: np.ndarray) -> None:
+        """Buffer a batch's new ``what`` embeddings; every ``DistillConfig.shard_size`` of them are saved as a
+        chunk, so that memory holds one chunk whatever the size of the input shard."""
+        dim = self.dims.setdefault(what, vectors.shape[1])
+        if vectors.shape[1] != dim:
+            raise ValueError(f"Input shard {self.unit} of the stream has {what} embeddings of different sizes "
+                             f"{sorted({dim, vectors.shape[1]})}; every embedding must come from one model.")
+        self.buffered[what].append(vectors)
+        if sum(len(part) for part in self.buffered[what]) >= self.config.shard_size:
+            self._save_chunk(what)
+
+    def _save_chunk(self, what: str) -> None:
+        parts = self.buffered[what]
+        if parts:
+            self.stage.save_arrays(_CHUNK(self.unit, what, self.chunks[what]),
+                                   embeds=np.concatenate(parts).astype(np.float32, copy=False))
+            self.chunks[what] += 1
+            parts.clear()
 
     def _given_texts(self, table, captions, offsets) -> np.ndarray:
         """One vector per caption of the batch (flattened in row order), from the text embedding column."""
@@ -389,14 +414,9 @@ class _UnitEncoder:
         return self._vectors(column.flatten(), name, np.repeat(offsets, counts))
 
     def arrays(self, num_rows: int) -> dict:
-        """What is saved for this unit."""
-        def stack(parts):
-            dims = {p.shape[1] for p in parts}
-            if len(dims) > 1:
-                raise ValueError(f"Input shard {self.unit} of the stream has embeddings of different sizes "
-                                 f"{sorted(dims)}; every embedding must come from one model.")
-            return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros((0, 0), np.float32)
-
+        """What is saved for this unit (after its last embeddings, saved as chunks)."""
+        for what in ("image", "text"):
+            self._save_chunk(what)
         caption_bytes, caption_ends = _pack(list(self.texts))
         pairs = np.asarray(self.pairs, dtype=np.int64).reshape(-1, 3)
         first = np.asarray(self.text_first, dtype=np.int64).reshape(-1, 2)
@@ -408,7 +428,8 @@ class _UnitEncoder:
             caption_position=first[:, 1].copy(),
             pair_image=pairs[:, 0].copy(), pair_text=pairs[:, 1].copy(), pair_offset=pairs[:, 2].copy(),
             bad_offset=np.asarray(self.bad_offset, dtype=np.int64),
-            image_embeds=stack(self.image_parts), text_embeds=stack(self.text_parts))
+            image_chunks=np.int64(self.chunks["image"]), text_chunks=np.int64(self.chunks["text"]),
+            image_dim=np.int64(self.dims.get("image", 0)), text_dim=np.int64(self.dims.get("text", 0)))
 
 
 def _columns(ds, config, given: bool, has_images: bool):
@@ -458,7 +479,7 @@ def _encode_pass(processor, units: _Units, stage, layout: str, given: bool, has_
                                          disable=not ranks.is_main) as bar:
         for u in todo:
             part = _columns(units.open(u), config, given, has_images)
-            reader = _UnitEncoder(processor, layout, given, has_images, encoder, u, feed)
+            reader = _UnitEncoder(processor, layout, given, has_images, encoder, u, stage, feed)
             batches = _batches(part, u, units.count, config.encode_batch_size)
             if feed is None:  # the embeddings are given: nothing to decode
                 for start, table in batches:
@@ -547,7 +568,7 @@ def _merge(stage, units: _Units, layout: str, dedup: bool, with_embeddings: bool
                       skipped_images=bad_rows.tolist())
     image_embeds = text_embeds = None
     if with_embeddings:
-        image_embeds, text_embeds = _gather_embeddings(stage, units, image_sources, image_start,
+        image_embeds, text_embeds = _gather_embeddings(stage, parts, image_sources, image_start,
                                                        np.asarray(text_sources, dtype=np.int64), text_start,
                                                        dtype)
     image_offset = np.concatenate([part["image_offset"] for part in parts])[image_sources]
@@ -556,41 +577,49 @@ def _merge(stage, units: _Units, layout: str, dedup: bool, with_embeddings: bool
                    text_embeds)
 
 
-def _gather_embeddings(stage, units: _Units, image_sources, image_start, text_sources, text_start, dtype: str):
+def _gather_embeddings(stage, parts: list, image_sources, image_start, text_sources, text_start, dtype: str):
     """The ``(Ni, d)`` image and ``(Nt, d)`` caption embeddings, each row read from the unit it was first seen in,
-    written once into the store of ``stage`` (memory maps on disk, see :mod:`pds_hf.store`) or reopened from it."""
+    written once into the store of ``stage`` (memory maps on disk, see :mod:`pds_hf.store`) or reopened from it.
+
+    ``parts`` are the units' saved indexes; their embeddings are read one saved chunk at a time.
+    """
     if not len(image_sources):
         raise ValueError("No image of the stream could be decoded and encoded.")
     stored = open_embeddings(stage)
     if stored is not None:
         logger.info("Opening the stored embeddings of the stream in %s.", stage)
         return stored
-    logger.info("Loading the embeddings of %d input shard(s) for clustering.", units.count)
-    wanted = {"image": (image_sources, image_start), "text": (text_sources, text_start)}
+    logger.info("Loading the embeddings of %d input shard(s) for clustering.", len(parts))
     dims = {}
-    for name, (sources, start) in wanted.items():
-        if len(sources):
-            u = int(np.searchsorted(start, sources[0], side="right")) - 1
-            dims[name] = u, stage.load_arrays(_SHARD(u), keys=(f"{name}_embeds",))[f"{name}_embeds"].shape[1]
+    for name in ("image", "text"):
+        for u, part in enumerate(parts):
+            dim = int(part[f"{name}_dim"])
+            if not dim:
+                continue
+            first, expected = dims.setdefault(name, (u, dim))
+            if dim != expected:
+                raise ValueError(f"Input shard {u} of the stream has {dim}-d {name} embeddings but shard {first} "
+                                 f"{expected}-d ones; every embedding must come from one model.")
     dims.setdefault("text", dims["image"])
     if dims["image"][1] != dims["text"][1]:
         raise ValueError(f"The image embeddings have {dims['image'][1]} dimensions but the caption embeddings "
                          f"{dims['text'][1]}; image and caption embeddings must come from one model (one space).")
+    wanted = {"image": (image_sources, image_start), "text": (text_sources, text_start)}
 
     def fill(image_embeds, text_embeds):
         targets = {"image": image_embeds, "text": text_embeds}
-        for u in range(units.count):
-            part = stage.load_arrays(_SHARD(u), keys=("image_embeds", "text_embeds"))
-            for name, (sources, start) in wanted.items():
-                mine = np.flatnonzero((sources >= start[u]) & (sources < start[u + 1]))
-                if not mine.size:
-                    continue
-                block = part[f"{name}_embeds"][sources[mine] - start[u]]
-                first, dim = dims[name]
-                if block.shape[1] != dim:
-                    raise ValueError(f"Input shard {u} of the stream has {block.shape[1]}-d {name} embeddings but "
-                                     f"shard {first} {dim}-d ones; every embedding must come from one model.")
-                targets[name][mine] = block
+        for name, (sources, start) in wanted.items():
+            # The rows wanted from each chunk are a slice of the sources in sorted order.
+            order = np.argsort(sources, kind="stable")
+            ordered = sources[order]
+            for u, part in enumerate(parts):
+                at = int(start[u])
+                for chunk in range(int(part[f"{name}_chunks"])):
+                    block = stage.load_arrays(_CHUNK(u, name, chunk), keys=("embeds",))["embeds"]
+                    lo, hi = np.searchsorted(ordered, [at, at + len(block)])
+                    mine = order[lo:hi]
+                    targets[name][mine] = block[sources[mine] - at]
+                    at += len(block)
 
     dim = dims["image"][1]
     return write_embeddings(stage, ((len(image_sources), dim), (len(text_sources), dim)), fill, dtype=dtype)

@@ -91,6 +91,18 @@ def test_stream_equals_map_style(layout, num_shards, synthesis, shapes_ds, shape
     assert (source["num_images"], source["num_pairs"], source["num_captions"]) == (60, 120, 95)
 
 
+def test_one_large_shard_is_saved_in_chunks(shapes_ds, config, map_style, tmp_path):
+    # A stream of one shard (to_iterable_dataset's default): its embeddings reach the disk every shard_size rows,
+    # so memory holds one chunk, not the shard.
+    streamed = DistillProcessor(config, use_cache=True, cache_dir=str(tmp_path), shard_size=16,
+                                encode_batch_size=8)(shapes_ds.to_iterable_dataset())
+    assert_same_set(streamed, map_style("image"))
+    for what, total in (("image", 60), ("text", 95)):
+        sizes = [len(np.load(path)["embeds"]) for path in sorted(tmp_path.glob(f"stream-*/shard-000000-{what}-*.npz"))]
+        assert sum(sizes) == total and len(sizes) >= 4
+        assert all(16 <= size < 16 + 2 * 8 for size in sizes[:-1])  # a chunk: shard_size rows and one batch's part
+
+
 def test_images_repeated_across_shards_count_once(shapes_pairs_ds, config, map_style):
     # 7 shards of 120 rows: some image's two rows (one per caption) fall into two shards.
     counting = Counting(config.clip_model)
@@ -252,7 +264,7 @@ def test_a_full_disk_names_the_stage_and_the_space(shapes_ds, config, tmp_path, 
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(np, "savez", full)
-    with pytest.raises(OSError, match=r"writing shard-000000\.npz of stage 'stream-[0-9a-f]+'.*needed about \d+ "
+    with pytest.raises(OSError, match=r"writing shard-000000-image-000000\.npz of stage 'stream-[0-9a-f]+'.*needed about \d+ "
                                       r"bytes and \d+ bytes are free.*cache_dir") as caught:
         DistillProcessor(config, use_cache=True, cache_dir=str(tmp_path))(shapes_ds.to_iterable_dataset(num_shards=2))
     assert caught.value.errno == errno.ENOSPC
