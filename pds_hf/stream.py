@@ -533,6 +533,18 @@ def _first_seen(order: np.ndarray, keys: list) -> tuple[np.ndarray, list[int]]:
     return ids, sources
 
 
+def _first_seen_rows(order: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_first_seen` for keys that are the rows of an array (the images' 20-byte digests), without a Python
+    object per entry: one stable sort of the keys."""
+    flat = np.ascontiguousarray(keys[order]).view(np.dtype((np.void, keys.dtype.itemsize * keys.shape[1]))).ravel()
+    _, first, inverse = np.unique(flat, return_index=True, return_inverse=True)  # first: earliest in `order`
+    number = np.empty(len(first), dtype=np.int64)
+    number[np.argsort(first, kind="stable")] = np.arange(len(first))
+    ids = np.empty(len(keys), dtype=np.int64)
+    ids[order] = number[inverse.ravel()]
+    return ids, order[np.sort(first)]
+
+
 def _merge(stage, units: _Units, layout: str, dedup: bool, with_embeddings: bool,
            dtype: str = "float32") -> _Merged:
     """Join the saved units in the stream's row order: a caption string is one caption and, ``dedup``, an image
@@ -540,18 +552,23 @@ def _merge(stage, units: _Units, layout: str, dedup: bool, with_embeddings: bool
     The embeddings are read (one unit at a time, into the store, stored as ``dtype``) only ``with_embeddings``."""
     parts = [stage.load_arrays(_SHARD(u), keys=_INDEX_KEYS) for u in range(units.count)]
     rows_before = np.cumsum([0] + [int(part["num_rows"]) for part in parts])
-    captions, caption_row, caption_position, image_row, digests = [], [], [], [], []
+    captions, caption_row, caption_position, image_row = [], [], [], []
     for u, part in enumerate(parts):
         captions += _unpack(part["caption_bytes"], part["caption_ends"])
         caption_row.append(units.rows(u, part["caption_offset"], rows_before[u]))
         caption_position.append(part["caption_position"])
         image_row.append(units.rows(u, part["image_offset"], rows_before[u]))
-        digests += [digest.tobytes() for digest in part["image_digest"]]
     text_of, text_sources = _first_seen(np.lexsort((np.concatenate(caption_position), np.concatenate(caption_row))),
                                         captions)
     image_row = np.concatenate(image_row)
-    image_of, image_sources = _first_seen(np.argsort(image_row, kind="stable"),
-                                          digests if dedup else list(range(len(digests))))
+    image_order = np.argsort(image_row, kind="stable")
+    if dedup:
+        image_of, image_sources = _first_seen_rows(image_order, np.concatenate([part["image_digest"]
+                                                                                for part in parts]))
+    else:  # every image is its own: numbered in stream order
+        image_of = np.empty(len(image_row), dtype=np.int64)
+        image_of[image_order] = np.arange(len(image_row))
+        image_sources = image_order
     text_start = np.cumsum([0] + [len(part["caption_ends"]) for part in parts])
     image_start = np.cumsum([0] + [len(part["image_offset"]) for part in parts])
     pair_image = np.concatenate([image_of[image_start[u] + part["pair_image"]] for u, part in enumerate(parts)])

@@ -103,6 +103,18 @@ def test_one_large_shard_is_saved_in_chunks(shapes_ds, config, map_style, tmp_pa
         assert all(16 <= size < 16 + 2 * 8 for size in sizes[:-1])  # a chunk: shard_size rows and one batch's part
 
 
+def test_first_seen_of_digest_rows_equals_the_dict_walk():
+    from pds_hf.stream import _first_seen, _first_seen_rows
+
+    rng = np.random.default_rng(0)
+    digests = rng.integers(0, 256, (50, 20), dtype=np.uint8)[rng.integers(0, 50, 400)]  # many repeats
+    order = rng.permutation(400)
+    ids, sources = _first_seen_rows(order, digests)
+    expected_ids, expected_sources = _first_seen(order, [row.tobytes() for row in digests])
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_array_equal(sources, expected_sources)
+
+
 def test_images_repeated_across_shards_count_once(shapes_pairs_ds, config, map_style):
     # 7 shards of 120 rows: some image's two rows (one per caption) fall into two shards.
     counting = Counting(config.clip_model)
