@@ -76,7 +76,7 @@ def _pick_split(name: str, splits, split: str | None):
     return splits[split]
 
 
-def load_source(name: str, *, split: str | None, config_name: str | None = None):
+def load_source(name: str, *, split: str | None, config_name: str | None = None, streaming: bool = False):
     """A ``datasets.Dataset`` from a Hub id, a local data folder, or a ``save_to_disk`` folder.
 
     Args:
@@ -84,6 +84,9 @@ def load_source(name: str, *, split: str | None, config_name: str | None = None)
         split: the split to read; may be left out when the dataset has exactly one. A ``--split`` that the
             dataset does not have is an error naming the splits it has.
         config_name: the dataset configuration (Hub datasets and data folders only).
+        streaming: return a ``datasets.IterableDataset`` read as it is distilled, nothing downloaded ahead
+            (``load_dataset(..., streaming=True)``; a ``save_to_disk`` folder is streamed one input shard per
+            Arrow file).
 
     Raises:
         UsageError: on a path that does not exist, a split the dataset lacks, or several splits and no ``split``.
@@ -103,14 +106,16 @@ def load_source(name: str, *, split: str | None, config_name: str | None = None)
             held = f"split {str(ds.split)!r}" if ds.split is not None else "a split with no name"
             raise UsageError(f"{name} is a save_to_disk folder holding one dataset ({held}), not split {split!r}; "
                              "drop --split" + (f" or pass --split {ds.split}." if ds.split is not None else "."))
-        return ds
+        return _streamed(ds) if streaming else ds
     if (path / "dataset_dict.json").is_file():
-        return _pick_split(name, datasets.load_from_disk(str(path)), split)
+        ds = _pick_split(name, datasets.load_from_disk(str(path)), split)
+        return _streamed(ds) if streaming else ds
     if not path.exists() and not _is_repo_id(name):
         raise UsageError(f"{name}: no such folder, and not a Hub dataset id (namespace/name); check the path, or "
                          "name a Hub dataset.")
     try:
-        ds = datasets.load_dataset(str(path) if path.exists() else name, config_name, split=split)
+        ds = datasets.load_dataset(str(path) if path.exists() else name, config_name, split=split,
+                                   streaming=streaming)
     except ValueError as err:
         if str(err).startswith("Unknown split"):
             raise UsageError(f"{name}: {err} Pass one of them to --split.") from err
@@ -119,9 +124,14 @@ def load_source(name: str, *, split: str | None, config_name: str | None = None)
         fix = ("the Hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache: unset HF_HUB_OFFLINE, or "
                "pass a local folder" if _hub_offline() else "check the network and the id, or pass a local folder")
         raise CommandError(f"could not load dataset {name!r} ({_one_line(err)}); {fix}.") from err
-    if isinstance(ds, datasets.DatasetDict):
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         return _pick_split(name, ds, split)
     return ds
+
+
+def _streamed(ds):
+    """A ``save_to_disk`` dataset as a stream: one input shard per Arrow file."""
+    return ds.to_iterable_dataset(num_shards=max(1, len(ds.cache_files)))
 
 
 def _check_model(option: str, name, revision: str | None, filename: str) -> None:
@@ -141,7 +151,7 @@ def _check_model(option: str, name, revision: str | None, filename: str) -> None
 
 
 def _check_models(config, ds) -> None:
-    given = {config.image_embedding_column, config.text_embedding_column} <= set(ds.column_names)
+    given = {config.image_embedding_column, config.text_embedding_column} <= set(ds.column_names or ())
     if not given:
         _check_model("--clip-model", config.clip_model, config.clip_revision, "config.json")
     if config.method == "pds" and config.synthesis == "unclip":
@@ -157,6 +167,9 @@ def _add_distill(subparsers):
                    help="Use the built-in shapes dataset and tiny random models (no network, no GPU).")
     p.add_argument("--split", help="Split to distill (needed when the dataset has several).")
     p.add_argument("--config-name", help="Dataset configuration name.")
+    p.add_argument("--streaming", action="store_true",
+                   help="Stream the dataset (load_dataset(..., streaming=True)): nothing is downloaded ahead; one pass "
+                        "encodes, a second reads back only the images retrieve or a baseline picks.")
     p.add_argument("--output", "-o", help="Folder to write (parquet + README.md + preview.png).")
     p.add_argument("--push-to-hub", metavar="REPO_ID",
                    help="Publish as a Hub dataset: data, card and preview in one commit.")
@@ -249,9 +262,10 @@ def run_distill(args) -> int:
         from pds_hf.demo import demo_config, demo_dataset
 
         ds = demo_dataset()
+        ds = _streamed(ds) if args.streaming else ds
         config = demo_config(**overrides)
     else:
-        ds = load_source(args.dataset, split=args.split, config_name=args.config_name)
+        ds = load_source(args.dataset, split=args.split, config_name=args.config_name, streaming=args.streaming)
         config = pds_hf.DistillConfig(**overrides)
         _check_models(config, ds)
     small = pds_hf.distill(ds, config)

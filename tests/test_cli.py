@@ -127,6 +127,26 @@ def test_a_local_dataset_pushes_to_the_hub_naming_its_source(hub, tmp_path, shap
     assert len(load_dataset("tester/shapes-pds", split="train", token=hub.token)) == 4
 
 
+def test_streaming_a_folder_of_parquet_files_gives_the_same_set(tmp_path, shapes_ds, clip_folder, capsys):
+    import pds_hf
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(3):  # three input shards
+        shapes_ds.shard(3, i, contiguous=True).to_parquet(str(source / f"part-{i}.parquet"))
+    outputs = {}
+    for flags in ((), ("--streaming",)):
+        out = tmp_path / ("streamed" if flags else "loaded")
+        code = main(["distill", str(source), *flags, "--clip-model", str(clip_folder), "--synthesis", "retrieve",
+                     "--num-pairs", "4", "--image-size", "32", "--device", "cpu", "--output", str(out)])
+        assert code == 0, capsys.readouterr().err
+        outputs[flags] = load_dataset(str(out), split="train"), pds_hf.metadata(str(out))
+    (streamed, streamed_record), (loaded, loaded_record) = outputs[("--streaming",)], outputs[()]
+    assert streamed["caption"] == loaded["caption"] and streamed["support"] == loaded["support"]
+    assert streamed_record["streaming"] is True and streamed_record["source"]["n_shards"] == 3
+    assert loaded_record.get("streaming") is not True
+
+
 @pytest.mark.parametrize("flag, expected", [("--no-normalize", "False"), ("--normalize", "True")])
 def test_normalize_flag_reaches_the_config(tmp_path, capsys, flag, expected):
     out = tmp_path / "demo"
