@@ -117,8 +117,8 @@ def load_source(name: str, *, split: str | None, config_name: str | None = None,
         ds = datasets.load_dataset(str(path) if path.exists() else name, config_name, split=split,
                                    streaming=streaming)
     except ValueError as err:
-        if str(err).startswith("Unknown split"):
-            raise UsageError(f"{name}: {err} Pass one of them to --split.") from err
+        if str(err).startswith(("Unknown split", "Bad split")):  # a split load_dataset lacks, loaded or streamed
+            raise UsageError(f"{name}: {str(err).rstrip('.')}. Pass one of them to --split.") from err
         raise
     except ConnectionError as err:
         fix = ("the Hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache: unset HF_HUB_OFFLINE, or "

@@ -190,21 +190,22 @@ def encoder_name(encoder) -> str:
     return getattr(encoder, "name", None) or type(encoder).__name__
 
 
-def check_embeddings(array, *, what: str, expected_rows: int, row_ids=None) -> np.ndarray:
-    """Validate an encoder's output: shape ``(expected_rows, d)`` and finite values.
+def check_embeddings(array, *, what: str, expected_rows: int, row_ids=None, rows_of: str = "dataset") -> np.ndarray:
+    """Validate an encoder's output: shape ``(expected_rows, d)`` with ``d > 0``, and finite values.
 
-    ``row_ids`` maps output rows to dataset rows so that an error can name the row to fix.
+    ``row_ids`` maps output rows to rows of ``rows_of`` (the dataset, or e.g. one input shard of a stream) so that
+    an error can name the row to fix.
     """
     array = np.asarray(array, dtype=np.float32)
-    if array.ndim != 2 or array.shape[0] != expected_rows:
+    if array.ndim != 2 or array.shape[0] != expected_rows or array.shape[1] == 0:
         raise ValueError(
-            f"The encoder returned {what} embeddings of shape {array.shape}; expected ({expected_rows}, d)."
+            f"The encoder returned {what} embeddings of shape {array.shape}; expected ({expected_rows}, d) with d > 0."
         )
     bad = nonfinite_rows(array)
     if bad.size:
         rows = [int(row_ids[i]) if row_ids is not None else int(i) for i in bad[:5]]
         raise ValueError(
-            f"The encoder returned NaN or inf {what} embeddings for {bad.size} input(s), first at dataset "
+            f"The encoder returned NaN or inf {what} embeddings for {bad.size} input(s), first at {rows_of} "
             f"row(s) {rows}. Check the encoder (fp16 overflow is a common cause: try dtype=torch.float32) "
             "or remove those rows."
         )
@@ -376,13 +377,14 @@ class DecodeFeed:
                 inputs = torch.from_numpy(inputs)
             yield ok, inputs, self.preprocess is not None and ok.size > 0
 
-    def encode(self, ok, inputs, preprocessed: bool, row_ids=None) -> np.ndarray:
-        """The ``(len(ok), d)`` embeddings of one batch from the feed (``row_ids``: dataset rows, for errors)."""
+    def encode(self, ok, inputs, preprocessed: bool, row_ids=None, rows_of: str = "dataset") -> np.ndarray:
+        """The ``(len(ok), d)`` embeddings of one batch from the feed (``row_ids``: their rows of ``rows_of``, for
+        errors)."""
         encoder = self.encoder
         if not preprocessed and _splits_preprocessing(encoder):
             inputs, preprocessed = encoder.preprocess_images(inputs), True
         out = encoder.encode_pixels(inputs) if preprocessed else encoder.encode_images(inputs)
-        return check_embeddings(out, what="image", expected_rows=ok.size, row_ids=row_ids)
+        return check_embeddings(out, what="image", expected_rows=ok.size, row_ids=row_ids, rows_of=rows_of)
 
 
 def _encode_image_rows(feed: DecodeFeed, batches, rows, batch_size: int, bar):
@@ -408,13 +410,22 @@ def _splits_preprocessing(encoder) -> bool:
     return hasattr(encoder, "preprocess_images") and hasattr(encoder, "encode_pixels")
 
 
-def _encode_texts(encoder, texts: list[str], batch_size: int, bar) -> np.ndarray:
+def _encode_texts(encoder, texts: list[str], batch_size: int, bar, rows=None) -> np.ndarray:
+    """Encode ``texts`` in batches (``rows``: the dataset row of each, for errors)."""
     chunks = []
     for start in range(0, len(texts), batch_size):
         batch = texts[start:start + batch_size]
-        chunks.append(check_embeddings(encoder.encode_texts(batch), what="text", expected_rows=len(batch)))
+        chunks.append(check_embeddings(encoder.encode_texts(batch), what="text", expected_rows=len(batch),
+                                       row_ids=None if rows is None else rows[start:start + batch_size]))
         bar.update(len(batch))
     return np.concatenate(chunks)
+
+
+def _first_rows(table) -> np.ndarray:
+    """The first dataset row of each distinct caption of a :class:`~pds_hf.inputs.PairTable`."""
+    rows = np.empty(len(table.texts), dtype=np.int64)
+    rows[table.pair_text[::-1]] = table.pair_rows[::-1]  # the last write wins: the first pair of each caption
+    return rows
 
 
 def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size: int = 64,
@@ -492,10 +503,12 @@ def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size:
                 if failed.size and on_bad_image == "error" and ranks.world == 1:
                     _raise_failed(image_column, rows[failed + start])
     total = sum(text_shards[s][1] - text_shards[s][0] for s in todo_texts)
+    text_rows = _first_rows(table) if todo_texts else None
     with _progress(total, "Encoding captions", disable=not ranks.is_main) as bar:
         for s in todo_texts:
             start, stop = text_shards[s]
-            stage.save_arrays(f"texts-{s:06d}", embeds=_encode_texts(encoder, table.texts[start:stop], batch_size, bar))
+            stage.save_arrays(f"texts-{s:06d}", embeds=_encode_texts(encoder, table.texts[start:stop], batch_size, bar,
+                                                                     text_rows[start:stop]))
     ranks.barrier()
 
     failed = [stage.load_arrays(f"images-{s:06d}", keys=["failed"])["failed"] for s in range(len(image_shards))]

@@ -396,9 +396,13 @@ def _vectors(column, name: str, rows, dim: int | None = None, dim_row: int | Non
         return np.zeros((0, 0), np.float32)
     if dim is None:
         dim, dim_row = int(lengths[0]), int(rows[0])
+    empty = np.flatnonzero(lengths == 0)
+    if empty.size:
+        raise ValueError(f"Column {name!r} holds an empty vector at row {int(rows[empty[0]])}; every row needs an "
+                         "embedding with at least one value. Drop that row or encode it.")
     odd = np.flatnonzero(lengths != dim)
-    if dim == 0 or odd.size:
-        at = int(odd[0]) if odd.size else 0
+    if odd.size:
+        at = int(odd[0])
         raise ValueError(
             f"Column {name!r} mixes vector sizes: {int(lengths[at])} at row {int(rows[at])} but {dim} at row "
             f"{dim_row}. Every embedding must have the same dimension; re-encode the column with one model.")

@@ -297,12 +297,13 @@ class _UnitEncoder:
         except (TypeError, ValueError) as err:
             raise type(err)(f"Input shard {self.unit} of the stream: {err}") from err
 
-    def _encode_texts(self, texts: list[str]) -> np.ndarray:
+    def _encode_texts(self, texts: list[str], offsets: list[int]) -> np.ndarray:
         from .encode import check_embeddings
 
-        size = self.config.encode_batch_size
+        size, where = self.config.encode_batch_size, f"input shard {self.unit}"
         return np.concatenate([check_embeddings(self.encoder.encode_texts(texts[i:i + size]), what="text",
-                                                expected_rows=len(texts[i:i + size]))
+                                                expected_rows=len(texts[i:i + size]), row_ids=offsets[i:i + size],
+                                                rows_of=where)
                                for i in range(0, len(texts), size)])
 
     def read(self, start: int, table) -> _Batch:
@@ -359,7 +360,7 @@ class _UnitEncoder:
             image_of_row.append(index)
 
         bounds = np.cumsum([0] + [len(row) for row in batch.captions])
-        new_texts, new_positions = [], []
+        new_texts, new_positions, new_offsets = [], [], []
         for i, row in enumerate(batch.captions):
             for position, caption in enumerate(row):
                 if caption not in self.texts:
@@ -367,6 +368,7 @@ class _UnitEncoder:
                     self.text_first.append((start + i, position))
                     new_texts.append(caption)
                     new_positions.append(int(bounds[i]) + position)
+                    new_offsets.append(start + i)
                 if image_of_row[i] >= 0:
                     self.pairs.append((image_of_row[i], self.texts[caption], start + i))
 
@@ -381,9 +383,10 @@ class _UnitEncoder:
                 self._keep("text", self._given_texts(table, batch.captions, offsets)[new_positions])
         else:
             if new_rows:
-                self._keep("image", self.feed.encode(ok, inputs, preprocessed, row_ids=offsets[new_rows]))
+                self._keep("image", self.feed.encode(ok, inputs, preprocessed, row_ids=offsets[new_rows],
+                                                     rows_of=f"input shard {self.unit}"))
             if new_texts:
-                self._keep("text", self._encode_texts(new_texts))
+                self._keep("text", self._encode_texts(new_texts, new_offsets))
 
     def _keep(self, what: str, vectors: np.ndarray) -> None:
         """Buffer a batch's new ``what`` embeddings; every ``DistillConfig.shard_size`` of them are saved as a

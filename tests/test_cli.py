@@ -71,6 +71,15 @@ def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path, shapes_ds, capsys)
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("streaming", [(), ("--streaming",)])
+def test_a_split_the_folder_lacks_is_named_with_the_fix(streaming, tmp_path, shapes_ds, capsys):
+    shapes_ds.to_parquet(str(tmp_path / "train.parquet"))
+    code = main(["distill", str(tmp_path), *streaming, "--split", "test", "--output", str(tmp_path / "out")])
+    assert code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "'train'" in last and last.endswith("Pass one of them to --split.")
+
+
 def test_entry_point_runs_as_a_module():
     result = subprocess.run([sys.executable, "-m", "pds_hf.cli", "distill", "--help"],
                             capture_output=True, text=True, timeout=120)

@@ -80,3 +80,8 @@ def test_check_embeddings_shape_and_values():
         check_embeddings(np.zeros(3), what="image", expected_rows=3)
     with pytest.raises(ValueError, match=r"dataset row\(s\) \[7\]"):
         check_embeddings(np.array([[0.0], [np.inf]]), what="text", expected_rows=2, row_ids=[3, 7])
+    with pytest.raises(ValueError, match=r"input shard 2 row\(s\) \[7\]"):
+        check_embeddings(np.array([[0.0], [np.inf]]), what="text", expected_rows=2, row_ids=[3, 7],
+                         rows_of="input shard 2")
+    with pytest.raises(ValueError, match=r"shape \(2, 0\); expected \(2, d\) with d > 0"):
+        check_embeddings(np.zeros((2, 0)), what="image", expected_rows=2)

@@ -181,6 +181,7 @@ def _with_row(ds, row, column, value):
     (("image_embedding", [1.0] * (DIM - 1)), r"'image_embedding' mixes vector sizes: 7 at row 23 but 8 at row 0"),
     (("text_embedding", [1.0] * (DIM + 1)), r"'text_embedding' mixes vector sizes: 9 at row 23 but 8 at row 0"),
     (("image_embedding", None), r"'image_embedding' is empty \(null\) at row 23"),
+    (("text_embedding", []), r"'text_embedding' holds an empty vector at row 23"),
 ])
 def test_a_bad_value_in_a_later_block_names_the_column_and_row(bad, message, rng, tmp_path, monkeypatch):
     monkeypatch.setattr(inputs, "EMBEDDING_BLOCK_ROWS", 7)

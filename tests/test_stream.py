@@ -334,6 +334,42 @@ def test_bad_rows_of_a_stream_are_named_by_shard_and_row(config):
     assert pds_hf.metadata(small)["source"]["num_images"] == 5
 
 
+class Poisoned:
+    """An encoder that returns NaN for one caption and for pure-blue images, as an fp16 overflow would."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.fingerprint = inner, "poisoned", None
+
+    def encode_images(self, images):
+        out = self.inner.encode_images(images)
+        out[[np.asarray(image)[0, 0].tolist() == [0, 0, 255] for image in images]] = np.nan
+        return out
+
+    def encode_texts(self, texts):
+        out = self.inner.encode_texts(texts)
+        out[[text == "poison" for text in texts]] = np.nan
+        return out
+
+
+@pytest.mark.parametrize("what", ["image", "text"])
+def test_nan_embeddings_name_the_row_of_the_dataset_or_of_the_shard(what, config):
+    rows = {"image": [{"bytes": png_bytes((i, 0, 0)), "path": None} for i in range(10)],
+            "caption": [f"caption {i}" for i in range(10)]}
+    if what == "image":
+        rows["image"][8] = {"bytes": png_bytes((0, 0, 255)), "path": None}
+    else:
+        rows["caption"][8] = "poison"
+    ds = Dataset.from_dict(rows, features=Features({"image": Image(), "caption": Value("string")}))
+    processor = DistillProcessor(config, clip_model=Poisoned(config.clip_model), num_pairs=2, encode_batch_size=3)
+    with pytest.raises(ValueError, match=rf"NaN or inf {what} embeddings for 1 input\(s\), first at dataset "
+                                         r"row\(s\) \[8\]"):
+        processor(ds)
+    # Shards of 5 rows: row 8 is row 3 of input shard 1.
+    with pytest.raises(ValueError, match=rf"NaN or inf {what} embeddings for 1 input\(s\), first at input shard 1 "
+                                         r"row\(s\) \[3\]"):
+        processor(ds.to_iterable_dataset(num_shards=2))
+
+
 def test_a_dict_of_streams_says_to_pick_a_split(shapes_ds):
     streams = IterableDatasetDict({"train": shapes_ds.to_iterable_dataset()})
     with pytest.raises(TypeError, match=r"IterableDatasetDict with splits \['train'\].*streaming=True"):
