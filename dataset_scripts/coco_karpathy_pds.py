@@ -21,7 +21,8 @@ Usage::
 
 The pairs (:func:`to_pairs`) are saved once per source revision under ``--cache-dir``, and each size is built
 by :class:`pds_hf.DistillBuilder` into datasets' cache from them: running the recipe again (say, after a failed
-upload) publishes without distilling again.
+upload) publishes without distilling again. The command line, the checks and the publishing are those of every
+recipe (:class:`pds_hf.recipe.Recipe`).
 
 ``--dry-run`` writes a small stand-in for the chosen source in its own file layout (tar shards or parquet)
 with the same columns and types, loads it with ``load_dataset`` and runs the whole recipe on it with the tiny
@@ -31,22 +32,20 @@ of pushing.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
 import tarfile
 from pathlib import Path
 
+from pds_hf.recipe import Recipe
+
 WDS = "undefined443/coco-karpathy-wds"
 PARQUET = "bitmind/MS-COCO"
-SOURCES = (WDS, PARQUET)
 SOURCE_SPLIT = "train"
 SELECTION = {WDS: "Karpathy train + restval: the `train` split, one row per image",
              PARQUET: "Karpathy train + restval: the `train` split, one row per caption"}
 NAME = "coco"
-SIZES = (100, 200, 500, 1000)
-DRY_RUN_SIZES = (4, 8)
 
 
 def parquet_features():
@@ -60,13 +59,6 @@ def parquet_features():
                       "sentid": Value("int32")},
         "cocoid": Value("int32"),
     })
-
-
-def load_source(where: str, revision: str | None):
-    """The Karpathy train split of the source (a Hub id at a revision, or the dry run's folder)."""
-    from datasets import load_dataset
-
-    return load_dataset(where, revision=revision, split=SOURCE_SPLIT)
 
 
 def to_pairs(ds, source: str):
@@ -83,13 +75,6 @@ def to_pairs(ds, source: str):
                        f"(columns: {flat.column_names}).")
     flat = flat.select_columns(list(columns))
     return flat.rename_columns({old: new for old, new in columns.items() if old != new})
-
-
-def builder(pairs_dir: str, settings: dict, cache_dir: str | None):
-    """The :class:`pds_hf.DistillBuilder` of one distilled size, over the pairs saved by :func:`to_pairs`."""
-    from pds_hf import DistillBuilder
-
-    return DistillBuilder(cache_dir=cache_dir, source=pairs_dir, source_split=SOURCE_SPLIT, distill=settings)
 
 
 def _shapes(num_images: int):
@@ -135,90 +120,14 @@ def write_dry_run_source(folder: Path, source: str, num_images: int = 40) -> Pat
     return folder
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog="Each size M is published as ORG/coco-pds-M.")
-    parser.add_argument("--org", required=True, help="Hub namespace (user or organisation) to publish under.")
-    parser.add_argument("--source", choices=SOURCES, default=WDS, help="Hub copy of COCO Karpathy to read.")
-    parser.add_argument("--sizes", type=int, nargs="+",
-                        help=f"Distilled sizes M (default {' '.join(map(str, SIZES))}; "
-                             f"{' '.join(map(str, DRY_RUN_SIZES))} with --dry-run).")
-    parser.add_argument("--synthesis", choices=["unclip", "retrieve", "retrieve-scored", "none"], default="unclip",
-                        help="Step 7: Stable unCLIP (paper), the nearest real image, or no image.")
-    parser.add_argument("--license", help="Hub license id (default: the one the source's card declares).")
-    parser.add_argument("--private", action="store_true", help="Create the repositories private.")
-    parser.add_argument("--token", help="Hub token (default: HF_TOKEN or `hf auth login`).")
-    parser.add_argument("--output-dir", help="Write folders here instead of pushing (default ./pds-dry-run with "
-                                             "--dry-run).")
-    parser.add_argument("--overwrite", action="store_true", help="Replace existing folders in --output-dir.")
-    parser.add_argument("--cache-dir", help="Where the distilled sets are built (default: datasets' cache; "
-                                            "OUTPUT_DIR/.cache with --dry-run).")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="Offline: a synthetic slice shaped like the source and tiny random models; folders only.")
-    parser.add_argument("--source-revision", default="main", help="Revision of the source to read.")
-    parser.add_argument("--steps", type=int, help="unCLIP denoising steps (default 100; 2 with --dry-run).")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available).")
-    return parser.parse_args(argv)
+RECIPE = Recipe(name=NAME, sources=SELECTION, source_split=SOURCE_SPLIT, to_pairs=to_pairs,
+                write_dry_run_source=write_dry_run_source, description=__doc__.split("\n\n")[0],
+                source_help="Hub copy of COCO Karpathy to read.")
+load_source = RECIPE.load_source  # the Karpathy train split of a Hub id at a revision, or of the dry run's folder
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from pds_hf.publish import PublishError, prepare_push, push_to_hub, save_to_folder
-
-    sizes = args.sizes or (DRY_RUN_SIZES if args.dry_run else SIZES)
-    repo_ids = [f"{args.org}/{NAME}-pds-{size}" for size in sizes]
-    output_dir = Path(args.output_dir) if args.output_dir else (Path("pds-dry-run") if args.dry_run else None)
-    try:
-        if output_dir is not None and not args.overwrite:  # an existing folder fails now, not after distilling
-            taken = [str(output_dir / r.split("/")[1]) for r in repo_ids if (output_dir / r.split("/")[1]).exists()]
-            if taken:
-                raise FileExistsError(f"{', '.join(taken)} already exist(s); pass --overwrite to replace, or choose "
-                                      "another --output-dir.")
-        if output_dir is None:
-            for repo_id in repo_ids:  # a bad token, namespace or license fails now, not after hours of work
-                prepare_push(repo_id, token=args.token, license=args.license, source=args.source, source_revision=args.source_revision)
-        cache_dir = args.cache_dir or (str(output_dir / ".cache") if args.dry_run else None)
-        settings = dict(synthesis=args.synthesis, seed=args.seed)
-        if args.dry_run:
-            from pds_hf.testing import save_tiny_clip, save_tiny_unclip
-
-            source = str(write_dry_run_source(output_dir / f"{args.source.replace('/', '--')}-stand-in", args.source))
-            revision = None
-            models = output_dir / ".models"
-            settings.update(clip_model=save_tiny_clip(models / "tiny-random-clip"), image_size=32, device="cpu",
-                            num_inference_steps=args.steps or 2)
-            if args.synthesis == "unclip":
-                settings["unclip_model"] = save_tiny_unclip(models / "tiny-random-unclip")
-        else:
-            from huggingface_hub import HfApi
-
-            source = args.source
-            # Pin the commit, so that the cards say exactly what was read even if the source changes later.
-            revision = HfApi(token=args.token).dataset_info(args.source, revision=args.source_revision).sha
-            settings.update(num_inference_steps=args.steps or 100, device=args.device)
-        # The pairs are saved once per source revision; the builder distills from that folder.
-        pairs_dir = Path(cache_dir or Path.home() / ".cache" / "pds_hf_recipes") / \
-            f"{NAME}-pairs-{args.source.replace('/', '--')}-{revision or 'dry-run'}"
-        if not (pairs_dir / "state.json").exists():
-            to_pairs(load_source(source, revision), args.source).save_to_disk(str(pairs_dir))
-        for size, repo_id in zip(sizes, repo_ids):
-            build = builder(str(pairs_dir), {**settings, "num_pairs": size}, cache_dir)
-            build.download_and_prepare()
-            small = build.as_dataset("train")
-            publish = dict(license=args.license, source=source, source_revision=revision,
-                           source_selection=SELECTION[args.source])
-            if output_dir is not None:
-                where = save_to_folder(small, output_dir / repo_id.split("/")[1], repo_id=repo_id,
-                                       overwrite=args.overwrite, **publish)
-            else:
-                where = push_to_hub(small, repo_id, private=args.private or None, token=args.token,
-                                    **publish).commit_url
-            print(f"{repo_id}: {len(small)} pairs -> {where}")
-    except (PublishError, ValueError, KeyError, TypeError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return RECIPE.main(argv)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,28 @@ def rng():
     return np.random.default_rng(0)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread for the test: the evaluation heads are tiny, so more threads only add waiting,
+    badly so on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def fresh_evaluation_cache():
+    """Evaluation's in-memory feature cache, empty when the test starts and emptied when it ends."""
+    from pds_hf.evaluation import clear_memory_cache
+
+    clear_memory_cache()
+    yield
+    clear_memory_cache()
+
+
 # Hub test server wiring
 # ----------------------
 # Exposes the `hub` fixture (tests/hub_server.py): an in-process Hub-compatible server on 127.0.0.1 that

@@ -5,21 +5,13 @@ import json
 import sys
 
 import pytest
-import torch
 
-from pds_hf.evaluation import clear_memory_cache
 from pds_hf.evaluation.cli import add_parsers, main
 
 FAST = ["--runs", "1", "--epochs", "2", "--eval-every", "1", "--no-cache", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def fresh_state():
-    clear_memory_cache()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny heads: extra threads only add waiting on a busy machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("fresh_evaluation_cache", "one_torch_thread")  # fixtures of conftest.py
 
 
 def test_subcommands_plug_into_a_parent_parser():

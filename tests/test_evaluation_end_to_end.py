@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from datasets import Dataset, Features, Image, List, Value
 
 import pds_hf.evaluation.train as train_module
@@ -11,14 +10,7 @@ from pds_hf.evaluation import clear_memory_cache, evaluate, tiny_student
 FAST = dict(runs=2, epochs=6, eval_every=3, device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def fresh_state():
-    clear_memory_cache()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny heads: extra threads only add waiting on a busy machine
-    yield
-    torch.set_num_threads(threads)
-    clear_memory_cache()
+pytestmark = pytest.mark.usefixtures("fresh_evaluation_cache", "one_torch_thread")  # fixtures of conftest.py
 
 
 @pytest.fixture(scope="module")

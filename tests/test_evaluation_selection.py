@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 import pds_hf.evaluation.train as train_module
 from pds_hf.evaluation import evaluate_features
@@ -11,13 +10,7 @@ from pds_hf.evaluation.features import RetrievalSet
 SETTINGS = dict(epochs=20, eval_every=5, batch_size=64, device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # The heads are tiny: more intra-op threads only add waiting, badly so on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # a fixture of conftest.py
 
 
 def world(seed=0):

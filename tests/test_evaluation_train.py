@@ -10,13 +10,7 @@ from pds_hf.evaluation.train import ContrastiveHeads, ProjectionHead, score, tra
 HIDDEN, IMAGE_DIM, TEXT_DIM, NOISE = 8, 24, 16, 0.3
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # The heads are tiny: more intra-op threads only add waiting, badly so on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # a fixture of conftest.py
 
 
 def hidden_variable_world(seed=0):
