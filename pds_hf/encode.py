@@ -410,14 +410,18 @@ def _splits_preprocessing(encoder) -> bool:
     return hasattr(encoder, "preprocess_images") and hasattr(encoder, "encode_pixels")
 
 
-def _encode_texts(encoder, texts: list[str], batch_size: int, bar, rows=None) -> np.ndarray:
-    """Encode ``texts`` in batches (``rows``: the dataset row of each, for errors)."""
+def _encode_texts(encoder, texts: list[str], batch_size: int, bar=None, rows=None,
+                  rows_of: str = "dataset") -> np.ndarray:
+    """Encode ``texts`` in batches (``rows``: the row of ``rows_of`` of each, for errors; ``bar``: a progress bar
+    to advance)."""
     chunks = []
     for start in range(0, len(texts), batch_size):
         batch = texts[start:start + batch_size]
         chunks.append(check_embeddings(encoder.encode_texts(batch), what="text", expected_rows=len(batch),
-                                       row_ids=None if rows is None else rows[start:start + batch_size]))
-        bar.update(len(batch))
+                                       row_ids=None if rows is None else rows[start:start + batch_size],
+                                       rows_of=rows_of))
+        if bar is not None:
+            bar.update(len(batch))
     return np.concatenate(chunks)
 
 

@@ -158,26 +158,27 @@ def _bad_caption(value) -> str | None:
     return None
 
 
-def _read_captions(ds, caption_column: str, layout: str):
-    """Return (texts, pair_text, pair_rows) after checking every caption."""
-    values = ds.with_format(None)[caption_column]
+def caption_lists(values: list, layout: str, caption_column: str, where) -> list[list[str]]:
+    """Each row's captions as a list (of one in the ``"pair"`` layout), after checking every caption.
+
+    ``where(i)`` names row ``i`` of ``values`` in the error (``"row 12"``, ``"input shard 3, row 40"``).
+
+    Raises:
+        ValueError: listing the captions that are not strings or are empty, and the empty caption lists, by row
+            (and position in the row's list).
+    """
     problems: list[str] = []
-    index: dict[str, int] = {}
-    pair_text: list[int] = []
-    pair_rows: list[int] = []
-    for row, value in enumerate(values):
-        captions = [value] if layout == "pair" else value
+    rows: list[list[str]] = []
+    for i, value in enumerate(values):
+        captions = [value] if layout == "pair" else (value or [])
         if layout == "image" and not captions:
-            problems.append(f"row {row} has an empty caption list")
-            continue
+            problems.append(f"{where(i)} has an empty caption list")
         for position, caption in enumerate(captions):
             why = _bad_caption(caption)
             if why:
-                where = f"row {row}" if layout == "pair" else f"row {row}, caption {position}"
-                problems.append(f"{where} {why} ({caption!r})")
-                continue
-            pair_text.append(index.setdefault(caption, len(index)))
-            pair_rows.append(row)
+                at = where(i) if layout == "pair" else f"{where(i)}, caption {position}"
+                problems.append(f"{at} {why} ({caption!r})")
+        rows.append(captions)
     if problems:
         listed = "; ".join(problems[:_MAX_LISTED])
         more = f" and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
@@ -185,6 +186,19 @@ def _read_captions(ds, caption_column: str, layout: str):
             f"Column {caption_column!r} has {len(problems)} bad caption(s): {listed}{more}. Every caption must be "
             "a non-empty string; drop or fix those rows first, e.g. ds.filter(...)."
         )
+    return rows
+
+
+def _read_captions(ds, caption_column: str, layout: str):
+    """Return (texts, pair_text, pair_rows) after checking every caption."""
+    rows = caption_lists(ds.with_format(None)[caption_column], layout, caption_column, lambda row: f"row {row}")
+    index: dict[str, int] = {}
+    pair_text: list[int] = []
+    pair_rows: list[int] = []
+    for row, captions in enumerate(rows):
+        for caption in captions:
+            pair_text.append(index.setdefault(caption, len(index)))
+            pair_rows.append(row)
     return list(index), np.asarray(pair_text, dtype=np.int64), np.asarray(pair_rows, dtype=np.int64)
 
 
@@ -528,7 +542,8 @@ def embeddings_from_columns(ds, table: PairTable, image_embedding_column: str, t
             return stored
     arrow = ds.with_format("arrow")
     # Both sizes from one row each, so that a mismatch is reported before any bulk read.
-    image_rows = np.sort(table.image_rows)
+    image_order = np.argsort(table.image_rows, kind="stable")
+    image_rows = table.image_rows[image_order]
     first_row = int(image_rows[0]) if len(image_rows) else 0
     image_dim = _vectors(arrow[first_row:first_row + 1][image_embedding_column], image_embedding_column,
                          [first_row]).shape[1]
@@ -539,7 +554,6 @@ def embeddings_from_columns(ds, table: PairTable, image_embedding_column: str, t
             f"{text_dim}-d ones; image and caption embeddings must come from one model (one space).")
     if not load:
         return None, None
-    image_order = np.argsort(table.image_rows, kind="stable")
 
     def fill(image_embeds, text_embeds):
         # Each distinct caption takes the vector of its first occurrence: it leaves `wanted` when found.

@@ -42,7 +42,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .cache import StageTimer, fingerprint, open_stage, stage_key
-from .inputs import PairTable, caption_vector_counts, check_dataset_type, embedding_columns_present
+from .encode import _encode_texts
+from .inputs import (PairTable, caption_lists, caption_vector_counts, check_dataset_type,
+                     embedding_columns_present)
 from .schema import recorded_encoder
 from .store import open_embeddings, write_embeddings
 from .synthesize import REAL_IMAGE_METHODS
@@ -269,26 +271,6 @@ class _UnitEncoder:
     def _where(self, offset: int) -> str:
         return f"input shard {self.unit}, row {offset}"
 
-    def _captions(self, start: int, values: list) -> list[list[str]]:
-        problems = []
-        rows = []
-        for i, value in enumerate(values):
-            captions = [value] if self.layout == "pair" else value
-            if self.layout == "image" and not captions:
-                problems.append(f"{self._where(start + i)} has an empty caption list")
-            for position, caption in enumerate(captions or []):
-                if not isinstance(caption, str) or not caption.strip():
-                    where = self._where(start + i) + ("" if self.layout == "pair" else f", caption {position}")
-                    why = "is empty" if isinstance(caption, str) else f"is {type(caption).__name__}, not a string"
-                    problems.append(f"{where} {why} ({caption!r})")
-            rows.append(captions or [])
-        if problems:
-            listed = "; ".join(problems[:_MAX_LISTED])
-            more = f" and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
-            raise ValueError(f"Column {self.config.caption_column!r} has bad caption(s): {listed}{more}. Every caption "
-                             "must be a non-empty string; drop or fix those rows first, e.g. ds.filter(...).")
-        return rows
-
     def _vectors(self, column, name: str, rows) -> np.ndarray:
         from .inputs import _vectors
 
@@ -297,20 +279,12 @@ class _UnitEncoder:
         except (TypeError, ValueError) as err:
             raise type(err)(f"Input shard {self.unit} of the stream: {err}") from err
 
-    def _encode_texts(self, texts: list[str], offsets: list[int]) -> np.ndarray:
-        from .encode import check_embeddings
-
-        size, where = self.config.encode_batch_size, f"input shard {self.unit}"
-        return np.concatenate([check_embeddings(self.encoder.encode_texts(texts[i:i + size]), what="text",
-                                                expected_rows=len(texts[i:i + size]), row_ids=offsets[i:i + size],
-                                                rows_of=where)
-                               for i in range(0, len(texts), size)])
-
     def read(self, start: int, table) -> _Batch:
         """Read one batch of rows (an arrow table starting at ``start`` in this unit): check its captions and
         find its new images, to decode (see :meth:`finish`) unless the embeddings are given."""
         config = self.config
-        captions = self._captions(start, table.column(config.caption_column).to_pylist())
+        captions = caption_lists(table.column(config.caption_column).to_pylist(), self.layout, config.caption_column,
+                                 lambda i: self._where(start + i))
         self.num_rows = start + table.num_rows
         batch = _Batch(start, table, captions)
         if not self.has_images:  # given embeddings, no image column: every row is an image of its own
@@ -386,7 +360,8 @@ class _UnitEncoder:
                 self._keep("image", self.feed.encode(ok, inputs, preprocessed, row_ids=offsets[new_rows],
                                                      rows_of=f"input shard {self.unit}"))
             if new_texts:
-                self._keep("text", self._encode_texts(new_texts, new_offsets))
+                self._keep("text", _encode_texts(self.encoder, new_texts, config.encode_batch_size, rows=new_offsets,
+                                                 rows_of=f"input shard {self.unit}"))
 
     def _keep(self, what: str, vectors: np.ndarray) -> None:
         """Buffer a batch's new ``what`` embeddings; every ``DistillConfig.shard_size`` of them are saved as a

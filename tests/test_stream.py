@@ -322,7 +322,7 @@ def test_bad_rows_of_a_stream_are_named_by_shard_and_row(config):
             "caption": ["a", "b", "c", "d", "", "f"]}
     features = Features({"image": Image(), "caption": Value("string")})
     stream = Dataset.from_dict(rows, features=features).to_iterable_dataset(num_shards=2)
-    with pytest.raises(ValueError, match=r"Column 'caption' has bad caption\(s\): input shard 1, row 1 is empty"):
+    with pytest.raises(ValueError, match=r"Column 'caption' has 1 bad caption\(s\): input shard 1, row 1 is empty"):
         DistillProcessor(config, num_pairs=2)(stream)
     rows["caption"][4] = "e"
     rows["image"][4] = {"bytes": b"not an image", "path": None}
