@@ -30,7 +30,7 @@ from .caption import nearest, retrieve_captions
 from .config import DistillConfig
 from .distributed import current_ranks
 from .encode import encode_table, encoder_name, load_encoder, model_fingerprint
-from .inputs import check_columns, embedding_columns_present, load_images, read_pairs
+from .inputs import caption_lists, check_columns, embedding_columns_present, load_images, read_pairs
 from .prototypes import prototypes_from_embeddings
 from .schema import ENCODER_ID_PREFIX, output_features, read_run_record, recorded_encoder, run_record_info
 from .synthesize import (
@@ -265,11 +265,9 @@ class DistillProcessor:
             images.append(image.convert("RGB"))
         captions = batch[config.caption_column]
         nested = bool(captions) and isinstance(captions[0], (list, tuple))
-        flat = [c for row in captions for c in row] if nested else list(captions)
-        for position, caption in enumerate(flat):
-            if not isinstance(caption, str) or not caption.strip():
-                raise ValueError(f"Column {config.caption_column!r}: caption {position} of this batch is "
-                                 f"{caption!r}; every caption must be a non-empty string.")
+        rows = caption_lists(captions, "image" if nested else "pair", config.caption_column,
+                             lambda i: f"item {i} of this batch")
+        flat = [c for row in rows for c in row]
         encoder = self.load_encoder(rank)
         from .encode import check_embeddings
 

@@ -62,6 +62,23 @@ def test_map_encode_equals_the_internal_encoder(layout, shapes_ds, shapes_pairs_
     np.testing.assert_allclose(per_caption, text_embeds[table.pair_text], atol=1e-5)
 
 
+def test_map_encode_names_a_bad_caption_before_encoding(shapes_ds, config):
+    class Refusing:
+        def encode_images(self, images):
+            raise AssertionError("the encoder was called")
+
+        encode_texts = encode_images
+
+    batch = shapes_ds[:3]
+    batch["caption"][1] = [batch["caption"][1][0], " "]
+    with pytest.raises(ValueError, match=r"Column 'caption' has 1 bad caption\(s\): item 1 of this batch, "
+                                         r"caption 1 is empty \(' '\)"):
+        DistillProcessor(config, clip_model=Refusing()).encode(batch)
+    batch["caption"] = [row[0] for row in batch["caption"][:2]] + [None]
+    with pytest.raises(ValueError, match=r"has 1 bad caption\(s\): item 2 of this batch is NoneType, not a string"):
+        DistillProcessor(config, clip_model=Refusing()).encode(batch)
+
+
 def test_processor_equals_distill(shapes_ds, config):
     a = DistillProcessor(config)(shapes_ds)
     b = pds_hf.distill(shapes_ds, config)
