@@ -471,18 +471,31 @@ def _embedding_blocks(ds, columns: list, block_rows: int):
         yield start, arrow[start:start + block_rows]
 
 
+def per_caption_vectors(column, name: str, captions: list, rows, layout: str, where, dim: int | None = None,
+                        dim_row: int | None = None) -> np.ndarray:
+    """The checked vectors of caption embedding column ``name``, one per caption, flattened in row order.
+
+    In the ``"pair"`` layout each row holds one vector; in the ``"image"`` layout a list of vectors, one per caption
+    of the row's list in ``captions``. ``rows`` gives each row's number and ``where(i)`` where row ``i`` is, for
+    the errors; ``dim`` and ``dim_row`` as for :func:`_vectors`.
+    """
+    import pyarrow as pa
+
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if layout != "image":
+        return _vectors(column, name, rows, dim, dim_row)
+    counts = caption_vector_counts(column, name, captions, where)
+    return _vectors(column.flatten(), name, np.repeat(rows, counts), dim, dim_row)
+
+
 def _caption_vectors(block, start: int, name: str, caption_column: str, layout: str, dim: int | None = None,
                      dim_row: int | None = None):
     """``(vectors, captions)``: the checked vectors of column ``name`` of an Arrow ``block`` of dataset rows from
     ``start`` on, one per caption, and the captions, both flattened in caption order."""
-    rows = np.arange(start, start + block.num_rows)
-    column = block.column(name).combine_chunks()
     values = block.column(caption_column).to_pylist()
-    if layout != "image":
-        return _vectors(column, name, rows, dim, dim_row), values
-    counts = caption_vector_counts(column, name, values, lambda i: f"row {start + i}")
-    captions = [caption for value in values for caption in value]
-    return _vectors(column.flatten(), name, np.repeat(rows, counts), dim, dim_row), captions
+    vectors = per_caption_vectors(block.column(name), name, values, np.arange(start, start + block.num_rows), layout,
+                                  lambda i: f"row {start + i}", dim, dim_row)
+    return vectors, ([caption for value in values for caption in value] if layout == "image" else values)
 
 
 def embeddings_from_columns(ds, table: PairTable, image_embedding_column: str, text_embedding_column: str,

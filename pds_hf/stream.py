@@ -43,8 +43,8 @@ import numpy as np
 
 from .cache import StageTimer, fingerprint, open_stage, stage_key
 from .encode import _encode_texts
-from .inputs import (PairTable, caption_lists, caption_vector_counts, check_dataset_type,
-                     embedding_columns_present)
+from .inputs import (PairTable, _vectors, caption_lists, check_dataset_type, embedding_columns_present,
+                     per_caption_vectors)
 from .schema import recorded_encoder
 from .store import open_embeddings, write_embeddings
 from .synthesize import REAL_IMAGE_METHODS
@@ -271,11 +271,10 @@ class _UnitEncoder:
     def _where(self, offset: int) -> str:
         return f"input shard {self.unit}, row {offset}"
 
-    def _vectors(self, column, name: str, rows) -> np.ndarray:
-        from .inputs import _vectors
-
+    def _named(self, read, *args) -> np.ndarray:
+        """``read(*args)`` (a reader of embedding columns that names the row), its errors naming this input shard."""
         try:
-            return _vectors(column, name, rows)
+            return read(*args)
         except (TypeError, ValueError) as err:
             raise type(err)(f"Input shard {self.unit} of the stream: {err}") from err
 
@@ -350,8 +349,8 @@ class _UnitEncoder:
         offsets = np.arange(start, start + table.num_rows, dtype=np.int64)
         if self.given:
             if new_rows:
-                vectors = self._vectors(table.column(config.image_embedding_column), config.image_embedding_column,
-                                        offsets)
+                vectors = self._named(_vectors, table.column(config.image_embedding_column),
+                                      config.image_embedding_column, offsets)
                 self._keep("image", vectors[new_rows])
             if new_texts:
                 self._keep("text", self._given_texts(table, batch.captions, offsets)[new_positions])
@@ -385,11 +384,8 @@ class _UnitEncoder:
     def _given_texts(self, table, captions, offsets) -> np.ndarray:
         """One vector per caption of the batch (flattened in row order), from the text embedding column."""
         name = self.config.text_embedding_column
-        column = table.column(name).combine_chunks()
-        if self.layout == "pair":
-            return self._vectors(column, name, offsets)
-        counts = caption_vector_counts(column, name, captions, lambda i: self._where(int(offsets[i])))
-        return self._vectors(column.flatten(), name, np.repeat(offsets, counts))
+        return self._named(per_caption_vectors, table.column(name), name, captions, offsets, self.layout,
+                           lambda i: self._where(int(offsets[i])))
 
     def arrays(self, num_rows: int) -> dict:
         """What is saved for this unit (after its last embeddings, saved as chunks)."""

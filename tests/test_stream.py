@@ -162,6 +162,29 @@ def test_given_embedding_columns_skip_the_encoder(layout, shapes_ds, shapes_pair
     assert small["caption"] == streamed["caption"] and small["image"] == [None] * 6
 
 
+@pytest.mark.parametrize("layout", ["pair", "image"])
+def test_bad_given_vectors_name_the_shard_and_row(layout, config):
+    rng = np.random.default_rng(0)
+    rows = 10
+    captions = [f"caption {i}" if layout == "pair" else [f"caption {i}", f"other {i}"] for i in range(rows)]
+    texts = [rng.normal(size=8).tolist() if layout == "pair" else rng.normal(size=(2, 8)).tolist()
+             for _ in range(rows)]
+    images = [rng.normal(size=8).tolist() for _ in range(rows)]
+    settings = dict(clip_model="nobody/no-such-clip", synthesis="none", num_pairs=2)
+
+    def stream(texts):
+        return Dataset.from_dict({"caption": captions, "image_embedding": images, "text_embedding": texts}) \
+            .to_iterable_dataset(num_shards=2)
+
+    short = list(texts)
+    short[7] = short[7][:5] if layout == "pair" else short[7][:1]  # row 2 of input shard 1
+    message = (r"Input shard 1 of the stream: Column 'text_embedding' mixes vector sizes: 5 at row 2" if layout == "pair"
+               else r"Input shard 1 of the stream: .*'text_embedding' has 1 vector\(s\) at input shard 1, row 2")
+    with pytest.raises(ValueError, match=message):
+        DistillProcessor(config, **settings)(stream(short))
+    assert len(DistillProcessor(config, **settings)(stream(texts))) == 2
+
+
 def _flaky_stream(flag, rows_per_shard=8):
     """A generator-based stream of 4 shards whose shard 2 raises while ``flag`` exists."""
     colours = [(i * 37 % 256, i * 91 % 256, i * 53 % 256) for i in range(4 * rows_per_shard)]
