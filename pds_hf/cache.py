@@ -171,12 +171,25 @@ class MemoryStage(Stage):
         return self._items[name]
 
 
-def open_stage(cache_dir, stage: str, key: str | None) -> Stage:
+def open_stage(cache_dir, stage: str, key: str | None, *, ranks=None, needs: str = "") -> Stage:
     """The on-disk :class:`Stage` ``<cache_dir>/<stage>-<key>``, or a :class:`MemoryStage` if
-    ``cache_dir`` or ``key`` is None (nothing to resume from)."""
+    ``cache_dir`` or ``key`` is None (nothing to resume from).
+
+    With ``ranks`` of a run over several processes, which share their work through the cache, a stage in memory
+    is an error that says what a disk stage takes: ``use_cache=True`` and ``needs`` (what makes ``key``).
+    """
     if cache_dir is None or key is None:
+        if ranks is not None and ranks.world > 1:
+            raise ValueError(f"A run over {ranks.world} processes shares its work through the cache, which needs "
+                             f"use_cache=True{needs}, so that every process reads the same results.")
         return MemoryStage()
     return Stage(Path(cache_dir) / f"{stage}-{key}")
+
+
+def dtype_key(dtype: str) -> tuple:
+    """The part of a stage key that says how embeddings are stored: nothing for float32, so that the keys of runs
+    from before the option stay valid."""
+    return () if dtype == "float32" else (dtype,)
 
 
 class StageTimer:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import StageTimer, default_cache_dir, open_stage, stage_key
+from .cache import StageTimer, default_cache_dir, dtype_key, open_stage, stage_key
 from .caption import nearest, retrieve_captions
 from .config import DistillConfig
 from .distributed import current_ranks
@@ -382,11 +382,8 @@ class DistillProcessor:
 
             key = stage_key("embeddings", ds._fingerprint, config.image_column, config.caption_column,
                             config.image_embedding_column, config.text_embedding_column, config.on_bad_image,
-                            *(() if config.embedding_dtype == "float32" else (config.embedding_dtype,)))
-            stage = open_stage(self._cache_dir(), "embeddings", key)
-            if ranks.world > 1 and stage.path is None:
-                raise ValueError(f"A run over {ranks.world} processes shares its work through the cache, which "
-                                 "needs use_cache=True, so that every process reads the same results.")
+                            *dtype_key(config.embedding_dtype))
+            stage = open_stage(self._cache_dir(), "embeddings", key, ranks=ranks)
             with stages("read embeddings"):
                 # Only the main process clusters: the others never read the columns.
                 image_embeds, text_embeds = embeddings_from_columns(
@@ -396,16 +393,11 @@ class DistillProcessor:
                     or f"given column {config.image_embedding_column!r}")
             return table, image_embeds, text_embeds, key, name
         encoder = self.load_encoder()
-        # float32 is not in the key, so that the keys of runs from before the option stay valid.
         key = stage_key("encode", model_fingerprint(encoder), ds._fingerprint, config.image_column,
                         config.caption_column, config.on_bad_image, config.shard_size,
-                        *(() if config.embedding_dtype == "float32" else (config.embedding_dtype,)))
-        stage = open_stage(self._cache_dir(), "encode", key)
-        if ranks.world > 1 and stage.path is None:
-            raise ValueError(
-                f"A run over {ranks.world} processes shares its work through the cache, which needs use_cache=True "
-                "and an encoder known by id (or with a `fingerprint` attribute), so that every process reads the "
-                "same results.")
+                        *dtype_key(config.embedding_dtype))
+        stage = open_stage(self._cache_dir(), "encode", key, ranks=ranks,
+                           needs=" and an encoder known by id (or with a `fingerprint` attribute)")
         with stages("encode"):
             table, image_embeds, text_embeds = encode_table(
                 encoder, ds, table, image_column=config.image_column, batch_size=config.encode_batch_size,
@@ -622,10 +614,8 @@ class DistillProcessor:
         key = None if unclip_id is None else stage_key(
             "synthesize", selection.key, unclip_id, config.num_inference_steps, config.guidance_scale,
             config.noise_level, config.negative_prompt, config.image_size, config.seed)
-        stage = open_stage(self._cache_dir(), "synthesize", key)
-        if ranks.world > 1 and stage.path is None:
-            raise ValueError("A multi-process run needs an unCLIP model known by id (or with a `fingerprint` "
-                             "attribute) and use_cache=True.")
+        stage = open_stage(self._cache_dir(), "synthesize", key, ranks=ranks,
+                           needs=" and an unCLIP model known by id (or with a `fingerprint` attribute)")
         name = "image-{:06d}".format
         captions = selection.captions
         owned = [m for m in range(len(captions)) if ranks.owns(m)]

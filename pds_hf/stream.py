@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cache import StageTimer, fingerprint, open_stage, stage_key
+from .cache import StageTimer, dtype_key, fingerprint, open_stage, stage_key
 from .encode import _encode_texts
 from .inputs import (PairTable, _vectors, caption_lists, check_dataset_type, embedding_columns_present,
                      per_caption_vectors)
@@ -725,13 +725,10 @@ def distill_stream(processor, ds):
     key = None if identity is None or source_key[-1] is None else stage_key(
         "stream", identity, units.describe(), layout, has_images, config.image_column, config.caption_column,
         config.on_bad_image, *source_key,
-        # float32 is not in the key, so that the keys of runs from before the option stay valid.
-        *(() if config.embedding_dtype == "float32" else (config.embedding_dtype,)))
-    stage = open_stage(processor._cache_dir(), "stream", key)
-    if ranks.world > 1 and stage.path is None:
-        raise ValueError(
-            f"A run over {ranks.world} processes shares its work through the cache, which needs use_cache=True, a "
-            "stream that can be fingerprinted and an encoder known by id (or with a `fingerprint` attribute).")
+        *dtype_key(config.embedding_dtype))
+    stage = open_stage(processor._cache_dir(), "stream", key, ranks=ranks,
+                       needs=", a stream that can be fingerprinted and an encoder known by id (or with a "
+                             "`fingerprint` attribute)")
 
     with stages("read embeddings" if given else "encode"):
         _encode_pass(processor, units, stage, layout, given, has_images, ranks)

@@ -150,3 +150,16 @@ def test_float16_arrays_and_a_bad_dtype(tmp_path):
     with pytest.raises(ValueError, match="embedding_dtype must be one of .*'float16'.*got 'int8'"):
         DistillConfig(embedding_dtype="int8")
     assert pds_hf.DistillConfig().embedding_dtype == "float32"
+
+
+def test_a_multi_process_run_refuses_a_stage_in_memory(tmp_path):
+    from pds_hf.cache import MemoryStage, open_stage
+    from pds_hf.distributed import Ranks
+
+    two = Ranks(rank=0, world=2)
+    for cache_dir, key in ((None, "0123"), (tmp_path, None)):
+        with pytest.raises(ValueError, match=r"A run over 2 processes shares its work through the cache, which needs "
+                                             r"use_cache=True and an encoder known by id, so that"):
+            open_stage(cache_dir, "encode", key, ranks=two, needs=" and an encoder known by id")
+        assert isinstance(open_stage(cache_dir, "encode", key, ranks=Ranks()), MemoryStage)
+    assert isinstance(open_stage(tmp_path, "encode", "0123", ranks=two), Stage)
