@@ -8,6 +8,11 @@ from typing import Any
 
 METHODS = ("pds", "random", "herding", "kcenter")
 
+# Settings that say how one machine runs, never what comes out: they are kept out of every cache key and
+# fingerprint, and a recipe saved on one machine does not carry them to another.
+MACHINE_FIELDS = ("device", "encode_batch_size", "encode_workers", "synthesis_batch_size", "use_cache", "cache_dir",
+                  "barrier_timeout")
+
 
 @dataclass
 class DistillConfig:
@@ -142,3 +147,11 @@ class DistillConfig:
                 value = getattr(value, "name_or_path", None) or encoder_name(value)
             out[field.name] = value
         return out
+
+    def result_dict(self) -> dict:
+        """:meth:`to_dict` less :data:`MACHINE_FIELDS`: the settings that can change the distilled set.
+
+        What fingerprints and cache keys of a whole run are made of; two configs that differ only in
+        device, batch sizes, workers or cache folder give the same ``result_dict()``.
+        """
+        return {k: v for k, v in self.to_dict().items() if k not in MACHINE_FIELDS}
