@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -85,7 +86,9 @@ class TowerText:
 class Bench:
     """One dataset's frozen features: teacher embeddings, student image features, both protocols' text sides."""
 
-    def __init__(self, dataset: str, cache_dir: Path, *, student_text: str = "minilm", train_images: int | None = None):
+    def __init__(self, dataset: str, cache_dir: Path, *, student_text: str = "minilm", train_images: int | None = None,
+                 one_caption: bool = False, own_teacher: bool = False):
+        import datasets
         import torch
 
         from pds_hf.evaluation import load_student
@@ -101,12 +104,21 @@ class Bench:
             self.splits, self.manifest = openmoji.build(cache_dir)
             encoder_dir = cache_dir / dataset
         self.dataset = dataset
-        self.encoder, student, self.encoder_info = lit_encoder.build_encoder(self.splits, encoder_dir)
-        pool = self.splits["train"]
-        if train_images is not None:
-            # A smaller pool to distil from (the teacher is still the one trained on the whole train split).
-            pool = pool.select(np.sort(np.random.default_rng(0).permutation(len(pool))[:train_images]))
-        self.data = investigate.TrainFeatures(pool, self.encoder, student)
+        whole_train = self.splits["train"]
+        self.splits = pool_splits(self.splits, train_images=train_images, one_caption=one_caption)
+        if train_images is not None or one_caption:
+            self.manifest = {**self.manifest, "splits": {
+                name: {"images": len(split), "captions": int(sum(len(c) for c in split["caption"]))}
+                for name, split in self.splits.items()}}
+        self.pool = {"train_images": train_images, "one_caption": one_caption,
+                     "teacher_trained_on": "the pool" if own_teacher and train_images is not None
+                     else "the whole train split"}
+        teacher_splits = self.splits
+        if not own_teacher and train_images is not None:
+            teacher_splits = datasets.DatasetDict({**self.splits, "train": pool_splits(
+                datasets.DatasetDict(train=whole_train), one_caption=one_caption)["train"]})
+        self.encoder, student, self.encoder_info = lit_encoder.build_encoder(teacher_splits, encoder_dir)
+        self.data = investigate.TrainFeatures(self.splits["train"], self.encoder, student)
         if student_text == "mpnet":
             self.text_net = mpnet_text.MPNetText(cache_dir, store_dir=encoder_dir / "features")
         else:
@@ -139,6 +151,46 @@ class Bench:
     @property
     def num_pairs(self) -> int:
         return len(self.data.pair_image)
+
+
+def _first_caption(captions: list[str]) -> dict:
+    return {"caption": captions[:1]}
+
+
+def pool_splits(splits, *, train_images: int | None = None, one_caption: bool = False):
+    """The splits a run uses: the train split cut to a seeded subset of images, and each image's captions cut to
+    its first, as a set with one caption per image has.
+
+    Args:
+        splits: a ``DatasetDict`` with ``train`` (and any other splits), one row per image, ``caption`` a list.
+        train_images: keep this many train images, the first of a permutation seeded with 0, in their order
+            (``None``: all). Validation and test keep all their images.
+        one_caption: keep only the first caption of every image, in every split (openmoji: the CLDR
+            annotation, where the emoji has one).
+
+    Returns:
+        A new ``DatasetDict`` with the same split names; ``splits`` is unchanged.
+
+    Example:
+        ```py
+        >>> pooled = pool_splits(splits, train_images=550, one_caption=True)
+        >>> len(pooled["train"]), sum(len(c) for c in pooled["train"]["caption"])
+        (550, 550)
+        ```
+    """
+    import datasets
+
+    out = {}
+    for name, split in splits.items():
+        if name == "train" and train_images is not None:
+            if not 0 < train_images <= len(split):
+                raise ValueError(f"train_images={train_images}, but the train split has {len(split)} images; "
+                                 f"pass a number from 1 to {len(split)}.")
+            split = split.select(np.sort(np.random.default_rng(0).permutation(len(split))[:train_images]))
+        if one_caption:
+            split = split.map(_first_caption, input_columns="caption")
+        out[name] = split
+    return datasets.DatasetDict(out)
 
 
 def step7_images(rule: str, data, protos) -> np.ndarray:
@@ -372,11 +424,29 @@ def _tuning_section(title: str, parts: list[dict]) -> list[str]:
     return lines
 
 
-def write_report(path: Path, results: list[dict]) -> None:
-    """RESULTS.md from the per-dataset result files (only what was measured)."""
-    lines = ["# Quality beyond one dataset: PDS against random, herding and k-center, two datasets x two protocols",
-             "", "Generated by `benchmarks/quality/grid.py --report` from the `results-<dataset>.json` files written "
-             "by `grid.py --dataset <name>`; do not edit by hand (the analysis is in [README.md](README.md)).", "",
+REPORT_TITLE = "Quality beyond one dataset: PDS against random, herding and k-center, two datasets x two protocols"
+
+
+def write_report(path: Path, results: list[dict], *, title: str = REPORT_TITLE,
+                 source: str = "the `results-<dataset>.json` files written by `grid.py --dataset <name>`",
+                 analysis: str = "README.md") -> None:
+    """A results page (RESULTS.md by default) from per-dataset result files (only what was measured).
+
+    Args:
+        path: the page to write.
+        results: result dicts as ``main`` saves them (one per dataset, see :func:`merge`).
+        title: the page's heading.
+        source: which files the page is generated from, in its first line.
+        analysis: the link, relative to ``path``, of the page that discusses the numbers.
+
+    Example:
+        ```py
+        >>> write_report(HERE / "RESULTS.md", [merge([json.loads(p.read_text())])])
+        ```
+    """
+    lines = [f"# {title}",
+             "", f"Generated by `benchmarks/quality/grid.py --report` from {source}; do not edit by hand (the analysis "
+             f"is in [{Path(analysis).name}]({analysis})).", "",
              "Mean recall = mean of IR@1/5/10 and TR@1/5/10 on the test split, in %, mean ± sd over seeds (seed i: "
              "selection seed 42 + i, one student trained with seed i, epoch chosen on the validation split). "
              "*M/N*: distilled pairs over training pairs. *best baseline − pds*: positive where a baseline is ahead.",
@@ -417,6 +487,7 @@ def write_report(path: Path, results: list[dict]) -> None:
             f"- Data: {dataset}; " + ", ".join(f"{name} {s['images']} images / {s['captions']} captions"
                                                for name, s in splits.items())
             + f"; {n} training pairs. Build counts: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".",
+            *_pool_line(result.get("pool")),
             f"- Teacher: {result['encoder']} (heads selected at epoch {result['encoder_record']['selected_epoch']}); "
             "its own test mean recall " + f"{teacher['mean']:.2f} (IR@1/5/10 "
             + " / ".join(f"{teacher[k]:.1f}" for k in ('IR@1', 'IR@5', 'IR@10')) + ", TR@1/5/10 "
@@ -430,9 +501,18 @@ def write_report(path: Path, results: list[dict]) -> None:
             f"{result['machine']['commit']}.",
             f"- Wall time on the shared machine, summed over the commands above (they ran side by side): "
             f"{result['seconds']['features']:.0f} s for data, teacher and features (cached after the first run), "
-            f"{result['seconds']['cells']:.0f} s for the cells, {result['seconds']['total']:.0f} s in all.",
+            f"{result['seconds']['cells']:.0f} s for the cells, {result['seconds']['total']:.0f} s in all"
+            + (f"; peak resident memory {result['peak_rss_mb']:.0f} MB." if "peak_rss_mb" in result else "."),
             ""]
     path.write_text("\n".join(lines))
+
+
+def _pool_line(pool: dict | None) -> list[str]:
+    if not pool or (pool["train_images"] is None and not pool["one_caption"]):
+        return []
+    what = [f"a seeded subset of {pool['train_images']} train images" if pool["train_images"] else "the train split",
+            "one caption per image (each image's first) in every split" if pool["one_caption"] else "all captions"]
+    return [f"- Pool: {', '.join(what)}; the teacher's heads trained on {pool['teacher_trained_on']}."]
 
 
 def main(argv=None) -> int:
@@ -446,7 +526,11 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--train-images", type=int, default=None,
                         help="distil from this many train images only (seeded subset), to vary M/N; the teacher "
-                             "stays the one trained on the whole train split")
+                             "stays the one trained on the whole train split unless --own-teacher")
+    parser.add_argument("--one-caption", action="store_true",
+                        help="keep only each image's first caption, in every split (a set with one caption per image)")
+    parser.add_argument("--own-teacher", action="store_true",
+                        help="with --train-images: train the teacher's heads on that pool, not on the whole train split")
     parser.add_argument("--student-text", choices=("minilm", "mpnet"), default="minilm",
                         help="protocol (b)'s text network: the MiniLM tower without the teacher's projection "
                              "(default; its features are cached with the teacher's), or all-mpnet-base-v2 (a "
@@ -470,6 +554,14 @@ def main(argv=None) -> int:
         if any(parts for _, parts in sections):
             write_tuning(HERE / "findings" / "TUNING.md", [(title, parts) for title, parts in sections if parts])
             print(f"Wrote {HERE / 'findings' / 'TUNING.md'}.")
+        pools = [merge([json.loads(p.read_text())]) for p in sorted((HERE / "findings").glob("pool-*.json"))]
+        if pools:
+            write_report(HERE / "findings" / "POOL.md", pools,
+                         title="Small pools with one caption per image and a teacher of their own (issue 18)",
+                         source="`findings/pool-<dataset>.json`, written by `grid.py --dataset <name> --train-images N "
+                                "--one-caption --own-teacher --output findings/pool-<dataset>.json`",
+                         analysis="../README.md")
+            print(f"Wrote {HERE / 'findings' / 'POOL.md'} from {len(pools)} dataset(s).")
         return 0
     if args.dataset is None:
         parser.error("pass --dataset (or --report)")
@@ -479,7 +571,10 @@ def main(argv=None) -> int:
     datasets.disable_progress_bars()
     start, load_start = time.perf_counter(), load_average()
     command = "nice -n 10 python benchmarks/quality/grid.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    bench = Bench(args.dataset, args.cache_dir, student_text=args.student_text, train_images=args.train_images)
+    if args.own_teacher and args.train_images is None:
+        parser.error("--own-teacher trains the teacher on the --train-images pool; pass --train-images too")
+    bench = Bench(args.dataset, args.cache_dir, student_text=args.student_text, train_images=args.train_images,
+                  one_caption=args.one_caption, own_teacher=args.own_teacher)
     print(f"{args.dataset}: {bench.num_pairs} training pairs, features in {bench.seconds['features']:.0f}s; teacher "
           f"test mean recall {bench.teacher_on_test['mean']:.2f}", flush=True)
     methods = args.methods or (STEP7 if args.tune or args.diagnose else METHODS)
@@ -499,10 +594,13 @@ def main(argv=None) -> int:
         bench.seconds.update(cells=time.perf_counter() - cells_start, total=time.perf_counter() - start)
         result = {"dataset": args.dataset, "command": command, "tune": args.tune, "complete": complete, "rows": rows,
                   "student_text": bench.text_net.name,
-                  "train_pairs": bench.num_pairs, "manifest": bench.manifest, "encoder": bench.encoder.name,
+                  "train_pairs": bench.num_pairs, "pool": bench.pool, "manifest": bench.manifest,
+                  "encoder": bench.encoder.name,
                   "encoder_record": {k: v for k, v in bench.encoder_info["record"].items() if k != "history"},
                   "teacher_on_test": bench.teacher_on_test, "seeds": args.seeds, "machine": machine,
                   "loads": [load_start, load_average()], "seconds": bench.seconds,
+                  # ru_maxrss is in KiB on Linux.
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "settings": ", ".join(f"{k} {v}" for k, v in settings.items())}
         output.write_text(json.dumps(result, indent=1, default=str))
 
