@@ -14,6 +14,21 @@ MACHINE_FIELDS = ("device", "encode_batch_size", "encode_workers", "synthesis_ba
                   "barrier_timeout")
 
 
+def _setting_repr(value) -> str:
+    """A setting as one short piece of text: a plain value as Python writes it, a loaded object as
+    ``<Class 'name'>`` (its ``name_or_path`` or ``name``), never the object's own, possibly page-long, repr."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return repr(value)
+    name = getattr(value, "name_or_path", None) or getattr(value, "name", None)
+    return f"<{type(value).__name__} {name!r}>" if isinstance(name, str) and name else f"<{type(value).__name__}>"
+
+
+def _is_default(value, default) -> bool:
+    # Defaults are plain values; a loaded object is never one (and may not compare with a string).
+    plain = value is None or isinstance(value, (str, int, float, bool))
+    return plain and value == default
+
+
 @dataclass
 class DistillConfig:
     """How :func:`pds_hf.distill` makes a distilled set. Defaults follow the PDS paper.
@@ -131,6 +146,18 @@ class DistillConfig:
             raise ValueError(f"encode_workers must be None or an integer >= 0, got {self.encode_workers!r}.")
         if not self.barrier_timeout > 0:
             raise ValueError(f"barrier_timeout must be a positive number of seconds, got {self.barrier_timeout!r}.")
+
+    def __repr__(self) -> str:
+        """The settings that differ from the defaults, a loaded model named by its class and name.
+
+        One line when it fits in 100 characters, else one line per setting. :meth:`to_dict` lists every setting.
+        """
+        changed = [f"{f.name}={_setting_repr(getattr(self, f.name))}" for f in dataclasses.fields(self)
+                   if not _is_default(getattr(self, f.name), f.default)]
+        line = f"{type(self).__name__}({', '.join(changed)})"
+        if len(line) <= 100:
+            return line
+        return f"{type(self).__name__}(\n" + "".join(f"    {item},\n" for item in changed) + ")"
 
     def replace(self, **changes) -> "DistillConfig":
         """A copy with some fields changed (unknown names raise ``TypeError``)."""
