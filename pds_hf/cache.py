@@ -104,6 +104,10 @@ class Stage:
     def __repr__(self) -> str:
         return f"Stage({str(self.path)!r})"
 
+    def __str__(self) -> str:
+        """The folder, as log lines name it (``found in /.../encode-95005f...``)."""
+        return str(self.path)
+
     def done(self, name: str) -> bool:
         return (self.path / f"{name}.done").exists()
 
@@ -148,6 +152,9 @@ class MemoryStage(Stage):
     def __repr__(self) -> str:
         return "MemoryStage()"
 
+    def __str__(self) -> str:
+        return "memory (not cached)"
+
     def done(self, name: str) -> bool:
         return name in self._items
 
@@ -184,6 +191,27 @@ def open_stage(cache_dir, stage: str, key: str | None, *, ranks=None, needs: str
                              f"use_cache=True{needs}, so that every process reads the same results.")
         return MemoryStage()
     return Stage(Path(cache_dir) / f"{stage}-{key}")
+
+
+def log_found(stage: Stage, found: int, total: int, what: str) -> None:
+    """Say what a stage takes from the cache: a finished result is reused, a partial one resumed.
+
+    Args:
+        stage: the stage that was looked in.
+        found: how many of the ``total`` items were found done.
+        total: the items this process owns.
+        what: what an item is, in words (``"encoded image shards"``).
+
+    Example:
+        ```py
+        >>> log_found(stage, 3, 3, "encoded image shards")  # Reusing the finished result: all 3 encoded ...
+        >>> log_found(stage, 1, 3, "encoded image shards")  # Resuming: 1 of 3 encoded image shards found ...
+        ```
+    """
+    if found and found == total:
+        logger.info("Reusing the finished result: all %d %s found in %s.", total, what, stage)
+    elif found:
+        logger.info("Resuming: %d of %d %s found in %s.", found, total, what, stage)
 
 
 def dtype_key(dtype: str) -> tuple:

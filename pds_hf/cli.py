@@ -16,8 +16,11 @@ Example:
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
+import re
+import shlex
 import signal
 import sys
 import threading
@@ -35,6 +38,15 @@ EXIT_INTERRUPTED = 130
 # to gives the same inputs for CLIP, so the line is noise on every run. It is shown under -v.
 _TORCHVISION_NOTE = "requires torchvision (not installed)"
 _TORCHVISION_LOGGER = "transformers.utils.import_utils"
+
+# Python keywords whose flag stores under another name (DistillConfig field: the flag's dest).
+_KEYWORD_DESTS = {"encode_batch_size": "batch_size", "num_inference_steps": "steps"}
+# A keyword argument in a message: `image_column=...`, `license='mit'`, `overwrite=True`, or a bare `license=`.
+_KEYWORD = re.compile(r"(?<![\w.-])([a-z_][a-z0-9_]*)=(\.\.\.|'[^']*'|\"[^\"]*\"|[\w.+/-]+)?")
+# How a message marks a fix that only Python has; the command line leaves it out.
+_PYTHON_ONLY = "(in Python: "
+# The functions that load each model of a distill run: an error raised through one concerns that model.
+_MODEL_LOADERS = {"load_encoder": "--clip-model", "load_unclip": "--unclip-model"}
 
 
 class UsageError(Exception):
@@ -176,7 +188,9 @@ def _add_distill(subparsers):
     p.add_argument("--private", action="store_true", help="Create the Hub repository private.")
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or `hf auth login`).")
     p.add_argument("--license", help="License id for the card (default: the one the source dataset's card declares).")
-    p.add_argument("--overwrite", action="store_true", help="Replace --output if it exists.")
+    p.add_argument("--overwrite", action="store_true",
+                   help="Replace --output if an earlier pds-hf run wrote it (a folder holding other files is never "
+                        "replaced; an empty one is used without --overwrite).")
     p.add_argument("--num-pairs", type=int, help="Distilled pairs M (default 100; 16 with --demo).")
     p.add_argument("--method", choices=["pds", "random", "herding", "kcenter"], default="pds",
                    help="pds (prototypes, the paper) or a baseline that keeps real pairs (default: pds).")
@@ -198,13 +212,14 @@ def _add_distill(subparsers):
                    help="Matched clusters that share no pair: use the k-means centres, or drop them "
                         "(default: centroid).")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
-                   help="Cluster on L2-normalised embeddings (cosine geometry) instead of the raw ones.")
+                   help="Cluster on L2-normalised embeddings (cosine geometry), or on the raw ones with "
+                        "--no-normalize (default: --normalize).")
     p.add_argument("--steps", type=int, help="unCLIP denoising steps (default 100; 20 with --demo).")
     p.add_argument("--guidance-scale", type=float, default=5.0, help="unCLIP classifier-free guidance (default: 5).")
     p.add_argument("--noise-level", type=int, default=10,
                    help="Noise unCLIP adds to each image prototype (default: 10).")
     p.add_argument("--image-size", type=int, help="Output side in pixels (default 224; 64 with --demo).")
-    p.add_argument("--batch-size", type=int, default=64, help="Encoder batch size.")
+    p.add_argument("--batch-size", type=int, default=64, help="Encoder batch size (default: 64).")
     p.add_argument("--device", help="cuda, cpu, ... (default: cuda when available).")
     p.add_argument("--on-bad-image", choices=["skip", "error"], default="skip",
                    help="Images that cannot be decoded: skip them with a warning, or stop (default: skip).")
@@ -231,6 +246,7 @@ def run_distill(args) -> int:
     import pds_hf
     from pds_hf.distributed import current_ranks
     from pds_hf.publish import prepare_push, push_to_hub, save_to_folder
+    from pds_hf.publish.folder import check_output_folder
 
     if not args.output and not args.push_to_hub:
         raise UsageError("nothing to write: pass --output DIR, --push-to-hub ORG/NAME, or both.")
@@ -238,9 +254,8 @@ def run_distill(args) -> int:
         raise UsageError("--demo uses the built-in dataset; drop the dataset argument or --demo.")
     if not args.demo and not args.dataset:
         raise UsageError("no dataset: name one (Hub id or folder), or pass --demo.")
-    output = Path(args.output) if args.output else None
-    if output is not None and output.exists() and not args.overwrite:
-        raise UsageError(f"{output} exists; pass --overwrite or choose another --output.")
+    # Before any data or model is loaded; absolute, so that the load_dataset hint works from any folder.
+    output = check_output_folder(args.output, overwrite=args.overwrite) if args.output else None
     source = None if args.demo else args.dataset
     if args.push_to_hub and current_ranks(args.barrier_timeout or 7200).is_main:
         # Token, namespace and license are checked before any data or model is loaded.
@@ -326,16 +341,18 @@ class _StderrHandler(logging.StreamHandler):
 
 
 class _Formatter(logging.Formatter):
-    """One line per record: the message, ``warning: `` before warnings, no traceback unless verbose."""
+    """One line per record: the message in the command's words (:func:`command_line_words`), ``warning: `` before
+    warnings, no traceback unless verbose."""
 
-    def __init__(self, verbose: bool):
+    def __init__(self, verbose: bool, parser: argparse.ArgumentParser):
         super().__init__("%(asctime)s %(name)s %(levelname)s: %(message)s" if verbose else "%(message)s")
-        self.verbose = verbose
+        self.verbose, self.parser = verbose, parser
 
     def format(self, record: logging.LogRecord) -> str:
         if self.verbose:
-            return super().format(record)
-        message = _one_line(record.getMessage())
+            worded = command_line_words(record.getMessage(), self.parser)
+            return super().format(logging.makeLogRecord({**record.__dict__, "msg": worded, "args": None}))
+        message = command_line_words(_one_line(record.getMessage()), self.parser)
         if record.levelno >= logging.ERROR:
             return f"error: {message}"
         if record.levelno >= logging.WARNING:
@@ -350,10 +367,10 @@ def _not_torchvision_note(record: logging.LogRecord) -> bool:
 class _Logging:
     """Show the INFO lines of ``pds_hf`` (progress, resuming, ...) on stderr while a command runs; undo on exit."""
 
-    def __init__(self, verbose: bool):
+    def __init__(self, verbose: bool, parser: argparse.ArgumentParser):
         self.verbose = verbose
         self.handler = _StderrHandler()
-        self.handler.setFormatter(_Formatter(verbose))
+        self.handler.setFormatter(_Formatter(verbose, parser))
         self.package = logging.getLogger("pds_hf")
         self.transformers = logging.getLogger(_TORCHVISION_LOGGER)
 
@@ -381,26 +398,108 @@ def _hub_error_types() -> tuple:
     return ConnectionError, HfHubHTTPError, LocalEntryNotFoundError
 
 
-def _models_unnamed(args, message: str) -> str:
-    """The models of a distill run, as ``--clip-model X or --unclip-model Y``, when ``message`` names neither."""
+def _failed_model(err: BaseException, args, message: str) -> str:
+    """``--clip-model X`` or ``--unclip-model Y``: the model a distill run failed to load, known by the loader the
+    error was raised through; empty when it came through neither, or when ``message`` names that flag already."""
     if getattr(args, "command", None) != "distill" or args.demo:
+        return ""
+    called = {frame.name for frame in traceback.extract_tb(err.__traceback__) if "pds_hf" in Path(frame.filename).parts}
+    option = next((option for loader, option in _MODEL_LOADERS.items() if loader in called), None)
+    if option is None:
         return ""
     from pds_hf import DistillConfig
 
-    defaults = DistillConfig()
-    models = {"--clip-model": args.clip_model or defaults.clip_model,
-              "--unclip-model": args.unclip_model or defaults.unclip_model}
-    if any(name in message for name in models.values()):
-        return ""
-    return " or ".join(f"{option} {name}" for option, name in models.items())
+    field = option[2:].replace("-", "_")
+    name = getattr(args, field) or getattr(DistillConfig(), field)
+    return "" if option in message else f"{option} {name}"
+
+
+def _paren_spans(text: str) -> list[tuple[int, int, bool]]:
+    """``(start, end, is_call)`` of each balanced pair of parentheses in ``text``: a call's follows a name."""
+    spans, opened = [], []
+    for index, char in enumerate(text):
+        if char == "(":
+            opened.append((index, index > 0 and (text[index - 1].isalnum() or text[index - 1] in "_)]")))
+        elif char == ")" and opened:
+            start, call = opened.pop()
+            spans.append((start, index + 1, call))
+    return spans
+
+
+def _flag_words(action: argparse.Action, value: str | None) -> str | None:
+    """The flag (and value) that does what the Python keyword ``<dest>=<value>`` does; None when it has none."""
+    flag = next(option for option in action.option_strings if option.startswith("--"))
+    if action.nargs == 0:  # a switch
+        if value in (None, "...", "True"):
+            return flag
+        return f"--no-{flag[2:]}" if value == "False" and isinstance(action, argparse.BooleanOptionalAction) else None
+    if value is None:
+        return flag
+    if value == "...":
+        return f"{flag} {action.metavar or action.dest.upper()}"
+    quoted = value[0] in "'\"" and value[-1] == value[0]
+    return f"{flag} {shlex.quote(value[1:-1]) if quoted else value}"
+
+
+def command_line_words(message: str, parser: argparse.ArgumentParser) -> str:
+    """``message`` with its fixes in the words of ``parser``'s command line rather than Python's.
+
+    Errors are raised by Python code, which names its fixes as keyword arguments; a command line has flags. Each
+    keyword that ``parser`` has a flag for becomes that flag (``image_column=...`` becomes ``--image-column
+    IMAGE_COLUMN``, ``license='mit'`` ``--license mit``, ``overwrite=True`` ``--overwrite``), except inside code
+    such as ``load_dataset(..., split='train')``; a fix that only Python has, written ``(in Python: ...)``, is left
+    out. Every message the command prints goes through here, errors and log lines alike.
+
+    Args:
+        message: the text of an error or a log record.
+        parser: the parser of the command that is running (a subcommand's, for ``pds-hf distill``).
+
+    Example:
+        ```py
+        >>> command_line_words("Pass image_column=... to name the image column.", distill_parser)
+        'Pass --image-column IMAGE_COLUMN to name the image column.'
+        ```
+    """
+    flags = {action.dest: action for action in parser._actions
+             if any(option.startswith("--") for option in action.option_strings)}
+    flags.update({keyword: flags[dest] for keyword, dest in _KEYWORD_DESTS.items() if dest in flags})
+    spans = _paren_spans(message)
+    edits = [(start, end, "") for start, end, _ in spans if message.startswith(_PYTHON_ONLY, start)]
+    code = [(start, end) for start, end, call in spans if call] + [(start, end) for start, end, _ in edits]
+    for match in _KEYWORD.finditer(message):
+        action = flags.get(match[1])
+        if action is None or any(start < match.start() < end for start, end in code):
+            continue
+        words = _flag_words(action, match[2])
+        if words is not None:
+            edits.append((match.start(), match.end(), words))
+    pieces, done = [], 0
+    for start, end, words in sorted(edits):
+        if start < done:  # inside a part already left out
+            continue
+        before = message[done:start]
+        pieces += [before if words else before.rstrip(), words]
+        done = end
+    return "".join(pieces) + message[done:]
+
+
+@functools.lru_cache(maxsize=None)
+def _command_parser(command: str | None) -> argparse.ArgumentParser:
+    """The parser of ``pds-hf <command>`` (of ``pds-hf`` itself for None)."""
+    parser = build_parser()
+    subparsers = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    return subparsers.choices.get(command, parser)
 
 
 def error_line(err: BaseException, args=None) -> tuple[int, str]:
     """The exit code and the one-line message (without ``error: ``) for an exception a command raised.
 
+    The message names flags, not Python keywords (:func:`command_line_words`).
+
     Args:
         err: the exception.
-        args: the parsed command line, used to name the models a failed load may concern.
+        args: the parsed command line: which command ran (its flags name the fixes), the model a failed load
+            concerns, and whether ``-v`` shows the traceback.
 
     Example:
         ```py
@@ -410,7 +509,9 @@ def error_line(err: BaseException, args=None) -> tuple[int, str]:
     """
     from pds_hf.publish import PublishError
 
-    message = _one_line(err.args[0] if isinstance(err, KeyError) and err.args else err)
+    message = command_line_words(_one_line(err.args[0] if isinstance(err, KeyError) and err.args else err),
+                                 _command_parser(getattr(args, "command", None)))
+    verbose = getattr(args, "verbose", False)
     if isinstance(err, KeyboardInterrupt):
         resume = "; run the same command again to resume: finished stages are kept in the cache" if (
             getattr(args, "command", None) == "distill") else ""
@@ -420,26 +521,28 @@ def error_line(err: BaseException, args=None) -> tuple[int, str]:
     if isinstance(err, (CommandError, PublishError)):
         return EXIT_FAILURE, message
     if isinstance(err, _hub_error_types()):
-        models = _models_unnamed(args, message)
-        what = f"could not load {models}: " if models else ""
-        fix = ("unset HF_HUB_OFFLINE, or pass local folders" if _hub_offline()
-               else "check the ids, the network and the token")
+        model = _failed_model(err, args, message)
+        what = f"could not load {model}: " if model else ""
+        fix = ("unset HF_HUB_OFFLINE, or pass a local folder" if _hub_offline()
+               else "check the id, the network and the token")
         return EXIT_FAILURE, f"{what}{message} ({type(err).__name__}); {fix}."
     if isinstance(err, (ValueError, TypeError, KeyError, FileExistsError, FileNotFoundError)):
         return EXIT_USAGE, message
+    traceback_hint = "the traceback is above" if verbose else "rerun with -v for the traceback"
     if isinstance(err, OSError):
-        models = _models_unnamed(args, message)
-        what = f"while loading {models}: " if models else ""
-        return EXIT_FAILURE, f"{what}{message} ({type(err).__name__}); rerun with -v for the traceback."
-    return EXIT_FAILURE, (f"{type(err).__name__}: {message}; rerun with -v for the traceback, and report it if it "
-                          "looks like a bug in pds-hf.")
+        model = _failed_model(err, args, message)
+        what = f"while loading {model}: " if model else ""
+        return EXIT_FAILURE, f"{what}{message} ({type(err).__name__}); {traceback_hint}."
+    return EXIT_FAILURE, (f"{type(err).__name__}: {message}; {traceback_hint}, and report it if it looks like a bug "
+                          "in pds-hf.")
 
 
 def run_command(args) -> int:
     """Run ``args.func(args)`` with the CLI's logging, and turn an exception into one ``error:`` line and an exit
     code (the traceback too under ``-v``)."""
     verbose = getattr(args, "verbose", False)
-    with _Logging(verbose), _exit_on_interrupt(args, enabled=not verbose):
+    with _Logging(verbose, _command_parser(getattr(args, "command", None))), \
+            _exit_on_interrupt(args, enabled=not verbose):
         try:
             return args.func(args)
         except (Exception, KeyboardInterrupt) as err:
@@ -457,19 +560,24 @@ class _exit_on_interrupt:
     and aborts the process ("terminate called ..."); ending from the signal handler never raises it. Every
     stage file is written under a temporary name and renamed, so what was finished is kept for the rerun.
     Under ``-v`` (and off the main thread) Ctrl-C raises as usual, to show where it stopped.
+
+    Ctrl-C reaches every process of the terminal's group, and forked workers (image decoding) inherit the
+    handler: they end quietly, so that the line is printed once, by the command's own process.
     """
 
     def __init__(self, args, *, enabled: bool):
-        self.args, self.enabled, self.previous = args, enabled, None
+        self.args, self.enabled, self.previous, self.pid, self.message = args, enabled, None, None, None
 
     def _handler(self, signum, frame):
-        _, message = error_line(KeyboardInterrupt(), self.args)
-        print(f"error: {message}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
+        if os.getpid() == self.pid:
+            print(f"error: {self.message}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
         os._exit(EXIT_INTERRUPTED)
 
     def __enter__(self):
         if self.enabled and threading.current_thread() is threading.main_thread():
+            # Worded now, so that the handler only prints (nothing to import while the process is interrupted).
+            self.pid, self.message = os.getpid(), error_line(KeyboardInterrupt(), self.args)[1]
             self.previous = signal.signal(signal.SIGINT, self._handler)
         return self
 

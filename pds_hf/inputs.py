@@ -141,9 +141,9 @@ def check_columns(ds, image_column: str, caption_column: str, *, require_images:
             )
     if image_column in columns and not isinstance(ds.features[image_column], Image):
         raise TypeError(
-            f"Column {image_column!r} holds {ds.features[image_column]}, not images. If it holds file paths "
-            f"or bytes, cast it first: ds = ds.cast_column({image_column!r}, datasets.Image()); otherwise "
-            "pass image_column=... to name the image column."
+            f"Column {image_column!r} holds {ds.features[image_column]}, not images: pass image_column=... to "
+            "name the column of images. A column of image file paths or bytes must be made an Image column first "
+            f"(in Python: ds = ds.cast_column({image_column!r}, datasets.Image()))."
         )
     if len(ds) == 0:
         raise ValueError("The dataset has no rows.")

@@ -130,18 +130,19 @@ class Recipe:
             The exit status: 0, or 2 after printing ``error: ...`` to stderr when an input or a check fails.
         """
         from .builder import DistillBuilder
+        from .cli import command_line_words
         from .publish import PublishError, prepare_push, push_to_hub, save_to_folder
+        from .publish.folder import check_output_folder
 
-        args = self.parser().parse_args(argv)
+        parser = self.parser()
+        args = parser.parse_args(argv)
         sizes = args.sizes or (self.dry_run_sizes if args.dry_run else self.sizes)
         repo_ids = [f"{args.org}/{self.name}-pds-{size}" for size in sizes]
         output_dir = Path(args.output_dir) if args.output_dir else (Path("pds-dry-run") if args.dry_run else None)
         try:
-            if output_dir is not None and not args.overwrite:  # an existing folder fails now, not after distilling
-                taken = [str(output_dir / r.split("/")[1]) for r in repo_ids if (output_dir / r.split("/")[1]).exists()]
-                if taken:
-                    raise FileExistsError(f"{', '.join(taken)} already exist(s); pass --overwrite to replace, or "
-                                          "choose another --output-dir.")
+            if output_dir is not None:  # a folder that cannot be written fails now, not after distilling
+                for repo_id in repo_ids:
+                    check_output_folder(output_dir / repo_id.split("/")[1], overwrite=args.overwrite)
             if output_dir is None:
                 for repo_id in repo_ids:  # a bad token, namespace or license fails now, not after hours of work
                     prepare_push(repo_id, token=args.token, license=args.license, source=args.source,
@@ -164,7 +165,7 @@ class Recipe:
                                          **publish).commit_url
                 print(f"{repo_id}: {len(small)} pairs -> {target}")
         except (PublishError, ValueError, KeyError, TypeError, FileExistsError) as err:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {command_line_words(str(err), parser)}", file=sys.stderr)
             return 2
         return 0
 

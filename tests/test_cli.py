@@ -1,5 +1,6 @@
 """The pds-hf command: the demo, a local dataset with local model folders, publishing, its errors, its logging."""
 
+import argparse
 import json
 import logging
 import subprocess
@@ -11,12 +12,15 @@ from datasets import load_dataset
 from pds_hf.cli import build_parser, main, run_command
 
 
-def test_demo_writes_a_loadable_folder(tmp_path, capsys):
+def test_demo_writes_a_loadable_folder(tmp_path, capsys, monkeypatch):
     out = tmp_path / "demo"
-    assert main(["distill", "--demo", "--output", str(out), "--num-pairs", "8", "--steps", "2"]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["distill", "--demo", "--output", "demo", "--num-pairs", "8", "--steps", "2"]) == 0
     printed = capsys.readouterr().out
     assert "Distilled 480 pairs (240 images" in printed and "into 8 pairs" in printed
     assert "Stages: read" in printed and "synthesize" in printed
+    # A path load_dataset reads as a folder from anywhere ('demo' alone is also a Hub id, found in its cache).
+    assert f"load_dataset({str(out)!r}, split='train')" in printed
     small = load_dataset(str(out), split="train")
     assert len(small) == 8
     assert small[0]["image"].size == (64, 64)
@@ -28,8 +32,10 @@ def test_existing_output_is_not_overwritten(tmp_path, capsys):
     out = tmp_path / "demo"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert main(["distill", "--demo", "--output", str(out)]) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    for overwrite in ([], ["--overwrite"]):
+        assert main(["distill", "--demo", "--output", str(out), *overwrite]) == 2
+        err = capsys.readouterr().err
+        assert "holds files pds-hf did not write (keep.txt)" in err and "--overwrite" not in err, err
     assert (out / "keep.txt").read_text() == "mine"
 
 
@@ -43,6 +49,10 @@ def test_every_distill_flag_has_help():
     distill = parser._subparsers._group_actions[0].choices["distill"]
     undocumented = [action.option_strings or action.dest for action in distill._actions if not action.help]
     assert undocumented == []
+    # A flag with a default (or a switch with both ways) says which it is.
+    no_default = [action.option_strings for action in distill._actions if "default" not in action.help and (
+        (action.nargs != 0 and action.default is not None) or isinstance(action, argparse.BooleanOptionalAction))]
+    assert no_default == []
 
 
 def test_local_dataset_and_model_folders(tmp_path, shapes_ds, capsys):
@@ -67,8 +77,41 @@ def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path, shapes_ds, capsys)
     shapes_ds.rename_column("caption", "sentences").save_to_disk(str(tmp_path / "src"))
     code = main(["distill", str(tmp_path / "src"), "--output", str(tmp_path / "out")])
     assert code == 2
-    assert "caption_column" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Pass --caption-column CAPTION_COLUMN to name the caption column." in err and "caption_column" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_messages_name_flags_not_python_keywords(tmp_path, shapes_ds, capsys):
+    """One translation for every error and log line of the command: Python's keywords become its flags."""
+    from argparse import Namespace
+
+    from pds_hf.cli import command_line_words, error_line
+
+    shapes_ds.save_to_disk(str(tmp_path / "src"))
+    assert main(["distill", str(tmp_path / "src"), "--image-column", "caption", "--output", str(tmp_path / "out")]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == ("error: Column 'caption' holds List(Value('string')), not images: pass --image-column IMAGE_COLUMN "
+                    "to name the column of images. A column of image file paths or bytes must be made an Image column "
+                    "first.")
+
+    args = build_parser().parse_args(["distill", "me/pairs", "-o", "out"])
+    assert error_line(ValueError("Pass license='<Hub license id>', e.g. license='cc-by-4.0', or overwrite=True; "
+                                 "normalize=False, num_inference_steps=5 and encode_batch_size=8. Not in code: "
+                                 "load_dataset('./x', split='train')."), args) == (
+        2, "Pass --license '<Hub license id>', e.g. --license cc-by-4.0, or --overwrite; --no-normalize, --steps 5 "
+           "and --batch-size 8. Not in code: load_dataset('./x', split='train').")
+    evaluate = build_parser().parse_args(["evaluate", "me/set"])
+    assert error_line(ValueError("Pass train_image_head=True or drop embed_dim."), evaluate)[1] == (
+        "Pass --train-image-head or drop embed_dim.")
+    assert command_line_words("pass use_cache=True (in Python: x = f(a=1))", build_parser()) == "pass use_cache=True"
+
+    def warn(args):
+        logging.getLogger("pds_hf.publish.folder").warning("License unknown. Pass license=... before sharing.")
+        return 0
+
+    assert run_command(Namespace(func=warn, verbose=False, command="distill")) == 0
+    assert capsys.readouterr().err == "warning: License unknown. Pass --license LICENSE before sharing.\n"
 
 
 @pytest.mark.parametrize("streaming", [(), ("--streaming",)])
@@ -293,12 +336,75 @@ def test_error_lines_name_what_failed_and_pick_the_exit_code():
     assert error_line(KeyError("The dataset has no caption column 'x'."), args) == (
         2, "The dataset has no caption column 'x'.")
     code, line = error_line(OSError("We couldn't connect to 'https://huggingface.co'\nCheck your connection."), args)
-    assert code == 1 and line.startswith("while loading --clip-model me/clip or --unclip-model ")
-    assert "huggingface.co' Check your connection." in line
+    assert code == 1 and line.startswith("We couldn't connect to 'https://huggingface.co' Check your connection.")
     code, line = error_line(LocalEntryNotFoundError("me/clip is not in the cache"), args)
     assert code == 1 and line.startswith("me/clip is not in the cache (LocalEntryNotFoundError); ")
-    code, line = error_line(LocalEntryNotFoundError("Cannot find the requested files in the disk cache"), args)
-    assert code == 1 and line.startswith("could not load --clip-model me/clip or --unclip-model ")
     assert error_line(KeyboardInterrupt(), args)[0] == 130
     code, line = error_line(RuntimeError("boom"), args)
     assert code == 1 and line.startswith("RuntimeError: boom; rerun with -v")
+
+
+def _raised(load, *args):
+    try:
+        load(*args)
+    except Exception as err:  # noqa: BLE001 - the test looks at whatever the loader raised
+        return err
+    pytest.fail(f"{load.__name__} loaded")
+
+
+def test_only_the_model_that_failed_to_load_is_named(monkeypatch):
+    """A load error names the flag of the model whose loader raised it, not both models."""
+    import diffusers
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from pds_hf.cli import error_line
+    from pds_hf.encode import TransformersEncoder, load_encoder
+    from pds_hf.synthesize import load_unclip
+
+    def no_connection(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.")
+
+    def not_cached(*args, **kwargs):
+        raise LocalEntryNotFoundError("Cannot find the requested files in the disk cache.")
+
+    monkeypatch.setattr(TransformersEncoder, "from_pretrained", no_connection)
+    monkeypatch.setattr(diffusers.StableUnCLIPImg2ImgPipeline, "from_pretrained", not_cached)
+    args = build_parser().parse_args(["distill", "me/pairs", "--clip-model", "me/clip", "--unclip-model", "me/unclip",
+                                      "-o", "out"])
+    code, line = error_line(_raised(load_encoder, "me/clip"), args)
+    assert code == 1 and "--clip-model me/clip" in line and "--unclip-model" not in line, line
+    code, line = error_line(_raised(load_unclip, "me/unclip"), args)
+    assert code == 1 and "--unclip-model me/unclip" in line and "--clip-model" not in line, line
+
+
+def test_verbose_errors_point_to_the_traceback_shown_not_to_v():
+    from pds_hf.cli import error_line
+
+    for flags, hint in (([], "rerun with -v for the traceback"), (["-v"], "the traceback is above")):
+        args = build_parser().parse_args([*flags, "distill", "me/pairs", "-o", "out"])
+        for err in (RuntimeError("boom"), OSError("disk hiccup")):
+            line = error_line(err, args)[1]
+            assert hint in line and ("-v" in line) == (not flags), line
+
+
+def test_log_lines_name_a_stage_by_its_folder_and_a_finished_one_is_reused(tmp_path, caplog, shapes_ds, tiny_encoder):
+    from pds_hf.cache import MemoryStage, Stage, log_found
+    from pds_hf.encode import encode_table
+    from pds_hf.inputs import read_pairs
+
+    caplog.set_level(logging.INFO, logger="pds_hf")
+    stage = Stage(tmp_path / "encode-0123")
+    assert str(stage) == str(tmp_path / "encode-0123") and "Stage(" not in str(MemoryStage())
+    ds = shapes_ds.select(range(6))
+    for _ in range(2):
+        encode_table(tiny_encoder, ds, read_pairs(ds), batch_size=4, stage=stage)
+    lines = [r.getMessage() for r in caplog.records if str(stage) in r.getMessage()]
+    assert lines and not any("Stage(" in line for line in lines), lines
+
+    caplog.clear()
+    log_found(stage, 3, 3, "encoded image shards")
+    log_found(stage, 1, 3, "encoded image shards")
+    log_found(stage, 0, 3, "encoded image shards")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Reusing the finished result: all 3 encoded image shards found in {stage}.",
+        f"Resuming: 1 of 3 encoded image shards found in {stage}."]

@@ -101,3 +101,22 @@ def test_version(results):
 
     _, finished = results
     assert finished["version"][:2] == (0, f"pds-hf {__version__}\n")
+
+
+# A command that has forked a worker (as image decoding does) when Ctrl-C reaches the terminal's process group.
+FORKED = ("import os, sys, time; from argparse import Namespace; from pds_hf.cli import _exit_on_interrupt\n"
+          "with _exit_on_interrupt(Namespace(command='distill'), enabled=True):\n"
+          "    if os.fork() == 0:\n"
+          "        time.sleep(60); os._exit(0)\n"
+          "    print('ready', flush=True); time.sleep(60)\n")
+
+
+def test_ctrl_c_with_a_forked_worker_prints_one_line():
+    process = subprocess.Popen([sys.executable, "-c", FORKED], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    assert process.stdout.readline() == "ready\n"
+    os.killpg(process.pid, signal.SIGINT)  # what the terminal does: every process of the group gets it
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        "error: interrupted (Ctrl-C); run the same command again to resume: finished stages are kept in the cache."]

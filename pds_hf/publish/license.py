@@ -86,7 +86,7 @@ def resolve_license(*, license: str | None = None, existing_card=None, source=No
     if declared:
         return LicenseChoice(declared, "repository", "kept from the card already published")
     if source is None:
-        return LicenseChoice(None, "unknown", "no license= was given and no source dataset was named (source=)")
+        return LicenseChoice(None, "unknown", "no license was given and no source dataset was named")
     data, where = _source_card_data(source, source_revision, token)
     declared = _declared_license(data)
     if declared:
