@@ -494,7 +494,10 @@ def _command_parser(command: str | None) -> argparse.ArgumentParser:
 def error_line(err: BaseException, args=None) -> tuple[int, str]:
     """The exit code and the one-line message (without ``error: ``) for an exception a command raised.
 
-    The message names flags, not Python keywords (:func:`command_line_words`).
+    The message names flags, not Python keywords (:func:`command_line_words`). An error that knows the option it
+    concerns (an ``option`` attribute naming a keyword, as ``pds_hf.hub_models.ModelLoadError`` has) already says
+    what failed and the fix: it is shown as it is, with exit code 1 when the Hub could not be reached (its
+    ``hub_unreachable``), else 2 (the option names something that cannot work).
 
     Args:
         err: the exception.
@@ -520,6 +523,8 @@ def error_line(err: BaseException, args=None) -> tuple[int, str]:
         return EXIT_USAGE, message
     if isinstance(err, (CommandError, PublishError)):
         return EXIT_FAILURE, message
+    if isinstance(getattr(err, "option", None), str):
+        return (EXIT_FAILURE if getattr(err, "hub_unreachable", False) else EXIT_USAGE), message
     if isinstance(err, _hub_error_types()):
         model = _failed_model(err, args, message)
         what = f"could not load {model}: " if model else ""

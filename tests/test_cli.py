@@ -377,6 +377,25 @@ def test_only_the_model_that_failed_to_load_is_named(monkeypatch):
     assert code == 1 and "--unclip-model me/unclip" in line and "--clip-model" not in line, line
 
 
+def test_an_error_that_knows_its_option_is_shown_with_the_flag_and_its_exit_code():
+    from pds_hf.cli import error_line
+
+    class LoadError(OSError):  # the shape of pds_hf.hub_models.ModelLoadError
+        option = "clip_model"
+
+        def __init__(self, message, hub_unreachable):
+            super().__init__(message)
+            self.hub_unreachable = hub_unreachable
+
+    args = build_parser().parse_args(["distill", "me/pairs", "--clip-model", "me/clip", "-o", "out"])
+    assert error_line(LoadError("Could not load clip_model='me/clip': no config.json; pass a folder written by "
+                                "save_pretrained.", False), args) == (
+        2, "Could not load --clip-model me/clip: no config.json; pass a folder written by save_pretrained.")
+    assert error_line(LoadError("Could not load clip_model='me/clip': the Hub could not be reached; unset "
+                                "HF_HUB_OFFLINE.", True), args) == (
+        1, "Could not load --clip-model me/clip: the Hub could not be reached; unset HF_HUB_OFFLINE.")
+
+
 def test_verbose_errors_point_to_the_traceback_shown_not_to_v():
     from pds_hf.cli import error_line
 
