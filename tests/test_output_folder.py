@@ -152,3 +152,23 @@ def test_output_folders_follow_the_umask(small, tmp_path, umask):
     for folder in (tmp_path / "out", tmp_path / "out" / "data"):
         assert stat.S_IMODE(folder.stat().st_mode) == expected, oct(folder.stat().st_mode)
     assert stat.S_IMODE((tmp_path / "out" / "README.md").stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_recipe_checks_every_output_folder_before_reading_its_source(small, tmp_path, capsys):
+    from pds_hf.recipe import Recipe
+
+    def no_source(folder, source):
+        pytest.fail("read the source before checking the output folders")
+
+    recipe = Recipe(name="shapes", sources={"me/shapes": "every row"}, source_split="train",
+                    write_dry_run_source=no_source)
+    argv = ["--org", "me", "--dry-run", "--sizes", "4", "8", "--output-dir", str(tmp_path)]
+    save_to_folder(small, tmp_path / "shapes-pds-4")
+    capsys.readouterr()
+    assert recipe.main(argv) == 2  # written by pds-hf: replaced only with --overwrite, which the error names
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'shapes-pds-4'} exists (written by an earlier pds-hf "
+                                       "run); pass --overwrite to replace it, or choose another folder.\n")
+    before = users_folder(tmp_path / "shapes-pds-8")
+    assert recipe.main([*argv, "--overwrite"]) == 2
+    assert "shapes-pds-8 holds files pds-hf did not write (thesis.txt, sub/data.csv)" in capsys.readouterr().err
+    assert files_of(tmp_path / "shapes-pds-8") == before
