@@ -41,8 +41,9 @@ _TORCHVISION_LOGGER = "transformers.utils.import_utils"
 
 # Python keywords whose flag stores under another name (DistillConfig field: the flag's dest).
 _KEYWORD_DESTS = {"encode_batch_size": "batch_size", "num_inference_steps": "steps"}
-# A keyword argument in a message: `image_column=...`, `license='mit'`, `overwrite=True`, or a bare `license=`.
-_KEYWORD = re.compile(r"(?<![\w.-])([a-z_][a-z0-9_]*)=(\.\.\.|'[^']*'|\"[^\"]*\"|[\w.+/-]+)?")
+# A keyword argument in a message: `image_column=...`, `license='mit'`, `overwrite=True`, or a bare `license=`;
+# not a part of a path (`/data/split=train/`) or of a longer name.
+_KEYWORD = re.compile(r"(?<![\w./\\-])([a-z_][a-z0-9_]*)=(\.\.\.|'[^']*'|\"[^\"]*\"|[\w.+/-]+)?")
 # How a message marks a fix that only Python has; the command line leaves it out.
 _PYTHON_ONLY = "(in Python: "
 # The functions that load each model of a distill run: an error raised through one concerns that model.

@@ -98,9 +98,9 @@ def test_messages_name_flags_not_python_keywords(tmp_path, shapes_ds, capsys):
     args = build_parser().parse_args(["distill", "me/pairs", "-o", "out"])
     assert error_line(ValueError("Pass license='<Hub license id>', e.g. license='cc-by-4.0', or overwrite=True; "
                                  "normalize=False, num_inference_steps=5 and encode_batch_size=8. Not in code: "
-                                 "load_dataset('./x', split='train')."), args) == (
+                                 "load_dataset('./x', split='train'), nor in a path: /data/split=train/."), args) == (
         2, "Pass --license '<Hub license id>', e.g. --license cc-by-4.0, or --overwrite; --no-normalize, --steps 5 "
-           "and --batch-size 8. Not in code: load_dataset('./x', split='train').")
+           "and --batch-size 8. Not in code: load_dataset('./x', split='train'), nor in a path: /data/split=train/.")
     evaluate = build_parser().parse_args(["evaluate", "me/set"])
     assert error_line(ValueError("Pass train_image_head=True or drop embed_dim."), evaluate)[1] == (
         "Pass --train-image-head or drop embed_dim.")
