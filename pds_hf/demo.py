@@ -7,6 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 
+# The name the demo dataset carries in its info (and so in a distilled set's run record): the dataset card
+# recognises it and points the reader to the code that makes it, instead of naming a dataset nobody can find.
+DEMO_DATASET_NAME = "pds_hf.demo.demo_dataset"
+# The shapes and captions are made by pds-hf's own code; they carry its license.
+DEMO_LICENSE = "apache-2.0"
+
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
            "yellow": (235, 210, 40), "purple": (140, 60, 180), "orange": (245, 140, 30)}
 SHAPES = ("circle", "square", "triangle", "cross")
@@ -49,7 +55,7 @@ def demo_dataset(num_images: int = 240, *, seed: int = 0, side: int = 64):
         ['a small red circle', 'a red circle on the left on a light background']
         ```
     """
-    from datasets import Dataset, Features, Image, List, Value
+    from datasets import Dataset, DatasetInfo, Features, Image, List, Value
 
     rng = np.random.default_rng(seed)
     colours, sizes = list(COLOURS), list(SIZES)
@@ -70,18 +76,52 @@ def demo_dataset(num_images: int = 240, *, seed: int = 0, side: int = 64):
         captions.append([f"a {size_name} {colour} {shape}",
                          f"{article} {colour} {shape} {where} on a {'dark' if dark else 'light'} background"])
     features = Features({"image": Image(), "caption": List(Value("string"))})
-    return Dataset.from_dict({"image": images, "caption": captions}, features=features)
+    info = DatasetInfo(dataset_name=DEMO_DATASET_NAME, license=DEMO_LICENSE, features=features,
+                       description=f"Coloured shapes with two captions each, made in code by "
+                                   f"{DEMO_DATASET_NAME}(num_images={num_images}, seed={seed}, side={side}).")
+    return Dataset.from_dict({"image": images, "caption": captions}, features=features, info=info)
 
 
-def demo_config(num_pairs: int = 16, **overrides):
+def demo_config(num_pairs: int = 16, *, dataset=None, **overrides):
     """A :class:`~pds_hf.DistillConfig` using the tiny random models of :mod:`pds_hf.testing` on CPU.
 
-    Synthesis runs 20 denoising steps instead of the paper's 100, to keep the demo within seconds.
+    Synthesis runs 20 denoising steps instead of the paper's 100, to keep the demo within seconds. The settings
+    are checked first, and against ``dataset`` when given (e.g. ``num_pairs`` larger than its pairs allow), so
+    that bad input fails in a second, before any model is built. Only the models the run uses are built: none
+    for a ``clip_model`` / ``unclip_model`` given in ``overrides``, no decoder when synthesis needs none.
+
+    Args:
+        num_pairs: distilled pairs.
+        dataset: the ``datasets.Dataset`` the config will distill (default: none, settings checked alone).
+        **overrides: other :class:`~pds_hf.DistillConfig` fields.
+
+    Raises:
+        ValueError: a setting is invalid, or ``dataset`` cannot give ``num_pairs`` pairs.
+
+    Example:
+        ```py
+        >>> from pds_hf.demo import demo_config, demo_dataset
+        >>> ds = demo_dataset()
+        >>> small = pds_hf.distill(ds, demo_config(8, dataset=ds, num_inference_steps=2))
+        ```
     """
     from .config import DistillConfig
+    from .progress import library_output
     from .testing import tiny_clip_encoder, tiny_unclip_pipeline
 
-    settings = dict(num_pairs=num_pairs, clip_model=tiny_clip_encoder(), unclip_model=tiny_unclip_pipeline(),
-                    num_inference_steps=20, image_size=64, device="cpu")
+    settings = dict(num_pairs=num_pairs, num_inference_steps=20, image_size=64, device="cpu")
     settings.update(overrides)
-    return DistillConfig(**settings)
+    config = DistillConfig(**settings)
+    if dataset is not None:
+        from .processor import DistillProcessor
+
+        DistillProcessor(config).check_inputs(dataset)
+    models = {}
+    with library_output():
+        if "clip_model" not in overrides:
+            models["clip_model"] = tiny_clip_encoder()
+        if "unclip_model" not in overrides:
+            # The decoder's field names no model when synthesis uses none, rather than the default Hub id.
+            uses_unclip = config.method == "pds" and config.synthesis == "unclip"
+            models["unclip_model"] = tiny_unclip_pipeline() if uses_unclip else None
+    return config.replace(**models)

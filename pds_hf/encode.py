@@ -167,9 +167,24 @@ def load_encoder(spec, *, processor=None, revision: str | None = None, device=No
         processor: the processor to use with a loaded model.
         revision: model revision when ``spec`` is an id.
         device, dtype: where and in which dtype to run a transformers model.
+
+    Raises:
+        pds_hf.hub_models.ModelLoadError: ``spec`` is an id or folder that cannot be loaded; the message names it
+            and its revision, says when the Hub could not be reached, and the fix (``option`` is
+            ``"clip_model"``). Without an answer from the Hub, a model not in the local cache fails at once.
+
+    Example:
+        ```py
+        >>> encoder = load_encoder("openai/clip-vit-large-patch14", device="cuda")
+        >>> encoder.encode_texts(["a dog"]).shape
+        (1, 768)
+        ```
     """
     if isinstance(spec, str):
-        return TransformersEncoder.from_pretrained(spec, revision=revision, device=device, dtype=dtype)
+        from .hub_models import loading_model
+
+        with loading_model("clip_model", spec, revision, index_file="config.json", library="transformers"):
+            return TransformersEncoder.from_pretrained(spec, revision=revision, device=device, dtype=dtype)
     if hasattr(spec, "encode_images") and hasattr(spec, "encode_texts"):
         return spec
     return TransformersEncoder(spec, processor, device=device, dtype=dtype)

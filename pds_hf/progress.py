@@ -14,24 +14,39 @@ Example:
     ...         bar.update(min(64, 1000 - start))
     >>> squares = [i * i for i in progress(range(10), desc="Squaring")]
     ```
+
+The libraries pds-hf calls draw bars of their own (datasets' "Map", transformers' "Loading weights", diffusers'
+"Loading pipeline components" and per-step bars, huggingface_hub's downloads). Inside :func:`library_output`
+they follow the same rule: drawn on a terminal, off when stderr goes to a file (where pds-hf's log lines tell how
+far the work got). pds-hf's model loaders and writers run inside it; ``pds-hf`` runs whole commands inside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 logger = logging.getLogger(__name__)
 
 LOG_EVERY_SECONDS = 5.0
 
 
+# transformers' note on first use of a CLIP image processor without torchvision: the PIL processor it falls back
+# to gives CLIP the same inputs, so inside library_output the note is noise and is dropped.
+TORCHVISION_NOTE = "requires torchvision (not installed)"
+TORCHVISION_LOGGER = "transformers.utils.import_utils"
+# True while a library_output() block has switched datasets' bars off: that is pds-hf's doing, not the user's
+# choice, so pds-hf's own log lines keep going.
+_datasets_off_by_policy = False
+
+
 def _switched_off() -> bool:
     from datasets.utils import are_progress_bars_disabled
 
-    return are_progress_bars_disabled()
+    return are_progress_bars_disabled() and not _datasets_off_by_policy
 
 
 def _on_terminal() -> bool:
@@ -134,3 +149,78 @@ def progress(iterable_or_total: Iterable | int | None = None, *, desc: str, unit
     if _on_terminal():
         return tqdm(iterable, total=total, desc=desc, unit=unit)
     return LogProgress(iterable, total=total, desc=desc, unit=unit, every=every)
+
+
+def _not_torchvision_note(record: logging.LogRecord) -> bool:
+    return TORCHVISION_NOTE not in record.getMessage()
+
+
+def _library_switches() -> list[tuple[str, Callable[[bool], None]]]:
+    """``(name, turn)`` for each library whose bars are on now: ``turn(False)`` switches them off, ``turn(True)``
+    back on.
+
+    Only libraries already imported are touched (importing transformers or diffusers just to silence them
+    would cost seconds), and a library whose bars an environment variable forces on is left alone.
+    """
+    from datasets import config as datasets_config
+    from datasets import utils as datasets_utils
+    from huggingface_hub import constants as hub_constants
+    from huggingface_hub import utils as hub_utils
+
+    switches = []
+    if datasets_config.HF_DATASETS_DISABLE_PROGRESS_BARS is None and not datasets_utils.are_progress_bars_disabled():
+        switches.append(("datasets", lambda on: datasets_utils.enable_progress_bars() if on
+                         else datasets_utils.disable_progress_bars()))
+    if hub_constants.HF_HUB_DISABLE_PROGRESS_BARS is None and not hub_utils.are_progress_bars_disabled():
+        switches.append(("huggingface_hub", lambda on: hub_utils.enable_progress_bars() if on
+                         else hub_utils.disable_progress_bars()))
+    hub_off = hub_utils.are_progress_bars_disabled()
+
+    def switch(library, on: bool) -> None:
+        if not on:
+            library.disable_progress_bar()
+            return
+        library.enable_progress_bar()
+        if hub_off:  # transformers' switch turns huggingface_hub's on too: keep the user's choice for it
+            hub_utils.disable_progress_bars()
+
+    for name, module in (("transformers", "transformers.utils.logging"), ("diffusers", "diffusers.utils.logging")):
+        library = sys.modules.get(module)
+        if library is not None and library.is_progress_bar_enabled():
+            switches.append((name, lambda on, library=library: switch(library, on)))
+    return switches
+
+
+@contextlib.contextmanager
+def library_output():
+    """Inside: the bars of datasets, huggingface_hub, transformers and diffusers follow pds-hf's progress rule.
+
+    On a terminal they are left as they are; when stderr goes to a file they are switched off (a bar redrawn
+    with carriage returns is unreadable there), and switched back on when the block ends. pds-hf's own
+    :func:`progress` keeps logging its lines either way. transformers' note that torchvision is missing is
+    dropped (harmless for CLIP). Blocks nest; the user's own switches (``disable_progress_bars()``,
+    ``HF_DATASETS_DISABLE_PROGRESS_BARS``, ``HF_HUB_DISABLE_PROGRESS_BARS``) are kept.
+
+    Example:
+        ```py
+        >>> from pds_hf.progress import library_output
+        >>> with library_output():
+        ...     model = AutoModel.from_pretrained(path)   # no "Loading weights" bar in a log file
+        ```
+    """
+    global _datasets_off_by_policy
+
+    note = logging.getLogger(TORCHVISION_LOGGER)
+    note.addFilter(_not_torchvision_note)
+    switched = [] if _on_terminal() else _library_switches()
+    outer = _datasets_off_by_policy
+    try:
+        for name, turn in switched:
+            turn(False)
+            _datasets_off_by_policy = _datasets_off_by_policy or name == "datasets"
+        yield
+    finally:
+        for _, turn in reversed(switched):
+            turn(True)
+        _datasets_off_by_policy = outer
+        note.removeFilter(_not_torchvision_note)

@@ -55,3 +55,23 @@ def recorded_encoder(feature) -> str | None:
         feature = feature.feature
     tag = getattr(feature, "id", None)
     return tag[len(ENCODER_ID_PREFIX):] if isinstance(tag, str) and tag.startswith(ENCODER_ID_PREFIX) else None
+
+
+def set_stage_seconds(ds, seconds: dict) -> None:
+    """Replace the seconds per stage in the run record ``ds`` carries, in place.
+
+    For a caller that times work around :func:`pds_hf.distill` (loading the data, building models): its stages
+    and the run's then reach the summary and the dataset card together, so that their sum is the whole time.
+
+    Args:
+        ds: a distilled ``Dataset`` (made by :func:`pds_hf.distill`).
+        seconds: stage name to seconds, in the order the stages ran.
+
+    Example:
+        ```py
+        >>> set_stage_seconds(small, {"load data": 0.5, **pds_hf.metadata(small)["stages_seconds"]})
+        ```
+    """
+    record = read_run_record(ds)
+    record["stages_seconds"] = {name: round(float(value), 3) for name, value in seconds.items()}
+    ds.info.description = json.dumps({METADATA_KEY: record})

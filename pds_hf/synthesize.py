@@ -11,6 +11,7 @@ the batch size or on which process made it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
@@ -31,11 +32,25 @@ def load_unclip(spec, *, revision: str | None = None, device=None, dtype=None):
         revision: model revision when ``spec`` is an id.
         device: move the pipeline there (``None``: leave it where it is).
         dtype: load in this dtype (``torch.float16`` on a GPU, as the paper does).
+
+    Raises:
+        pds_hf.hub_models.ModelLoadError: ``spec`` is an id or folder that cannot be loaded; the message names it
+            and its revision, says when the Hub could not be reached, and the fix (``option`` is
+            ``"unclip_model"``). Without an answer from the Hub, a model not in the local cache fails at once.
+
+    Example:
+        ```py
+        >>> pipe = load_unclip("stabilityai/stable-diffusion-2-1-unclip-small", device="cuda", dtype=torch.float16)
+        ```
     """
     if isinstance(spec, str):
-        from diffusers import StableUnCLIPImg2ImgPipeline
+        from .hub_models import loading_model
 
-        pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(spec, revision=revision, torch_dtype=dtype)
+        with loading_model("unclip_model", spec, revision, index_file="model_index.json",
+                           library="diffusers"):
+            from diffusers import StableUnCLIPImg2ImgPipeline
+
+            pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(spec, revision=revision, torch_dtype=dtype)
         pipe.fingerprint = unclip_fingerprint(spec, revision=revision, dtype=dtype)
     else:
         pipe = spec
@@ -65,6 +80,17 @@ def resize_image(image, size: int | None):
     if size is None or image.size == (size, size):
         return image
     return image.resize((size, size), Image.LANCZOS)
+
+
+@contextlib.contextmanager
+def _no_step_bars(pipe):
+    """The pipeline's per-step bar off for the block ("Synthesizing images" counts images), then as it was."""
+    own = dict(getattr(pipe, "_progress_bar_config", None) or {})
+    pipe.set_progress_bar_config(**{**own, "disable": True})
+    try:
+        yield
+    finally:
+        pipe.set_progress_bar_config(**own)
 
 
 def synthesize_unclip(pipe, image_embeds, prompts: list[str], *, negative_prompt: str | None = "text, watermark",
@@ -101,7 +127,7 @@ def synthesize_unclip(pipe, image_embeds, prompts: list[str], *, negative_prompt
     """
     import torch
 
-    from .progress import progress
+    from .progress import library_output, progress
 
     image_embeds = np.asarray(image_embeds, dtype=np.float32)
     indices = list(range(len(prompts))) if indices is None else [int(i) for i in indices]
@@ -116,7 +142,8 @@ def synthesize_unclip(pipe, image_embeds, prompts: list[str], *, negative_prompt
     dtype = pipe.unet.dtype
     generator_device = "cpu" if device.type == "mps" else device
     images = []
-    with progress(len(prompts), desc="Synthesizing images", unit="image", disable=not show_progress) as bar:
+    with progress(len(prompts), desc="Synthesizing images", unit="image", disable=not show_progress) as bar, \
+            library_output(), _no_step_bars(pipe):
         for start in range(0, len(prompts), batch_size):
             stop = min(start + batch_size, len(prompts))
             generators = [torch.Generator(generator_device).manual_seed(seed + i) for i in indices[start:stop]]

@@ -21,7 +21,10 @@ def small(tiny_encoder):
 
     config = pds_hf.DistillConfig(num_pairs=4, clip_model=tiny_encoder, synthesis="retrieve", image_size=32,
                                   device="cpu")
-    return pds_hf.distill(demo_dataset(40, side=32), config)
+    source = demo_dataset(40, side=32)
+    # A source with no name and no license, as most user datasets built in memory are (the demo's has both).
+    source.info.dataset_name = source.info.license = None
+    return pds_hf.distill(source, config)
 
 
 @pytest.fixture
@@ -330,3 +333,57 @@ def test_metadata_survives_publishing_through_the_card(healthy, small, tmp_path)
         pds_hf.metadata(tmp_path / "plain")
     with pytest.raises(FileNotFoundError, match="has no README.md"):
         pds_hf.metadata(tmp_path)
+
+
+def test_the_demo_card_names_its_source_its_license_and_its_random_models(tiny_encoder, tiny_pipe, tmp_path):
+    from pds_hf.demo import demo_dataset
+
+    config = pds_hf.DistillConfig(num_pairs=4, clip_model=tiny_encoder, unclip_model=tiny_pipe,
+                                  num_inference_steps=1, image_size=32, device="cpu")
+    save_to_folder(pds_hf.distill(demo_dataset(40, side=32), config), tmp_path / "demo")
+    card = DatasetCard.load(tmp_path / "demo" / "README.md")
+    assert card.data.license == "apache-2.0"
+    text = card.text
+    assert "unnamed" not in text and "made in code by `pds_hf.demo.demo_dataset()`" in text
+    assert "| split | none (made in code) |" in text
+    assert "Every image is synthetic and meaningless: a tiny Stable unCLIP with random weights" in text
+    # The tiny models are named by the code that builds them, never linked as if they were Hub repositories.
+    assert "`pds_hf.testing.tiny_clip_encoder()`" in text and "`pds_hf.testing.tiny_unclip_pipeline()`" in text
+    assert "/pds-hf/tiny-random" not in text
+
+
+def test_a_card_never_carries_a_local_path(tmp_path, shapes_ds, caplog):
+    """A streamed run of a local folder, encoded by a model loaded from a local folder."""
+    from datasets import load_from_disk
+
+    from pds_hf.testing import save_tiny_clip
+
+    shapes_ds.save_to_disk(str(tmp_path / "my-pairs"))
+    stream = load_from_disk(str(tmp_path / "my-pairs")).to_iterable_dataset(num_shards=1)
+    config = pds_hf.DistillConfig(num_pairs=4, clip_model=save_tiny_clip(tmp_path / "clip"), synthesis="none",
+                                  device="cpu", cache_dir=str(tmp_path / "cache"))
+    small = pds_hf.distill(stream, config)
+    with caplog.at_level("WARNING", logger="pds_hf"):
+        save_to_folder(small, tmp_path / "out", source=str(tmp_path / "my-pairs"), license="mit")
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert str(tmp_path) not in text
+    assert "a local folder (my-pairs)" in text and "a local folder (clip)" in text
+    assert "| split | not recorded |" not in text
+    assert any("encoder is recorded as 'a local folder (clip)'" in r.getMessage() for r in caplog.records)
+    # The record read back from the card keeps everything else.
+    assert pds_hf.metadata(tmp_path / "out")["source"]["num_pairs"] == 120
+
+
+def test_a_set_made_with_a_loaded_encoder_says_its_name_loads_nothing(shapes_ds, caplog):
+    from pds_hf.encode import TransformersEncoder
+    from pds_hf.testing import tiny_clip_model
+
+    encoder = TransformersEncoder(*tiny_clip_model())  # built in memory: known by its class name only
+    config = pds_hf.DistillConfig(num_pairs=4, clip_model=encoder, synthesis="none", device="cpu")
+    small = pds_hf.distill(shapes_ds, config)
+    assert pds_hf.metadata(small)["models"]["encoder"] == "CLIPModel"
+    with caplog.at_level("WARNING", logger="pds_hf"):
+        card = dataset_card(small, license="mit")
+    assert ("| encoder | `CLIPModel` is the class of a model passed as a loaded object, not a model id: the set "
+            "cannot be remade from this card |") in card.text
+    assert any("recorded as 'CLIPModel'" in r.getMessage() and "Hub id" in r.getMessage() for r in caplog.records)

@@ -125,11 +125,79 @@ _SYNTHESIS = {
 }
 
 
-def _limitations(synthesis: str, config: dict, encoder: str, evaluated: bool, zero: int) -> list[str]:
+# How the card names the tiny demo decoder's output: the weights are random, so the images are noise.
+_RANDOM_UNCLIP = (
+    "Every image is synthetic and meaningless: a tiny Stable unCLIP with random weights, built in code by {call}, "
+    "decoded it from the image prototype, prompted with the caption. It shows that the pipeline runs, not what PDS "
+    "makes.",
+    "noise: decoded by a tiny Stable unCLIP with random weights from the image prototype, prompted with the caption",
+    "decode each image prototype with a tiny Stable unCLIP with random weights ({call}), prompted with that "
+    "caption")
+
+
+def _is_local_path(value) -> bool:
+    """Whether ``value`` names a file or folder of the machine that made the set: never written into a card."""
+    if not isinstance(value, str) or not value or "\n" in value:
+        return False
+    return os.path.isabs(value) or value.startswith(("~", "./", "../")) or (
+        not _is_hub_id(value) and Path(value).exists())
+
+
+def _public(value):
+    """``value`` as a card shows it: a local path becomes the folder's name only (a reader cannot look it up)."""
+    return f"a local folder ({Path(value).name})" if _is_local_path(value) else value
+
+
+# The fields of a run record that may hold a local path (a model or dataset given as a folder, the cache).
+_PATH_FIELDS = {"config": ("clip_model", "clip_processor", "unclip_model", "cache_dir"), "source": ("dataset",),
+                "models": ("encoder", "unclip")}
+
+
+def _public_record(meta: dict) -> dict:
+    """The run record without local paths, for the card."""
+    record = dict(meta)
+    for section, fields in _PATH_FIELDS.items():
+        if isinstance(record.get(section), dict):
+            record[section] = {key: _public(value) if key in fields else value
+                               for key, value in record[section].items()}
+    return record
+
+
+def _model_text(role: str, name: str) -> str:
+    """The card's words for a recorded model: a link, the code that builds it, or why a reader cannot load it.
+
+    Logs a warning when the recorded name loads nothing elsewhere (a class name or a local folder).
+    """
+    from ..testing import TINY_MODELS
+
+    if name in TINY_MODELS:
+        return (f"a tiny model with random weights, built in code by `{TINY_MODELS[name]}` (recorded as `{name}`, "
+                "which is not a Hub repository)")
+    if name.startswith("given column"):
+        return f"unknown: the embeddings came with the source ({name})"
+    if _is_hub_id(name):
+        from huggingface_hub import constants
+
+        return f"[`{name}`]({constants.ENDPOINT}/{name})"
+    if _is_local_path(name):
+        why = f"{_public(name)} on the machine that made this set, not a model anyone else can load"
+    else:
+        why = (f"`{name}` is the class of a model passed as a loaded object, not a model id: the set cannot be "
+               "remade from this card")
+    logger.warning("The %s is recorded as %r: %s. Pass the model by its Hub id so that readers can load it.",
+                   role, _public(name), why.replace("`", ""))
+    return why
+
+
+def _limitations(synthesis: str, config: dict, encoder: str, evaluated: bool, zero: int, *,
+                 random_encoder: bool = False, random_decoder: bool = False) -> list[str]:
     lines = []
     if synthesis == "baseline":
         lines.append("The pairs are real pairs of the source chosen by a baseline, not synthesized: their images "
                      "and captions carry the source's terms, content and biases unchanged.")
+    elif synthesis == "unclip" and random_decoder:
+        lines.append("The images are noise: the decoder's weights are random. This set shows that the pipeline "
+                     "runs; it is not meant for training.")
     elif synthesis == "unclip":
         lines.append(f"The images are synthetic (Stable unCLIP, {config.get('num_inference_steps')} steps, guidance "
                      f"{config.get('guidance_scale')}): they follow the prototypes, they are not photographs, and "
@@ -140,8 +208,11 @@ def _limitations(synthesis: str, config: dict, encoder: str, evaluated: bool, ze
         lines.append("There are no images: only the embeddings and captions can be trained on.")
     lines.append("The captions are real captions of the source, copied verbatim: they inherit its language, "
                  "biases and mistakes.")
-    lines.append(f"The embeddings belong to `{encoder}`: they mean nothing to another encoder, and concepts too "
-                 "rare to dominate any cluster are not represented.")
+    if random_encoder:
+        lines.append("The embeddings come from an encoder with random weights: they carry no meaning.")
+    else:
+        lines.append(f"The embeddings belong to `{encoder}`: they mean nothing to another encoder, and concepts "
+                     "too rare to dominate any cluster are not represented.")
     if zero:
         lines.append(f"{zero} row(s) have no real pair behind them (support 0): their prototypes are k-means centres.")
     lines.append("Evaluated only as reported above: other students, encoders and tasks may behave differently."
@@ -170,7 +241,13 @@ def _card_context(ds, meta: dict, *, repo_id, src: _Source, choice: LicenseChoic
     synthesis = config.get("synthesis", "unknown")
     if method != "pds" and synthesis != "none":
         synthesis = "baseline"
-    source_id = str(src.id if src.id is not None else (recorded.get("dataset") or "an unnamed dataset"))
+    from ..demo import DEMO_DATASET_NAME
+    from ..testing import TINY_MODELS
+
+    named = src.id if src.id is not None else recorded.get("dataset")
+    demo = named == DEMO_DATASET_NAME
+    source_id = ("the pds-hf demo shapes" if demo else
+                 str(_public(str(named))) if named is not None else "a dataset passed as an object, with no name")
     url = f"{constants.ENDPOINT}/datasets/{source_id}" if _is_hub_id(source_id) else None
     layout = recorded.get("layout")
     support = np.asarray(list(ds["support"]), dtype=np.int64)
@@ -178,9 +255,20 @@ def _card_context(ds, meta: dict, *, repo_id, src: _Source, choice: LicenseChoic
     image_clusters, text_clusters = list(ds["image_cluster"]), list(ds["text_cluster"])
     shown = min(len(ds), SUPPORT_ROWS_SHOWN)
     stages = meta.get("stages_seconds", {})
-    encoder = models.get("encoder") or config.get("clip_model") or "the encoder"
-    name = source_id.rsplit("/", 1)[-1]
+    recorded_encoder = models.get("encoder") or config.get("clip_model") or "the encoder"
+    encoder = _public(recorded_encoder)
+    unclip = models.get("unclip")
+    random_decoder = synthesis == "unclip" and unclip in TINY_MODELS
+    synthesis_texts = tuple(text.format(call=f"`{TINY_MODELS.get(unclip)}`") for text in _RANDOM_UNCLIP) \
+        if random_decoder else _SYNTHESIS[synthesis]
+    name = "pds-hf-demo" if demo else (Path(named).name if _is_local_path(named) else source_id.rsplit("/", 1)[-1])
     not_recorded = "not recorded"
+    if demo:
+        source_link = f"the pds-hf demo shapes (made in code by `{DEMO_DATASET_NAME}()`)"
+    elif url:
+        source_link = f"[{source_id}]({url})"
+    else:
+        source_link = f"{source_id}" if named is None or _is_local_path(named) else f"`{source_id}`"
     return dict(
         name=name,
         title=f"{name} distilled to {len(ds)} image-text pairs",
@@ -189,19 +277,23 @@ def _card_context(ds, meta: dict, *, repo_id, src: _Source, choice: LicenseChoic
         load_path=repo_id or "path/to/this/folder",
         method=method,
         method_text=PAPER if method == "pds" else f"the `{method}` baseline (real pairs chosen on CLIP embeddings)",
-        synthesis_text=_SYNTHESIS[synthesis][0],
-        image_column_text=_SYNTHESIS[synthesis][1],
-        synthesis_step=_SYNTHESIS[synthesis][2],
+        synthesis_text=synthesis_texts[0],
+        image_column_text=synthesis_texts[1],
+        synthesis_step=synthesis_texts[2],
         image_size=config.get("image_size"),
         embedding_dim=ds.features["text_embedding"].length,
         encoder=encoder,
+        encoder_text=_model_text("encoder", recorded_encoder),
         encoder_revision=models.get("encoder_revision"),
-        unclip=models.get("unclip"),
+        unclip=unclip,
+        unclip_text=_model_text("decoder", unclip) if unclip else None,
         unclip_revision=models.get("unclip_revision"),
         rm_ratio_percent=f"{100 * float(config.get('rm_ratio', 0.2)):g}%",
         normalize=bool(config.get("normalize", False)),
         source=dict(
-            id=source_id, url=url, config=recorded.get("config"), split=recorded.get("split"),
+            id=source_id, url=url, link=source_link, config=recorded.get("config"),
+            split=recorded.get("split") or ("none (made in code)" if demo else "none named (the dataset was given "
+                                            "whole)"),
             selection=src.selection, revision=src.revision, fingerprint=recorded.get("fingerprint"),
             num_rows=recorded.get("num_rows", not_recorded), num_pairs=recorded.get("num_pairs", not_recorded),
             num_images=recorded.get("num_images", not_recorded),
@@ -214,9 +306,9 @@ def _card_context(ds, meta: dict, *, repo_id, src: _Source, choice: LicenseChoic
         empty_intersections=meta.get("empty_intersections"),
         processes=meta.get("processes"),
         seed=config.get("seed", not_recorded),
-        config_rows=[(key, _plain(value)) for key, value in config.items()],
+        config_rows=[(key, _plain(value)) for key, value in _public_record(meta).get("config", {}).items()],
         stages=[(stage, f"{seconds:.2f}") for stage, seconds in stages.items()],
-        total_seconds=f"{sum(stages.values()):.2f}",
+        total_seconds=f"{sum(round(seconds, 2) for seconds in stages.values()):.2f}",  # the sum of the rows shown
         versions=list(meta.get("versions", {}).items()),
         support=dict(min=int(support.min()), max=int(support.max()), median=f"{np.median(support):g}",
                      mean=f"{support.mean():.1f}", zero=int((support == 0).sum())),
@@ -227,9 +319,10 @@ def _card_context(ds, meta: dict, *, repo_id, src: _Source, choice: LicenseChoic
         preview_count=preview_count,
         evaluation=evaluation_md,
         limitations=_limitations(synthesis, config, encoder, evaluation_md is not None,
-                                 int((support == 0).sum())),
-        license_note=_license_note(choice, f"[{source_id}]({url})" if url else f"`{source_id}`"),
-        metadata_json=json.dumps(meta, indent=2, default=str),
+                                 int((support == 0).sum()), random_encoder=recorded_encoder in TINY_MODELS,
+                                 random_decoder=random_decoder),
+        license_note=_license_note(choice, source_link),
+        metadata_json=json.dumps(_public_record(meta), indent=2, default=str),
     )
 
 
@@ -317,6 +410,15 @@ def dataset_card(ds, *, repo_id: str | None = None, license: str | None = None, 
                         preview_count=preview_count, sizes=sizes, template_path=template_path)
 
 
+def _demo_license(choice: LicenseChoice, meta: dict) -> LicenseChoice:
+    """The demo dataset's license for a set distilled from it, when nothing else declares one."""
+    from ..demo import DEMO_DATASET_NAME, DEMO_LICENSE
+
+    if choice.license is None and meta.get("source", {}).get("dataset") == DEMO_DATASET_NAME:
+        return LicenseChoice(DEMO_LICENSE, "source", "the pds-hf demo shapes are made by pds-hf's own code")
+    return choice
+
+
 def _render_card(ds, *, choice, repo_id, src: _Source, evaluation_md, existing_card, preview, preview_count, sizes,
                  template_path=None):
     from huggingface_hub import DatasetCard
@@ -325,7 +427,9 @@ def _render_card(ds, *, choice, repo_id, src: _Source, evaluation_md, existing_c
     if not template_path.is_file():
         raise FileNotFoundError(f"The dataset card template {template_path} is missing; pass template_path=... "
                                 "(the source tree ships it in model_cards/).")
-    context = _card_context(ds, _metadata_or_empty(ds), repo_id=repo_id, src=src, choice=choice,
+    meta = _metadata_or_empty(ds)
+    choice = _demo_license(choice, meta)
+    context = _card_context(ds, meta, repo_id=repo_id, src=src, choice=choice,
                             evaluation_md=evaluation_md, preview=preview, preview_count=preview_count)
     data = _card_data(ds, existing_card, choice=choice, name=context["name"], source=src.id, sizes=sizes)
     rendered = DatasetCard.from_template(data, template_path=str(template_path), **context)

@@ -73,3 +73,36 @@ def preview_grid(ds, *, num_pairs: int = 16, columns: int = 4, tile: int = 192, 
         for k, text in enumerate(_wrap(row["caption"], font, tile, caption_lines), start=1):
             draw.text((x, y + tile + 2 + k * line), text, fill=(0, 0, 0), font=font)
     return canvas
+
+
+def pairs_table(ds, *, max_rows: int = 20, caption_width: int = 70) -> str:
+    """The first ``max_rows`` pairs of a distilled set as plain text: row number, support and caption, a line each.
+
+    Args:
+        ds: a distilled ``datasets.Dataset``.
+        max_rows: pairs listed; a last line says how many more there are.
+        caption_width: characters of a caption shown before ``...``.
+
+    Returns:
+        The table, lines joined by newlines (no trailing newline).
+
+    Example:
+        ```py
+        >>> print(pairs_table(small, max_rows=2))
+          row  support  caption
+            0       31  a small red circle
+            1       24  a large blue square on the left on a dark background
+        ... 14 more pairs (all of them are in the dataset and its card)
+        ```
+    """
+    count = min(max_rows, len(ds))
+    rows = ds.select_columns(["caption", "support"]).select(range(count))
+    lines = [f"{'row':>5}  {'support':>7}  caption"]
+    for i, row in enumerate(rows):
+        caption = " ".join(str(row["caption"]).split())
+        if len(caption) > caption_width:
+            caption = caption[: caption_width - 3] + "..."
+        lines.append(f"{i:>5}  {row['support']:>7}  {caption}")
+    if len(ds) > count:
+        lines.append(f"... {len(ds) - count} more pairs (all of them are in the dataset and its card)")
+    return "\n".join(lines)
