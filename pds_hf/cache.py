@@ -225,10 +225,20 @@ class StageTimer:
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self._inner: list[float] = []  # seconds spent in stages nested inside each open stage
 
     @contextmanager
     def __call__(self, name: str):
+        """Time ``name``. A stage opened inside another is counted in its own name only, not also in the outer
+        one, so that the seconds add up to the wall time."""
         start = time.perf_counter()
-        yield
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
-        logger.debug("%s took %.2fs", name, self.seconds[name])
+        self._inner.append(0.0)
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            inner = self._inner.pop()
+            if self._inner:
+                self._inner[-1] += elapsed
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + elapsed - inner, 3)
+            logger.debug("%s took %.2fs", name, elapsed - inner)

@@ -125,8 +125,10 @@ class TransformersEncoder:
         encoder = cls(model, processor, device=device, dtype=dtype)
         encoder.name = model_id
         encoder.revision = revision
-        # Loaded by id, the model is known by what was loaded: its results can be cached and resumed.
-        encoder.fingerprint = f"{model_id}@{revision or 'main'}:{encoder.dtype}"
+        # Loaded by id, the model is known by what was loaded: its results can be cached and resumed. From the Hub,
+        # that is the commit the revision resolved to (a moving branch such as main then recomputes once it moves).
+        commit = getattr(model.config, "_commit_hash", None)
+        encoder.fingerprint = f"{model_id}@{commit or revision or 'main'}:{encoder.dtype}"
         return encoder
 
     def preprocess_images(self, images: list):

@@ -120,6 +120,20 @@ def _caption_layout(ds, caption_column: str) -> str:
     )
 
 
+def needs_images(config, given: bool) -> bool:
+    """Whether a run with ``config`` reads the source's images: the one rule for map-style and streamed sources.
+
+    Images are needed to encode them (no embedding columns ``given``), and in step 7 whenever it takes real
+    images: ``synthesis="retrieve"``/``"retrieve-scored"``, or a baseline's own pairs. With ``synthesis="none"``
+    no image is ever read, whatever the method.
+    """
+    from .synthesize import REAL_IMAGE_METHODS
+
+    if not given:
+        return True
+    return config.synthesis != "none" and (config.method != "pds" or config.synthesis in REAL_IMAGE_METHODS)
+
+
 def check_columns(ds, image_column: str, caption_column: str, *, require_images: bool = True) -> str:
     """Check both columns exist and hold images and captions; return the layout.
 
@@ -549,7 +563,7 @@ def embeddings_from_columns(ds, table: PairTable, image_embedding_column: str, t
 
     stage = MemoryStage() if stage is None else stage
     if load:
-        stored = open_embeddings(stage)
+        stored = open_embeddings(stage, dtype)
         if stored is not None:
             logger.info("Opening the stored embeddings in %s.", stage)
             return stored

@@ -25,12 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import StageTimer, default_cache_dir, dtype_key, open_stage, stage_key
+from .cache import STAGE_VERSIONS, StageTimer, default_cache_dir, dtype_key, fingerprint, open_stage, stage_key
 from .caption import nearest, retrieve_captions
 from .config import DistillConfig
 from .distributed import current_ranks
 from .encode import encode_table, encoder_name, load_encoder, model_fingerprint
-from .inputs import caption_lists, check_columns, embedding_columns_present, load_images, read_pairs
+from .inputs import caption_lists, check_columns, embedding_columns_present, load_images, needs_images, read_pairs
+from .pretrained import RecipeMixin
 from .prototypes import prototypes_from_embeddings
 from .schema import ENCODER_ID_PREFIX, output_features, read_run_record, recorded_encoder, run_record_info
 from .synthesize import (
@@ -44,9 +45,8 @@ from .synthesize import (
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "distill_config.json"
-# Fields that describe one machine, not the recipe: not taken from another machine's saved config.
-_MACHINE_FIELDS = ("device", "cache_dir")
+# The version of what a run returns (its columns and how they are made from the stages): part of its fingerprint.
+OUTPUT_VERSION = 1
 
 
 @dataclass
@@ -125,18 +125,44 @@ def _spec_name(spec, revision: str | None = None) -> str | None:
     return name if isinstance(name, str) and name else None
 
 
+_forked = False
+
+
+def _mark_forked() -> None:
+    global _forked
+    _forked = True
+
+
+# Set in a process forked from this one (the workers of ``map(num_proc=N)`` on Linux), and only there.
+os.register_at_fork(after_in_child=_mark_forked)
+
+
 def _single_threaded_cpu() -> None:
-    """In a worker process of ``map(num_proc=N)``: one CPU thread each.
+    """In a forked worker process of ``map(num_proc=N)``: one CPU thread each.
 
     A process forked from one that already ran torch on CPU hangs in its first multi-threaded op (the
-    OpenMP pool does not survive fork), and N workers with one thread each use N cores anyway.
+    OpenMP pool does not survive fork), and N workers with one thread each use N cores anyway. A process that
+    was not forked (a new Python process, a spawned worker) keeps torch's threads.
     """
     import torch
 
     torch.set_num_threads(1)
 
 
-class DistillProcessor:
+def _model_identity(spec):
+    """What names a model for a fingerprint: its id, a loaded object's ``fingerprint``, else the object itself."""
+    if spec is None or isinstance(spec, str):
+        return spec
+    value = getattr(spec, "fingerprint", None)
+    return value if isinstance(value, str) and value else spec
+
+
+def _encoder_settings(config) -> tuple:
+    """The settings a loaded encoder depends on: two configs that agree here may share one."""
+    return (config.clip_model, config.clip_processor, config.clip_revision, config.half_precision)
+
+
+class DistillProcessor(RecipeMixin):
     """Distill an image-text dataset into ``num_pairs`` pairs with PDS.
 
     Args:
@@ -178,20 +204,50 @@ class DistillProcessor:
         return f"{type(self).__name__}({self.config!r})"
 
     def __getstate__(self):
-        # Loaded models stay in their process: pickling (datasets' map with num_proc, its fingerprint hash)
-        # carries the settings only, and each process loads its own encoder once.
-        return {"config": self.config, "pid": os.getpid()}
+        # Loaded models stay in their process: pickling (datasets' map with num_proc) carries the settings only,
+        # and each process loads its own encoder once. datasets' fingerprint hash does not come here: it hashes
+        # encode_identity() (see _register_fingerprint_hash below).
+        return {"config": self.config}
 
     def __setstate__(self, state):
         self.config = state["config"]
         self._encoders = {}
-        if state.get("pid") not in (None, os.getpid()):
+        if _forked:
             _single_threaded_cpu()
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _register_fingerprint_hash(cls)
+
+    def encode_identity(self) -> dict:
+        """What the embeddings of :meth:`encode` depend on, and nothing else.
+
+        The model (id, or a loaded object's ``fingerprint``), its revision and processor, the precision, the
+        column names and the encode stage's version; not the device, the batch sizes, the workers, the cache
+        folder or the process. ``datasets`` hashes this for ``ds.map(processor.encode)``, so a second process (or
+        a processor that differs only in machine settings) finds the first one's cache file.
+        """
+        config = self.config
+        return {
+            "clip_model": _model_identity(config.clip_model),
+            "clip_revision": config.clip_revision,
+            "clip_processor": _model_identity(config.clip_processor),
+            "half_precision": config.half_precision,
+            "columns": [config.image_column, config.caption_column, config.image_embedding_column,
+                        config.text_embedding_column],
+            "version": STAGE_VERSIONS["encode"],
+        }
+
     def replace(self, **changes) -> "DistillProcessor":
-        """A processor with some settings changed (loaded encoders are shared, not reloaded)."""
+        """A processor with some settings changed.
+
+        Loaded encoders are shared with ``self`` only when the settings they depend on (``clip_model``,
+        ``clip_processor``, ``clip_revision``, ``half_precision``) are unchanged; otherwise the new processor loads
+        its own.
+        """
         other = type(self)(self.config.replace(**changes))
-        other._encoders = self._encoders
+        if _encoder_settings(other.config) == _encoder_settings(self.config):
+            other._encoders = self._encoders
         return other
 
     # ------------------------------------------------------------------------------------------------------
@@ -324,10 +380,10 @@ class DistillProcessor:
         """
         config = self.config
         given = embedding_columns_present(ds, config.image_embedding_column, config.text_embedding_column)
-        needs_images = not given or config.method != "pds" or config.synthesis in REAL_IMAGE_METHODS
-        check_columns(ds, config.image_column, config.caption_column, require_images=needs_images)
+        images = needs_images(config, given)
+        check_columns(ds, config.image_column, config.caption_column, require_images=images)
         table = read_pairs(ds, image_column=config.image_column, caption_column=config.caption_column,
-                           on_bad_image=config.on_bad_image, require_images=needs_images)
+                           on_bad_image=config.on_bad_image, require_images=images)
         self._check_sizes(table)
         if given:
             self._check_recorded_encoder(ds)
@@ -380,9 +436,9 @@ class DistillProcessor:
         if given:
             from .inputs import embeddings_from_columns
 
+            # embedding_dtype is not in the key: the stage holds one store per dtype (see pds_hf.store).
             key = stage_key("embeddings", ds._fingerprint, config.image_column, config.caption_column,
-                            config.image_embedding_column, config.text_embedding_column, config.on_bad_image,
-                            *dtype_key(config.embedding_dtype))
+                            config.image_embedding_column, config.text_embedding_column, config.on_bad_image)
             stage = open_stage(self._cache_dir(), "embeddings", key, ranks=ranks)
             with stages("read embeddings"):
                 # Only the main process clusters: the others never read the columns.
@@ -392,10 +448,12 @@ class DistillProcessor:
             name = (recorded_encoder(ds.features[config.image_embedding_column])
                     or f"given column {config.image_embedding_column!r}")
             return table, image_embeds, text_embeds, key, name
-        encoder = self.load_encoder()
+        with stages("load encoder"):
+            encoder = self.load_encoder()
+        # embedding_dtype is not in the key: the shards are float32 whatever it is, and the stage holds one merged
+        # store per dtype (see pds_hf.store), so a float16 rerun of an encoded source encodes nothing.
         key = stage_key("encode", model_fingerprint(encoder), ds._fingerprint, config.image_column,
-                        config.caption_column, config.on_bad_image, config.shard_size,
-                        *dtype_key(config.embedding_dtype))
+                        config.caption_column, config.on_bad_image, config.shard_size)
         stage = open_stage(self._cache_dir(), "encode", key, ranks=ranks,
                            needs=" and an encoder known by id (or with a `fingerprint` attribute)")
         with stages("encode"):
@@ -435,7 +493,7 @@ class DistillProcessor:
         with stages("select"):
             selection = self._select(table, image_embeds, text_embeds, key, ranks)
         with stages("synthesize"):
-            images = self.synthesize(selection, ds, ranks=ranks)
+            images = self.synthesize(selection, ds, ranks=ranks, stages=stages)
         extra = {}
         if given:
             extra["embeddings"] = {"given": True, "image_column": self.config.image_embedding_column,
@@ -479,7 +537,7 @@ class DistillProcessor:
             **record_extra,
         }
         features = output_features(selection.image_embeds.shape[1])
-        return Dataset.from_dict(
+        made = Dataset.from_dict(
             {
                 "image": images,
                 "caption": selection.captions,
@@ -492,6 +550,8 @@ class DistillProcessor:
             features=features,
             info=run_record_info(record, features),
         )
+        # Two runs that make the same set give it the same fingerprint, so datasets caches what follows (a map).
+        return Dataset(made.data, info=made.info, split=made.split, fingerprint=self.output_fingerprint(selection))
 
     # ------------------------------------------------------------------------------------------------------
     # Steps 2-6
@@ -527,7 +587,7 @@ class DistillProcessor:
         config = self.config
         key = stage_key("select", parent_key, config.method, config.num_pairs, config.rm_ratio, config.seed,
                         config.empty, config.kmeans_iterations, config.kmeans_restarts, config.kmeans_init,
-                        "unit-norm" if config.normalize else "raw",
+                        "unit-norm" if config.normalize else "raw", *dtype_key(config.embedding_dtype),
                         # the selection holds the chosen real images, whose rule only "retrieve-scored" changes
                         *(["retrieve-scored"] if config.synthesis == "retrieve-scored" else []))
         stage = open_stage(self._cache_dir(), "select", key)
@@ -577,7 +637,7 @@ class DistillProcessor:
     # Step 7
     # ------------------------------------------------------------------------------------------------------
 
-    def synthesize(self, selection: Selection, ds=None, *, ranks=None) -> list:
+    def synthesize(self, selection: Selection, ds=None, *, ranks=None, stages=None) -> list:
         """Step 7: one image per selected pair (``config.synthesis``).
 
         Args:
@@ -585,6 +645,7 @@ class DistillProcessor:
             ds: the source dataset; needed for ``synthesis="retrieve"`` and for baselines, whose images are
                 the data's own.
             ranks: this process's place in a multi-process run (default: read from the launcher).
+            stages: a :class:`~pds_hf.cache.StageTimer` that times loading the decoder as "load unCLIP".
 
         Returns:
             A list of ``len(selection)`` RGB PIL images (``None`` each with ``synthesis="none"``).
@@ -601,19 +662,43 @@ class DistillProcessor:
             # A baseline's pairs are real: their images are the data's own; "retrieve" takes the nearest real ones.
             rows = selection.table.image_rows[selection.image_index]
             return [resize_image(image, config.image_size) for image in load_images(ds, config.image_column, rows)]
-        return self._unclip(selection, ranks)
+        return self._unclip(selection, ranks, stages)
 
-    def _unclip(self, selection: Selection, ranks) -> list:
+    def _unclip_key(self, selection: Selection) -> str | None:
+        """The synthesize stage's key: the selection's, the decoder's identity and the settings of its images."""
+        config = self.config
+        by_id = isinstance(config.unclip_model, str)
+        unclip_id = unclip_fingerprint(config.unclip_model, revision=config.unclip_revision,
+                                       dtype=self._dtype(self._device()) if by_id else None)
+        return None if unclip_id is None else stage_key(
+            "synthesize", selection.key, unclip_id, config.num_inference_steps, config.guidance_scale,
+            config.noise_level, config.negative_prompt, config.image_size, config.seed)
+
+    def output_fingerprint(self, selection: Selection) -> str | None:
+        """The fingerprint of the distilled dataset made from ``selection``, or None when it cannot be known.
+
+        Derived, as datasets derives a transform's, from what makes the result: the selection's key (source
+        fingerprint, encoder, steps 2-6 settings, stage versions) and how step 7 makes the images. None (datasets
+        then draws a random one) when a part has no identity: a loaded model without a ``fingerprint``.
+        """
+        config = self.config
+        if selection.key is None:
+            return None
+        if config.synthesis == "unclip" and config.method == "pds":
+            images = self._unclip_key(selection)
+            if images is None:
+                return None
+        else:
+            images = [config.synthesis, config.image_size]
+        return fingerprint("distilled", OUTPUT_VERSION, selection.key, images)
+
+    def _unclip(self, selection: Selection, ranks, stages=None) -> list:
         """unCLIP images for the prototypes this process owns, saved one by one; then all of them."""
         config = self.config
         device = self._device()
         dtype = self._dtype(device)
         by_id = isinstance(config.unclip_model, str)
-        unclip_id = unclip_fingerprint(config.unclip_model, revision=config.unclip_revision,
-                                       dtype=dtype if by_id else None)
-        key = None if unclip_id is None else stage_key(
-            "synthesize", selection.key, unclip_id, config.num_inference_steps, config.guidance_scale,
-            config.noise_level, config.negative_prompt, config.image_size, config.seed)
+        key = self._unclip_key(selection)
         stage = open_stage(self._cache_dir(), "synthesize", key, ranks=ranks,
                            needs=" and an unCLIP model known by id (or with a `fingerprint` attribute)")
         name = "image-{:06d}".format
@@ -623,8 +708,9 @@ class DistillProcessor:
         if len(mine) < len(owned):
             logger.info("resuming: %d of %d images already made (%s)", len(owned) - len(mine), len(owned), stage)
         if mine:
-            pipe = load_unclip(config.unclip_model, revision=config.unclip_revision,
-                               device=device if by_id or config.device else None, dtype=dtype if by_id else None)
+            with (stages or StageTimer())("load unCLIP"):
+                pipe = load_unclip(config.unclip_model, revision=config.unclip_revision,
+                                   device=device if by_id or config.device else None, dtype=dtype if by_id else None)
 
             def save(indices, images):
                 for m, image in zip(indices, images):
@@ -639,101 +725,32 @@ class DistillProcessor:
         ranks.barrier()
         return [stage.load_image(name(m)) for m in range(len(captions))]
 
-    # ------------------------------------------------------------------------------------------------------
-    # Saving and loading a recipe
-    # ------------------------------------------------------------------------------------------------------
 
-    def save_pretrained(self, save_directory) -> Path:
-        """Write the settings to ``save_directory/distill_config.json`` (models by id and revision).
+def _hashed_as(kind: str, identity: dict):
+    """Stands for a processor inside datasets' fingerprint hash only; never called to rebuild one."""
+    raise TypeError(f"{kind} was pickled for a fingerprint hash; pickle the processor itself to send it.")
 
-        A model passed as a loaded object is recorded by name only, and listed under ``"loaded_objects"``:
-        pass it again to :meth:`from_pretrained`.
-        """
-        folder = Path(save_directory)
-        folder.mkdir(parents=True, exist_ok=True)
-        values = self.config.to_dict()
-        loaded = [name for name in ("clip_model", "clip_processor", "unclip_model")
-                  if getattr(self.config, name) is not None and not isinstance(getattr(self.config, name), str)]
-        payload = {"pds_hf_version": _versions().get("pds-hf"), "config": values, "loaded_objects": loaded}
-        path = folder / CONFIG_NAME
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
 
-    @classmethod
-    def from_pretrained(cls, pretrained, *, revision: str | None = None, token=None, **overrides) -> "DistillProcessor":
-        """Rebuild a processor from a folder or Hub repo.
+def _register_fingerprint_hash(cls) -> None:
+    """Make datasets hash a processor of class ``cls`` by :meth:`DistillProcessor.encode_identity`.
 
-        ``pretrained`` may hold a ``distill_config.json`` (from :meth:`save_pretrained`), or be a published
-        distilled set (a folder from :func:`pds_hf.save_to_folder` or a Hub dataset from
-        :func:`pds_hf.push_to_hub`), whose card carries the run record: the recipe is repeated on new data.
+    ``Dataset.map`` fingerprints its function by pickling it with datasets' own pickler, which is used for
+    hashing only; there a processor is reduced to what changes its embeddings, so that the hash is the same
+    in every process and for any device, batch size or cache folder. Pickling for transport (``num_proc``)
+    keeps the whole config. Without that pickler (another datasets version), the config is hashed.
+    """
+    try:
+        from datasets.utils._dill import pklregister
+    except ImportError:
+        return
 
-        Args:
-            pretrained: a local folder or a Hub id.
-            revision, token: for a Hub id.
-            **overrides: settings to change, and models to pass as loaded objects (``clip_model=...``).
+    def save(pickler, obj):
+        pickler.save_reduce(_hashed_as, (type(obj).__qualname__, obj.encode_identity()), obj=obj)
 
-        Example:
-            ```py
-            >>> processor = pds_hf.DistillProcessor.from_pretrained("me/flickr30k-pds-100")
-            >>> coco_small = processor(coco)          # the same recipe on another dataset
-            ```
-        """
-        values, loaded = cls._load_values(pretrained, revision=revision, token=token)
-        known = {f for f in DistillConfig.__dataclass_fields__}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            logger.warning("Ignoring setting(s) %s from %s: not fields of DistillConfig in this pds-hf version.",
-                           unknown, pretrained)
-        kept = {k: v for k, v in values.items() if k in known and k not in _MACHINE_FIELDS}
-        for name in loaded:
-            if name not in overrides:
-                logger.warning("%s was a loaded object (%r) when %s was saved; using the default. Pass %s=... to "
-                               "from_pretrained to use it again.", name, kept.get(name), pretrained, name)
-                kept.pop(name, None)
-        kept.update(overrides)
-        return cls(DistillConfig(**kept))
+    pklregister(cls)(save)
 
-    @staticmethod
-    def _load_values(pretrained, *, revision, token) -> tuple[dict, list]:
-        from .publish import metadata_from_card
 
-        looked = []
-        folder = Path(pretrained)
-        if folder.is_dir():
-            path = folder / CONFIG_NAME
-            if path.is_file():
-                payload = json.loads(path.read_text(encoding="utf-8"))
-                return payload["config"], payload.get("loaded_objects", [])
-            looked.append(f"{path} (written by DistillProcessor.save_pretrained)")
-            if (folder / "README.md").is_file():
-                try:
-                    return metadata_from_card(folder)["config"], []
-                except (ValueError, KeyError) as err:
-                    looked.append(f"a pds-hf run record in {folder / 'README.md'} ({err})")
-            else:
-                looked.append(f"{folder / 'README.md'} with a pds-hf run record (written by pds_hf.save_to_folder)")
-        elif "/" in str(pretrained) and not os.path.exists(str(pretrained)):
-            from huggingface_hub import hf_hub_download
-            from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
-
-            for repo_type in ("dataset", "model"):
-                try:
-                    path = hf_hub_download(str(pretrained), CONFIG_NAME, repo_type=repo_type, revision=revision,
-                                           token=token)
-                except (EntryNotFoundError, RepositoryNotFoundError) as err:
-                    looked.append(f"{CONFIG_NAME} in the Hub {repo_type} repo {pretrained} ({type(err).__name__})")
-                    continue
-                payload = json.loads(Path(path).read_text(encoding="utf-8"))
-                return payload["config"], payload.get("loaded_objects", [])
-            try:
-                return metadata_from_card(str(pretrained), revision=revision, token=token)["config"], []
-            except (ValueError, KeyError, EntryNotFoundError, RepositoryNotFoundError) as err:
-                looked.append(f"a pds-hf run record in the card of the Hub dataset {pretrained} ({err})")
-        else:
-            raise FileNotFoundError(f"{pretrained!s} is neither a folder nor a Hub id (namespace/name).")
-        raise FileNotFoundError(f"No pds-hf recipe found in {pretrained!s}; looked for " + "; ".join(looked) + ".")
+_register_fingerprint_hash(DistillProcessor)
 
 
 def distill(ds, config: DistillConfig | None = None, **overrides):

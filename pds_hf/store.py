@@ -28,12 +28,24 @@ _NAMES = ("image_embeds", "text_embeds")
 _MARKER = "embeddings"
 
 
-def open_embeddings(stage):
-    """The stored ``(image_embeds, text_embeds)`` of ``stage`` as read-only memory maps, or None when not written
-    (or when ``stage`` is in memory)."""
-    if stage.path is None or not stage.done(_MARKER):
+def _names(dtype: str) -> tuple[tuple[str, ...], str]:
+    """The store's file names and marker for ``dtype``: one store per dtype in the same stage folder, so that the
+    stage's key need not hold the dtype (the encoded shards are float32 either way) and a float16 run of an
+    encoded source only writes its own store. float32 keeps the names it always had."""
+    if dtype not in EMBEDDING_DTYPES:
+        raise ValueError(f"embedding_dtype must be one of {EMBEDDING_DTYPES}, got {dtype!r}.")
+    if dtype == "float32":
+        return _NAMES, _MARKER
+    return tuple(f"{name}.{dtype}" for name in _NAMES), f"{_MARKER}-{dtype}"
+
+
+def open_embeddings(stage, dtype: str = "float32"):
+    """The stored ``(image_embeds, text_embeds)`` of ``stage`` in ``dtype`` as read-only memory maps, or None when
+    not written (or when ``stage`` is in memory)."""
+    names, marker = _names(dtype)
+    if stage.path is None or not stage.done(marker):
         return None
-    return tuple(np.load(stage.path / f"{name}.npy", mmap_mode="r") for name in _NAMES)
+    return tuple(np.load(stage.path / f"{name}.npy", mmap_mode="r") for name in names)
 
 
 def write_embeddings(stage, shapes, fill, *, dtype: str = "float32"):
@@ -66,8 +78,7 @@ def write_embeddings(stage, shapes, fill, *, dtype: str = "float32"):
         (dtype('float16'), 'memmap')
         ```
     """
-    if dtype not in EMBEDDING_DTYPES:
-        raise ValueError(f"embedding_dtype must be one of {EMBEDDING_DTYPES}, got {dtype!r}.")
+    names, marker = _names(dtype)
     shapes = [tuple(int(n) for n in shape) for shape in shapes]
     if stage.path is None:
         targets = [np.empty(shape, dtype=dtype) for shape in shapes]
@@ -77,7 +88,7 @@ def write_embeddings(stage, shapes, fill, *, dtype: str = "float32"):
     temps = []
     try:
         targets = []
-        for name, shape in zip(_NAMES, shapes):
+        for name, shape in zip(names, shapes):
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.npy.", suffix=".tmp", dir=stage.path)
             os.close(fd)
             temps.append(tmp)
@@ -86,15 +97,15 @@ def write_embeddings(stage, shapes, fill, *, dtype: str = "float32"):
         for target in targets:
             target.flush()
         del targets
-        for name, tmp in zip(_NAMES, temps):
+        for name, tmp in zip(names, temps):
             os.replace(tmp, stage.path / f"{name}.npy")
         temps = []
-        stage._mark(_MARKER)
+        stage._mark(marker)
     finally:
         for tmp in temps:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    return open_embeddings(stage)
+    return open_embeddings(stage, dtype)
 
 
 def _allocate(stage, name: str, tmp: str, shape, dtype: str):

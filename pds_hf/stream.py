@@ -41,10 +41,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cache import StageTimer, dtype_key, fingerprint, open_stage, stage_key
+from .cache import StageTimer, fingerprint, open_stage, stage_key
 from .encode import _encode_texts
 from .inputs import (PairTable, _vectors, caption_lists, check_dataset_type, embedding_columns_present,
-                     per_caption_vectors)
+                     needs_images, per_caption_vectors)
 from .schema import recorded_encoder
 from .store import open_embeddings, write_embeddings
 from .synthesize import REAL_IMAGE_METHODS
@@ -576,7 +576,7 @@ def _gather_embeddings(stage, parts: list, image_sources, image_start, text_sour
     """
     if not len(image_sources):
         raise ValueError("No image of the stream could be decoded and encoded.")
-    stored = open_embeddings(stage)
+    stored = open_embeddings(stage, dtype)
     if stored is not None:
         logger.info("Opening the stored embeddings of the stream in %s.", stage)
         return stored
@@ -711,21 +711,19 @@ def distill_stream(processor, ds):
     stages = StageTimer()
     ranks = current_ranks(timeout=config.barrier_timeout)
     given = embedding_columns_present(ds, config.image_embedding_column, config.text_embedding_column)
-    needs_images = not given or (config.synthesis != "none" and (config.method != "pds"
-                                                                  or config.synthesis in REAL_IMAGE_METHODS))
-    layout = _check_stream(ds, config, needs_images)
+    layout = _check_stream(ds, config, needs_images(config, given))
     has_images = config.image_column in ds.column_names
     if given:
         processor._check_recorded_encoder(ds)
         source_key = "given", config.image_embedding_column, config.text_embedding_column
     else:
-        source_key = "encoder", model_fingerprint(processor.load_encoder())
+        with stages("load encoder"):
+            source_key = "encoder", model_fingerprint(processor.load_encoder())
     units = _Units.of(ds, ranks.world)
     identity = stream_fingerprint(ds)
     key = None if identity is None or source_key[-1] is None else stage_key(
         "stream", identity, units.describe(), layout, has_images, config.image_column, config.caption_column,
-        config.on_bad_image, *source_key,
-        *dtype_key(config.embedding_dtype))
+        config.on_bad_image, *source_key)
     stage = open_stage(processor._cache_dir(), "stream", key, ranks=ranks,
                        needs=", a stream that can be fingerprinted and an encoder known by id (or with a "
                              "`fingerprint` attribute)")
@@ -750,7 +748,7 @@ def distill_stream(processor, ds):
         elif config.method != "pds" or config.synthesis in REAL_IMAGE_METHODS:
             images = _real_images(processor, units, merged, selection, ranks, key)
         else:
-            images = processor._unclip(selection, ranks)
+            images = processor._unclip(selection, ranks, stages)
 
     info = ds.info
     source = {

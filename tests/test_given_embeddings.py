@@ -144,7 +144,9 @@ def test_the_processor_selects_from_the_store_and_a_rerun_reads_no_column(rng, t
 
     monkeypatch.setattr(DistillProcessor, "_select", recording)
     first = {dtype: run(dtype) for dtype in ("float32", "float16")}
-    assert len(list(tmp_path.glob("embeddings-*"))) == 2  # one store per dtype
+    # One stage (the dtype is not part of its key), one store per dtype in it.
+    assert len(list(tmp_path.glob("embeddings-*"))) == 1
+    assert len(list(tmp_path.glob("embeddings-*/image_embeds*.npy"))) == 2
     _refuse_blocks(monkeypatch)
     with caplog.at_level(logging.INFO, logger="pds_hf.inputs"):
         second = {dtype: run(dtype) for dtype in ("float32", "float16")}
