@@ -537,7 +537,7 @@ def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size:
     if not load:
         return _drop_failed(table, failed, image_column, on_bad_image), None, None
 
-    stored = open_embeddings(stage)
+    stored = open_embeddings(stage, dtype)
     if stored is None:
         logger.info("loading %d encoded shards", len(image_shards) + len(text_shards))
         stored = _store_shards(stage, image_shards, text_shards, failed, image_column, dtype)
