@@ -15,6 +15,8 @@ else:
   the Hub cannot be asked (``HF_HUB_OFFLINE=1``, no network), the revision as given is used and a warning says
   so: a change on the Hub is then not noticed until the Hub can be asked again;
 - ``source_config``, ``source_split``, ``source_filter`` and ``source_columns``;
+- the commit each Hub model id resolves to: the encoder, and the unCLIP decoder when it makes the images (a
+  local model folder is known by its path, as the stage cache knows it; offline, the revision as given);
 - ``DistillConfig(**distill).result_dict()``: every setting with its default filled in, less the machine-only
   settings of :data:`pds_hf.config.MACHINE_FIELDS` (``device``, batch sizes, workers, cache folder), which are
   still used to run;
@@ -42,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 SPLIT = "train"
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+# The setting that pins each Hub repository the config names, for the messages.
+_REVISION_OPTION = {"source": "source_revision", "clip_model": "clip_revision", "unclip_model": "unclip_revision"}
 
 
 def _saved_folder(folder: Path, split: str) -> Path | None:
@@ -76,34 +80,43 @@ def _files_identity(path: Path) -> list:
     return out
 
 
-def _hub_commit(repo_id: str, revision: str | None, token) -> tuple[str, bool]:
-    """The commit ``revision`` of the Hub dataset ``repo_id`` points at, and whether it could be resolved.
+def _hub_commit(repo_id: str, revision: str | None, token, *, repo_type: str = "dataset",
+                option: str = "source") -> tuple[str, bool]:
+    """The commit ``revision`` of the Hub repository ``repo_id`` points at, and whether it could be resolved.
 
     A full commit sha is taken as it is. When the Hub cannot be asked (offline mode, no network, the Hub
     down) the revision as given (``main`` when None) comes back with False, after a warning.
+
+    Args:
+        repo_id: a Hub dataset or model id.
+        revision: a branch, tag or commit; None for ``main``.
+        token: the Hub token, for a private repository.
+        repo_type: ``"dataset"`` or ``"model"``.
+        option: the setting that named ``repo_id``, for the messages (``source``, ``clip_model``...).
     """
     if revision is not None and _COMMIT.fullmatch(revision):
         return revision, True
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
 
+    api = HfApi(token=token)
     try:
-        return HfApi(token=token).dataset_info(repo_id, revision=revision).sha, True
+        return (api.dataset_info if repo_type == "dataset" else api.model_info)(repo_id, revision=revision).sha, True
     except GatedRepoError:
         raise
     except HFValidationError as err:
-        raise FileNotFoundError(f"source={repo_id!r} is neither a local folder nor a Hub dataset id ({err}); pass "
-                                "an existing folder or an id such as 'nlphuji/flickr30k'.") from None
+        raise FileNotFoundError(f"{option}={repo_id!r} is neither a local folder nor a Hub {repo_type} id ({err}); "
+                                "pass an existing folder or a Hub id.") from None
     except (RepositoryNotFoundError, RevisionNotFoundError) as err:
-        raise FileNotFoundError(f"source={repo_id!r} at revision {revision or 'main'!r} is not a local folder and "
-                                f"not found on the Hub ({type(err).__name__}); check the id and source_revision, or "
-                                "pass token=... for a private dataset.") from None
+        raise FileNotFoundError(f"{option}={repo_id!r} at revision {revision or 'main'!r} is not a local folder and "
+                                f"not found on the Hub ({type(err).__name__}); check the id and "
+                                f"{_REVISION_OPTION[option]}, or pass token=... for a private {repo_type}.") from None
     except Exception as err:  # no network or offline mode: the exception types depend on the HTTP client
         logger.warning(
-            "Could not resolve the Hub dataset %r at revision %r to a commit (%s: %s). The build is cached under the "
-            "revision name as given, so a change of the dataset on the Hub is not noticed; pass "
-            "source_revision=<commit sha> to pin exactly what is read.", repo_id, revision or "main",
-            type(err).__name__, err)
+            "Could not resolve the Hub %s %r at revision %r to a commit (%s: %s). The build is cached under the "
+            "revision name as given, so a change of it on the Hub is not noticed; pass %s=<commit sha> to pin "
+            "exactly what is read.", repo_type, repo_id, revision or "main", type(err).__name__, err,
+            _REVISION_OPTION[option])
         return revision or "main", False
 
 
@@ -201,14 +214,39 @@ class DistillBuilderConfig(datasets.BuilderConfig):
         return {"hub": self.source, "commit" if resolved else "revision": commit, "config": self.source_config,
                 "split": self.source_split}
 
-    def result_key(self, source_identity: dict) -> dict:
+    def model_commits(self, token=None) -> dict:
+        """The commit each Hub model of the run resolves to: ``{"clip_model": sha}``, plus ``"unclip_model"`` when
+        ``synthesis="unclip"`` makes the images.
+
+        A model given as a local folder is known by its path (as the stage cache knows it), and is left out here.
+        Offline, the revision as given stands in for the commit, under ``"<option>_revision"``, after a warning.
+
+        Args:
+            token: the Hub token, for a private model.
+        """
+        settings = self.distill_config()
+        models = {"clip_model": settings.clip_revision}
+        if settings.synthesis == "unclip" and settings.method == "pds":
+            models["unclip_model"] = settings.unclip_revision
+        out = {}
+        for option, revision in models.items():
+            model = getattr(settings, option)
+            if not isinstance(model, str) or os.path.exists(model):
+                continue
+            commit, resolved = _hub_commit(model, revision, token, repo_type="model", option=option)
+            out[option if resolved else f"{option}_revision"] = commit
+        return out
+
+    def result_key(self, source_identity: dict, model_commits: dict) -> dict:
         """Everything that makes the distilled set, for the config id: never a device, batch size or folder.
 
         Args:
             source_identity: what :meth:`source_identity` returned.
+            model_commits: what :meth:`model_commits` returned.
         """
         return {
             "source": source_identity,
+            "models": model_commits,
             "filter": self.source_filter,
             "columns": sorted(self.source_columns) if self.source_columns else None,
             # Defaults filled in, so that spelling one out is the same build.
@@ -267,7 +305,7 @@ class DistillBuilder(datasets.ArrowBasedBuilder):
         self._source_identity = builder_config.source_identity(self.token)
         if config_id is not None:
             return builder_config, given_id
-        key = builder_config.result_key(self._source_identity)
+        key = builder_config.result_key(self._source_identity, builder_config.model_commits(self.token))
         if custom_features is not None:
             key["features"] = custom_features.to_dict()
         return builder_config, f"{builder_config.name}-{fingerprint(key)}"

@@ -229,6 +229,40 @@ def test_an_unresolvable_hub_revision_is_used_as_given(monkeypatch, caplog):
     assert DistillBuilderConfig(source="me/pairs", source_revision=sha).source_identity()["commit"] == sha
 
 
+def test_the_commits_of_hub_models_are_part_of_the_build(source, tmp_path, monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from huggingface_hub import HfApi
+
+    heads = {"me/clip": "a" * 40, "me/unclip": "c" * 40}
+    asked = []
+
+    def model_info(self, repo_id, revision=None, **kwargs):
+        asked.append(repo_id)
+        return SimpleNamespace(sha=heads[repo_id])
+
+    monkeypatch.setattr(HfApi, "model_info", model_info)
+    retrieve = DistillBuilderConfig(source=source, distill={"clip_model": "me/clip", "synthesis": "retrieve"})
+    assert retrieve.model_commits() == {"clip_model": "a" * 40} and asked == ["me/clip"]  # no decoder used
+    before = retrieve.result_key({}, retrieve.model_commits())
+    heads["me/clip"] = "b" * 40  # main moved on: another build
+    assert retrieve.result_key({}, retrieve.model_commits()) != before
+    unclip = DistillBuilderConfig(source=source, distill={"clip_model": "me/clip", "unclip_model": "me/unclip"})
+    assert unclip.model_commits() == {"clip_model": "b" * 40, "unclip_model": "c" * 40}
+    # A local folder is known by its path: the Hub is not asked.
+    asked.clear()
+    local = DistillBuilderConfig(source=source, distill={"clip_model": str(tmp_path), "synthesis": "retrieve"})
+    assert local.model_commits() == {} and asked == []
+
+    def offline(self, repo_id, revision=None, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(HfApi, "model_info", offline)
+    with caplog.at_level(logging.WARNING, logger="pds_hf.builder"):
+        assert retrieve.model_commits() == {"clip_model_revision": "main"}
+    assert "pass clip_revision=<commit sha>" in caplog.text
+
+
 def test_a_new_stage_version_is_a_new_build(source, clip_folder, tmp_path, runs, monkeypatch):
     first = DistillBuilder(cache_dir=str(tmp_path), source=source, distill=_settings(clip_folder, num_pairs=3))
     first.download_and_prepare()
