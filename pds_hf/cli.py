@@ -304,7 +304,7 @@ def run_distill(args) -> int:
     if rest >= 0.005:
         seconds["make the dataset"] = seconds.get("make the dataset", 0.0) + rest
     set_stage_seconds(small, seconds)
-    stages.seconds = seconds
+    stages.seconds = pds_hf.metadata(small)["stages_seconds"]  # as the card shows them (rounded once, alike)
     with stages("write output"), library_output():
         if output is not None:
             save_to_folder(small, output, overwrite=args.overwrite, repo_id=args.push_to_hub, license=args.license,
