@@ -18,7 +18,7 @@ def test_demo_writes_a_loadable_folder(tmp_path, capsys, monkeypatch):
     assert main(["distill", "--demo", "--output", "demo", "--num-pairs", "8", "--steps", "2"]) == 0
     printed = capsys.readouterr().out
     assert "Distilled 480 pairs (240 images" in printed and "into 8 pairs" in printed
-    assert "Stages: read" in printed and "synthesize" in printed
+    assert "Stages: " in printed and "synthesize" in printed
     # A path load_dataset reads as a folder from anywhere ('demo' alone is also a Hub id, found in its cache).
     assert f"load_dataset({str(out)!r}, split='train')" in printed
     small = load_dataset(str(out), split="train")
@@ -175,7 +175,8 @@ def test_a_local_dataset_pushes_to_the_hub_naming_its_source(hub, tmp_path, shap
     assert code == 0, capsys.readouterr().err
     readme = hub.repo_files("tester/shapes-pds")["README.md"].decode()
     assert f"license: {'mit' if license_flag else 'cc-by-4.0'}\n" in readme
-    assert str(source) in readme and "'num_pairs'" not in readme  # the source's name, not the run record
+    # The source by its folder's name (a reader cannot look up a local path), and not the run record.
+    assert f"a local folder ({source.name})" in readme and str(source) not in readme and "'num_pairs'" not in readme
     assert len(load_dataset("tester/shapes-pds", split="train", token=hub.token)) == 4
 
 
