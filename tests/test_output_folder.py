@@ -2,7 +2,10 @@
 made with the permissions the umask gives, from Python (save_to_folder) and from the command line."""
 
 import os
+import shutil
 import stat
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,22 +126,51 @@ def test_an_output_that_cannot_be_written_fails_before_any_work(tmp_path, capsys
         assert line.startswith("error: ") and str(output) in line and "is a file" in line, line
     assert a_file.read_text() == "mine"
 
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o555)
-    try:
+
+def _checked_without_root(*folders):
+    """What check_output_folder says of each folder, asked by a child process that has given up root's rights
+    (root writes into any folder, whatever its permissions)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
         try:
-            (locked / "probe").mkdir()
-        except PermissionError:
-            pass
-        else:
-            pytest.skip("this user can write into a read-only folder (root)")
-        assert main(["distill", "--demo", "--output", str(locked / "out")]) == 2
-        line = capsys.readouterr().err.strip().splitlines()[-1]
-        assert f"Cannot write the folder {locked / 'out'}: {locked} is not writable" in line, line
-        assert list(locked.iterdir()) == []
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            said = []
+            for folder in folders:
+                try:
+                    said.append(f"accepted {check_output_folder(folder)}")
+                except OutputFolderError as err:
+                    said.append(str(err))
+            os.write(write, "\n".join(said).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as answer:
+        return answer.read().splitlines()
+
+
+def test_a_folder_that_cannot_be_written_or_read_is_refused_by_name():
+    base = Path(tempfile.mkdtemp(prefix="pds-hf-test-"))  # any user may enter it, unlike pytest's tmp_path
+    locked, hidden, shared = base / "locked", base / "hidden", base / "shared"
+    try:
+        base.chmod(0o755)
+        for folder, mode in ((locked, 0o555), (hidden, 0o000), (shared, 0o777)):
+            folder.mkdir()
+            folder.chmod(mode)
+        said = _checked_without_root(locked / "out", hidden / "out", shared / "out")
     finally:
         locked.chmod(0o755)
+        hidden.chmod(0o755)
+        shutil.rmtree(base)
+    assert said == [
+        f"Cannot write the folder {locked / 'out'}: {locked} is not writable (Permission denied). Choose a folder "
+        "you can write to.",
+        f"Cannot use the folder {hidden / 'out'}: Permission denied ({hidden / 'out'}). Choose a folder you can "
+        "write to.",
+        f"accepted {shared / 'out'}"]
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])

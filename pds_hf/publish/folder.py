@@ -126,6 +126,17 @@ def check_output_folder(path, *, overwrite: bool = False) -> Path:
         ```
     """
     path = Path(os.path.abspath(Path(path).expanduser()))
+    try:
+        _check_in_the_way(path, overwrite)
+        _check_writable(path)
+    except OSError as err:  # a folder on the way that cannot be read
+        raise OutputFolderError(f"Cannot use the folder {path}: {err.strerror or err} ({err.filename}). Choose a "
+                                "folder you can write to.") from err
+    return path
+
+
+def _check_in_the_way(path: Path, overwrite: bool) -> None:
+    """Refuse ``path`` when what is there now may not be replaced (see :func:`check_output_folder`)."""
     cwd = Path.cwd().resolve()
     if path.resolve() == cwd or path.resolve() in cwd.parents:
         raise OutputFolderError(f"{path} is the current folder or one of its parents, which pds-hf never writes "
@@ -147,8 +158,6 @@ def check_output_folder(path, *, overwrite: bool = False) -> Path:
         if own and not overwrite:
             raise OutputFolderError(f"{path} exists (written by an earlier pds-hf run); pass overwrite=True to "
                                     "replace it, or choose another folder.")
-    _check_writable(path)
-    return path
 
 
 def _new_folder_beside(path: Path, tag: str) -> Path:
