@@ -284,6 +284,8 @@ def run_distill(args) -> int:
         with stages("load data"):
             table = demo_dataset()
             ds = _streamed(table) if args.streaming else table
+            if args.streaming:  # to_iterable_dataset drops the info that names the demo and its license in the card
+                ds.info.update(table.info)
         with stages("build demo models"):
             # Checks the settings against the data first: bad input fails before any model is built.
             config = demo_config(dataset=table, **overrides)

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-# The name the demo dataset carries in its info (and so in a distilled set's run record): the dataset card
-# recognises it and points the reader to the code that makes it, instead of naming a dataset nobody can find.
-DEMO_DATASET_NAME = "pds_hf.demo.demo_dataset"
-# The shapes and captions are made by pds-hf's own code; they carry its license.
-DEMO_LICENSE = "apache-2.0"
+# The demo dataset carries this builder name in its info, so in a distilled set's run record: its dataset card
+# points the reader to the code that makes it, instead of naming a dataset nobody can find.
+from .schema import DEMO_DATASET_NAME, DEMO_LICENSE
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
            "yellow": (235, 210, 40), "purple": (140, 60, 180), "orange": (245, 140, 30)}
@@ -76,7 +74,7 @@ def demo_dataset(num_images: int = 240, *, seed: int = 0, side: int = 64):
         captions.append([f"a {size_name} {colour} {shape}",
                          f"{article} {colour} {shape} {where} on a {'dark' if dark else 'light'} background"])
     features = Features({"image": Image(), "caption": List(Value("string"))})
-    info = DatasetInfo(dataset_name=DEMO_DATASET_NAME, license=DEMO_LICENSE, features=features,
+    info = DatasetInfo(builder_name=DEMO_DATASET_NAME, license=DEMO_LICENSE, features=features,
                        description=f"Coloured shapes with two captions each, made in code by "
                                    f"{DEMO_DATASET_NAME}(num_images={num_images}, seed={seed}, side={side}).")
     return Dataset.from_dict({"image": images, "caption": captions}, features=features, info=info)

@@ -13,6 +13,15 @@ METADATA_KEY = "pds_hf"
 # later run can tell whether the given embeddings come from the encoder it is configured with.
 ENCODER_ID_PREFIX = "pds_hf:encoder="
 
+# Names pds-hf gives to what it makes in code, as they appear in a run record: the demo dataset (its builder name)
+# and the tiny random-weight models, with the call that builds each. None is a Hub repository, so a dataset card
+# shows the code a reader can run instead.
+DEMO_DATASET_NAME = "pds_hf.demo.demo_dataset"
+# The demo's shapes and captions are made by pds-hf's own code; they carry its license.
+DEMO_LICENSE = "apache-2.0"
+TINY_MODELS = {"pds-hf/tiny-random-clip": "pds_hf.testing.tiny_clip_encoder()",
+               "pds-hf/tiny-random-unclip": "pds_hf.testing.tiny_unclip_pipeline()"}
+
 COLUMNS = ("image", "caption", "image_embedding", "text_embedding", "support", "image_cluster", "text_cluster")
 
 

@@ -20,10 +20,6 @@ from __future__ import annotations
 import contextlib
 
 TINY_EMBED_DIM = 32
-# The names the tiny models are recorded under, and the call that builds each: they are not Hub repositories,
-# so a dataset card shows the call (a reader can run it) instead.
-TINY_MODELS = {"pds-hf/tiny-random-clip": "pds_hf.testing.tiny_clip_encoder()",
-               "pds-hf/tiny-random-unclip": "pds_hf.testing.tiny_unclip_pipeline()"}
 
 
 def _byte_alphabet() -> list[str]:

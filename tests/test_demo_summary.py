@@ -73,3 +73,14 @@ def test_the_demo_prints_its_pairs(demo_run):
     assert re.fullmatch(r"\s*row\s+support\s+caption", lines[0])
     for i, row in enumerate(small):
         assert re.fullmatch(rf"\s*{i}\s+{row['support']}\s+{re.escape(row['caption'])}", lines[1 + i])
+
+
+def test_a_streamed_demo_card_still_names_the_demo_and_its_license(tmp_path, capsys):
+    from huggingface_hub import DatasetCard
+
+    out = tmp_path / "streamed"
+    assert main(["distill", "--demo", "--streaming", "--synthesis", "retrieve", "--num-pairs", "4", "--output",
+                 str(out)]) == 0
+    card = DatasetCard.load(out / "README.md")
+    assert card.data.license == "apache-2.0"
+    assert "| dataset | the pds-hf demo shapes (made in code by `pds_hf.demo.demo_dataset()`) |" in card.text

@@ -23,7 +23,7 @@ def small(tiny_encoder):
                                   device="cpu")
     source = demo_dataset(40, side=32)
     # A source with no name and no license, as most user datasets built in memory are (the demo's has both).
-    source.info.dataset_name = source.info.license = None
+    source.info.builder_name = source.info.license = None
     return pds_hf.distill(source, config)
 
 

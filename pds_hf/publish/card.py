@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..schema import DEMO_DATASET_NAME, DEMO_LICENSE, TINY_MODELS
 from .layout import DATA_DIR, README, SPLIT, _check_distilled, _is_hub_id
 from .license import LicenseChoice, resolve_license
 
@@ -168,8 +169,6 @@ def _model_text(role: str, name: str) -> str:
 
     Logs a warning when the recorded name loads nothing elsewhere (a class name or a local folder).
     """
-    from ..testing import TINY_MODELS
-
     if name in TINY_MODELS:
         return (f"a tiny model with random weights, built in code by `{TINY_MODELS[name]}` (recorded as `{name}`, "
                 "which is not a Hub repository)")
@@ -241,13 +240,11 @@ def _card_context(ds, meta: dict, *, repo_id, src: _Source, choice: LicenseChoic
     synthesis = config.get("synthesis", "unknown")
     if method != "pds" and synthesis != "none":
         synthesis = "baseline"
-    from ..demo import DEMO_DATASET_NAME
-    from ..testing import TINY_MODELS
-
     named = src.id if src.id is not None else recorded.get("dataset")
     demo = named == DEMO_DATASET_NAME
     source_id = ("the pds-hf demo shapes" if demo else
-                 str(_public(str(named))) if named is not None else "a dataset passed as an object, with no name")
+                 _public(str(named)) if named is not None else
+                 "a dataset with no name" if "dataset" in recorded else "not recorded")
     url = f"{constants.ENDPOINT}/datasets/{source_id}" if _is_hub_id(source_id) else None
     layout = recorded.get("layout")
     support = np.asarray(list(ds["support"]), dtype=np.int64)
@@ -255,8 +252,8 @@ def _card_context(ds, meta: dict, *, repo_id, src: _Source, choice: LicenseChoic
     image_clusters, text_clusters = list(ds["image_cluster"]), list(ds["text_cluster"])
     shown = min(len(ds), SUPPORT_ROWS_SHOWN)
     stages = meta.get("stages_seconds", {})
-    recorded_encoder = models.get("encoder") or config.get("clip_model") or "the encoder"
-    encoder = _public(recorded_encoder)
+    recorded_encoder = models.get("encoder") or config.get("clip_model")
+    encoder = _public(recorded_encoder) if recorded_encoder else "the encoder"
     unclip = models.get("unclip")
     random_decoder = synthesis == "unclip" and unclip in TINY_MODELS
     synthesis_texts = tuple(text.format(call=f"`{TINY_MODELS.get(unclip)}`") for text in _RANDOM_UNCLIP) \
@@ -283,7 +280,7 @@ def _card_context(ds, meta: dict, *, repo_id, src: _Source, choice: LicenseChoic
         image_size=config.get("image_size"),
         embedding_dim=ds.features["text_embedding"].length,
         encoder=encoder,
-        encoder_text=_model_text("encoder", recorded_encoder),
+        encoder_text=_model_text("encoder", recorded_encoder) if recorded_encoder else "not recorded",
         encoder_revision=models.get("encoder_revision"),
         unclip=unclip,
         unclip_text=_model_text("decoder", unclip) if unclip else None,
@@ -293,7 +290,7 @@ def _card_context(ds, meta: dict, *, repo_id, src: _Source, choice: LicenseChoic
         source=dict(
             id=source_id, url=url, link=source_link, config=recorded.get("config"),
             split=recorded.get("split") or ("none (made in code)" if demo else "none named (the dataset was given "
-                                            "whole)"),
+                                            "whole)" if "split" in recorded else not_recorded),
             selection=src.selection, revision=src.revision, fingerprint=recorded.get("fingerprint"),
             num_rows=recorded.get("num_rows", not_recorded), num_pairs=recorded.get("num_pairs", not_recorded),
             num_images=recorded.get("num_images", not_recorded),
@@ -412,8 +409,6 @@ def dataset_card(ds, *, repo_id: str | None = None, license: str | None = None, 
 
 def _demo_license(choice: LicenseChoice, meta: dict) -> LicenseChoice:
     """The demo dataset's license for a set distilled from it, when nothing else declares one."""
-    from ..demo import DEMO_DATASET_NAME, DEMO_LICENSE
-
     if choice.license is None and meta.get("source", {}).get("dataset") == DEMO_DATASET_NAME:
         return LicenseChoice(DEMO_LICENSE, "source", "the pds-hf demo shapes are made by pds-hf's own code")
     return choice
