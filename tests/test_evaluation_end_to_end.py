@@ -197,11 +197,11 @@ def test_with_pds_distill_output(tiny_encoder, splits, caplog, monkeypatch):
     # Without encoder=, the encoder recorded by distill is loaded (the tiny one has no Hub id to load from).
     asked = []
 
-    def from_pretrained(model_id, **kwargs):
+    def load_encoder(model_id, **kwargs):
         asked.append(model_id)
         raise OSError(f"{model_id} is not on the Hub")
 
-    monkeypatch.setattr(TransformersEncoder, "from_pretrained", from_pretrained)
+    monkeypatch.setattr("pds_hf.encode.load_encoder", load_encoder)
     with pytest.raises(ValueError, match="recorded in the distilled set's metadata"):
         evaluate(distilled, splits["test"], student=tiny_student(), cache_dir=False, **FAST)
     assert asked == ["pds-hf/tiny-random-clip"]

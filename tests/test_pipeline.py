@@ -42,7 +42,7 @@ def test_image_layout_unclip_end_to_end(shapes_ds, config):
     assert meta["source"]["num_pairs"] == 120 and meta["source"]["num_images"] == 60
     assert meta["source"]["fingerprint"] == shapes_ds._fingerprint
     assert meta["kept_pairs"] == 96
-    assert set(meta["stages_seconds"]) == {"read", "encode", "select", "synthesize"}
+    assert set(meta["stages_seconds"]) == {"read", "load encoder", "encode", "select", "load unCLIP", "synthesize"}
 
 
 def test_both_layouts_give_the_same_prototypes(shapes_ds, shapes_pairs_ds, config):
