@@ -4,6 +4,8 @@
     python benchmarks/quality/grid.py --dataset openclipart
     python benchmarks/quality/grid.py --report                # RESULTS.md from the results-*.json files there
     python benchmarks/quality/grid.py --dataset openmoji --tune --output findings/tune-openmoji.json
+    python benchmarks/quality/grid.py --dataset openmoji --train-images 550 --one-caption --own-teacher \
+        --num-pairs 10 25 50 100 --output benchmarks/quality/findings/pool-openmoji.json   # issue 18's regime (findings/POOL.md)
 
 Everything runs on cached frozen features, through the package's own steps
 (``prototypes_from_embeddings``, ``retrieve_captions``, ``select_pairs``) and its student protocol
