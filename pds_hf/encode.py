@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .cache import log_found
 from .filter import nonfinite_rows
 from .store import open_embeddings, write_embeddings
 
@@ -506,9 +507,8 @@ def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size:
     image_shards, text_shards = _shards(len(rows), shard_size), _shards(len(table.texts), shard_size)
     todo_images = [s for s in range(len(image_shards)) if ranks.owns(s) and not stage.done(f"images-{s:06d}")]
     todo_texts = [s for s in range(len(text_shards)) if ranks.owns(s) and not stage.done(f"texts-{s:06d}")]
-    skipped = len([s for s in range(len(image_shards)) if ranks.owns(s)]) - len(todo_images)
-    if skipped:
-        logger.info("Resuming: %d encoded image shard(s) found in %s.", skipped, stage)
+    owned = len([s for s in range(len(image_shards)) if ranks.owns(s)])
+    log_found(stage, owned - len(todo_images), owned, "encoded image shards")
 
     total = sum(image_shards[s][1] - image_shards[s][0] for s in todo_images)
     if todo_images:

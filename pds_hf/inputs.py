@@ -134,31 +134,43 @@ def needs_images(config, given: bool) -> bool:
     return config.synthesis != "none" and (config.method != "pds" or config.synthesis in REAL_IMAGE_METHODS)
 
 
-def check_columns(ds, image_column: str, caption_column: str, *, require_images: bool = True) -> str:
-    """Check both columns exist and hold images and captions; return the layout.
+def check_column_roles(features, image_column: str, caption_column: str, *, require_images: bool = True,
+                       what: str = "dataset") -> None:
+    """The column rules that a ``Dataset`` and a stream share: the image and caption columns exist (the image
+    column only when ``require_images`` or present) and the image column holds images.
 
-    With ``require_images=False`` (embeddings given and no step needs a real image), the image column may
-    be missing.
+    Args:
+        features: the source's ``datasets.Features``.
+        what: how an error names the source (``"dataset"`` or ``"stream"``).
     """
     from datasets import Image
 
-    check_dataset_type(ds)
-    columns = list(ds.column_names)
+    columns = list(features)
     needed = [(caption_column, "caption", "caption_column")]
     if require_images or image_column in columns:
         needed.insert(0, (image_column, "image", "image_column"))
     for name, role, option in needed:
         if name not in columns:
             raise KeyError(
-                f"The dataset has no {role} column {name!r}; its columns are {columns}. "
+                f"The {what} has no {role} column {name!r}; its columns are {columns}. "
                 f"Pass {option}=... to name the {role} column."
             )
-    if image_column in columns and not isinstance(ds.features[image_column], Image):
+    if image_column in columns and not isinstance(features[image_column], Image):
         raise TypeError(
-            f"Column {image_column!r} holds {ds.features[image_column]}, not images: pass image_column=... to "
+            f"Column {image_column!r} holds {features[image_column]}, not images: pass image_column=... to "
             "name the column of images. A column of image file paths or bytes must be made an Image column first "
             f"(in Python: ds = ds.cast_column({image_column!r}, datasets.Image()))."
         )
+
+
+def check_columns(ds, image_column: str, caption_column: str, *, require_images: bool = True) -> str:
+    """Check both columns exist and hold images and captions; return the layout.
+
+    With ``require_images=False`` (embeddings given and no step needs a real image), the image column may
+    be missing.
+    """
+    check_dataset_type(ds)
+    check_column_roles(ds.features, image_column, caption_column, require_images=require_images)
     if len(ds) == 0:
         raise ValueError("The dataset has no rows.")
     return _caption_layout(ds, caption_column)

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cache import STAGE_VERSIONS, StageTimer, default_cache_dir, dtype_key, fingerprint, open_stage, stage_key
+from .cache import (STAGE_VERSIONS, StageTimer, default_cache_dir, dtype_key, fingerprint, log_found, open_stage,
+                    stage_key)
 from .caption import nearest, retrieve_captions
 from .config import DistillConfig
 from .distributed import current_ranks
@@ -703,8 +704,7 @@ class DistillProcessor(RecipeMixin):
         captions = selection.captions
         owned = [m for m in range(len(captions)) if ranks.owns(m)]
         mine = [m for m in owned if not stage.done(name(m))]
-        if len(mine) < len(owned):
-            logger.info("resuming: %d of %d images already made (%s)", len(owned) - len(mine), len(owned), stage)
+        log_found(stage, len(owned) - len(mine), len(owned), "synthesized images")
         if mine:
             with (stages or StageTimer())("load unCLIP"):
                 pipe = load_unclip(config.unclip_model, revision=config.unclip_revision,

@@ -176,7 +176,8 @@ class Recipe:
             from .testing import save_tiny_clip, save_tiny_unclip
 
             stand_in = output_dir / f"{args.source.replace('/', '--')}-stand-in"
-            where = str(self.write_dry_run_source(stand_in, args.source))
+            # Written once: rewriting it would give its files new times, and the builder would take it for a new source.
+            where = str(stand_in if stand_in.exists() else self.write_dry_run_source(stand_in, args.source))
             models = output_dir / ".models"
             settings.update(clip_model=save_tiny_clip(models / "tiny-random-clip"), image_size=32, device="cpu",
                             num_inference_steps=args.steps or 2)

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cache import StageTimer, fingerprint, open_stage, stage_key
+from .cache import StageTimer, fingerprint, log_found, open_stage, stage_key
 from .encode import _encode_texts
 from .inputs import (PairTable, _vectors, caption_lists, check_dataset_type, embedding_columns_present,
                      needs_images, per_caption_vectors)
@@ -158,23 +158,10 @@ class _Units:
 
 def _check_stream(ds, config, needs_images: bool) -> str:
     """Check the stream's columns and return its layout (``"pair"`` or ``"image"``)."""
-    from datasets import Image
+    from .inputs import _caption_layout, check_column_roles
 
-    from .inputs import _caption_layout
-
-    columns = list(ds.column_names)
-    needed = [(config.caption_column, "caption", "caption_column")]
-    if needs_images or config.image_column in columns:
-        needed.insert(0, (config.image_column, "image", "image_column"))
-    for name, role, option in needed:
-        if name not in columns:
-            raise KeyError(f"The stream has no {role} column {name!r}; its columns are {columns}. Pass {option}=... "
-                           f"to name the {role} column.")
-    image = ds.features.get(config.image_column)
-    if image is not None and not isinstance(image, Image):
-        raise TypeError(f"Column {config.image_column!r} holds {image}, not images. If it holds file paths or bytes, "
-                        f"cast it first: ds = ds.cast_column({config.image_column!r}, datasets.Image()); otherwise "
-                        "pass image_column=... to name the image column.")
+    check_column_roles(ds.features, config.image_column, config.caption_column, require_images=needs_images,
+                       what="stream")
     return _caption_layout(ds, config.caption_column)
 
 
@@ -444,9 +431,7 @@ def _encode_pass(processor, units: _Units, stage, layout: str, given: bool, has_
     config = processor.config
     owned = [u for u in range(units.count) if ranks.owns(u)]
     todo = [u for u in owned if not stage.done(_SHARD(u))]
-    if len(todo) < len(owned):
-        logger.info("Resuming: %d of %d input shard(s) of this process already encoded (%s).",
-                    len(owned) - len(todo), len(owned), stage)
+    log_found(stage, len(owned) - len(todo), len(owned), "encoded input shards of this process")
     encoder = processor.load_encoder() if todo and not given else None
     feed = DecodeFeed(encoder, config.encode_workers) if encoder is not None else None
     with feed or nullcontext(), progress(None, desc="Encoding the stream", unit="row",

@@ -98,7 +98,7 @@ def test_recipe_checks_output_folders_first_and_reuses_its_builds(flickr, tmp_pa
     monkeypatch.setattr(pds_hf.DistillProcessor, "__call__", refuse)
     # The folder exists: refused before anything is read or distilled.
     assert flickr.main(argv) == 2
-    assert "flickr30k-pds-4 already exist(s); pass --overwrite" in capsys.readouterr().err
+    assert "flickr30k-pds-4 exists (written by an earlier pds-hf run); pass --overwrite" in capsys.readouterr().err
     # With --overwrite the set is republished from the builder's cache: no distilling.
     assert flickr.main(argv + ["--overwrite"]) == 0, capsys.readouterr().err
     assert "pds-org/flickr30k-pds-4: 4 pairs" in capsys.readouterr().out

@@ -1,5 +1,6 @@
 """Publishing a distilled set: one commit with data, card and preview; the same layout in a folder."""
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -335,14 +336,18 @@ def test_metadata_survives_publishing_through_the_card(healthy, small, tmp_path)
         pds_hf.metadata(tmp_path)
 
 
-def test_the_demo_card_names_its_source_its_license_and_its_random_models(tiny_encoder, tiny_pipe, tmp_path):
+def test_the_demo_card_names_its_source_its_license_and_its_random_models(tiny_encoder, tiny_pipe, tmp_path,
+                                                                          caplog):
     from pds_hf.demo import demo_dataset
 
     config = pds_hf.DistillConfig(num_pairs=4, clip_model=tiny_encoder, unclip_model=tiny_pipe,
                                   num_inference_steps=1, image_size=32, device="cpu")
-    save_to_folder(pds_hf.distill(demo_dataset(40, side=32), config), tmp_path / "demo")
+    small = pds_hf.distill(demo_dataset(40, side=32), config)
+    with caplog.at_level(logging.WARNING, logger="pds_hf"):
+        save_to_folder(small, tmp_path / "demo")
     card = DatasetCard.load(tmp_path / "demo" / "README.md")
     assert card.data.license == "apache-2.0"
+    assert "License unknown" not in caplog.text  # the warning agrees with the card
     text = card.text
     assert "unnamed" not in text and "made in code by `pds_hf.demo.demo_dataset()`" in text
     assert "| split | none (made in code) |" in text

@@ -187,3 +187,16 @@ def test_two_processes_give_the_same_distilled_set(tmp_path):
     np.testing.assert_allclose(np.asarray(a["text_embedding"]), np.asarray(b["text_embedding"]), atol=1e-5)
     for x, y in zip(a["image"], b["image"]):
         assert np.abs(np.asarray(x, dtype=int) - np.asarray(y, dtype=int)).max() <= 2
+
+
+def test_a_finished_run_says_it_reuses_its_results(shapes_ds, tiny_encoder, tiny_pipe, tmp_path, caplog):
+    import logging
+
+    settings = dict(num_pairs=4, clip_model=tiny_encoder, unclip_model=tiny_pipe, num_inference_steps=2,
+                    image_size=32, device="cpu", cache_dir=str(tmp_path))
+    pds_hf.distill(shapes_ds, **settings)
+    with caplog.at_level(logging.INFO, logger="pds_hf"):
+        pds_hf.distill(shapes_ds, **settings)
+    assert "Resuming" not in caplog.text
+    assert "Reusing the finished result: all 1 encoded image shards" in caplog.text
+    assert "Reusing the finished result: all 4 synthesized images" in caplog.text

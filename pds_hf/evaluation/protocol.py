@@ -162,7 +162,8 @@ def _distilled_features(distilled, *, student, encoder, encoder_key, image_colum
                        "pass distilled_image_column=... to name it.")
     if not isinstance(distilled.features[image_column], datasets.Image):
         raise TypeError(f"Column {image_column!r} of the distilled set holds {distilled.features[image_column]}, not "
-                        f"images; cast it first: ds.cast_column({image_column!r}, datasets.Image()).")
+                        f"images; a column of image paths or bytes must be made an Image column first (in Python: "
+                        f"ds = ds.cast_column({image_column!r}, datasets.Image())).")
     if len(distilled) == 0:
         raise ValueError("The distilled set has no rows.")
     missing = distilled.with_format("arrow")[image_column].null_count

@@ -407,9 +407,17 @@ def dataset_card(ds, *, repo_id: str | None = None, license: str | None = None, 
                         preview_count=preview_count, sizes=sizes, template_path=template_path)
 
 
-def _demo_license(choice: LicenseChoice, meta: dict) -> LicenseChoice:
-    """The demo dataset's license for a set distilled from it, when nothing else declares one."""
-    if choice.license is None and meta.get("source", {}).get("dataset") == DEMO_DATASET_NAME:
+def demo_license(choice: LicenseChoice, ds) -> LicenseChoice:
+    """The demo dataset's license for a set ``ds`` distilled from it, when nothing else declares one."""
+    from ..schema import read_run_record
+
+    if choice.license is not None:
+        return choice
+    try:
+        meta = read_run_record(ds)
+    except ValueError:
+        return choice
+    if meta.get("source", {}).get("dataset") == DEMO_DATASET_NAME:
         return LicenseChoice(DEMO_LICENSE, "source", "the pds-hf demo shapes are made by pds-hf's own code")
     return choice
 
@@ -423,7 +431,7 @@ def _render_card(ds, *, choice, repo_id, src: _Source, evaluation_md, existing_c
         raise FileNotFoundError(f"The dataset card template {template_path} is missing; pass template_path=... "
                                 "(the source tree ships it in model_cards/).")
     meta = _metadata_or_empty(ds)
-    choice = _demo_license(choice, meta)
+    choice = demo_license(choice, ds)
     context = _card_context(ds, meta, repo_id=repo_id, src=src, choice=choice,
                             evaluation_md=evaluation_md, preview=preview, preview_count=preview_count)
     data = _card_data(ds, existing_card, choice=choice, name=context["name"], source=src.id, sizes=sizes)

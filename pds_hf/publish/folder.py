@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from ..schema import output_features
-from .card import BLOCK_BEGIN, BLOCK_END, _evaluation_markdown, _render_card, _Source
+from .card import BLOCK_BEGIN, BLOCK_END, _evaluation_markdown, _render_card, _Source, demo_license
 from .layout import DATA_DIR, PREVIEW, README, SPLIT, _check_distilled
 from .license import LicenseChoice, resolve_license
 from .preview import preview_grid
@@ -275,6 +275,7 @@ def save_to_folder(ds, path, *, card: str | None = None, overwrite: bool = False
     existing_card = DatasetCard.load(path / README) if (path / README).is_file() else None
     choice = resolve_license(license=license, existing_card=existing_card, source=source,
                              source_revision=source_revision, token=token)
+    choice = demo_license(choice, ds)
     if choice.license is None and card is None:
         logger.warning("License unknown (%s): the card says 'license: unknown'. Pass license=... before sharing.",
                        choice.detail)

@@ -139,8 +139,8 @@ def prepare_push(repo_id: str, *, token: str | None = None, license: str | None 
                                      source_revision=source_revision, token=token)
     if target.license.license is None:
         raise PublishError(
-            f"The license of {repo_id} is unknown: {target.license.detail}. Pass license='<Hub license id>' "
-            "(--license), e.g. the source dataset's license, or 'other' when its terms are custom: the captions "
+            f"The license of {repo_id} is unknown: {target.license.detail}. Pass license='<Hub license id>', "
+            "e.g. the source dataset's license, or 'other' when its terms are custom: the captions "
             "(and any real images) are the source's. Nothing was uploaded.")
     if target.license.origin == "given":
         try:
