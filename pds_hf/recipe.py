@@ -129,6 +129,8 @@ class Recipe:
         Returns:
             The exit status: 0, or 2 after printing ``error: ...`` to stderr when an input or a check fails.
         """
+        from datasets.exceptions import DatasetGenerationError
+
         from .builder import DistillBuilder
         from .cli import command_line_words
         from .publish import PublishError, prepare_push, push_to_hub, save_to_folder
@@ -167,6 +169,11 @@ class Recipe:
         except (PublishError, ValueError, KeyError, TypeError, FileExistsError) as err:
             print(f"error: {command_line_words(str(err), parser)}", file=sys.stderr)
             return 2
+        except DatasetGenerationError as err:
+            # The builder wraps what failed while distilling; its cause says what to fix.
+            cause = err.__cause__ or err
+            print(f"error: {command_line_words(str(cause), parser)}", file=sys.stderr)
+            return 2 if isinstance(cause, (ValueError, KeyError, TypeError)) else 1
         return 0
 
     def _source_and_settings(self, args, output_dir: Path | None) -> tuple[str, str | None, dict]:

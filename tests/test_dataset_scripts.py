@@ -102,3 +102,13 @@ def test_recipe_checks_output_folders_first_and_reuses_its_builds(flickr, tmp_pa
     # With --overwrite the set is republished from the builder's cache: no distilling.
     assert flickr.main(argv + ["--overwrite"]) == 0, capsys.readouterr().err
     assert "pds-org/flickr30k-pds-4: 4 pairs" in capsys.readouterr().out
+
+
+def test_a_size_the_source_cannot_give_is_one_error_line(flickr, tmp_path, capsys):
+    # The builder distills inside datasets' generation, which wraps the error; the recipe prints its cause.
+    argv = ["--org", "pds-org", "--dry-run", "--sizes", "100000", "--synthesis", "retrieve", "--output-dir",
+            str(tmp_path)]
+    assert flickr.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("error: num_pairs=100000 but the dataset has 60 usable pairs")
+    assert "Traceback" not in err and "DatasetGenerationError" not in err
