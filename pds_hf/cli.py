@@ -27,6 +27,8 @@ import threading
 import traceback
 from pathlib import Path
 
+from pds_hf.hub_models import is_repo_id
+
 logger = logging.getLogger("pds_hf")
 
 EXIT_FAILURE = 1
@@ -59,17 +61,6 @@ class CommandError(Exception):
 
 def _one_line(text) -> str:
     return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
-
-
-def _is_repo_id(name: str) -> bool:
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
 
 
 def _hub_offline() -> bool:
@@ -122,7 +113,7 @@ def load_source(name: str, *, split: str | None, config_name: str | None = None,
     if (path / "dataset_dict.json").is_file():
         ds = _pick_split(name, datasets.load_from_disk(str(path)), split)
         return _streamed(ds) if streaming else ds
-    if not path.exists() and not _is_repo_id(name):
+    if not path.exists() and not is_repo_id(name):
         raise UsageError(f"{name}: no such folder, and not a Hub dataset id (namespace/name); check the path, or "
                          "name a Hub dataset.")
     try:
@@ -150,7 +141,7 @@ def _check_model(option: str, name, revision: str | None, filename: str) -> None
     """Refuse, before any work, a model that cannot be found: a missing folder, or an id the offline Hub lacks."""
     if not isinstance(name, str) or Path(name).expanduser().exists():
         return
-    if not _is_repo_id(name):
+    if not is_repo_id(name):
         raise UsageError(f"{option} {name}: no such folder, and not a Hub model id (namespace/name); pass a folder "
                          "written by save_pretrained, or a Hub id.")
     if _hub_offline():

@@ -91,7 +91,8 @@ def _offline_mode():
         constants.HF_HUB_OFFLINE = saved
 
 
-def _is_repo_id(name: str) -> bool:
+def is_repo_id(name: str) -> bool:
+    """Whether ``name`` is a valid Hub repository id (``namespace/name`` or ``name``)."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -135,7 +136,7 @@ def loading_model(option: str, model: str, revision: str | None, *, index_file: 
 
     named = _named(option, model, revision)
     by_id = not Path(model).expanduser().exists()
-    if by_id and not _is_repo_id(model):
+    if by_id and not is_repo_id(model):
         raise ModelLoadError(f"Could not load {named}: no such folder, and not a Hub model id (namespace/name); pass "
                              "a folder written by save_pretrained, or a Hub id.", option=option, model=model,
                              revision=revision)
