@@ -133,8 +133,11 @@ def load_source(name: str, *, split: str | None, config_name: str | None = None,
 
 
 def _streamed(ds):
-    """A ``save_to_disk`` dataset as a stream: one input shard per Arrow file."""
-    return ds.to_iterable_dataset(num_shards=max(1, len(ds.cache_files)))
+    """A ``save_to_disk`` dataset as a stream: one input shard per Arrow file, with the dataset's info."""
+    stream = ds.to_iterable_dataset(num_shards=max(1, len(ds.cache_files)))
+    # to_iterable_dataset drops the info (the dataset's name, license, description) that the card reports
+    stream.info.update(ds.info)
+    return stream
 
 
 def _check_model(option: str, name, revision: str | None, filename: str) -> None:
@@ -275,8 +278,6 @@ def run_distill(args) -> int:
         with stages("load data"):
             table = demo_dataset()
             ds = _streamed(table) if args.streaming else table
-            if args.streaming:  # to_iterable_dataset drops the info that names the demo and its license in the card
-                ds.info.update(table.info)
         with stages("build demo models"):
             # Checks the settings against the data first: bad input fails before any model is built.
             config = demo_config(dataset=table, **overrides)
