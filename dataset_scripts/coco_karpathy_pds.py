@@ -43,8 +43,10 @@ from pds_hf.recipe import Recipe
 WDS = "undefined443/coco-karpathy-wds"
 PARQUET = "bitmind/MS-COCO"
 SOURCE_SPLIT = "train"
-SELECTION = {WDS: "Karpathy train + restval: the `train` split, one row per image",
-             PARQUET: "Karpathy train + restval: the `train` split, one row per caption"}
+SELECTION = {
+    WDS: "Karpathy train + restval: the `train` split, one row per image",
+    PARQUET: "Karpathy train + restval: the `train` split, one row per caption",
+}
 NAME = "coco"
 
 
@@ -52,13 +54,23 @@ def parquet_features():
     """The features of ``bitmind/MS-COCO``."""
     from datasets import Features, Image, List, Value
 
-    return Features({
-        "image": Image(), "filepath": Value("string"), "sentids": List(Value("int32")),
-        "filename": Value("string"), "imgid": Value("int32"), "split": Value("string"),
-        "sentences": {"tokens": List(Value("string")), "raw": Value("string"), "imgid": Value("int32"),
-                      "sentid": Value("int32")},
-        "cocoid": Value("int32"),
-    })
+    return Features(
+        {
+            "image": Image(),
+            "filepath": Value("string"),
+            "sentids": List(Value("int32")),
+            "filename": Value("string"),
+            "imgid": Value("int32"),
+            "split": Value("string"),
+            "sentences": {
+                "tokens": List(Value("string")),
+                "raw": Value("string"),
+                "imgid": Value("int32"),
+                "sentid": Value("int32"),
+            },
+            "cocoid": Value("int32"),
+        }
+    )
 
 
 def to_pairs(ds, source: str):
@@ -71,8 +83,10 @@ def to_pairs(ds, source: str):
     flat = ds.flatten()
     missing = [name for name in columns if name not in flat.column_names]
     if missing:
-        raise KeyError(f"{source} is expected to have the columns {list(columns)} once flattened; missing {missing} "
-                       f"(columns: {flat.column_names}).")
+        raise KeyError(
+            f"{source} is expected to have the columns {list(columns)} once flattened; missing {missing} "
+            f"(columns: {flat.column_names})."
+        )
     flat = flat.select_columns(list(columns))
     return flat.rename_columns({old: new for old, new in columns.items() if old != new})
 
@@ -116,13 +130,20 @@ def write_dry_run_source(folder: Path, source: str, num_images: int = 40) -> Pat
             rows["cocoid"].append(500000 + i)
     (folder / "data").mkdir(parents=True, exist_ok=True)
     Dataset.from_dict(rows, features=parquet_features()).to_parquet(
-        str(folder / "data" / f"{SOURCE_SPLIT}-00000-of-00001.parquet"))
+        str(folder / "data" / f"{SOURCE_SPLIT}-00000-of-00001.parquet")
+    )
     return folder
 
 
-RECIPE = Recipe(name=NAME, sources=SELECTION, source_split=SOURCE_SPLIT, to_pairs=to_pairs,
-                write_dry_run_source=write_dry_run_source, description=__doc__.split("\n\n")[0],
-                source_help="Hub copy of COCO Karpathy to read.")
+RECIPE = Recipe(
+    name=NAME,
+    sources=SELECTION,
+    source_split=SOURCE_SPLIT,
+    to_pairs=to_pairs,
+    write_dry_run_source=write_dry_run_source,
+    description=__doc__.split("\n\n")[0],
+    source_help="Hub copy of COCO Karpathy to read.",
+)
 load_source = RECIPE.load_source  # the Karpathy train split of a Hub id at a revision, or of the dry run's folder
 
 

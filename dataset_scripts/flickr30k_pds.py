@@ -44,16 +44,26 @@ def source_features():
     """The features of ``nlphuji/flickr30k`` (those its loading script declares)."""
     from datasets import Features, Image, List, Value
 
-    return Features({"image": Image(), "caption": List(Value("string")), "sentids": List(Value("string")),
-                     "split": Value("string"), "img_id": Value("string"), "filename": Value("string")})
+    return Features(
+        {
+            "image": Image(),
+            "caption": List(Value("string")),
+            "sentids": List(Value("string")),
+            "split": Value("string"),
+            "img_id": Value("string"),
+            "filename": Value("string"),
+        }
+    )
 
 
 def to_pairs(ds):
     """The Karpathy train rows, with the two columns ``pds_hf.distill`` reads (``image``, ``caption`` lists)."""
     missing = [name for name in ("image", "caption", "split") if name not in ds.column_names]
     if missing:
-        raise KeyError(f"{SOURCE} is expected to have the columns image, caption and split; missing {missing} "
-                       f"(columns: {ds.column_names}).")
+        raise KeyError(
+            f"{SOURCE} is expected to have the columns image, caption and split; missing {missing} "
+            f"(columns: {ds.column_names})."
+        )
     train = ds.filter(lambda split: [value == "train" for value in split], input_columns="split", batched=True)
     return train.select_columns(["image", "caption"])
 
@@ -67,24 +77,33 @@ def write_dry_run_source(folder: Path, num_images: int = 48) -> Path:
     shapes = demo_dataset(num_images, side=32)
     splits = [("train", "train", "train", "val", "test")[i % 5] for i in range(num_images)]
     captions = [list(c) for c in shapes["caption"]]
-    ds = Dataset.from_dict({
-        "image": list(shapes["image"]),
-        "caption": captions,
-        "sentids": [[str(5 * i + k) for k in range(len(c))] for i, c in enumerate(captions)],
-        "split": splits,
-        "img_id": [str(i) for i in range(num_images)],
-        "filename": [f"{1000000 + i}.jpg" for i in range(num_images)],
-    }, features=source_features())
+    ds = Dataset.from_dict(
+        {
+            "image": list(shapes["image"]),
+            "caption": captions,
+            "sentids": [[str(5 * i + k) for k in range(len(c))] for i, c in enumerate(captions)],
+            "split": splits,
+            "img_id": [str(i) for i in range(num_images)],
+            "filename": [f"{1000000 + i}.jpg" for i in range(num_images)],
+        },
+        features=source_features(),
+    )
     (folder / "TEST" / SOURCE_SPLIT).mkdir(parents=True, exist_ok=True)
     ds.to_parquet(str(folder / "TEST" / SOURCE_SPLIT / "0000.parquet"))
     return folder
 
 
-RECIPE = Recipe(name=NAME, sources={SOURCE: SELECTION}, source_split=SOURCE_SPLIT, source_revision=SOURCE_REVISION,
-                source_filter={"split": "train"}, source_columns=["image", "caption"],
-                write_dry_run_source=lambda folder, source: write_dry_run_source(folder),
-                description=__doc__.split("\n\n")[0],
-                license_help="Hub license id of the published sets (the source declares none).")
+RECIPE = Recipe(
+    name=NAME,
+    sources={SOURCE: SELECTION},
+    source_split=SOURCE_SPLIT,
+    source_revision=SOURCE_REVISION,
+    source_filter={"split": "train"},
+    source_columns=["image", "caption"],
+    write_dry_run_source=lambda folder, source: write_dry_run_source(folder),
+    description=__doc__.split("\n\n")[0],
+    license_help="Hub license id of the published sets (the source declares none).",
+)
 
 
 def main(argv=None) -> int:

@@ -18,8 +18,20 @@ from .publish import push_to_hub, save_to_folder
 
 __version__ = "0.1.0"
 
-__all__ = ["DistillBuilder", "DistillBuilderConfig", "DistillConfig", "DistillProcessor", "Prototypes", "Selection",
-           "distill", "evaluate", "metadata", "prototypes_from_embeddings", "push_to_hub", "save_to_folder"]
+__all__ = [
+    "DistillBuilder",
+    "DistillBuilderConfig",
+    "DistillConfig",
+    "DistillProcessor",
+    "Prototypes",
+    "Selection",
+    "distill",
+    "evaluate",
+    "metadata",
+    "prototypes_from_embeddings",
+    "push_to_hub",
+    "save_to_folder",
+]
 
 
 def _dataset_distill(self, config: DistillConfig | None = None, **overrides):
@@ -43,8 +55,8 @@ def _register() -> None:
             cls.distill = _dataset_distill
         elif not getattr(existing, "__pds_hf__", False):
             logging.getLogger(__name__).warning(
-                "datasets.%s already has a 'distill' attribute; left as is. Use pds_hf.distill(ds, ...).",
-                cls.__name__)
+                "datasets.%s already has a 'distill' attribute; left as is. Use pds_hf.distill(ds, ...).", cls.__name__
+            )
 
 
 _register()

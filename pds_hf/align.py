@@ -122,8 +122,10 @@ def max_weight_matching(counts) -> tuple[np.ndarray, np.ndarray]:
     shift = (gain.max() if gain.size else 0.0) + 1.0
     lone = np.arange(k, dtype=np.int64)
     graph = coo_array(
-        (np.concatenate([shift - gain, np.full(k, shift)]),
-         (np.concatenate([row, lone]), np.concatenate([col, k + lone]))),
+        (
+            np.concatenate([shift - gain, np.full(k, shift)]),
+            (np.concatenate([row, lone]), np.concatenate([col, k + lone])),
+        ),
         shape=(k, 2 * k),
     ).tocsr()
     _, text_of = min_weight_full_bipartite_matching(graph)

@@ -124,16 +124,18 @@ def kcenter(features, num_pairs: int, *, seed: int = 42, first: int | None = Non
 
 def _check_count(num_pairs: int, total: int) -> None:
     if isinstance(num_pairs, bool) or not isinstance(num_pairs, (int, np.integer)) or not 1 <= num_pairs <= total:
-        raise ValueError(f"num_pairs must be an integer between 1 and the number of pairs ({total}); "
-                         f"got {num_pairs!r}.")
+        raise ValueError(
+            f"num_pairs must be an integer between 1 and the number of pairs ({total}); got {num_pairs!r}."
+        )
 
 
 def _embeddings(name: str, array) -> np.ndarray:
     return finite_table(array, name, unit="pair")
 
 
-def select_pairs(method: str, image_embeds, text_embeds, num_pairs: int, *, seed: int = 42,
-                 modality: str = "both", device=None) -> np.ndarray:
+def select_pairs(
+    method: str, image_embeds, text_embeds, num_pairs: int, *, seed: int = 42, modality: str = "both", device=None
+) -> np.ndarray:
     """Choose ``num_pairs`` distinct real pairs with a coreset baseline.
 
     Args:
@@ -167,8 +169,9 @@ def select_pairs(method: str, image_embeds, text_embeds, num_pairs: int, *, seed
     image_embeds = _embeddings("image_embeds", image_embeds)
     text_embeds = _embeddings("text_embeds", text_embeds)
     if len(image_embeds) != len(text_embeds):
-        raise ValueError(f"image_embeds has {len(image_embeds)} rows but text_embeds {len(text_embeds)}; "
-                         "give one of each per pair.")
+        raise ValueError(
+            f"image_embeds has {len(image_embeds)} rows but text_embeds {len(text_embeds)}; give one of each per pair."
+        )
     total = len(image_embeds)
     _check_count(num_pairs, total)
     if method == "random":

@@ -80,8 +80,9 @@ def _files_identity(path: Path) -> list:
     return out
 
 
-def _hub_commit(repo_id: str, revision: str | None, token, *, repo_type: str = "dataset",
-                option: str = "source") -> tuple[str, bool]:
+def _hub_commit(
+    repo_id: str, revision: str | None, token, *, repo_type: str = "dataset", option: str = "source"
+) -> tuple[str, bool]:
     """The commit ``revision`` of the Hub repository ``repo_id`` points at, and whether it could be resolved.
 
     A full commit sha is taken as it is. When the Hub cannot be asked (offline mode, no network, the Hub
@@ -105,18 +106,28 @@ def _hub_commit(repo_id: str, revision: str | None, token, *, repo_type: str = "
     except GatedRepoError:
         raise
     except HFValidationError as err:
-        raise FileNotFoundError(f"{option}={repo_id!r} is neither a local folder nor a Hub {repo_type} id ({err}); "
-                                "pass an existing folder or a Hub id.") from None
+        raise FileNotFoundError(
+            f"{option}={repo_id!r} is neither a local folder nor a Hub {repo_type} id ({err}); "
+            "pass an existing folder or a Hub id."
+        ) from None
     except (RepositoryNotFoundError, RevisionNotFoundError) as err:
-        raise FileNotFoundError(f"{option}={repo_id!r} at revision {revision or 'main'!r} is not a local folder and "
-                                f"not found on the Hub ({type(err).__name__}); check the id and "
-                                f"{_REVISION_OPTION[option]}, or pass token=... for a private {repo_type}.") from None
+        raise FileNotFoundError(
+            f"{option}={repo_id!r} at revision {revision or 'main'!r} is not a local folder and "
+            f"not found on the Hub ({type(err).__name__}); check the id and "
+            f"{_REVISION_OPTION[option]}, or pass token=... for a private {repo_type}."
+        ) from None
     except Exception as err:  # no network or offline mode: the exception types depend on the HTTP client
         logger.warning(
             "Could not resolve the Hub %s %r at revision %r to a commit (%s: %s). The build is cached under the "
             "revision name as given, so a change of it on the Hub is not noticed; pass %s=<commit sha> to pin "
-            "exactly what is read.", repo_type, repo_id, revision or "main", type(err).__name__, err,
-            _REVISION_OPTION[option])
+            "exactly what is read.",
+            repo_type,
+            repo_id,
+            revision or "main",
+            type(err).__name__,
+            err,
+            _REVISION_OPTION[option],
+        )
         return revision or "main", False
 
 
@@ -131,8 +142,9 @@ def _encoder_dim(model: str, revision: str | None) -> int | None:
     try:
         config = AutoConfig.from_pretrained(model, revision=revision)
     except (OSError, ValueError) as err:
-        logger.info("The embedding size of %r is unknown before encoding: its config could not be read (%s).",
-                    model, err)
+        logger.info(
+            "The embedding size of %r is unknown before encoding: its config could not be read (%s).", model, err
+        )
         return None
     dim = getattr(config, "projection_dim", None)
     if dim is None and config.model_type.startswith("siglip"):
@@ -169,9 +181,11 @@ class DistillBuilderConfig(datasets.BuilderConfig):
         settings = dict(self.distill or {})
         objects = sorted(k for k, v in settings.items() if v is not None and not isinstance(v, (str, int, float, bool)))
         if objects:
-            raise TypeError(f"DistillBuilderConfig.distill holds loaded objects in {objects}: the config is part of "
-                            "the cache path, so models are named by id or local folder, e.g. clip_model="
-                            "'openai/clip-vit-large-patch14'. Use pds_hf.DistillProcessor for loaded models.")
+            raise TypeError(
+                f"DistillBuilderConfig.distill holds loaded objects in {objects}: the config is part of "
+                "the cache path, so models are named by id or local folder, e.g. clip_model="
+                "'openai/clip-vit-large-patch14'. Use pds_hf.DistillProcessor for loaded models."
+            )
         self.distill_config()  # every setting is checked now, before anything is read or loaded
 
     def distill_config(self) -> DistillConfig:
@@ -179,8 +193,10 @@ class DistillBuilderConfig(datasets.BuilderConfig):
         known = {f.name for f in dataclasses.fields(DistillConfig)}
         unknown = sorted(set(self.distill or {}) - known)
         if unknown:
-            raise TypeError(f"DistillBuilderConfig.distill has unknown setting(s) {unknown}; see "
-                            "help(pds_hf.DistillConfig) for the fields.")
+            raise TypeError(
+                f"DistillBuilderConfig.distill has unknown setting(s) {unknown}; see "
+                "help(pds_hf.DistillConfig) for the fields."
+            )
         return DistillConfig(**(self.distill or {}))
 
     def source_identity(self, token=None) -> dict:
@@ -211,8 +227,12 @@ class DistillBuilderConfig(datasets.BuilderConfig):
                 return {"saved": json.loads((saved / "state.json").read_text())["_fingerprint"]}
             return {"files": _files_identity(path), "config": self.source_config, "split": self.source_split}
         commit, resolved = _hub_commit(self.source, self.source_revision, token)
-        return {"hub": self.source, "commit" if resolved else "revision": commit, "config": self.source_config,
-                "split": self.source_split}
+        return {
+            "hub": self.source,
+            "commit" if resolved else "revision": commit,
+            "config": self.source_config,
+            "split": self.source_split,
+        }
 
     def model_commits(self, token=None) -> dict:
         """The commit each Hub model of the run resolves to: ``{"clip_model": sha}``, plus ``"unclip_model"`` when
@@ -300,7 +320,8 @@ class DistillBuilder(datasets.ArrowBasedBuilder):
 
     def _create_builder_config(self, config_name=None, custom_features=None, config_id=None, **config_kwargs):
         builder_config, given_id = super()._create_builder_config(
-            config_name=config_name, custom_features=custom_features, config_id=config_id, **config_kwargs)
+            config_name=config_name, custom_features=custom_features, config_id=config_id, **config_kwargs
+        )
         # Resolved once, here: the config id and the rows read later name the same commit.
         self._source_identity = builder_config.source_identity(self.token)
         if config_id is not None:
@@ -312,8 +333,9 @@ class DistillBuilder(datasets.ArrowBasedBuilder):
 
     def _info(self):
         dim = self._embedding_dim()
-        return datasets.DatasetInfo(description="A dataset distilled with pds-hf (PDS).",
-                                    features=output_features(dim) if dim else None)
+        return datasets.DatasetInfo(
+            description="A dataset distilled with pds-hf (PDS).", features=output_features(dim) if dim else None
+        )
 
     def _embedding_dim(self) -> int | None:
         """The size of the output embeddings, where known before encoding (see the class docstring)."""
@@ -351,23 +373,36 @@ class DistillBuilder(datasets.ArrowBasedBuilder):
             ds = datasets.load_from_disk(str(saved))
         else:
             revision = self._source_identity.get("commit", config.source_revision)
-            ds = datasets.load_dataset(config.source, config.source_config, split=config.source_split,
-                                       revision=revision, token=self.token, cache_dir=self._cache_dir_root)
+            ds = datasets.load_dataset(
+                config.source,
+                config.source_config,
+                split=config.source_split,
+                revision=revision,
+                token=self.token,
+                cache_dir=self._cache_dir_root,
+            )
         if config.source_filter:
             missing = sorted(set(config.source_filter) - set(ds.column_names))
             if missing:
-                raise KeyError(f"source_filter names the column(s) {missing}, which {config.source} lacks "
-                               f"(columns: {ds.column_names}).")
+                raise KeyError(
+                    f"source_filter names the column(s) {missing}, which {config.source} lacks "
+                    f"(columns: {ds.column_names})."
+                )
             wanted = dict(config.source_filter)
             names = list(wanted)
-            ds = ds.filter(lambda *values: [all(v[i] == wanted[n] for v, n in zip(values, names))
-                                            for i in range(len(values[0]))],
-                           input_columns=names, batched=True, desc="Filtering the source")
+            ds = ds.filter(
+                lambda *values: [all(v[i] == wanted[n] for v, n in zip(values, names)) for i in range(len(values[0]))],
+                input_columns=names,
+                batched=True,
+                desc="Filtering the source",
+            )
         if config.source_columns:
             missing = sorted(set(config.source_columns) - set(ds.column_names))
             if missing:
-                raise KeyError(f"source_columns names the column(s) {missing}, which {config.source} lacks "
-                               f"(columns: {ds.column_names}).")
+                raise KeyError(
+                    f"source_columns names the column(s) {missing}, which {config.source} lacks "
+                    f"(columns: {ds.column_names})."
+                )
             ds = ds.select_columns(list(config.source_columns))
         return ds
 
@@ -386,7 +421,8 @@ class DistillBuilder(datasets.ArrowBasedBuilder):
                 f"The distilled set has the features {small.features}, not the {self.info.features} declared from "
                 f"the encoder's config ({self.config.distill_config().clip_model!r}): its config names another "
                 "embedding size than the model outputs. Pass features=pds_hf.schema.output_features(<size>) with "
-                "the size the model outputs, and please report the model.")
+                "the size the model outputs, and please report the model."
+            )
         # The run record (config, source, timings) is saved with the build's info, so metadata() reads it back.
         self.info.description = small.info.description
         yield Key(0, 0), small.data.table

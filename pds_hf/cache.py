@@ -70,10 +70,13 @@ def _disk_full(path: Path, size: int | None, tmp: str) -> OSError:
     written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
     needed = f"about {size} bytes" if size is not None else f"more than the {written} bytes written"
     free = shutil.disk_usage(path.parent).free
-    return OSError(errno.ENOSPC, f"No space left on the device while writing {path.name} of stage "
-                                 f"{path.parent.name!r} in {path.parent.parent}: it needed {needed} and {free} bytes "
-                                 "are free. Free some space, or point the cache to a larger disk (cache_dir=... or "
-                                 "PDS_HF_CACHE=...); finished files are kept, so the run resumes.")
+    return OSError(
+        errno.ENOSPC,
+        f"No space left on the device while writing {path.name} of stage "
+        f"{path.parent.name!r} in {path.parent.parent}: it needed {needed} and {free} bytes "
+        "are free. Free some space, or point the cache to a larger disk (cache_dir=... or "
+        "PDS_HF_CACHE=...); finished files are kept, so the run resumes.",
+    )
 
 
 def _atomic_write(path: Path, write, size: int | None = None) -> None:
@@ -115,8 +118,11 @@ class Stage:
         _atomic_write(self.path / f"{name}.done", lambda handle: handle.write(b""))
 
     def save_arrays(self, name: str, **arrays) -> None:
-        _atomic_write(self.path / f"{name}.npz", lambda handle: np.savez(handle, **arrays),
-                      size=sum(np.asarray(value).nbytes for value in arrays.values()))
+        _atomic_write(
+            self.path / f"{name}.npz",
+            lambda handle: np.savez(handle, **arrays),
+            size=sum(np.asarray(value).nbytes for value in arrays.values()),
+        )
         self._mark(name)
 
     def load_arrays(self, name: str, keys=None) -> dict:
@@ -187,8 +193,10 @@ def open_stage(cache_dir, stage: str, key: str | None, *, ranks=None, needs: str
     """
     if cache_dir is None or key is None:
         if ranks is not None and ranks.world > 1:
-            raise ValueError(f"A run over {ranks.world} processes shares its work through the cache, which needs "
-                             f"use_cache=True{needs}, so that every process reads the same results.")
+            raise ValueError(
+                f"A run over {ranks.world} processes shares its work through the cache, which needs "
+                f"use_cache=True{needs}, so that every process reads the same results."
+            )
         return MemoryStage()
     return Stage(Path(cache_dir) / f"{stage}-{key}")
 

@@ -37,21 +37,25 @@ def nearest(queries, candidates, *, chunk: int = 65536) -> np.ndarray:
     if len(candidates) == 0:
         raise ValueError("No candidates to search: the embedding table is empty.")
     if candidates.ndim != 2 or candidates.shape[1] != queries_unit.shape[1]:
-        raise ValueError(f"Candidates of shape {candidates.shape} cannot be compared with queries of shape "
-                         f"{queries_unit.shape}: both need one row per item and the same dimension.")
+        raise ValueError(
+            f"Candidates of shape {candidates.shape} cannot be compared with queries of shape "
+            f"{queries_unit.shape}: both need one row per item and the same dimension."
+        )
     best = np.zeros(len(queries_unit), dtype=np.int64)
     best_score = np.full(len(queries_unit), -np.inf, dtype=np.float32)
     for start in range(0, len(candidates), chunk):
-        scores, index = faiss.knn(queries_unit, normalize(candidates[start:start + chunk]), 1,
-                                  metric=faiss.METRIC_INNER_PRODUCT)
+        scores, index = faiss.knn(
+            queries_unit, normalize(candidates[start : start + chunk]), 1, metric=faiss.METRIC_INNER_PRODUCT
+        )
         better = scores[:, 0] > best_score
         best[better] = start + index[better, 0]
         best_score[better] = scores[better, 0]
     return best
 
 
-def retrieve_captions(text_prototypes, text_embeds, texts: list[str], *,
-                      chunk: int = 65536) -> tuple[list[str], np.ndarray]:
+def retrieve_captions(
+    text_prototypes, text_embeds, texts: list[str], *, chunk: int = 65536
+) -> tuple[list[str], np.ndarray]:
     """The caption nearest (cosine) to each text prototype, and its index in ``texts``.
 
     Args:

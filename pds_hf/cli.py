@@ -107,25 +107,31 @@ def load_source(name: str, *, split: str | None, config_name: str | None = None,
         ds = datasets.load_from_disk(str(path))
         if split is not None and split != (str(ds.split) if ds.split is not None else None):
             held = f"split {str(ds.split)!r}" if ds.split is not None else "a split with no name"
-            raise UsageError(f"{name} is a save_to_disk folder holding one dataset ({held}), not split {split!r}; "
-                             "drop --split" + (f" or pass --split {ds.split}." if ds.split is not None else "."))
+            raise UsageError(
+                f"{name} is a save_to_disk folder holding one dataset ({held}), not split {split!r}; "
+                "drop --split" + (f" or pass --split {ds.split}." if ds.split is not None else ".")
+            )
         return _streamed(ds) if streaming else ds
     if (path / "dataset_dict.json").is_file():
         ds = _pick_split(name, datasets.load_from_disk(str(path)), split)
         return _streamed(ds) if streaming else ds
     if not path.exists() and not is_repo_id(name):
-        raise UsageError(f"{name}: no such folder, and not a Hub dataset id (namespace/name); check the path, or "
-                         "name a Hub dataset.")
+        raise UsageError(
+            f"{name}: no such folder, and not a Hub dataset id (namespace/name); check the path, or name a Hub dataset."
+        )
     try:
-        ds = datasets.load_dataset(str(path) if path.exists() else name, config_name, split=split,
-                                   streaming=streaming)
+        ds = datasets.load_dataset(str(path) if path.exists() else name, config_name, split=split, streaming=streaming)
     except ValueError as err:
         if str(err).startswith(("Unknown split", "Bad split")):  # a split load_dataset lacks, loaded or streamed
             raise UsageError(f"{name}: {str(err).rstrip('.')}. Pass one of them to --split.") from err
         raise
     except ConnectionError as err:
-        fix = ("the Hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache: unset HF_HUB_OFFLINE, or "
-               "pass a local folder" if _hub_offline() else "check the network and the id, or pass a local folder")
+        fix = (
+            "the Hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache: unset HF_HUB_OFFLINE, or "
+            "pass a local folder"
+            if _hub_offline()
+            else "check the network and the id, or pass a local folder"
+        )
         raise CommandError(f"could not load dataset {name!r} ({_one_line(err)}); {fix}.") from err
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         return _pick_split(name, ds, split)
@@ -145,15 +151,19 @@ def _check_model(option: str, name, revision: str | None, filename: str) -> None
     if not isinstance(name, str) or Path(name).expanduser().exists():
         return
     if not is_repo_id(name):
-        raise UsageError(f"{option} {name}: no such folder, and not a Hub model id (namespace/name); pass a folder "
-                         "written by save_pretrained, or a Hub id.")
+        raise UsageError(
+            f"{option} {name}: no such folder, and not a Hub model id (namespace/name); pass a folder "
+            "written by save_pretrained, or a Hub id."
+        )
     if _hub_offline():
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(name, filename, revision=revision), str):
-            raise CommandError(f"{option} {name} is not in the local Hugging Face cache and the Hub is offline "
-                               f"(HF_HUB_OFFLINE=1); download it once online (hf download {name}), or pass a local "
-                               "folder.")
+            raise CommandError(
+                f"{option} {name} is not in the local Hugging Face cache and the Hub is offline "
+                f"(HF_HUB_OFFLINE=1); download it once online (hf download {name}), or pass a local "
+                "folder."
+            )
 
 
 def _check_models(config, ds) -> None:
@@ -166,71 +176,125 @@ def _check_models(config, ds) -> None:
 
 def _add_distill(subparsers):
     p = subparsers.add_parser(
-        "distill", help="Distill an image-text dataset into a few synthetic pairs.",
-        description="Distill an image-text dataset with PDS and write it as a Hub dataset folder, or publish it.")
+        "distill",
+        help="Distill an image-text dataset into a few synthetic pairs.",
+        description="Distill an image-text dataset with PDS and write it as a Hub dataset folder, or publish it.",
+    )
     p.add_argument("dataset", nargs="?", help="Hub dataset id, local data folder or save_to_disk folder.")
-    p.add_argument("--demo", action="store_true",
-                   help="Use the built-in shapes dataset and tiny random models (no network, no GPU).")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="Use the built-in shapes dataset and tiny random models (no network, no GPU).",
+    )
     p.add_argument("--split", help="Split to distill (needed when the dataset has several).")
     p.add_argument("--config-name", help="Dataset configuration name.")
-    p.add_argument("--streaming", action="store_true",
-                   help="Stream the dataset (load_dataset(..., streaming=True)): nothing is downloaded ahead; one pass "
-                        "encodes, a second reads back only the images retrieve or a baseline picks.")
+    p.add_argument(
+        "--streaming",
+        action="store_true",
+        help="Stream the dataset (load_dataset(..., streaming=True)): nothing is downloaded ahead; one pass "
+        "encodes, a second reads back only the images retrieve or a baseline picks.",
+    )
     p.add_argument("--output", "-o", help="Folder to write (parquet + README.md + preview.png).")
-    p.add_argument("--push-to-hub", metavar="REPO_ID",
-                   help="Publish as a Hub dataset: data, card and preview in one commit.")
+    p.add_argument(
+        "--push-to-hub", metavar="REPO_ID", help="Publish as a Hub dataset: data, card and preview in one commit."
+    )
     p.add_argument("--private", action="store_true", help="Create the Hub repository private.")
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or `hf auth login`).")
     p.add_argument("--license", help="License id for the card (default: the one the source dataset's card declares).")
-    p.add_argument("--overwrite", action="store_true",
-                   help="Replace --output if an earlier pds-hf run wrote it (a folder holding other files is never "
-                        "replaced; an empty one is used without --overwrite).")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace --output if an earlier pds-hf run wrote it (a folder holding other files is never "
+        "replaced; an empty one is used without --overwrite).",
+    )
     p.add_argument("--num-pairs", type=int, help="Distilled pairs M (default 100; 16 with --demo).")
-    p.add_argument("--method", choices=["pds", "random", "herding", "kcenter"], default="pds",
-                   help="pds (prototypes, the paper) or a baseline that keeps real pairs (default: pds).")
-    p.add_argument("--synthesis", choices=["unclip", "retrieve", "retrieve-scored", "none"], default="unclip",
-                   help="Images of the pds pairs: decoded by unCLIP, the nearest real image, of the 8 nearest "
-                        "the one the encoder matches best with the text prototype (retrieve-scored), or none "
-                        "(default: unclip).")
+    p.add_argument(
+        "--method",
+        choices=["pds", "random", "herding", "kcenter"],
+        default="pds",
+        help="pds (prototypes, the paper) or a baseline that keeps real pairs (default: pds).",
+    )
+    p.add_argument(
+        "--synthesis",
+        choices=["unclip", "retrieve", "retrieve-scored", "none"],
+        default="unclip",
+        help="Images of the pds pairs: decoded by unCLIP, the nearest real image, of the 8 nearest "
+        "the one the encoder matches best with the text prototype (retrieve-scored), or none "
+        "(default: unclip).",
+    )
     p.add_argument("--clip-model", help="Encoder id or folder (default openai/clip-vit-large-patch14).")
     p.add_argument("--clip-revision", help="Revision (branch, tag or commit) of --clip-model.")
-    p.add_argument("--unclip-model", help="Decoder id or folder (default stabilityai/stable-diffusion-2-1-unclip-small).")
+    p.add_argument(
+        "--unclip-model", help="Decoder id or folder (default stabilityai/stable-diffusion-2-1-unclip-small)."
+    )
     p.add_argument("--unclip-revision", help="Revision (branch, tag or commit) of --unclip-model.")
     p.add_argument("--image-column", default="image", help="Column of images (default: image).")
-    p.add_argument("--caption-column", default="caption",
-                   help="Column of captions: a string, or a list of strings per image (default: caption).")
-    p.add_argument("--rm-ratio", type=float, default=0.2,
-                   help="Fraction of pairs with the lowest image-caption similarity removed first (default: 0.2).")
+    p.add_argument(
+        "--caption-column",
+        default="caption",
+        help="Column of captions: a string, or a list of strings per image (default: caption).",
+    )
+    p.add_argument(
+        "--rm-ratio",
+        type=float,
+        default=0.2,
+        help="Fraction of pairs with the lowest image-caption similarity removed first (default: 0.2).",
+    )
     p.add_argument("--seed", type=int, default=42, help="Seed of k-means, the baselines and synthesis (default: 42).")
-    p.add_argument("--empty", choices=["centroid", "drop"], default="centroid",
-                   help="Matched clusters that share no pair: use the k-means centres, or drop them "
-                        "(default: centroid).")
-    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
-                   help="Cluster on L2-normalised embeddings (cosine geometry), or on the raw ones with "
-                        "--no-normalize (default: --normalize).")
+    p.add_argument(
+        "--empty",
+        choices=["centroid", "drop"],
+        default="centroid",
+        help="Matched clusters that share no pair: use the k-means centres, or drop them (default: centroid).",
+    )
+    p.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Cluster on L2-normalised embeddings (cosine geometry), or on the raw ones with "
+        "--no-normalize (default: --normalize).",
+    )
     p.add_argument("--steps", type=int, help="unCLIP denoising steps (default 100; 20 with --demo).")
     p.add_argument("--guidance-scale", type=float, default=5.0, help="unCLIP classifier-free guidance (default: 5).")
-    p.add_argument("--noise-level", type=int, default=10,
-                   help="Noise unCLIP adds to each image prototype (default: 10).")
+    p.add_argument(
+        "--noise-level", type=int, default=10, help="Noise unCLIP adds to each image prototype (default: 10)."
+    )
     p.add_argument("--image-size", type=int, help="Output side in pixels (default 224; 64 with --demo).")
     p.add_argument("--batch-size", type=int, default=64, help="Encoder batch size (default: 64).")
     p.add_argument("--device", help="cuda, cpu, ... (default: cuda when available).")
-    p.add_argument("--on-bad-image", choices=["skip", "error"], default="skip",
-                   help="Images that cannot be decoded: skip them with a warning, or stop (default: skip).")
-    p.add_argument("--encode-workers", type=int,
-                   help="Processes decoding and preprocessing images ahead of the encoder (default: from the cores; "
-                        "0 decodes in the main process).")
-    p.add_argument("--barrier-timeout", type=float,
-                   help="Seconds a process of a multi-process run waits for the others, e.g. while the main one "
-                        "clusters (default: 7200).")
-    p.add_argument("--image-embedding-column",
-                   help="Column of image embeddings the dataset already has; with --text-embedding-column, encoding "
-                        "is skipped (default: image_embedding, used when present).")
-    p.add_argument("--text-embedding-column",
-                   help="Column of caption embeddings the dataset already has (default: text_embedding).")
-    p.add_argument("--embedding-dtype", choices=["float32", "float16"],
-                   help="How encoded embeddings are stored on disk for steps 2-6 (default: float32; float16 halves "
-                        "the disk, moving prototypes about as much as another k-means seed).")
+    p.add_argument(
+        "--on-bad-image",
+        choices=["skip", "error"],
+        default="skip",
+        help="Images that cannot be decoded: skip them with a warning, or stop (default: skip).",
+    )
+    p.add_argument(
+        "--encode-workers",
+        type=int,
+        help="Processes decoding and preprocessing images ahead of the encoder (default: from the cores; "
+        "0 decodes in the main process).",
+    )
+    p.add_argument(
+        "--barrier-timeout",
+        type=float,
+        help="Seconds a process of a multi-process run waits for the others, e.g. while the main one "
+        "clusters (default: 7200).",
+    )
+    p.add_argument(
+        "--image-embedding-column",
+        help="Column of image embeddings the dataset already has; with --text-embedding-column, encoding "
+        "is skipped (default: image_embedding, used when present).",
+    )
+    p.add_argument(
+        "--text-embedding-column",
+        help="Column of caption embeddings the dataset already has (default: text_embedding).",
+    )
+    p.add_argument(
+        "--embedding-dtype",
+        choices=["float32", "float16"],
+        help="How encoded embeddings are stored on disk for steps 2-6 (default: float32; float16 halves "
+        "the disk, moving prototypes about as much as another k-means seed).",
+    )
     p.set_defaults(func=run_distill)
     return p
 
@@ -258,17 +322,37 @@ def run_distill(args) -> int:
     if args.push_to_hub and current_ranks(args.barrier_timeout or 7200).is_main:
         # Token, namespace and license are checked before any data or model is loaded.
         prepare_push(args.push_to_hub, token=args.token, license=args.license, source=source)
-    overrides = {k: v for k, v in dict(
-        method=args.method, synthesis=args.synthesis, clip_revision=args.clip_revision,
-        unclip_revision=args.unclip_revision, image_column=args.image_column, caption_column=args.caption_column,
-        rm_ratio=args.rm_ratio, seed=args.seed, empty=args.empty, normalize=args.normalize,
-        guidance_scale=args.guidance_scale,
-        noise_level=args.noise_level, encode_batch_size=args.batch_size, device=args.device,
-        on_bad_image=args.on_bad_image, num_pairs=args.num_pairs, clip_model=args.clip_model,
-        unclip_model=args.unclip_model, num_inference_steps=args.steps, image_size=args.image_size,
-        encode_workers=args.encode_workers, barrier_timeout=args.barrier_timeout, embedding_dtype=args.embedding_dtype,
-        image_embedding_column=args.image_embedding_column, text_embedding_column=args.text_embedding_column,
-    ).items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in dict(
+            method=args.method,
+            synthesis=args.synthesis,
+            clip_revision=args.clip_revision,
+            unclip_revision=args.unclip_revision,
+            image_column=args.image_column,
+            caption_column=args.caption_column,
+            rm_ratio=args.rm_ratio,
+            seed=args.seed,
+            empty=args.empty,
+            normalize=args.normalize,
+            guidance_scale=args.guidance_scale,
+            noise_level=args.noise_level,
+            encode_batch_size=args.batch_size,
+            device=args.device,
+            on_bad_image=args.on_bad_image,
+            num_pairs=args.num_pairs,
+            clip_model=args.clip_model,
+            unclip_model=args.unclip_model,
+            num_inference_steps=args.steps,
+            image_size=args.image_size,
+            encode_workers=args.encode_workers,
+            barrier_timeout=args.barrier_timeout,
+            embedding_dtype=args.embedding_dtype,
+            image_embedding_column=args.image_embedding_column,
+            text_embedding_column=args.text_embedding_column,
+        ).items()
+        if v is not None
+    }
 
     # Every second from here on is in a named stage: the summary's total is their sum, and the card lists them.
     stages = StageTimer()
@@ -301,20 +385,32 @@ def run_distill(args) -> int:
     stages.seconds = pds_hf.metadata(small)["stages_seconds"]  # as the card shows them (rounded once, alike)
     with stages("write output"), library_output():
         if output is not None:
-            save_to_folder(small, output, overwrite=args.overwrite, repo_id=args.push_to_hub, license=args.license,
-                           source=source)
+            save_to_folder(
+                small, output, overwrite=args.overwrite, repo_id=args.push_to_hub, license=args.license, source=source
+            )
     if args.push_to_hub:
         with stages("publish"), library_output():
-            commit = push_to_hub(small, args.push_to_hub, private=True if args.private else None, token=args.token,
-                                 license=args.license, source=source)
+            commit = push_to_hub(
+                small,
+                args.push_to_hub,
+                private=True if args.private else None,
+                token=args.token,
+                license=args.license,
+                source=source,
+            )
     shown = {name: round(value, 2) for name, value in stages.seconds.items()}
     record = meta["source"]
     print(pairs_table(small))
-    print(f"Distilled {record['num_pairs']} pairs ({record['num_images']} images, {record['num_captions']} "
-          f"distinct captions) into {len(small)} pairs in {sum(shown.values()):.2f}s "
-          f"on {meta['processes']} process(es).")
-    print("Stages: " + ", ".join(f"{name} {value:.2f}s" for name, value in shown.items())
-          + f" = {sum(shown.values()):.2f}s")
+    print(
+        f"Distilled {record['num_pairs']} pairs ({record['num_images']} images, {record['num_captions']} "
+        f"distinct captions) into {len(small)} pairs in {sum(shown.values()):.2f}s "
+        f"on {meta['processes']} process(es)."
+    )
+    print(
+        "Stages: "
+        + ", ".join(f"{name} {value:.2f}s" for name, value in shown.items())
+        + f" = {sum(shown.values()):.2f}s"
+    )
     if output is not None:
         print(f"Wrote {output}  (load it with: load_dataset({str(output)!r}, split='train'))")
     if args.push_to_hub:
@@ -327,12 +423,18 @@ def build_parser() -> argparse.ArgumentParser:
     from pds_hf import __version__
 
     parser = argparse.ArgumentParser(
-        prog="pds-hf", description="Prototype-guided dataset distillation (PDS).",
+        prog="pds-hf",
+        description="Prototype-guided dataset distillation (PDS).",
         epilog="Exit codes: 0 done, 1 failed, 2 bad command line, 130 interrupted. Progress shows as bars on a "
-               "terminal and as a log line every few seconds when stderr goes to a file; "
-               "HF_DATASETS_DISABLE_PROGRESS_BARS=1 turns both off.")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="Log debug lines, other libraries' warnings, and the traceback of an error.")
+        "terminal and as a log line every few seconds when stderr goes to a file; "
+        "HF_DATASETS_DISABLE_PROGRESS_BARS=1 turns both off.",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="Log debug lines, other libraries' warnings, and the traceback of an error.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_distill(subparsers)
@@ -340,8 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parsers(subparsers)
     for sub in subparsers.choices.values():  # -v after the subcommand too: pds-hf distill ... -v
-        sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                         help="Log debug lines, other libraries' warnings, and the traceback of an error.")
+        sub.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="Log debug lines, other libraries' warnings, and the traceback of an error.",
+        )
     return parser
 
 
@@ -477,8 +584,11 @@ def command_line_words(message: str, parser: argparse.ArgumentParser) -> str:
         'Pass --image-column IMAGE_COLUMN to name the image column.'
         ```
     """
-    flags = {action.dest: action for action in parser._actions
-             if any(option.startswith("--") for option in action.option_strings)}
+    flags = {
+        action.dest: action
+        for action in parser._actions
+        if any(option.startswith("--") for option in action.option_strings)
+    }
     flags.update({keyword: flags[dest] for keyword, dest in _KEYWORD_DESTS.items() if dest in flags})
     spans = _paren_spans(message)
     edits = [(start, end, "") for start, end, _ in spans if message.startswith(_PYTHON_ONLY, start)]
@@ -529,12 +639,17 @@ def error_line(err: BaseException, args=None) -> tuple[int, str]:
     """
     from pds_hf.publish import PublishError
 
-    message = command_line_words(_one_line(err.args[0] if isinstance(err, KeyError) and err.args else err),
-                                 _command_parser(getattr(args, "command", None)))
+    message = command_line_words(
+        _one_line(err.args[0] if isinstance(err, KeyError) and err.args else err),
+        _command_parser(getattr(args, "command", None)),
+    )
     verbose = getattr(args, "verbose", False)
     if isinstance(err, KeyboardInterrupt):
-        resume = "; run the same command again to resume: finished stages are kept in the cache" if (
-            getattr(args, "command", None) == "distill") else ""
+        resume = (
+            "; run the same command again to resume: finished stages are kept in the cache"
+            if (getattr(args, "command", None) == "distill")
+            else ""
+        )
         return EXIT_INTERRUPTED, f"interrupted (Ctrl-C){resume}."
     if isinstance(err, UsageError):
         return EXIT_USAGE, message
@@ -545,8 +660,11 @@ def error_line(err: BaseException, args=None) -> tuple[int, str]:
     if isinstance(err, _hub_error_types()):
         model = _failed_model(err, args, message)
         what = f"could not load {model}: " if model else ""
-        fix = ("unset HF_HUB_OFFLINE, or pass a local folder" if _hub_offline()
-               else "check the id, the network and the token")
+        fix = (
+            "unset HF_HUB_OFFLINE, or pass a local folder"
+            if _hub_offline()
+            else "check the id, the network and the token"
+        )
         return EXIT_FAILURE, f"{what}{message} ({type(err).__name__}); {fix}."
     if isinstance(err, (ValueError, TypeError, KeyError, FileExistsError, FileNotFoundError)):
         return EXIT_USAGE, message
@@ -555,16 +673,19 @@ def error_line(err: BaseException, args=None) -> tuple[int, str]:
         model = _failed_model(err, args, message)
         what = f"while loading {model}: " if model else ""
         return EXIT_FAILURE, f"{what}{message} ({type(err).__name__}); {traceback_hint}."
-    return EXIT_FAILURE, (f"{type(err).__name__}: {message}; {traceback_hint}, and report it if it looks like a bug "
-                          "in pds-hf.")
+    return EXIT_FAILURE, (
+        f"{type(err).__name__}: {message}; {traceback_hint}, and report it if it looks like a bug in pds-hf."
+    )
 
 
 def run_command(args) -> int:
     """Run ``args.func(args)`` with the CLI's logging, and turn an exception into one ``error:`` line and an exit
     code (the traceback too under ``-v``)."""
     verbose = getattr(args, "verbose", False)
-    with _Logging(verbose, _command_parser(getattr(args, "command", None))), \
-            _exit_on_interrupt(args, enabled=not verbose):
+    with (
+        _Logging(verbose, _command_parser(getattr(args, "command", None))),
+        _exit_on_interrupt(args, enabled=not verbose),
+    ):
         try:
             return args.func(args)
         except (Exception, KeyboardInterrupt) as err:

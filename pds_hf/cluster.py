@@ -125,10 +125,21 @@ def greedy_kmeans_plus_plus(x: np.ndarray, k: int, *, weights=None, seed: int = 
     return centres
 
 
-def kmeans(x, k: int, *, weights=None, seed: int = 42, iterations: int = 25, restarts: int = 1,
-           init: str = "auto", gpu: bool | None = None,
-           max_points_per_centroid: int | None = DEFAULT_MAX_POINTS_PER_CENTROID, rows=None,
-           chunk: int = 65536, normalize: bool = False) -> KMeansResult:
+def kmeans(
+    x,
+    k: int,
+    *,
+    weights=None,
+    seed: int = 42,
+    iterations: int = 25,
+    restarts: int = 1,
+    init: str = "auto",
+    gpu: bool | None = None,
+    max_points_per_centroid: int | None = DEFAULT_MAX_POINTS_PER_CENTROID,
+    rows=None,
+    chunk: int = 65536,
+    normalize: bool = False,
+) -> KMeansResult:
     """Weighted k-means with faiss.
 
     Args:
@@ -176,10 +187,12 @@ def kmeans(x, k: int, *, weights=None, seed: int = 42, iterations: int = 25, res
     init = resolve_init(init, k)
     if max_points_per_centroid is not None and max_points_per_centroid < 1:
         raise ValueError(f"max_points_per_centroid must be a positive integer or None, got {max_points_per_centroid}.")
-    init_method = {"random": faiss.ClusteringInitMethod_RANDOM,
-                   "k-means++": faiss.ClusteringInitMethod_RANDOM,  # unused: the centres are given
-                   "faiss-k-means++": faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS,
-                   "afk-mc2": faiss.ClusteringInitMethod_AFK_MC2}[init]
+    init_method = {
+        "random": faiss.ClusteringInitMethod_RANDOM,
+        "k-means++": faiss.ClusteringInitMethod_RANDOM,  # unused: the centres are given
+        "faiss-k-means++": faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS,
+        "afk-mc2": faiss.ClusteringInitMethod_AFK_MC2,
+    }[init]
     w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
 
     # The subsample is drawn here rather than by faiss, so that only the sample is ever copied.
@@ -194,17 +207,27 @@ def kmeans(x, k: int, *, weights=None, seed: int = 42, iterations: int = 25, res
     best = None
     # faiss restarts (nredo) redraw its own initial centres; with given centres, restart here.
     for run in range(restarts if init == "k-means++" else 1):
-        km = faiss.Kmeans(d, k, niter=iterations, nredo=1 if init == "k-means++" else restarts, seed=seed + run,
-                          gpu=_use_gpu(gpu), init_method=init_method,
-                          # faiss must not subsample again, nor warn about small clusters: distilled
-                          # sets ask for many clusters relative to the data on purpose.
-                          max_points_per_centroid=max(len(fit_x), 1), min_points_per_centroid=1, verbose=False)
+        km = faiss.Kmeans(
+            d,
+            k,
+            niter=iterations,
+            nredo=1 if init == "k-means++" else restarts,
+            seed=seed + run,
+            gpu=_use_gpu(gpu),
+            init_method=init_method,
+            # faiss must not subsample again, nor warn about small clusters: distilled
+            # sets ask for many clusters relative to the data on purpose.
+            max_points_per_centroid=max(len(fit_x), 1),
+            min_points_per_centroid=1,
+            verbose=False,
+        )
         start = None
         if init == "k-means++":
             size = min(len(fit_x), init_points(k))
             pick = np.sort(np.random.default_rng(seed + run).choice(len(fit_x), size=size, replace=False))
-            start = greedy_kmeans_plus_plus(fit_x[pick], k, weights=None if fit_w is None else fit_w[pick],
-                                            seed=seed + run)
+            start = greedy_kmeans_plus_plus(
+                fit_x[pick], k, weights=None if fit_w is None else fit_w[pick], seed=seed + run
+            )
         objective = km.train(fit_x, weights=fit_w, init_centroids=start)
         if best is None or objective < best[0]:
             best = (objective, km)

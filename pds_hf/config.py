@@ -10,8 +10,15 @@ METHODS = ("pds", "random", "herding", "kcenter")
 
 # Settings that say how one machine runs, never what comes out: they are kept out of every cache key and
 # fingerprint, and a recipe saved on one machine does not carry them to another.
-MACHINE_FIELDS = ("device", "encode_batch_size", "encode_workers", "synthesis_batch_size", "use_cache", "cache_dir",
-                  "barrier_timeout")
+MACHINE_FIELDS = (
+    "device",
+    "encode_batch_size",
+    "encode_workers",
+    "synthesis_batch_size",
+    "use_cache",
+    "cache_dir",
+    "barrier_timeout",
+)
 
 
 def _setting_repr(value) -> str:
@@ -132,17 +139,29 @@ class DistillConfig:
             raise ValueError(f"num_pairs must be a positive integer, got {self.num_pairs!r}.")
         if not 0.0 <= self.rm_ratio < 1.0:
             raise ValueError(f"rm_ratio must be in [0, 1), got {self.rm_ratio!r}.")
-        for name, allowed in (("method", METHODS), ("synthesis", SYNTHESIS_METHODS), ("empty", EMPTY_POLICIES),
-                              ("kmeans_init", INIT_METHODS),
-                              ("on_bad_image", ("skip", "error")), ("embedding_dtype", EMBEDDING_DTYPES)):
+        for name, allowed in (
+            ("method", METHODS),
+            ("synthesis", SYNTHESIS_METHODS),
+            ("empty", EMPTY_POLICIES),
+            ("kmeans_init", INIT_METHODS),
+            ("on_bad_image", ("skip", "error")),
+            ("embedding_dtype", EMBEDDING_DTYPES),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
-        for name in ("encode_batch_size", "synthesis_batch_size", "num_inference_steps", "kmeans_iterations",
-                     "kmeans_restarts", "shard_size"):
+        for name in (
+            "encode_batch_size",
+            "synthesis_batch_size",
+            "num_inference_steps",
+            "kmeans_iterations",
+            "kmeans_restarts",
+            "shard_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}.")
-        if self.encode_workers is not None and (isinstance(self.encode_workers, bool) or not isinstance(
-                self.encode_workers, int) or self.encode_workers < 0):
+        if self.encode_workers is not None and (
+            isinstance(self.encode_workers, bool) or not isinstance(self.encode_workers, int) or self.encode_workers < 0
+        ):
             raise ValueError(f"encode_workers must be None or an integer >= 0, got {self.encode_workers!r}.")
         if not self.barrier_timeout > 0:
             raise ValueError(f"barrier_timeout must be a positive number of seconds, got {self.barrier_timeout!r}.")
@@ -152,8 +171,11 @@ class DistillConfig:
 
         One line when it fits in 100 characters, else one line per setting. :meth:`to_dict` lists every setting.
         """
-        changed = [f"{f.name}={_setting_repr(getattr(self, f.name))}" for f in dataclasses.fields(self)
-                   if not _is_default(getattr(self, f.name), f.default)]
+        changed = [
+            f"{f.name}={_setting_repr(getattr(self, f.name))}"
+            for f in dataclasses.fields(self)
+            if not _is_default(getattr(self, f.name), f.default)
+        ]
         line = f"{type(self).__name__}({', '.join(changed)})"
         if len(line) <= 100:
             return line

@@ -11,8 +11,14 @@ import numpy as np
 # points the reader to the code that makes it, instead of naming a dataset nobody can find.
 from .schema import DEMO_DATASET_NAME, DEMO_LICENSE
 
-COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
-           "yellow": (235, 210, 40), "purple": (140, 60, 180), "orange": (245, 140, 30)}
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 210, 40),
+    "purple": (140, 60, 180),
+    "orange": (245, 140, 30),
+}
 SHAPES = ("circle", "square", "triangle", "cross")
 SIZES = {"small": 14, "large": 26}
 
@@ -71,12 +77,20 @@ def demo_dataset(num_images: int = 240, *, seed: int = 0, side: int = 64):
         images.append(_draw(shape, COLOURS[colour], size, (x, y), background, side))
         where = "on the left" if x < side // 2 else "on the right"
         article = "an" if colour[0] in "aeiou" else "a"
-        captions.append([f"a {size_name} {colour} {shape}",
-                         f"{article} {colour} {shape} {where} on a {'dark' if dark else 'light'} background"])
+        captions.append(
+            [
+                f"a {size_name} {colour} {shape}",
+                f"{article} {colour} {shape} {where} on a {'dark' if dark else 'light'} background",
+            ]
+        )
     features = Features({"image": Image(), "caption": List(Value("string"))})
-    info = DatasetInfo(builder_name=DEMO_DATASET_NAME, license=DEMO_LICENSE, features=features,
-                       description=f"Coloured shapes with two captions each, made in code by "
-                                   f"{DEMO_DATASET_NAME}(num_images={num_images}, seed={seed}, side={side}).")
+    info = DatasetInfo(
+        builder_name=DEMO_DATASET_NAME,
+        license=DEMO_LICENSE,
+        features=features,
+        description=f"Coloured shapes with two captions each, made in code by "
+        f"{DEMO_DATASET_NAME}(num_images={num_images}, seed={seed}, side={side}).",
+    )
     return Dataset.from_dict({"image": images, "caption": captions}, features=features, info=info)
 
 

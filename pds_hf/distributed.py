@@ -65,7 +65,8 @@ class Ranks:
                 f"Process {self.rank} of {self.world} waited more than {self.timeout:g} s for the other processes "
                 f"({err}). If another process is still working (clustering many pairs on the main process takes "
                 "long), raise DistillConfig.barrier_timeout (--barrier-timeout); otherwise look for a process that "
-                "failed.") from err
+                "failed."
+            ) from err
 
     @property
     def device(self):

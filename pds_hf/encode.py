@@ -314,8 +314,9 @@ def _decode_pool(workers: int, preprocess, depth: int):
     from concurrent.futures import ProcessPoolExecutor
 
     method = "fork" if sys.platform.startswith("linux") else "spawn"
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
-                               initializer=_start_worker, initargs=(preprocess, depth))
+    return ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context(method), initializer=_start_worker, initargs=(preprocess, depth)
+    )
 
 
 class DecodeFeed:
@@ -385,7 +386,8 @@ class DecodeFeed:
             except BrokenProcessPool as err:
                 raise RuntimeError(
                     "An image decode worker died (killed for memory?). Lower DistillConfig.encode_workers or "
-                    "encode_batch_size, or pass encode_workers=0 to decode in the main process.") from err
+                    "encode_batch_size, or pass encode_workers=0 to decode in the main process."
+                ) from err
             stored = next(upcoming, None)
             if stored is not None:
                 pending.append(self.pool.submit(_prepare_in_worker, stored))
@@ -410,7 +412,7 @@ def _encode_image_rows(feed: DecodeFeed, batches, rows, batch_size: int, bar):
     rows each); a row that fails to decode gets NaN and is listed."""
     embeds, failed = None, []
     for b in range(0, len(rows), batch_size):
-        batch_rows = rows[b:b + batch_size]
+        batch_rows = rows[b : b + batch_size]
         ok, inputs, preprocessed = next(batches)
         failed.extend(b + i for i in sorted(set(range(len(batch_rows))) - set(ok.tolist())))
         if ok.size:
@@ -428,16 +430,23 @@ def _splits_preprocessing(encoder) -> bool:
     return hasattr(encoder, "preprocess_images") and hasattr(encoder, "encode_pixels")
 
 
-def _encode_texts(encoder, texts: list[str], batch_size: int, bar=None, rows=None,
-                  rows_of: str = "dataset") -> np.ndarray:
+def _encode_texts(
+    encoder, texts: list[str], batch_size: int, bar=None, rows=None, rows_of: str = "dataset"
+) -> np.ndarray:
     """Encode ``texts`` in batches (``rows``: the row of ``rows_of`` of each, for errors; ``bar``: a progress bar
     to advance)."""
     chunks = []
     for start in range(0, len(texts), batch_size):
-        batch = texts[start:start + batch_size]
-        chunks.append(check_embeddings(encoder.encode_texts(batch), what="text", expected_rows=len(batch),
-                                       row_ids=None if rows is None else rows[start:start + batch_size],
-                                       rows_of=rows_of))
+        batch = texts[start : start + batch_size]
+        chunks.append(
+            check_embeddings(
+                encoder.encode_texts(batch),
+                what="text",
+                expected_rows=len(batch),
+                row_ids=None if rows is None else rows[start : start + batch_size],
+                rows_of=rows_of,
+            )
+        )
         if bar is not None:
             bar.update(len(batch))
     return np.concatenate(chunks)
@@ -450,9 +459,21 @@ def _first_rows(table) -> np.ndarray:
     return rows
 
 
-def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size: int = 64,
-                 on_bad_image: str = "skip", shard_size: int = 10000, stage=None, ranks=None,
-                 workers: int | None = None, load: bool = True, dtype: str = "float32"):
+def encode_table(
+    encoder,
+    ds,
+    table,
+    *,
+    image_column: str = "image",
+    batch_size: int = 64,
+    on_bad_image: str = "skip",
+    shard_size: int = 10000,
+    stage=None,
+    ranks=None,
+    workers: int | None = None,
+    load: bool = True,
+    dtype: str = "float32",
+):
     """Encode each distinct image and each distinct caption of a :class:`~pds_hf.inputs.PairTable` once.
 
     The work is cut into shards of ``shard_size`` images (or captions). Each process encodes the
@@ -513,8 +534,11 @@ def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size:
     total = sum(image_shards[s][1] - image_shards[s][0] for s in todo_images)
     if todo_images:
         view = undecoded_images(ds, image_column)
-        stored = (_stored_images(view, image_column, rows[start:min(start + batch_size, image_shards[s][1])])
-                  for s in todo_images for start in range(image_shards[s][0], image_shards[s][1], batch_size))
+        stored = (
+            _stored_images(view, image_column, rows[start : min(start + batch_size, image_shards[s][1])])
+            for s in todo_images
+            for start in range(image_shards[s][0], image_shards[s][1], batch_size)
+        )
         with feed, _progress(total, "Encoding images", disable=not ranks.is_main) as bar:
             batches = feed(stored)
             for s in todo_images:
@@ -528,8 +552,10 @@ def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size:
     with _progress(total, "Encoding captions", disable=not ranks.is_main) as bar:
         for s in todo_texts:
             start, stop = text_shards[s]
-            stage.save_arrays(f"texts-{s:06d}", embeds=_encode_texts(encoder, table.texts[start:stop], batch_size, bar,
-                                                                     text_rows[start:stop]))
+            stage.save_arrays(
+                f"texts-{s:06d}",
+                embeds=_encode_texts(encoder, table.texts[start:stop], batch_size, bar, text_rows[start:stop]),
+            )
     ranks.barrier()
 
     failed = [stage.load_arrays(f"images-{s:06d}", keys=["failed"])["failed"] for s in range(len(image_shards))]
@@ -550,14 +576,22 @@ def encode_table(encoder, ds, table, *, image_column: str = "image", batch_size:
 def _store_shards(stage, image_shards, text_shards, failed, image_column: str, dtype: str):
     """Write the saved shards of ``stage`` into its store (see :mod:`pds_hf.store`), one shard in memory at a time,
     without the images at positions ``failed``; returns ``(image_embeds, text_embeds)``."""
-    dim = next((width for s in range(len(image_shards))
-                if (width := stage.load_arrays(f"images-{s:06d}", keys=["embeds"])["embeds"].shape[1])), None)
+    dim = next(
+        (
+            width
+            for s in range(len(image_shards))
+            if (width := stage.load_arrays(f"images-{s:06d}", keys=["embeds"])["embeds"].shape[1])
+        ),
+        None,
+    )
     if dim is None:
         raise ValueError(f"No image of column {image_column!r} could be decoded and encoded.")
     text_dim = stage.load_arrays("texts-000000", keys=["embeds"])["embeds"].shape[1] if text_shards else dim
     if text_dim != dim:
-        raise ValueError(f"The encoder's image embeddings have {dim} dimensions but its text embeddings "
-                         f"{text_dim}; both must live in one space.")
+        raise ValueError(
+            f"The encoder's image embeddings have {dim} dimensions but its text embeddings "
+            f"{text_dim}; both must live in one space."
+        )
 
     def fill(image_embeds, text_embeds):
         at = 0
@@ -566,16 +600,20 @@ def _store_shards(stage, image_shards, text_shards, failed, image_column: str, d
             keep = np.ones(stop - start, dtype=bool)
             keep[part["failed"] - start] = False
             if part["embeds"].shape[1] not in (0, dim):
-                raise ValueError(f"The encoder returned image embeddings of different sizes "
-                                 f"{sorted({dim, part['embeds'].shape[1]})}.")
+                raise ValueError(
+                    f"The encoder returned image embeddings of different sizes "
+                    f"{sorted({dim, part['embeds'].shape[1]})}."
+                )
             if keep.any():
-                image_embeds[at:at + int(keep.sum())] = part["embeds"][keep]
+                image_embeds[at : at + int(keep.sum())] = part["embeds"][keep]
                 at += int(keep.sum())
         for s, (start, stop) in enumerate(text_shards):
             embeds = stage.load_arrays(f"texts-{s:06d}", keys=["embeds"])["embeds"]
             if embeds.shape[1] != dim:
-                raise ValueError(f"The encoder's image embeddings have {dim} dimensions but its text embeddings "
-                                 f"{embeds.shape[1]}; both must live in one space.")
+                raise ValueError(
+                    f"The encoder's image embeddings have {dim} dimensions but its text embeddings "
+                    f"{embeds.shape[1]}; both must live in one space."
+                )
             text_embeds[start:stop] = embeds
 
     num_images = image_shards[-1][1] - failed.size if image_shards else 0
@@ -590,11 +628,17 @@ def _drop_failed(table, failed, image_column: str, on_bad_image: str):
     rows = table.image_rows
     if on_bad_image == "error":
         _raise_failed(image_column, rows[failed])
-    logger.warning("Skipping %d image(s) of column %r that failed to decode, at row(s) %s.",
-                   failed.size, image_column, rows[failed][:5].tolist())
+    logger.warning(
+        "Skipping %d image(s) of column %r that failed to decode, at row(s) %s.",
+        failed.size,
+        image_column,
+        rows[failed][:5].tolist(),
+    )
     return table.without_images(failed)
 
 
 def _raise_failed(image_column: str, bad_rows) -> None:
-    raise ValueError(f"Column {image_column!r}: {len(bad_rows)} image(s) failed to decode, at row(s) "
-                     f"{list(map(int, bad_rows[:5]))}. Remove them or pass on_bad_image='skip'.")
+    raise ValueError(
+        f"Column {image_column!r}: {len(bad_rows)} image(s) failed to decode, at row(s) "
+        f"{list(map(int, bad_rows[:5]))}. Remove them or pass on_bad_image='skip'."
+    )

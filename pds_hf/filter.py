@@ -47,8 +47,10 @@ def nonfinite_rows(array, *, chunk: int = 65536) -> np.ndarray:
         array([1, 2])
         ```
     """
-    bad = [start + np.flatnonzero(~np.isfinite(array[start:start + chunk]).all(axis=1))
-           for start in range(0, len(array), chunk)]
+    bad = [
+        start + np.flatnonzero(~np.isfinite(array[start : start + chunk]).all(axis=1))
+        for start in range(0, len(array), chunk)
+    ]
     return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
 
 

@@ -46,8 +46,15 @@ class ModelLoadError(OSError):
         hub_unreachable: True when the cause is that the Hub could not be reached (offline mode, or no answer).
     """
 
-    def __init__(self, message: str, *, option: str | None = None, model: str | None = None,
-                 revision: str | None = None, hub_unreachable: bool = False):
+    def __init__(
+        self,
+        message: str,
+        *,
+        option: str | None = None,
+        model: str | None = None,
+        revision: str | None = None,
+        hub_unreachable: bool = False,
+    ):
         super().__init__(message)
         self.option, self.model, self.revision, self.hub_unreachable = option, model, revision, hub_unreachable
 
@@ -137,20 +144,30 @@ def loading_model(option: str, model: str, revision: str | None, *, index_file: 
     named = _named(option, model, revision)
     by_id = not Path(model).expanduser().exists()
     if by_id and not is_repo_id(model):
-        raise ModelLoadError(f"Could not load {named}: no such folder, and not a Hub model id (namespace/name); pass "
-                             "a folder written by save_pretrained, or a Hub id.", option=option, model=model,
-                             revision=revision)
+        raise ModelLoadError(
+            f"Could not load {named}: no such folder, and not a Hub model id (namespace/name); pass "
+            "a folder written by save_pretrained, or a Hub id.",
+            option=option,
+            model=model,
+            revision=revision,
+        )
     unreachable = by_id and not hub_reachable()
     if unreachable and not isinstance(try_to_load_from_cache(model, index_file, revision=revision), str):
-        why = ("HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE
-               else f"no answer from {constants.ENDPOINT}")
-        fix = ("unset HF_HUB_OFFLINE to download it" if constants.HF_HUB_OFFLINE
-               else f"download it once where the Hub is reachable (hf download {model}), then run with "
-                    "HF_HUB_OFFLINE=1")
-        raise ModelLoadError(f"Could not load {named}: the Hugging Face Hub could not be reached ({why}) and the "
-                             f"model is not in the local cache; {fix}, or pass a local folder written by "
-                             "save_pretrained.", option=option, model=model, revision=revision,
-                             hub_unreachable=True)
+        why = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else f"no answer from {constants.ENDPOINT}"
+        fix = (
+            "unset HF_HUB_OFFLINE to download it"
+            if constants.HF_HUB_OFFLINE
+            else f"download it once where the Hub is reachable (hf download {model}), then run with HF_HUB_OFFLINE=1"
+        )
+        raise ModelLoadError(
+            f"Could not load {named}: the Hugging Face Hub could not be reached ({why}) and the "
+            f"model is not in the local cache; {fix}, or pass a local folder written by "
+            "save_pretrained.",
+            option=option,
+            model=model,
+            revision=revision,
+            hub_unreachable=True,
+        )
     if unreachable and not constants.HF_HUB_OFFLINE:
         logger.info("The Hugging Face Hub could not be reached: loading %s from the local cache.", named)
     try:
@@ -158,14 +175,22 @@ def loading_model(option: str, model: str, revision: str | None, *, index_file: 
             # Imported first, so that library_output finds its progress switch (it only touches imported ones).
             importlib.import_module(f"{library}.utils.logging")
         # Offline mode for a cached model when the Hub is silent: otherwise every file retries for ~30 s first.
-        with library_output(), (_offline_mode() if unreachable else contextlib.nullcontext()):
+        with library_output(), _offline_mode() if unreachable else contextlib.nullcontext():
             yield
     except ModelLoadError:
         raise
     except (OSError, ValueError) as err:  # transformers: OSError for missing files, ValueError for unknown types
         detail = " ".join(str(err).split()) or type(err).__name__
-        fix = ("pass a folder written by save_pretrained" if not by_id
-               else "check the id and the revision (and the token, for a private or gated model), or pass a local "
-                    "folder written by save_pretrained")
-        raise ModelLoadError(f"Could not load {named}: {detail} ({type(err).__name__}); {fix}.", option=option,
-                             model=model, revision=revision, hub_unreachable=unreachable) from err
+        fix = (
+            "pass a folder written by save_pretrained"
+            if not by_id
+            else "check the id and the revision (and the token, for a private or gated model), or pass a local "
+            "folder written by save_pretrained"
+        )
+        raise ModelLoadError(
+            f"Could not load {named}: {detail} ({type(err).__name__}); {fix}.",
+            option=option,
+            model=model,
+            revision=revision,
+            hub_unreachable=unreachable,
+        ) from err

@@ -74,8 +74,9 @@ class PairTable:
             pair_rows=self.pair_rows[keep_pair],
             layout=self.layout,
             # Every row that held a dropped image (in the pair layout an image may fill many rows).
-            skipped_images=sorted(set(self.skipped_images) | set(self.image_rows[bad].tolist())
-                                  | set(self.pair_rows[~keep_pair].tolist())),
+            skipped_images=sorted(
+                set(self.skipped_images) | set(self.image_rows[bad].tolist()) | set(self.pair_rows[~keep_pair].tolist())
+            ),
         )
 
 
@@ -100,8 +101,9 @@ def check_dataset_type(ds, *, streaming: bool = False) -> None:
             "materialise it: Dataset.from_generator(lambda: (yield from ids), features=ids.features)."
         )
     if not isinstance(ds, datasets.Dataset):
-        raise TypeError(f"Expected a datasets.{'IterableDataset or ' if streaming else ''}Dataset, got "
-                        f"{type(ds).__name__}.")
+        raise TypeError(
+            f"Expected a datasets.{'IterableDataset or ' if streaming else ''}Dataset, got {type(ds).__name__}."
+        )
 
 
 def _caption_layout(ds, caption_column: str) -> str:
@@ -134,8 +136,9 @@ def needs_images(config, given: bool) -> bool:
     return config.synthesis != "none" and (config.method != "pds" or config.synthesis in REAL_IMAGE_METHODS)
 
 
-def check_column_roles(features, image_column: str, caption_column: str, *, require_images: bool = True,
-                       what: str = "dataset") -> None:
+def check_column_roles(
+    features, image_column: str, caption_column: str, *, require_images: bool = True, what: str = "dataset"
+) -> None:
     """The column rules that a ``Dataset`` and a stream share: the image and caption columns exist (the image
     column only when ``require_images`` or present) and the image column holds images.
 
@@ -252,8 +255,9 @@ def _image_keys(columns: list) -> list:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    lengths = np.concatenate([np.asarray(pc.fill_null(pc.binary_length(column["bytes"]), -1), dtype=np.int64)
-                              for column in columns])
+    lengths = np.concatenate(
+        [np.asarray(pc.fill_null(pc.binary_length(column["bytes"]), -1), dtype=np.int64) for column in columns]
+    )
     sizes, counts = np.unique(lengths[lengths >= 0], return_counts=True)
     shared = np.isin(lengths, sizes[counts > 1])
     keys: list = []
@@ -261,14 +265,14 @@ def _image_keys(columns: list) -> list:
         blobs, paths = column["bytes"], column["path"].to_pylist()
         _, offsets, data = blobs.buffers()
         offsets = np.frombuffer(offsets, dtype=np.int64 if pa.types.is_large_binary(blobs.type) else np.int32)
-        offsets = offsets[blobs.offset:blobs.offset + len(blobs) + 1]
+        offsets = offsets[blobs.offset : blobs.offset + len(blobs) + 1]
         data = memoryview(data if data is not None else b"")
         for i, path in enumerate(paths):
             row = len(keys)
             if lengths[row] < 0:
                 keys.append(None if path is None else ("path", path))
             elif shared[row]:
-                keys.append(("sha1", hashlib.sha1(data[offsets[i]:offsets[i + 1]]).digest()))
+                keys.append(("sha1", hashlib.sha1(data[offsets[i] : offsets[i + 1]]).digest()))
             else:
                 keys.append(("row", row))
     return keys
@@ -280,8 +284,9 @@ def _image_index(ds, image_column: str, layout: str):
 
     columns = _image_columns(ds, image_column)
     if layout != "pair":  # one row per image: every stored image is its own
-        null = np.concatenate([np.asarray(pc.and_(column["bytes"].is_null(), column["path"].is_null()))
-                               for column in columns])
+        null = np.concatenate(
+            [np.asarray(pc.and_(column["bytes"].is_null(), column["path"].is_null())) for column in columns]
+        )
         image_rows = np.flatnonzero(~null)
         image_of_row = np.where(null, -1, np.cumsum(~null) - 1)
         return image_of_row.astype(np.int64), image_rows.astype(np.int64)
@@ -299,8 +304,14 @@ def _image_index(ds, image_column: str, layout: str):
     return image_of_row, np.asarray(image_rows, dtype=np.int64)
 
 
-def read_pairs(ds, *, image_column: str = "image", caption_column: str = "caption",
-               on_bad_image: str = "skip", require_images: bool = True) -> PairTable:
+def read_pairs(
+    ds,
+    *,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    on_bad_image: str = "skip",
+    require_images: bool = True,
+) -> PairTable:
     """Check ``ds`` and build its :class:`PairTable`.
 
     Images are not decoded here: the stored bytes are only compared (one row per pair) to find repeated
@@ -335,8 +346,14 @@ def read_pairs(ds, *, image_column: str = "image", caption_column: str = "captio
     layout = check_columns(ds, image_column, caption_column, require_images=require_images)
     texts, pair_text, pair_rows = _read_captions(ds, caption_column, layout)
     if image_column not in ds.column_names:
-        return PairTable(image_rows=np.arange(len(ds), dtype=np.int64), texts=texts, pair_image=pair_rows.copy(),
-                         pair_text=pair_text, pair_rows=pair_rows, layout=layout)
+        return PairTable(
+            image_rows=np.arange(len(ds), dtype=np.int64),
+            texts=texts,
+            pair_image=pair_rows.copy(),
+            pair_text=pair_text,
+            pair_rows=pair_rows,
+            layout=layout,
+        )
 
     image_of_row, image_rows = _image_index(ds, image_column, layout)
     bad_rows = np.flatnonzero(image_of_row < 0).tolist()
@@ -346,8 +363,13 @@ def read_pairs(ds, *, image_column: str = "image", caption_column: str = "captio
                 f"Column {image_column!r} has {len(bad_rows)} empty (null) image(s), at row(s) "
                 f"{bad_rows[:_MAX_LISTED]}. Remove them (ds.select / ds.filter) or pass on_bad_image='skip'."
             )
-        logger.warning("Skipping %d empty (null) image(s) in column %r, at row(s) %s%s.", len(bad_rows),
-                       image_column, bad_rows[:_MAX_LISTED], " ..." if len(bad_rows) > _MAX_LISTED else "")
+        logger.warning(
+            "Skipping %d empty (null) image(s) in column %r, at row(s) %s%s.",
+            len(bad_rows),
+            image_column,
+            bad_rows[:_MAX_LISTED],
+            " ..." if len(bad_rows) > _MAX_LISTED else "",
+        )
     pair_image = image_of_row[pair_rows]
     keep = pair_image >= 0
     return PairTable(
@@ -401,12 +423,16 @@ def embedding_columns_present(ds, image_embedding_column: str, text_embedding_co
     columns = set(getattr(ds, "column_names", None) or [])
     has = [name in columns for name in (image_embedding_column, text_embedding_column)]
     if any(has) and not all(has):
-        present, missing = ((image_embedding_column, text_embedding_column) if has[0]
-                            else (text_embedding_column, image_embedding_column))
+        present, missing = (
+            (image_embedding_column, text_embedding_column)
+            if has[0]
+            else (text_embedding_column, image_embedding_column)
+        )
         raise KeyError(
             f"The dataset has the embedding column {present!r} but not {missing!r}; both are needed to skip "
             f"encoding. Add it (ds.map(processor.encode, batched=True)), name it with "
-            f"{'text' if has[0] else 'image'}_embedding_column=..., or drop {present!r} to encode from scratch.")
+            f"{'text' if has[0] else 'image'}_embedding_column=..., or drop {present!r} to encode from scratch."
+        )
     return all(has)
 
 
@@ -422,15 +448,19 @@ def _vectors(column, name: str, rows, dim: int | None = None, dim_row: int | Non
 
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
-    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
-            or pa.types.is_fixed_size_list(column.type)) or not (
-            pa.types.is_floating(column.type.value_type) or pa.types.is_integer(column.type.value_type)):
-        raise TypeError(f"Column {name!r} holds {column.type}; expected one list of floats (a vector) per "
-                        f"{'caption' if 'text' in name else 'row'}.")
+    if not (
+        pa.types.is_list(column.type) or pa.types.is_large_list(column.type) or pa.types.is_fixed_size_list(column.type)
+    ) or not (pa.types.is_floating(column.type.value_type) or pa.types.is_integer(column.type.value_type)):
+        raise TypeError(
+            f"Column {name!r} holds {column.type}; expected one list of floats (a vector) per "
+            f"{'caption' if 'text' in name else 'row'}."
+        )
     if column.null_count:
         first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ValueError(f"Column {name!r} is empty (null) at row {int(rows[first])}; every row needs an embedding. "
-                         "Drop that row or encode it.")
+        raise ValueError(
+            f"Column {name!r} is empty (null) at row {int(rows[first])}; every row needs an embedding. "
+            "Drop that row or encode it."
+        )
     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
     if len(lengths) == 0:
         return np.zeros((0, 0), np.float32)
@@ -438,14 +468,17 @@ def _vectors(column, name: str, rows, dim: int | None = None, dim_row: int | Non
         dim, dim_row = int(lengths[0]), int(rows[0])
     empty = np.flatnonzero(lengths == 0)
     if empty.size:
-        raise ValueError(f"Column {name!r} holds an empty vector at row {int(rows[empty[0]])}; every row needs an "
-                         "embedding with at least one value. Drop that row or encode it.")
+        raise ValueError(
+            f"Column {name!r} holds an empty vector at row {int(rows[empty[0]])}; every row needs an "
+            "embedding with at least one value. Drop that row or encode it."
+        )
     odd = np.flatnonzero(lengths != dim)
     if odd.size:
         at = int(odd[0])
         raise ValueError(
             f"Column {name!r} mixes vector sizes: {int(lengths[at])} at row {int(rows[at])} but {dim} at row "
-            f"{dim_row}. Every embedding must have the same dimension; re-encode the column with one model.")
+            f"{dim_row}. Every embedding must have the same dimension; re-encode the column with one model."
+        )
     values = column.flatten() if not pa.types.is_fixed_size_list(column.type) else column.values
     matrix = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(column), dim)
     from .filter import nonfinite_rows
@@ -454,7 +487,8 @@ def _vectors(column, name: str, rows, dim: int | None = None, dim_row: int | Non
     if bad.size:
         raise ValueError(
             f"Column {name!r} holds NaN or inf at row(s) {[int(rows[i]) for i in bad[:_MAX_LISTED]]} "
-            f"({bad.size} in all). Drop or re-encode those rows.")
+            f"({bad.size} in all). Drop or re-encode those rows."
+        )
     return matrix
 
 
@@ -467,20 +501,28 @@ def caption_vector_counts(column, name: str, captions, where) -> np.ndarray:
     import pyarrow.compute as pc
 
     if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)) or not (
-            pa.types.is_list(column.type.value_type) or pa.types.is_large_list(column.type.value_type)
-            or pa.types.is_fixed_size_list(column.type.value_type)):
-        raise TypeError(f"Column {name!r} holds {column.type}; with a list of captions per row it needs a list of "
-                        "vectors per row, one per caption.")
+        pa.types.is_list(column.type.value_type)
+        or pa.types.is_large_list(column.type.value_type)
+        or pa.types.is_fixed_size_list(column.type.value_type)
+    ):
+        raise TypeError(
+            f"Column {name!r} holds {column.type}; with a list of captions per row it needs a list of "
+            "vectors per row, one per caption."
+        )
     if column.null_count:
         row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ValueError(f"Column {name!r} is empty (null) at {where(row)}; every caption needs an embedding. Drop "
-                         "that row or encode it.")
+        raise ValueError(
+            f"Column {name!r} is empty (null) at {where(row)}; every caption needs an embedding. Drop "
+            "that row or encode it."
+        )
     counts = pc.list_value_length(column).to_numpy(zero_copy_only=False)
     wrong = [i for i, row in enumerate(captions) if counts[i] != len(row)]
     if wrong:
         i = wrong[0]
-        raise ValueError(f"Column {name!r} has {counts[i]} vector(s) at {where(i)} but the row has "
-                         f"{len(captions[i])} caption(s); give one embedding per caption.")
+        raise ValueError(
+            f"Column {name!r} has {counts[i]} vector(s) at {where(i)} but the row has "
+            f"{len(captions[i])} caption(s); give one embedding per caption."
+        )
     return counts
 
 
@@ -494,11 +536,12 @@ def _embedding_blocks(ds, columns: list, block_rows: int):
     an Arrow table (zero-copy slices of a memory-mapped dataset)."""
     arrow = ds.select_columns(columns).with_format("arrow")
     for start in range(0, len(ds), block_rows):
-        yield start, arrow[start:start + block_rows]
+        yield start, arrow[start : start + block_rows]
 
 
-def per_caption_vectors(column, name: str, captions: list, rows, layout: str, where, dim: int | None = None,
-                        dim_row: int | None = None) -> np.ndarray:
+def per_caption_vectors(
+    column, name: str, captions: list, rows, layout: str, where, dim: int | None = None, dim_row: int | None = None
+) -> np.ndarray:
     """The checked vectors of caption embedding column ``name``, one per caption, flattened in row order.
 
     In the ``"pair"`` layout each row holds one vector; in the ``"image"`` layout a list of vectors, one per caption
@@ -514,18 +557,36 @@ def per_caption_vectors(column, name: str, captions: list, rows, layout: str, wh
     return _vectors(column.flatten(), name, np.repeat(rows, counts), dim, dim_row)
 
 
-def _caption_vectors(block, start: int, name: str, caption_column: str, layout: str, dim: int | None = None,
-                     dim_row: int | None = None):
+def _caption_vectors(
+    block, start: int, name: str, caption_column: str, layout: str, dim: int | None = None, dim_row: int | None = None
+):
     """``(vectors, captions)``: the checked vectors of column ``name`` of an Arrow ``block`` of dataset rows from
     ``start`` on, one per caption, and the captions, both flattened in caption order."""
     values = block.column(caption_column).to_pylist()
-    vectors = per_caption_vectors(block.column(name), name, values, np.arange(start, start + block.num_rows), layout,
-                                  lambda i: f"row {start + i}", dim, dim_row)
+    vectors = per_caption_vectors(
+        block.column(name),
+        name,
+        values,
+        np.arange(start, start + block.num_rows),
+        layout,
+        lambda i: f"row {start + i}",
+        dim,
+        dim_row,
+    )
     return vectors, ([caption for value in values for caption in value] if layout == "image" else values)
 
 
-def embeddings_from_columns(ds, table: PairTable, image_embedding_column: str, text_embedding_column: str,
-                            caption_column: str, *, stage=None, dtype: str = "float32", load: bool = True):
+def embeddings_from_columns(
+    ds,
+    table: PairTable,
+    image_embedding_column: str,
+    text_embedding_column: str,
+    caption_column: str,
+    *,
+    stage=None,
+    dtype: str = "float32",
+    load: bool = True,
+):
     """The ``(Ni, d)`` image and ``(Nt, d)`` caption embeddings of ``table``, read from ``ds``'s columns.
 
     The image column holds one vector per row; the caption column one vector per caption (a list of
@@ -584,13 +645,15 @@ def embeddings_from_columns(ds, table: PairTable, image_embedding_column: str, t
     image_order = np.argsort(table.image_rows, kind="stable")
     image_rows = table.image_rows[image_order]
     first_row = int(image_rows[0]) if len(image_rows) else 0
-    image_dim = _vectors(arrow[first_row:first_row + 1][image_embedding_column], image_embedding_column,
-                         [first_row]).shape[1]
+    image_dim = _vectors(
+        arrow[first_row : first_row + 1][image_embedding_column], image_embedding_column, [first_row]
+    ).shape[1]
     text_dim = _caption_vectors(arrow[0:1], 0, text_embedding_column, caption_column, table.layout)[0].shape[1]
     if image_dim != text_dim:
         raise ValueError(
             f"Column {image_embedding_column!r} holds {image_dim}-d vectors but {text_embedding_column!r} holds "
-            f"{text_dim}-d ones; image and caption embeddings must come from one model (one space).")
+            f"{text_dim}-d ones; image and caption embeddings must come from one model (one space)."
+        )
     if not load:
         return None, None
 
@@ -602,16 +665,20 @@ def embeddings_from_columns(ds, table: PairTable, image_embedding_column: str, t
             lo, hi = np.searchsorted(image_rows, [start, start + block.num_rows])
             if hi > lo:
                 picked = block.column(image_embedding_column).take(image_rows[lo:hi] - start)
-                image_embeds[image_order[lo:hi]] = _vectors(picked, image_embedding_column, image_rows[lo:hi],
-                                                            image_dim, first_row)
-            vectors, captions = _caption_vectors(block, start, text_embedding_column, caption_column, table.layout,
-                                                 text_dim, 0)
+                image_embeds[image_order[lo:hi]] = _vectors(
+                    picked, image_embedding_column, image_rows[lo:hi], image_dim, first_row
+                )
+            vectors, captions = _caption_vectors(
+                block, start, text_embedding_column, caption_column, table.layout, text_dim, 0
+            )
             found = [(wanted.pop(caption), at) for at, caption in enumerate(captions) if caption in wanted]
             if found:
                 index, at = np.asarray(found, dtype=np.int64).T
                 text_embeds[index] = vectors[at]
         if wanted:
-            raise ValueError(f"{len(wanted)} caption(s) of the table are not in column {caption_column!r}, e.g. "
-                             f"{next(iter(wanted))!r}; build the table from this dataset: read_pairs(ds).")
+            raise ValueError(
+                f"{len(wanted)} caption(s) of the table are not in column {caption_column!r}, e.g. "
+                f"{next(iter(wanted))!r}; build the table from this dataset: read_pairs(ds)."
+            )
 
     return write_embeddings(stage, ((len(image_rows), image_dim), (len(table.texts), text_dim)), fill, dtype=dtype)

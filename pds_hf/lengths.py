@@ -95,7 +95,8 @@ def _as_iterated(unit):
     node = unit._distributed
     if node is not None:
         by_shards = node.strategy == "shards" or (
-            node.strategy == "auto" and ex_iterable.num_shards % node.world_size == 0)
+            node.strategy == "auto" and ex_iterable.num_shards % node.world_size == 0
+        )
         if by_shards:
             ex_iterable = ex_iterable.shard_data_sources(num_shards=node.world_size, index=node.rank, contiguous=False)
         else:
@@ -113,8 +114,12 @@ def _rows(ex_iterable) -> int | None:
     if kind is it.VerticallyConcatenatedMultiSourcesExamplesIterable:
         counts = [_rows(part) for part in ex_iterable.ex_iterables]
         return None if None in counts else sum(counts)
-    if kind in (it.SelectColumnsIterable, it.FormattedExamplesIterable, it.BufferShuffledExamplesIterable,
-                it.InterleavedShardsExamplesIterable):
+    if kind in (
+        it.SelectColumnsIterable,
+        it.FormattedExamplesIterable,
+        it.BufferShuffledExamplesIterable,
+        it.InterleavedShardsExamplesIterable,
+    ):
         # A column selection, a cast or a format, a shuffle buffer, shards read in turn: every row comes out once.
         return _rows(ex_iterable.ex_iterable)
     if kind is it.RebatchedArrowExamplesIterable:
@@ -122,11 +127,18 @@ def _rows(ex_iterable) -> int | None:
     if kind is it.MappedExamplesIterable:
         # One output per input row, unless the function sees batches or (arrow/pandas/polars format) returns tables.
         formatting = ex_iterable.formatting
-        one_to_one = not (ex_iterable.batched or ex_iterable.is_batch_accumulate_arrow_table_function
-                          or (formatting is not None and formatting.is_table))
+        one_to_one = not (
+            ex_iterable.batched
+            or ex_iterable.is_batch_accumulate_arrow_table_function
+            or (formatting is not None and formatting.is_table)
+        )
         return _rows(ex_iterable.ex_iterable) if one_to_one else None
-    if kind not in (it.StepExamplesIterable, it.SkipExamplesIterable, it.TakeExamplesIterable,
-                    it.RepeatExamplesIterable):
+    if kind not in (
+        it.StepExamplesIterable,
+        it.SkipExamplesIterable,
+        it.TakeExamplesIterable,
+        it.RepeatExamplesIterable,
+    ):
         return None
     inner = _rows(ex_iterable.ex_iterable)
     if inner is None:
@@ -161,8 +173,10 @@ def _source_rows(generate_tables, kwargs: dict) -> int | None:
             return None
         # The builder's module `open` is datasets' streaming opener (fsspec, hf://, chained archives) when streaming.
         opener = method.__globals__.get("open", builtins.open)
-        return sum(_parquet_rows(opener, file, row_groups)
-                   for file, row_groups in zip(kwargs["files"], kwargs["row_groups_list"], strict=True))
+        return sum(
+            _parquet_rows(opener, file, row_groups)
+            for file, row_groups in zip(kwargs["files"], kwargs["row_groups_list"], strict=True)
+        )
     if method is Arrow._generate_tables:
         counts = [_arrow_file_rows(file) for file in kwargs["files"]]
         return None if None in counts else sum(counts)

@@ -50,8 +50,11 @@ class RecipeMixin:
             50
             ```
         """
-        loaded = [name for name in LOADABLE_FIELDS
-                  if getattr(self.config, name) is not None and not isinstance(getattr(self.config, name), str)]
+        loaded = [
+            name
+            for name in LOADABLE_FIELDS
+            if getattr(self.config, name) is not None and not isinstance(getattr(self.config, name), str)
+        ]
         return {"pds_hf_version": _package_version(), "config": self.config.result_dict(), "loaded_objects": loaded}
 
     def to_json_string(self) -> str:
@@ -81,8 +84,9 @@ class RecipeMixin:
             values, loaded = recipe, []
         return cls(_recipe_config(values, loaded, overrides, where="the recipe dict"))
 
-    def save_pretrained(self, save_directory, *, push_to_hub: bool = False, repo_id: str | None = None,
-                        **hub_kwargs) -> Path:
+    def save_pretrained(
+        self, save_directory, *, push_to_hub: bool = False, repo_id: str | None = None, **hub_kwargs
+    ) -> Path:
         """Write the recipe to ``save_directory/distill_config.json``, and upload it with ``push_to_hub=True``.
 
         A ``distill_config.json`` already in the folder is replaced only if pds-hf wrote it.
@@ -108,17 +112,26 @@ class RecipeMixin:
         _refuse_foreign_file(path)
         folder.mkdir(parents=True, exist_ok=True)
         # A new temporary file, renamed over the target: a reader never sees half a recipe.
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=folder, prefix=f".{CONFIG_NAME}.", suffix=".tmp",
-                                         delete=False) as tmp:
+        with tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", dir=folder, prefix=f".{CONFIG_NAME}.", suffix=".tmp", delete=False
+        ) as tmp:
             tmp.write(self.to_json_string())
         os.replace(tmp.name, path)
         if push_to_hub:
             _upload(path.read_bytes(), repo_id or folder.resolve().name, **hub_kwargs)
         return path
 
-    def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, private: bool | None = None,
-                    token: str | None = None, revision: str | None = None, create_pr: bool = False,
-                    repo_type: str = "model"):
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        repo_type: str = "model",
+    ):
         """Upload the recipe as ``distill_config.json`` to a Hub repository (created if missing).
 
         Args:
@@ -139,12 +152,27 @@ class RecipeMixin:
             >>> again = pds_hf.DistillProcessor.from_pretrained("me/my-recipe")
             ```
         """
-        return _upload(self.to_json_string().encode("utf-8"), repo_id, commit_message=commit_message,
-                       private=private, token=token, revision=revision, create_pr=create_pr, repo_type=repo_type)
+        return _upload(
+            self.to_json_string().encode("utf-8"),
+            repo_id,
+            commit_message=commit_message,
+            private=private,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
+            repo_type=repo_type,
+        )
 
     @classmethod
-    def from_pretrained(cls, pretrained, *, revision: str | None = None, token: str | None = None,
-                        local_files_only: bool = False, **overrides):
+    def from_pretrained(
+        cls,
+        pretrained,
+        *,
+        revision: str | None = None,
+        token: str | None = None,
+        local_files_only: bool = False,
+        **overrides,
+    ):
         """Build from a saved recipe: a folder or a Hub repository (model or dataset).
 
         ``pretrained`` may hold a ``distill_config.json`` (from :meth:`save_pretrained` or :meth:`push_to_hub`),
@@ -188,17 +216,27 @@ def _recipe_config(values: dict, loaded: list, overrides: dict, *, where: str) -
     known = set(DistillConfig.__dataclass_fields__)
     unknown = sorted(set(values) - known)
     if unknown:
-        logger.warning("Ignoring setting(s) %s from %s: not fields of DistillConfig in this pds-hf version.",
-                       unknown, where)
+        logger.warning(
+            "Ignoring setting(s) %s from %s: not fields of DistillConfig in this pds-hf version.", unknown, where
+        )
     machine = sorted(k for k in values if k in MACHINE_FIELDS and k not in overrides)
     if machine:
-        logger.info("Not taking the machine setting(s) %s from %s; pass them to from_pretrained or from_dict to "
-                    "set them on this machine.", machine, where)
+        logger.info(
+            "Not taking the machine setting(s) %s from %s; pass them to from_pretrained or from_dict to "
+            "set them on this machine.",
+            machine,
+            where,
+        )
     kept = {k: v for k, v in values.items() if k in known and k not in MACHINE_FIELDS}
     for name in loaded:
         if name not in overrides:
-            logger.warning("%s was a loaded object (%r) when %s was saved; using the default. Pass %s=... to use "
-                           "it again.", name, kept.get(name), where, name)
+            logger.warning(
+                "%s was a loaded object (%r) when %s was saved; using the default. Pass %s=... to use it again.",
+                name,
+                kept.get(name),
+                where,
+                name,
+            )
             kept.pop(name, None)
     return DistillConfig(**{**kept, **overrides})
 
@@ -212,13 +250,23 @@ def _refuse_foreign_file(path: Path) -> None:
     except (ValueError, TypeError, OSError):
         ours = False
     if not ours:
-        raise FileExistsError(f"{path} exists and was not written by pds-hf's save_pretrained; save the recipe to "
-                              "another folder, or move that file away.")
+        raise FileExistsError(
+            f"{path} exists and was not written by pds-hf's save_pretrained; save the recipe to "
+            "another folder, or move that file away."
+        )
 
 
-def _upload(data: bytes, repo_id: str, *, commit_message: str | None = None, private: bool | None = None,
-            token: str | None = None, revision: str | None = None, create_pr: bool = False,
-            repo_type: str = "model"):
+def _upload(
+    data: bytes,
+    repo_id: str,
+    *,
+    commit_message: str | None = None,
+    private: bool | None = None,
+    token: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    repo_type: str = "model",
+):
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
@@ -228,9 +276,15 @@ def _upload(data: bytes, repo_id: str, *, commit_message: str | None = None, pri
         api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
     if revision not in (None, "main"):
         api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
-    return api.upload_file(path_or_fileobj=data, path_in_repo=CONFIG_NAME, repo_id=repo_id, repo_type=repo_type,
-                           revision=revision, create_pr=create_pr,
-                           commit_message=commit_message or "Upload pds-hf recipe")
+    return api.upload_file(
+        path_or_fileobj=data,
+        path_in_repo=CONFIG_NAME,
+        repo_id=repo_id,
+        repo_type=repo_type,
+        revision=revision,
+        create_pr=create_pr,
+        commit_message=commit_message or "Upload pds-hf recipe",
+    )
 
 
 def _read_payload(path) -> tuple[dict, list]:
@@ -244,8 +298,10 @@ def _find_recipe(pretrained, *, revision, token, local_files_only) -> tuple[dict
     if folder.is_dir():
         return _find_in_folder(folder)
     if folder.exists():
-        raise FileNotFoundError(f"{pretrained!s} is a file; pass the folder that holds {CONFIG_NAME} (written by "
-                                "save_pretrained) or a published distilled set.")
+        raise FileNotFoundError(
+            f"{pretrained!s} is a file; pass the folder that holds {CONFIG_NAME} (written by "
+            "save_pretrained) or a published distilled set."
+        )
     if not _is_hub_id(str(pretrained)):
         raise FileNotFoundError(f"No folder {pretrained!s}, and it is not a Hub id (namespace/name); check the path.")
     return _find_on_hub(str(pretrained), revision=revision, token=token, local_files_only=local_files_only)
@@ -285,8 +341,14 @@ def _find_on_hub(repo_id: str, *, revision, token, local_files_only) -> tuple[di
     # A recipe file in a model or dataset repository, else the card of a published distilled set.
     for repo_type, filename in (("dataset", CONFIG_NAME), ("model", CONFIG_NAME), ("dataset", "README.md")):
         try:
-            path = hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision, token=token,
-                                   local_files_only=local_files_only)
+            path = hf_hub_download(
+                repo_id,
+                filename,
+                repo_type=repo_type,
+                revision=revision,
+                token=token,
+                local_files_only=local_files_only,
+            )
         except LocalEntryNotFoundError:
             missing_locally = True
             continue
@@ -303,5 +365,6 @@ def _find_on_hub(repo_id: str, *, revision, token, local_files_only) -> tuple[di
         why = "local_files_only=True" if local_files_only else "HF_HUB_OFFLINE is set or the Hub could not be reached"
         raise FileNotFoundError(
             f"The recipe {repo_id} is not in the local Hub cache and could not be downloaded ({why}): load it once "
-            "with the Hub reachable, or pass the folder it was saved to.")
+            "with the Hub reachable, or pass the folder it was saved to."
+        )
     raise FileNotFoundError(f"No pds-hf recipe found for {repo_id}; looked for " + "; ".join(looked) + ".")

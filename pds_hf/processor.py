@@ -23,8 +23,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cache import (STAGE_VERSIONS, StageTimer, default_cache_dir, dtype_key, fingerprint, log_found, open_stage,
-                    stage_key)
+from .cache import (
+    STAGE_VERSIONS,
+    StageTimer,
+    default_cache_dir,
+    dtype_key,
+    fingerprint,
+    log_found,
+    open_stage,
+    stage_key,
+)
 from .caption import nearest, retrieve_captions
 from .config import DistillConfig
 from .distributed import current_ranks
@@ -194,8 +202,10 @@ class DistillProcessor(RecipeMixin):
     def __init__(self, config: DistillConfig | None = None, **overrides):
         config = config or DistillConfig()
         if not isinstance(config, DistillConfig):
-            raise TypeError(f"config must be a pds_hf.DistillConfig, got {type(config).__name__}; pass settings "
-                            "as keyword arguments, e.g. DistillProcessor(num_pairs=100).")
+            raise TypeError(
+                f"config must be a pds_hf.DistillConfig, got {type(config).__name__}; pass settings "
+                "as keyword arguments, e.g. DistillProcessor(num_pairs=100)."
+            )
         self.config = config.replace(**overrides) if overrides else config
         self._encoders: dict = {}
 
@@ -232,8 +242,12 @@ class DistillProcessor(RecipeMixin):
             "clip_revision": config.clip_revision,
             "clip_processor": _model_identity(config.clip_processor),
             "half_precision": config.half_precision,
-            "columns": [config.image_column, config.caption_column, config.image_embedding_column,
-                        config.text_embedding_column],
+            "columns": [
+                config.image_column,
+                config.caption_column,
+                config.image_embedding_column,
+                config.text_embedding_column,
+            ],
             "version": STAGE_VERSIONS["encode"],
         }
 
@@ -280,9 +294,12 @@ class DistillProcessor(RecipeMixin):
         if device not in self._encoders:
             by_id = isinstance(config.clip_model, str)
             self._encoders[device] = load_encoder(
-                config.clip_model, processor=config.clip_processor, revision=config.clip_revision,
+                config.clip_model,
+                processor=config.clip_processor,
+                revision=config.clip_revision,
                 device=device if by_id or config.device else None,
-                dtype=self._dtype(device) if by_id else None)
+                dtype=self._dtype(device) if by_id else None,
+            )
         return self._encoders[device]
 
     def encode(self, batch: dict, rank: int | None = None) -> dict:
@@ -308,34 +325,44 @@ class DistillProcessor(RecipeMixin):
         config = self.config
         for name, option in ((config.image_column, "image_column"), (config.caption_column, "caption_column")):
             if name not in batch:
-                raise KeyError(f"The dataset has no column {name!r} (its columns: {sorted(batch)}); pass "
-                               f"{option}=... to the processor.")
+                raise KeyError(
+                    f"The dataset has no column {name!r} (its columns: {sorted(batch)}); pass "
+                    f"{option}=... to the processor."
+                )
         images = []
         for position, image in enumerate(batch[config.image_column]):
             if image is None or not hasattr(image, "convert"):
                 raise ValueError(
                     f"Column {config.image_column!r}: item {position} of this batch is "
                     f"{type(image).__name__}, not a decoded image. Drop rows without images first "
-                    f"(ds.filter(lambda x: x is not None, input_columns={config.image_column!r})).")
+                    f"(ds.filter(lambda x: x is not None, input_columns={config.image_column!r}))."
+                )
             images.append(image.convert("RGB"))
         captions = batch[config.caption_column]
         nested = bool(captions) and isinstance(captions[0], (list, tuple))
-        rows = caption_lists(captions, "image" if nested else "pair", config.caption_column,
-                             lambda i: f"item {i} of this batch")
+        rows = caption_lists(
+            captions, "image" if nested else "pair", config.caption_column, lambda i: f"item {i} of this batch"
+        )
         flat = [c for row in rows for c in row]
         encoder = self.load_encoder(rank)
         from .encode import check_embeddings
 
-        image_embeds = check_embeddings(encoder.encode_images(images), what="image",
-                                        expected_rows=len(images)) if images else np.zeros((0, 0), np.float32)
+        image_embeds = (
+            check_embeddings(encoder.encode_images(images), what="image", expected_rows=len(images))
+            if images
+            else np.zeros((0, 0), np.float32)
+        )
         distinct = list(dict.fromkeys(flat))
         position = {text: i for i, text in enumerate(distinct)}
-        text_embeds = check_embeddings(encoder.encode_texts(distinct), what="text",
-                                       expected_rows=len(distinct)) if distinct else np.zeros((0, 0), np.float32)
+        text_embeds = (
+            check_embeddings(encoder.encode_texts(distinct), what="text", expected_rows=len(distinct))
+            if distinct
+            else np.zeros((0, 0), np.float32)
+        )
         per_caption = text_embeds[[position[c] for c in flat]] if flat else text_embeds
         if nested:
             bounds = np.cumsum([0] + [len(row) for row in captions])
-            text_column = [per_caption[bounds[i]:bounds[i + 1]] for i in range(len(captions))]
+            text_column = [per_caption[bounds[i] : bounds[i + 1]] for i in range(len(captions))]
         else:
             text_column = per_caption
         return {config.image_embedding_column: image_embeds, config.text_embedding_column: text_column}
@@ -360,8 +387,13 @@ class DistillProcessor(RecipeMixin):
         tag = ENCODER_ID_PREFIX + (_spec_name(config.clip_model, config.clip_revision) or encoder_name(encoder))
         # The tag sits on the innermost Value: datasets keeps a Value's id through map, parquet and the Hub.
         vector = List(Value("float32", id=tag), length=dim)
-        features = Features({**ds.features, config.image_embedding_column: vector,
-                             config.text_embedding_column: vector if layout == "pair" else List(vector)})
+        features = Features(
+            {
+                **ds.features,
+                config.image_embedding_column: vector,
+                config.text_embedding_column: vector if layout == "pair" else List(vector),
+            }
+        )
         map_kwargs.setdefault("batch_size", config.encode_batch_size)
         map_kwargs.setdefault("desc", "Encoding")
         return ds.map(self.encode, batched=True, features=features, **map_kwargs)
@@ -381,8 +413,13 @@ class DistillProcessor(RecipeMixin):
         given = embedding_columns_present(ds, config.image_embedding_column, config.text_embedding_column)
         images = needs_images(config, given)
         check_columns(ds, config.image_column, config.caption_column, require_images=images)
-        table = read_pairs(ds, image_column=config.image_column, caption_column=config.caption_column,
-                           on_bad_image=config.on_bad_image, require_images=images)
+        table = read_pairs(
+            ds,
+            image_column=config.image_column,
+            caption_column=config.caption_column,
+            on_bad_image=config.on_bad_image,
+            require_images=images,
+        )
         self._check_sizes(table)
         if given:
             self._check_recorded_encoder(ds)
@@ -392,20 +429,23 @@ class DistillProcessor(RecipeMixin):
         config = self.config
         if config.method != "pds":
             if config.num_pairs > table.num_pairs:
-                raise ValueError(f"num_pairs={config.num_pairs} but the dataset has {table.num_pairs} usable pairs; "
-                                 "lower num_pairs.")
+                raise ValueError(
+                    f"num_pairs={config.num_pairs} but the dataset has {table.num_pairs} usable pairs; lower num_pairs."
+                )
             return
         left = table.num_pairs - int(np.floor(config.rm_ratio * table.num_pairs))
         if config.num_pairs > left:
             raise ValueError(
                 f"num_pairs={config.num_pairs} but the dataset has {table.num_pairs} usable pairs, {left} after "
-                f"removing rm_ratio={config.rm_ratio} of them; lower num_pairs or rm_ratio.")
+                f"removing rm_ratio={config.rm_ratio} of them; lower num_pairs or rm_ratio."
+            )
         # Each modality is cut into num_pairs k-means clusters: it needs at least that many distinct items.
         for what, count in (("images", len(table.image_rows)), ("captions", len(table.texts))):
             if config.num_pairs > count:
                 raise ValueError(
                     f"num_pairs={config.num_pairs} but the dataset has only {count} distinct {what}, and PDS "
-                    f"clusters each modality into num_pairs clusters; lower num_pairs to at most {count}.")
+                    f"clusters each modality into num_pairs clusters; lower num_pairs to at most {count}."
+                )
 
     def _check_recorded_encoder(self, ds) -> None:
         config = self.config
@@ -418,7 +458,12 @@ class DistillProcessor(RecipeMixin):
                         "Column %r was encoded with %r but this processor is configured with clip_model=%r. The "
                         "given embeddings are used as they are (no encoding); captions and prototypes live in "
                         "%r's space. Pass clip_model=%r to silence this, or drop the column to re-encode.",
-                        column, theirs, mine, theirs, theirs)
+                        column,
+                        theirs,
+                        mine,
+                        theirs,
+                        theirs,
+                    )
                 return
 
     # ------------------------------------------------------------------------------------------------------
@@ -436,32 +481,69 @@ class DistillProcessor(RecipeMixin):
             from .inputs import embeddings_from_columns
 
             # embedding_dtype is not in the key: the stage holds one store per dtype (see pds_hf.store).
-            key = stage_key("embeddings", ds._fingerprint, config.image_column, config.caption_column,
-                            config.image_embedding_column, config.text_embedding_column, config.on_bad_image)
+            key = stage_key(
+                "embeddings",
+                ds._fingerprint,
+                config.image_column,
+                config.caption_column,
+                config.image_embedding_column,
+                config.text_embedding_column,
+                config.on_bad_image,
+            )
             stage = open_stage(self._cache_dir(), "embeddings", key, ranks=ranks)
             with stages("read embeddings"):
                 # Only the main process clusters: the others never read the columns.
                 image_embeds, text_embeds = embeddings_from_columns(
-                    ds, table, config.image_embedding_column, config.text_embedding_column, config.caption_column,
-                    stage=stage, dtype=config.embedding_dtype, load=ranks.is_main)
-            name = (recorded_encoder(ds.features[config.image_embedding_column])
-                    or f"given column {config.image_embedding_column!r}")
+                    ds,
+                    table,
+                    config.image_embedding_column,
+                    config.text_embedding_column,
+                    config.caption_column,
+                    stage=stage,
+                    dtype=config.embedding_dtype,
+                    load=ranks.is_main,
+                )
+            name = (
+                recorded_encoder(ds.features[config.image_embedding_column])
+                or f"given column {config.image_embedding_column!r}"
+            )
             return table, image_embeds, text_embeds, key, name
         with stages("load encoder"):
             encoder = self.load_encoder()
         # embedding_dtype is not in the key: the shards are float32 whatever it is, and the stage holds one merged
         # store per dtype (see pds_hf.store), so a float16 rerun of an encoded source encodes nothing.
-        key = stage_key("encode", model_fingerprint(encoder), ds._fingerprint, config.image_column,
-                        config.caption_column, config.on_bad_image, config.shard_size)
-        stage = open_stage(self._cache_dir(), "encode", key, ranks=ranks,
-                           needs=" and an encoder known by id (or with a `fingerprint` attribute)")
+        key = stage_key(
+            "encode",
+            model_fingerprint(encoder),
+            ds._fingerprint,
+            config.image_column,
+            config.caption_column,
+            config.on_bad_image,
+            config.shard_size,
+        )
+        stage = open_stage(
+            self._cache_dir(),
+            "encode",
+            key,
+            ranks=ranks,
+            needs=" and an encoder known by id (or with a `fingerprint` attribute)",
+        )
         with stages("encode"):
             table, image_embeds, text_embeds = encode_table(
-                encoder, ds, table, image_column=config.image_column, batch_size=config.encode_batch_size,
-                on_bad_image=config.on_bad_image, shard_size=config.shard_size, stage=stage, ranks=ranks,
-                workers=config.encode_workers, dtype=config.embedding_dtype,
+                encoder,
+                ds,
+                table,
+                image_column=config.image_column,
+                batch_size=config.encode_batch_size,
+                on_bad_image=config.on_bad_image,
+                shard_size=config.shard_size,
+                stage=stage,
+                ranks=ranks,
+                workers=config.encode_workers,
+                dtype=config.embedding_dtype,
                 # Only the main process clusters: the others never load the embeddings.
-                load=ranks.is_main)
+                load=ranks.is_main,
+            )
         return table, image_embeds, text_embeds, key, encoder_name(encoder)
 
     def __call__(self, ds):
@@ -495,15 +577,34 @@ class DistillProcessor(RecipeMixin):
             images = self.synthesize(selection, ds, ranks=ranks, stages=stages)
         extra = {}
         if given:
-            extra["embeddings"] = {"given": True, "image_column": self.config.image_embedding_column,
-                                   "text_column": self.config.text_embedding_column}
-        return self.to_dataset(selection, images, source=_source_info(ds, selection.table), encoder=encoder,
-                               encoder_revision=None if given else getattr(self.load_encoder(), "revision",
-                                                                           self.config.clip_revision),
-                               stages=stages, ranks=ranks, **extra)
+            extra["embeddings"] = {
+                "given": True,
+                "image_column": self.config.image_embedding_column,
+                "text_column": self.config.text_embedding_column,
+            }
+        return self.to_dataset(
+            selection,
+            images,
+            source=_source_info(ds, selection.table),
+            encoder=encoder,
+            encoder_revision=None if given else getattr(self.load_encoder(), "revision", self.config.clip_revision),
+            stages=stages,
+            ranks=ranks,
+            **extra,
+        )
 
-    def to_dataset(self, selection: Selection, images: list, *, source: dict, encoder: str, encoder_revision=None,
-                   stages=None, ranks=None, **record_extra):
+    def to_dataset(
+        self,
+        selection: Selection,
+        images: list,
+        *,
+        source: dict,
+        encoder: str,
+        encoder_revision=None,
+        stages=None,
+        ranks=None,
+        **record_extra,
+    ):
         """The distilled ``Dataset``: one row per selected pair, with the run record in its info.
 
         Args:
@@ -524,8 +625,11 @@ class DistillProcessor(RecipeMixin):
             "models": {
                 "encoder": encoder,
                 "encoder_revision": encoder_revision,
-                "unclip": (config.to_dict()["unclip_model"] if config.synthesis == "unclip" and config.method == "pds"
-                           else None),
+                "unclip": (
+                    config.to_dict()["unclip_model"]
+                    if config.synthesis == "unclip" and config.method == "pds"
+                    else None
+                ),
                 "unclip_revision": config.unclip_revision,
             },
             "kept_pairs": int(selection.kept) if config.method == "pds" else None,
@@ -576,7 +680,8 @@ class DistillProcessor(RecipeMixin):
         if not embedding_columns_present(encoded, config.image_embedding_column, config.text_embedding_column):
             raise KeyError(
                 f"select needs the embedding columns {config.image_embedding_column!r} and "
-                f"{config.text_embedding_column!r}; add them first: encoded = ds.map(processor.encode, batched=True).")
+                f"{config.text_embedding_column!r}; add them first: encoded = ds.map(processor.encode, batched=True)."
+            )
         table, _ = self.check_inputs(encoded)
         ranks = current_ranks(self.config.barrier_timeout)
         table, image_embeds, text_embeds, key, _ = self._encoded(encoded, table, True, StageTimer(), ranks)
@@ -584,53 +689,103 @@ class DistillProcessor(RecipeMixin):
 
     def _select(self, table, image_embeds, text_embeds, parent_key, ranks) -> Selection:
         config = self.config
-        key = stage_key("select", parent_key, config.method, config.num_pairs, config.rm_ratio, config.seed,
-                        config.empty, config.kmeans_iterations, config.kmeans_restarts, config.kmeans_init,
-                        "unit-norm" if config.normalize else "raw", *dtype_key(config.embedding_dtype),
-                        # the selection holds the chosen real images, whose rule only "retrieve-scored" changes
-                        *(["retrieve-scored"] if config.synthesis == "retrieve-scored" else []))
+        key = stage_key(
+            "select",
+            parent_key,
+            config.method,
+            config.num_pairs,
+            config.rm_ratio,
+            config.seed,
+            config.empty,
+            config.kmeans_iterations,
+            config.kmeans_restarts,
+            config.kmeans_init,
+            "unit-norm" if config.normalize else "raw",
+            *dtype_key(config.embedding_dtype),
+            # the selection holds the chosen real images, whose rule only "retrieve-scored" changes
+            *(["retrieve-scored"] if config.synthesis == "retrieve-scored" else []),
+        )
         stage = open_stage(self._cache_dir(), "select", key)
         if not stage.done("selection") and ranks.is_main:
             stage.save_arrays("selection", **self._choose(table, image_embeds, text_embeds))
         ranks.barrier()
         chosen = stage.load_arrays("selection")
         return Selection(
-            image_embeds=chosen["image_embeds"], text_embeds=chosen["text_embeds"],
-            captions=[table.texts[i] for i in chosen["caption_index"]], caption_index=chosen["caption_index"],
-            support=chosen["support"], image_cluster=chosen["image_cluster"], text_cluster=chosen["text_cluster"],
-            pairs=chosen["pairs"], kept=int(chosen["kept"]), num_empty=int(chosen["num_empty"]),
-            image_index=chosen["image_index"], key=key, table=table)
+            image_embeds=chosen["image_embeds"],
+            text_embeds=chosen["text_embeds"],
+            captions=[table.texts[i] for i in chosen["caption_index"]],
+            caption_index=chosen["caption_index"],
+            support=chosen["support"],
+            image_cluster=chosen["image_cluster"],
+            text_cluster=chosen["text_cluster"],
+            pairs=chosen["pairs"],
+            kept=int(chosen["kept"]),
+            num_empty=int(chosen["num_empty"]),
+            image_index=chosen["image_index"],
+            key=key,
+            table=table,
+        )
 
     def _choose(self, table, image_embeds, text_embeds) -> dict:
         """Steps 2-6 (or a baseline's choice of real pairs) as plain arrays, ready to cache."""
         config = self.config
         if config.method == "pds":
             protos = prototypes_from_embeddings(
-                image_embeds, text_embeds, config.num_pairs, rm_ratio=config.rm_ratio, seed=config.seed,
-                empty=config.empty, image_index=table.pair_image, text_index=table.pair_text,
-                kmeans_iterations=config.kmeans_iterations, kmeans_restarts=config.kmeans_restarts,
-                kmeans_init=config.kmeans_init, normalize=config.normalize)
+                image_embeds,
+                text_embeds,
+                config.num_pairs,
+                rm_ratio=config.rm_ratio,
+                seed=config.seed,
+                empty=config.empty,
+                image_index=table.pair_image,
+                text_index=table.pair_text,
+                kmeans_iterations=config.kmeans_iterations,
+                kmeans_restarts=config.kmeans_restarts,
+                kmeans_init=config.kmeans_init,
+                normalize=config.normalize,
+            )
             _, caption_index = retrieve_captions(protos.text_embeds, text_embeds, table.texts)
             # The real images are chosen here, where the embeddings are, so that step 7 needs none of them.
             if config.synthesis == "retrieve-scored":
                 image_index = retrieve_scored_images(image_embeds, protos.image_embeds, protos.text_embeds)
             else:
                 image_index = nearest(protos.image_embeds, image_embeds)
-            return dict(image_embeds=protos.image_embeds, text_embeds=protos.text_embeds,
-                        image_index=np.asarray(image_index, dtype=np.int64),
-                        support=np.asarray(protos.support, dtype=np.int64), image_cluster=protos.image_cluster,
-                        text_cluster=protos.text_cluster, caption_index=caption_index,
-                        pairs=np.zeros(0, np.int64), kept=np.int64(protos.kept.sum()),
-                        num_empty=np.int64(protos.num_empty))
+            return dict(
+                image_embeds=protos.image_embeds,
+                text_embeds=protos.text_embeds,
+                image_index=np.asarray(image_index, dtype=np.int64),
+                support=np.asarray(protos.support, dtype=np.int64),
+                image_cluster=protos.image_cluster,
+                text_cluster=protos.text_cluster,
+                caption_index=caption_index,
+                pairs=np.zeros(0, np.int64),
+                kept=np.int64(protos.kept.sum()),
+                num_empty=np.int64(protos.num_empty),
+            )
         from .baselines import select_pairs
 
-        chosen = np.asarray(select_pairs(config.method, image_embeds[table.pair_image], text_embeds[table.pair_text],
-                                         config.num_pairs, seed=config.seed), dtype=np.int64)
-        return dict(image_embeds=image_embeds[table.pair_image[chosen]], image_index=table.pair_image[chosen],
-                    text_embeds=text_embeds[table.pair_text[chosen]],
-                    support=np.ones(len(chosen), np.int64), image_cluster=np.full(len(chosen), -1, np.int64),
-                    text_cluster=np.full(len(chosen), -1, np.int64), caption_index=table.pair_text[chosen],
-                    pairs=chosen, kept=np.int64(-1), num_empty=np.int64(-1))
+        chosen = np.asarray(
+            select_pairs(
+                config.method,
+                image_embeds[table.pair_image],
+                text_embeds[table.pair_text],
+                config.num_pairs,
+                seed=config.seed,
+            ),
+            dtype=np.int64,
+        )
+        return dict(
+            image_embeds=image_embeds[table.pair_image[chosen]],
+            image_index=table.pair_image[chosen],
+            text_embeds=text_embeds[table.pair_text[chosen]],
+            support=np.ones(len(chosen), np.int64),
+            image_cluster=np.full(len(chosen), -1, np.int64),
+            text_cluster=np.full(len(chosen), -1, np.int64),
+            caption_index=table.pair_text[chosen],
+            pairs=chosen,
+            kept=np.int64(-1),
+            num_empty=np.int64(-1),
+        )
 
     # ------------------------------------------------------------------------------------------------------
     # Step 7
@@ -655,8 +810,10 @@ class DistillProcessor(RecipeMixin):
         if config.synthesis == "none":
             return [None] * num
         if (config.method != "pds" or config.synthesis in REAL_IMAGE_METHODS) and ds is None:
-            raise ValueError(f"synthesis={config.synthesis!r} with method={config.method!r} takes images from the "
-                             "source: pass it, processor.synthesize(selection, ds).")
+            raise ValueError(
+                f"synthesis={config.synthesis!r} with method={config.method!r} takes images from the "
+                "source: pass it, processor.synthesize(selection, ds)."
+            )
         if config.method != "pds" or config.synthesis in REAL_IMAGE_METHODS:
             # A baseline's pairs are real: their images are the data's own; "retrieve" takes the nearest real ones.
             rows = selection.table.image_rows[selection.image_index]
@@ -667,11 +824,24 @@ class DistillProcessor(RecipeMixin):
         """The synthesize stage's key: the selection's, the decoder's identity and the settings of its images."""
         config = self.config
         by_id = isinstance(config.unclip_model, str)
-        unclip_id = unclip_fingerprint(config.unclip_model, revision=config.unclip_revision,
-                                       dtype=self._dtype(self._device()) if by_id else None)
-        return None if unclip_id is None else stage_key(
-            "synthesize", selection.key, unclip_id, config.num_inference_steps, config.guidance_scale,
-            config.noise_level, config.negative_prompt, config.image_size, config.seed)
+        unclip_id = unclip_fingerprint(
+            config.unclip_model, revision=config.unclip_revision, dtype=self._dtype(self._device()) if by_id else None
+        )
+        return (
+            None
+            if unclip_id is None
+            else stage_key(
+                "synthesize",
+                selection.key,
+                unclip_id,
+                config.num_inference_steps,
+                config.guidance_scale,
+                config.noise_level,
+                config.negative_prompt,
+                config.image_size,
+                config.seed,
+            )
+        )
 
     def output_fingerprint(self, selection: Selection) -> str | None:
         """The fingerprint of the distilled dataset made from ``selection``, or None when it cannot be known.
@@ -698,8 +868,13 @@ class DistillProcessor(RecipeMixin):
         dtype = self._dtype(device)
         by_id = isinstance(config.unclip_model, str)
         key = self._unclip_key(selection)
-        stage = open_stage(self._cache_dir(), "synthesize", key, ranks=ranks,
-                           needs=" and an unCLIP model known by id (or with a `fingerprint` attribute)")
+        stage = open_stage(
+            self._cache_dir(),
+            "synthesize",
+            key,
+            ranks=ranks,
+            needs=" and an unCLIP model known by id (or with a `fingerprint` attribute)",
+        )
         name = "image-{:06d}".format
         captions = selection.captions
         owned = [m for m in range(len(captions)) if ranks.owns(m)]
@@ -707,19 +882,32 @@ class DistillProcessor(RecipeMixin):
         log_found(stage, len(owned) - len(mine), len(owned), "synthesized images")
         if mine:
             with (stages or StageTimer())("load unCLIP"):
-                pipe = load_unclip(config.unclip_model, revision=config.unclip_revision,
-                                   device=device if by_id or config.device else None, dtype=dtype if by_id else None)
+                pipe = load_unclip(
+                    config.unclip_model,
+                    revision=config.unclip_revision,
+                    device=device if by_id or config.device else None,
+                    dtype=dtype if by_id else None,
+                )
 
             def save(indices, images):
                 for m, image in zip(indices, images):
                     stage.save_image(name(m), image)
 
             synthesize_unclip(
-                pipe, selection.image_embeds[mine], [captions[m] for m in mine],
-                negative_prompt=config.negative_prompt, num_inference_steps=config.num_inference_steps,
-                guidance_scale=config.guidance_scale, noise_level=config.noise_level, seed=config.seed,
-                batch_size=config.synthesis_batch_size, image_size=config.image_size, indices=mine, on_batch=save,
-                show_progress=ranks.is_main)
+                pipe,
+                selection.image_embeds[mine],
+                [captions[m] for m in mine],
+                negative_prompt=config.negative_prompt,
+                num_inference_steps=config.num_inference_steps,
+                guidance_scale=config.guidance_scale,
+                noise_level=config.noise_level,
+                seed=config.seed,
+                batch_size=config.synthesis_batch_size,
+                image_size=config.image_size,
+                indices=mine,
+                on_batch=save,
+                show_progress=ranks.is_main,
+            )
         ranks.barrier()
         return [stage.load_image(name(m)) for m in range(len(captions))]
 

@@ -69,8 +69,15 @@ class LogProgress:
         every: seconds between lines (default :data:`LOG_EVERY_SECONDS`).
     """
 
-    def __init__(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str, unit: str = "item",
-                 every: float | None = None):
+    def __init__(
+        self,
+        iterable: Iterable | None = None,
+        *,
+        total: int | None = None,
+        desc: str,
+        unit: str = "item",
+        every: float | None = None,
+    ):
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
         self.every = LOG_EVERY_SECONDS if every is None else every
         self.n = 0
@@ -113,8 +120,14 @@ class LogProgress:
         self._logged_n = self.n
 
 
-def progress(iterable_or_total: Iterable | int | None = None, *, desc: str, unit: str = "item",
-             disable: bool = False, every: float | None = None):
+def progress(
+    iterable_or_total: Iterable | int | None = None,
+    *,
+    desc: str,
+    unit: str = "item",
+    disable: bool = False,
+    every: float | None = None,
+):
     """A progress display for a long loop: a tqdm bar on a terminal, else a log line every ``every`` seconds.
 
     Args:
@@ -169,11 +182,19 @@ def _library_switches() -> list[tuple[str, Callable[[bool], None]]]:
 
     switches = []
     if datasets_config.HF_DATASETS_DISABLE_PROGRESS_BARS is None and not datasets_utils.are_progress_bars_disabled():
-        switches.append(("datasets", lambda on: datasets_utils.enable_progress_bars() if on
-                         else datasets_utils.disable_progress_bars()))
+        switches.append(
+            (
+                "datasets",
+                lambda on: datasets_utils.enable_progress_bars() if on else datasets_utils.disable_progress_bars(),
+            )
+        )
     if hub_constants.HF_HUB_DISABLE_PROGRESS_BARS is None and not hub_utils.are_progress_bars_disabled():
-        switches.append(("huggingface_hub", lambda on: hub_utils.enable_progress_bars() if on
-                         else hub_utils.disable_progress_bars()))
+        switches.append(
+            (
+                "huggingface_hub",
+                lambda on: hub_utils.enable_progress_bars() if on else hub_utils.disable_progress_bars(),
+            )
+        )
     hub_off = hub_utils.are_progress_bars_disabled()
 
     def switch(library, on: bool) -> None:

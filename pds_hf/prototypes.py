@@ -75,7 +75,7 @@ def _distinct_rows(embeds, rows, at_most: int, *, chunk: int = 65536) -> int:
     (the scan stops there, so on ordinary data it reads one block)."""
     seen: set[bytes] = set()
     for start in range(0, len(rows), chunk):
-        block = np.ascontiguousarray(embeds[rows[start:start + chunk]])
+        block = np.ascontiguousarray(embeds[rows[start : start + chunk]])
         keys = np.unique(block.view(np.dtype((np.void, block.dtype.itemsize * block.shape[1]))).ravel())
         if not seen and len(keys) >= at_most:
             return len(keys)
@@ -85,8 +85,23 @@ def _distinct_rows(embeds, rows, at_most: int, *, chunk: int = 65536) -> int:
     return len(seen)
 
 
-def _cluster_side(embeds, pair_index, kept, weights, k, *, what, seed, iterations, restarts, init, gpu,
-                  max_points_per_centroid, normalize, chunk):
+def _cluster_side(
+    embeds,
+    pair_index,
+    kept,
+    weights,
+    k,
+    *,
+    what,
+    seed,
+    iterations,
+    restarts,
+    init,
+    gpu,
+    max_points_per_centroid,
+    normalize,
+    chunk,
+):
     """Cluster the distinct rows of ``embeds`` used by kept pairs; return per-pair labels and the fit."""
     counts = np.bincount(pair_index[kept], weights=weights[kept], minlength=len(embeds))
     used = np.flatnonzero(counts > 0)
@@ -105,15 +120,30 @@ def _cluster_side(embeds, pair_index, kept, weights, k, *, what, seed, iteration
             f"at most {distinct}, or remove the duplicate {what}s."
         )
     # k-means reads the used rows in place (``rows``) rather than from a copy of them.
-    fit = kmeans(embeds, k, weights=counts[used], seed=seed, iterations=iterations, restarts=restarts,
-                 init=init, gpu=gpu, max_points_per_centroid=max_points_per_centroid,
-                 rows=None if len(used) == len(embeds) else used, normalize=normalize, chunk=chunk)
+    fit = kmeans(
+        embeds,
+        k,
+        weights=counts[used],
+        seed=seed,
+        iterations=iterations,
+        restarts=restarts,
+        init=init,
+        gpu=gpu,
+        max_points_per_centroid=max_points_per_centroid,
+        rows=None if len(used) == len(embeds) else used,
+        normalize=normalize,
+        chunk=chunk,
+    )
     filled = np.bincount(fit.labels, minlength=k) > 0
     if not filled.all():
         raise ValueError(
             f"k-means could form only {int(filled.sum())} of num_pairs={k} {what} clusters: the {what} "
-            f"embeddings hold fewer than {k} different " + ("directions (rows that are multiples of each "
-            "other are one point once scaled to unit length)" if normalize else "points")
+            f"embeddings hold fewer than {k} different "
+            + (
+                "directions (rows that are multiples of each other are one point once scaled to unit length)"
+                if normalize
+                else "points"
+            )
             + f". Lower num_pairs to at most {int(filled.sum())}."
         )
     label_of_row = np.full(len(embeds), -1, dtype=np.int64)
@@ -133,7 +163,7 @@ def _group_means(embeds, pair_index, group, weights, num_groups, *, chunk: int =
     totals = np.bincount(group[member], weights=weights[member], minlength=num_groups).astype(np.float64)
     sums = np.zeros((num_groups, embeds.shape[1]), dtype=np.float64)
     for start in range(0, len(member), chunk):
-        block = member[start:start + chunk]
+        block = member[start : start + chunk]
         rows, inverse = np.unique(pair_index[block], return_inverse=True)
         matrix = csr_matrix((weights[block], (group[block], inverse)), shape=(num_groups, len(rows)))
         sums += matrix @ embeds[rows].astype(np.float64)
@@ -215,8 +245,9 @@ def prototypes_from_embeddings(
             raise ValueError(f"{name} must be 2-D (rows, dim), got shape {array.shape}.")
         bad = nonfinite_rows(array, chunk=chunk)
         if bad.size:
-            raise ValueError(f"{name} has NaN or inf in {bad.size} row(s), first {bad[:5].tolist()}; "
-                             "fix or drop those rows.")
+            raise ValueError(
+                f"{name} has NaN or inf in {bad.size} row(s), first {bad[:5].tolist()}; fix or drop those rows."
+            )
     if image_embeds.shape[1] != text_embeds.shape[1]:
         raise ValueError(f"image_embeds has {image_embeds.shape[1]} dimensions, text_embeds {text_embeds.shape[1]}.")
     n = len(image_index) if image_index is not None else len(image_embeds)
@@ -234,8 +265,10 @@ def prototypes_from_embeddings(
     # Whole numbers, so that ``support`` counts pairs exactly (int64, nothing rounded).
     bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0) | (weights != np.floor(weights)))
     if bad.size:
-        raise ValueError(f"weights must be non-negative whole numbers (how many times each pair counts); "
-                         f"{bad.size} are not, first at pair(s) {bad[:5].tolist()}.")
+        raise ValueError(
+            f"weights must be non-negative whole numbers (how many times each pair counts); "
+            f"{bad.size} are not, first at pair(s) {bad[:5].tolist()}."
+        )
 
     similarity = pair_similarity(image_embeds, text_embeds, image_index, text_index, chunk=chunk)
     kept = filter_pairs(similarity, rm_ratio, weights) & (weights > 0)
@@ -245,9 +278,19 @@ def prototypes_from_embeddings(
             f"{n} pairs with rm_ratio={rm_ratio}; lower num_pairs or rm_ratio."
         )
     k = int(num_pairs)
-    side = dict(kept=kept, weights=weights, k=k, seed=seed, iterations=kmeans_iterations,
-                restarts=kmeans_restarts, init=kmeans_init, gpu=gpu,
-                max_points_per_centroid=kmeans_max_points_per_centroid, normalize=normalize, chunk=chunk)
+    side = dict(
+        kept=kept,
+        weights=weights,
+        k=k,
+        seed=seed,
+        iterations=kmeans_iterations,
+        restarts=kmeans_restarts,
+        init=kmeans_init,
+        gpu=gpu,
+        max_points_per_centroid=kmeans_max_points_per_centroid,
+        normalize=normalize,
+        chunk=chunk,
+    )
     image_labels, image_fit = _cluster_side(image_embeds, image_index, what="image", **side)
     text_labels, text_fit = _cluster_side(text_embeds, text_index, what="caption", **side)
 
@@ -281,8 +324,12 @@ def prototypes_from_embeddings(
         if empty == "centroid":
             logger.info("%d of %d matched clusters share no pair; used their k-means centres.", num_empty, k)
         else:
-            logger.warning("%d of %d matched clusters share no pair and were dropped; %d prototypes remain.",
-                           num_empty, k, k - num_empty)
+            logger.warning(
+                "%d of %d matched clusters share no pair and were dropped; %d prototypes remain.",
+                num_empty,
+                k,
+                k - num_empty,
+            )
     keep = ~is_empty if empty == "drop" else np.ones(k, dtype=bool)
     image_protos, text_protos = image_protos[keep].astype(np.float32), text_protos[keep].astype(np.float32)
     proto_similarity = np.einsum("ij,ij->i", unit_rows(image_protos), unit_rows(text_protos))

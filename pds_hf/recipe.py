@@ -74,35 +74,52 @@ class Recipe:
         if not self.sources:
             raise ValueError("Recipe needs sources={'<Hub id>': '<which rows are distilled, in words>'}.")
         if self.to_pairs is not None and (self.source_filter or self.source_columns):
-            raise ValueError("Recipe: to_pairs= makes the pairs from the source, so choose the rows and columns there; "
-                             "source_filter= and source_columns= apply only without to_pairs=.")
+            raise ValueError(
+                "Recipe: to_pairs= makes the pairs from the source, so choose the rows and columns there; "
+                "source_filter= and source_columns= apply only without to_pairs=."
+            )
 
     def parser(self) -> argparse.ArgumentParser:
         """The recipe's command line: where to publish, the sizes and settings, and ``--dry-run``."""
-        parser = argparse.ArgumentParser(description=self.description,
-                                         epilog=f"Each size M is published as ORG/{self.name}-pds-M.")
+        parser = argparse.ArgumentParser(
+            description=self.description, epilog=f"Each size M is published as ORG/{self.name}-pds-M."
+        )
         parser.add_argument("--org", required=True, help="Hub namespace (user or organisation) to publish under.")
         if len(self.sources) > 1:
-            parser.add_argument("--source", choices=tuple(self.sources), default=next(iter(self.sources)),
-                                help=self.source_help)
+            parser.add_argument(
+                "--source", choices=tuple(self.sources), default=next(iter(self.sources)), help=self.source_help
+            )
         else:
             parser.set_defaults(source=next(iter(self.sources)))
-        parser.add_argument("--sizes", type=int, nargs="+",
-                            help=f"Distilled sizes M (default {' '.join(map(str, self.sizes))}; "
-                                 f"{' '.join(map(str, self.dry_run_sizes))} with --dry-run).")
-        parser.add_argument("--synthesis", choices=["unclip", "retrieve", "retrieve-scored", "none"], default="unclip",
-                            help="Step 7: Stable unCLIP (paper), the nearest real image, or no image.")
+        parser.add_argument(
+            "--sizes",
+            type=int,
+            nargs="+",
+            help=f"Distilled sizes M (default {' '.join(map(str, self.sizes))}; "
+            f"{' '.join(map(str, self.dry_run_sizes))} with --dry-run).",
+        )
+        parser.add_argument(
+            "--synthesis",
+            choices=["unclip", "retrieve", "retrieve-scored", "none"],
+            default="unclip",
+            help="Step 7: Stable unCLIP (paper), the nearest real image, or no image.",
+        )
         parser.add_argument("--license", help=self.license_help)
         parser.add_argument("--private", action="store_true", help="Create the repositories private.")
         parser.add_argument("--token", help="Hub token (default: HF_TOKEN or `hf auth login`).")
-        parser.add_argument("--output-dir", help="Write folders here instead of pushing (default ./pds-dry-run with "
-                                                 "--dry-run).")
+        parser.add_argument(
+            "--output-dir", help="Write folders here instead of pushing (default ./pds-dry-run with --dry-run)."
+        )
         parser.add_argument("--overwrite", action="store_true", help="Replace existing folders in --output-dir.")
-        parser.add_argument("--cache-dir", help="Where the distilled sets are built (default: datasets' cache; "
-                                                "OUTPUT_DIR/.cache with --dry-run).")
-        parser.add_argument("--dry-run", action="store_true",
-                            help="Offline: a synthetic slice shaped like the source and tiny random models; "
-                                 "folders only.")
+        parser.add_argument(
+            "--cache-dir",
+            help="Where the distilled sets are built (default: datasets' cache; OUTPUT_DIR/.cache with --dry-run).",
+        )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="Offline: a synthetic slice shaped like the source and tiny random models; folders only.",
+        )
         parser.add_argument("--source-revision", default=self.source_revision, help="Revision of the source to read.")
         parser.add_argument("--steps", type=int, help="unCLIP denoising steps (default 100; 2 with --dry-run).")
         parser.add_argument("--seed", type=int, default=42)
@@ -147,24 +164,39 @@ class Recipe:
                     check_output_folder(output_dir / repo_id.split("/")[1], overwrite=args.overwrite)
             if output_dir is None:
                 for repo_id in repo_ids:  # a bad token, namespace or license fails now, not after hours of work
-                    prepare_push(repo_id, token=args.token, license=args.license, source=args.source,
-                                 source_revision=args.source_revision)
+                    prepare_push(
+                        repo_id,
+                        token=args.token,
+                        license=args.license,
+                        source=args.source,
+                        source_revision=args.source_revision,
+                    )
             cache_dir = args.cache_dir or (str(output_dir / ".cache") if args.dry_run else None)
             where, revision, settings = self._source_and_settings(args, output_dir)
             source = self._builder_source(where, revision, args.source, cache_dir)
             for size, repo_id in zip(sizes, repo_ids):
-                build = DistillBuilder(cache_dir=cache_dir, source_split=self.source_split,
-                                       distill={**settings, "num_pairs": size}, **source)
+                build = DistillBuilder(
+                    cache_dir=cache_dir,
+                    source_split=self.source_split,
+                    distill={**settings, "num_pairs": size},
+                    **source,
+                )
                 build.download_and_prepare()
                 small = build.as_dataset("train")
-                publish = dict(license=args.license, source=where, source_revision=revision,
-                               source_selection=self.sources[args.source])
+                publish = dict(
+                    license=args.license,
+                    source=where,
+                    source_revision=revision,
+                    source_selection=self.sources[args.source],
+                )
                 if output_dir is not None:
-                    target = save_to_folder(small, output_dir / repo_id.split("/")[1], repo_id=repo_id,
-                                            overwrite=args.overwrite, **publish)
+                    target = save_to_folder(
+                        small, output_dir / repo_id.split("/")[1], repo_id=repo_id, overwrite=args.overwrite, **publish
+                    )
                 else:
-                    target = push_to_hub(small, repo_id, private=args.private or None, token=args.token,
-                                         **publish).commit_url
+                    target = push_to_hub(
+                        small, repo_id, private=args.private or None, token=args.token, **publish
+                    ).commit_url
                 print(f"{repo_id}: {len(small)} pairs -> {target}")
         except (PublishError, ValueError, KeyError, TypeError, FileExistsError) as err:
             print(f"error: {command_line_words(str(err), parser)}", file=sys.stderr)
@@ -186,8 +218,12 @@ class Recipe:
             # Written once: rewriting it would give its files new times, and the builder would take it for a new source.
             where = str(stand_in if stand_in.exists() else self.write_dry_run_source(stand_in, args.source))
             models = output_dir / ".models"
-            settings.update(clip_model=save_tiny_clip(models / "tiny-random-clip"), image_size=32, device="cpu",
-                            num_inference_steps=args.steps or 2)
+            settings.update(
+                clip_model=save_tiny_clip(models / "tiny-random-clip"),
+                image_size=32,
+                device="cpu",
+                num_inference_steps=args.steps or 2,
+            )
             if args.synthesis == "unclip":
                 settings["unclip_model"] = save_tiny_unclip(models / "tiny-random-unclip")
             return where, None, settings
@@ -202,10 +238,16 @@ class Recipe:
         """The :class:`~pds_hf.DistillBuilder` arguments that name what is distilled (the mapped pairs' folder,
         saved now if missing, or the source itself)."""
         if self.to_pairs is None:
-            return dict(source=where, source_revision=revision, source_filter=self.source_filter,
-                        source_columns=self.source_columns)
-        pairs_dir = Path(cache_dir or Path.home() / ".cache" / "pds_hf_recipes") / \
-            f"{self.name}-pairs-{source.replace('/', '--')}-{revision or 'dry-run'}"
+            return dict(
+                source=where,
+                source_revision=revision,
+                source_filter=self.source_filter,
+                source_columns=self.source_columns,
+            )
+        pairs_dir = (
+            Path(cache_dir or Path.home() / ".cache" / "pds_hf_recipes")
+            / f"{self.name}-pairs-{source.replace('/', '--')}-{revision or 'dry-run'}"
+        )
         if not (pairs_dir / "state.json").exists():
             self.to_pairs(self.load_source(where, revision), source).save_to_disk(str(pairs_dir))
         return dict(source=str(pairs_dir))

@@ -19,8 +19,10 @@ ENCODER_ID_PREFIX = "pds_hf:encoder="
 DEMO_DATASET_NAME = "pds_hf.demo.demo_dataset"
 # The demo's shapes and captions are made by pds-hf's own code; they carry its license.
 DEMO_LICENSE = "apache-2.0"
-TINY_MODELS = {"pds-hf/tiny-random-clip": "pds_hf.testing.tiny_clip_encoder()",
-               "pds-hf/tiny-random-unclip": "pds_hf.testing.tiny_unclip_pipeline()"}
+TINY_MODELS = {
+    "pds-hf/tiny-random-clip": "pds_hf.testing.tiny_clip_encoder()",
+    "pds-hf/tiny-random-unclip": "pds_hf.testing.tiny_unclip_pipeline()",
+}
 
 COLUMNS = ("image", "caption", "image_embedding", "text_embedding", "support", "image_cluster", "text_cluster")
 
@@ -29,15 +31,17 @@ def output_features(dim: int):
     """The schema of a distilled set whose embeddings have ``dim`` dimensions."""
     from datasets import Features, Image, List, Value
 
-    return Features({
-        "image": Image(),
-        "caption": Value("string"),
-        "image_embedding": List(Value("float32"), length=dim),
-        "text_embedding": List(Value("float32"), length=dim),
-        "support": Value("int64"),
-        "image_cluster": Value("int64"),
-        "text_cluster": Value("int64"),
-    })
+    return Features(
+        {
+            "image": Image(),
+            "caption": Value("string"),
+            "image_embedding": List(Value("float32"), length=dim),
+            "text_embedding": List(Value("float32"), length=dim),
+            "support": Value("int64"),
+            "image_cluster": Value("int64"),
+            "text_cluster": Value("int64"),
+        }
+    )
 
 
 def run_record_info(record: dict, features):
@@ -55,7 +59,8 @@ def read_run_record(ds) -> dict:
         raise ValueError(
             "This dataset carries no pds_hf metadata; was it made by pds_hf.distill? A set loaded back from "
             "parquet (load_dataset) has lost it: pass its folder or Hub id instead, "
-            "e.g. pds_hf.metadata('me/flickr30k-pds-100').") from None
+            "e.g. pds_hf.metadata('me/flickr30k-pds-100')."
+        ) from None
 
 
 def recorded_encoder(feature) -> str | None:
@@ -63,7 +68,7 @@ def recorded_encoder(feature) -> str | None:
     while hasattr(feature, "feature"):
         feature = feature.feature
     tag = getattr(feature, "id", None)
-    return tag[len(ENCODER_ID_PREFIX):] if isinstance(tag, str) and tag.startswith(ENCODER_ID_PREFIX) else None
+    return tag[len(ENCODER_ID_PREFIX) :] if isinstance(tag, str) and tag.startswith(ENCODER_ID_PREFIX) else None
 
 
 def set_stage_seconds(ds, seconds: dict) -> None:

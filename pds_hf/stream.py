@@ -43,8 +43,15 @@ import numpy as np
 
 from .cache import StageTimer, fingerprint, log_found, open_stage, stage_key
 from .encode import _encode_texts
-from .inputs import (PairTable, _vectors, caption_lists, check_dataset_type, embedding_columns_present,
-                     needs_images, per_caption_vectors)
+from .inputs import (
+    PairTable,
+    _vectors,
+    caption_lists,
+    check_dataset_type,
+    embedding_columns_present,
+    needs_images,
+    per_caption_vectors,
+)
 from .schema import recorded_encoder
 from .store import open_embeddings, write_embeddings
 from .synthesize import REAL_IMAGE_METHODS
@@ -56,9 +63,23 @@ _SHARD = "shard-{:06d}".format
 _CHUNK = "shard-{:06d}-{}-{:06d}".format  # (unit, "image" or "text", chunk): a unit's embeddings, in order
 _IMAGE = "image-{:012d}".format
 # Keys of a saved shard that every process reads; the embeddings are read by the main process only.
-_INDEX_KEYS = ("num_rows", "image_offset", "image_digest", "caption_bytes", "caption_ends", "caption_offset",
-               "caption_position", "pair_image", "pair_text", "pair_offset", "bad_offset", "image_chunks",
-               "text_chunks", "image_dim", "text_dim")
+_INDEX_KEYS = (
+    "num_rows",
+    "image_offset",
+    "image_digest",
+    "caption_bytes",
+    "caption_ends",
+    "caption_offset",
+    "caption_position",
+    "pair_image",
+    "pair_text",
+    "pair_offset",
+    "bad_offset",
+    "image_chunks",
+    "text_chunks",
+    "image_dim",
+    "text_dim",
+)
 
 
 class ShardReadError(RuntimeError):
@@ -119,8 +140,17 @@ def stream_fingerprint(ds) -> str | None:
         return None
     features = ds.features.to_dict() if ds.features is not None else None
     # A stream already split by node (split_dataset_by_node) yields only its part; a shuffled one depends on the epoch.
-    return fingerprint("stream", recipe, info.builder_name, info.config_name, info.dataset_name,
-                       str(ds.split) if ds.split is not None else None, features, repr(ds._distributed), ds.epoch)
+    return fingerprint(
+        "stream",
+        recipe,
+        info.builder_name,
+        info.config_name,
+        info.dataset_name,
+        str(ds.split) if ds.split is not None else None,
+        features,
+        repr(ds._distributed),
+        ds.epoch,
+    )
 
 
 @dataclass
@@ -160,8 +190,9 @@ def _check_stream(ds, config, needs_images: bool) -> str:
     """Check the stream's columns and return its layout (``"pair"`` or ``"image"``)."""
     from .inputs import _caption_layout, check_column_roles
 
-    check_column_roles(ds.features, config.image_column, config.caption_column, require_images=needs_images,
-                       what="stream")
+    check_column_roles(
+        ds.features, config.image_column, config.caption_column, require_images=needs_images, what="stream"
+    )
     return _caption_layout(ds, config.caption_column)
 
 
@@ -182,14 +213,16 @@ def _batches(part, unit: int, units: int, batch_size: int):
             raise ShardReadError(
                 f"Reading input shard {unit} (of {units}) of the stream failed after {seen} row(s): "
                 f"{type(err).__name__}: {err}. Shards that were finished are saved; run the same call again to "
-                "resume from this shard (check the source file or connection if it fails again).") from err
+                "resume from this shard (check the source file or connection if it fails again)."
+            ) from err
         yield seen, table
         seen += table.num_rows
     if expected is not None and seen < expected:
         raise ShardReadError(
             f"Input shard {unit} (of {units}) of the stream ended after {seen} row(s), but its source holds "
             f"{expected} (a file cut short, a connection closed early?). Shards that were finished are saved; run "
-            "the same call again to resume from this shard (check the source file or connection if it fails again).")
+            "the same call again to resume from this shard (check the source file or connection if it fails again)."
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -237,8 +270,7 @@ class _UnitEncoder:
     in the decode feed's workers while later batches are read, and it is finished (:meth:`finish`) in order.
     """
 
-    def __init__(self, processor, layout: str, given: bool, has_images: bool, encoder, unit: int, stage,
-                 feed=None):
+    def __init__(self, processor, layout: str, given: bool, has_images: bool, encoder, unit: int, stage, feed=None):
         self.config = processor.config
         self.layout, self.given, self.has_images, self.encoder = layout, given, has_images, encoder
         self.unit, self.stage, self.feed = unit, stage, feed
@@ -269,8 +301,12 @@ class _UnitEncoder:
         """Read one batch of rows (an arrow table starting at ``start`` in this unit): check its captions and
         find its new images, to decode (see :meth:`finish`) unless the embeddings are given."""
         config = self.config
-        captions = caption_lists(table.column(config.caption_column).to_pylist(), self.layout, config.caption_column,
-                                 lambda i: self._where(start + i))
+        captions = caption_lists(
+            table.column(config.caption_column).to_pylist(),
+            self.layout,
+            config.caption_column,
+            lambda i: self._where(start + i),
+        )
         self.num_rows = start + table.num_rows
         batch = _Batch(start, table, captions)
         if not self.has_images:  # given embeddings, no image column: every row is an image of its own
@@ -336,26 +372,41 @@ class _UnitEncoder:
         offsets = np.arange(start, start + table.num_rows, dtype=np.int64)
         if self.given:
             if new_rows:
-                vectors = self._named(_vectors, table.column(config.image_embedding_column),
-                                      config.image_embedding_column, offsets)
+                vectors = self._named(
+                    _vectors, table.column(config.image_embedding_column), config.image_embedding_column, offsets
+                )
                 self._keep("image", vectors[new_rows])
             if new_texts:
                 self._keep("text", self._given_texts(table, batch.captions, offsets)[new_positions])
         else:
             if new_rows:
-                self._keep("image", self.feed.encode(ok, inputs, preprocessed, row_ids=offsets[new_rows],
-                                                     rows_of=f"input shard {self.unit}"))
+                self._keep(
+                    "image",
+                    self.feed.encode(
+                        ok, inputs, preprocessed, row_ids=offsets[new_rows], rows_of=f"input shard {self.unit}"
+                    ),
+                )
             if new_texts:
-                self._keep("text", _encode_texts(self.encoder, new_texts, config.encode_batch_size, rows=new_offsets,
-                                                 rows_of=f"input shard {self.unit}"))
+                self._keep(
+                    "text",
+                    _encode_texts(
+                        self.encoder,
+                        new_texts,
+                        config.encode_batch_size,
+                        rows=new_offsets,
+                        rows_of=f"input shard {self.unit}",
+                    ),
+                )
 
     def _keep(self, what: str, vectors: np.ndarray) -> None:
         """Buffer a batch's new ``what`` embeddings; every ``DistillConfig.shard_size`` of them are saved as a
         chunk, so that memory holds one chunk whatever the size of the input shard."""
         dim = self.dims.setdefault(what, vectors.shape[1])
         if vectors.shape[1] != dim:
-            raise ValueError(f"Input shard {self.unit} of the stream has {what} embeddings of different sizes "
-                             f"{sorted({dim, vectors.shape[1]})}; every embedding must come from one model.")
+            raise ValueError(
+                f"Input shard {self.unit} of the stream has {what} embeddings of different sizes "
+                f"{sorted({dim, vectors.shape[1]})}; every embedding must come from one model."
+            )
         self.buffered[what].append(vectors)
         if sum(len(part) for part in self.buffered[what]) >= self.config.shard_size:
             self._save_chunk(what)
@@ -363,16 +414,24 @@ class _UnitEncoder:
     def _save_chunk(self, what: str) -> None:
         parts = self.buffered[what]
         if parts:
-            self.stage.save_arrays(_CHUNK(self.unit, what, self.chunks[what]),
-                                   embeds=np.concatenate(parts).astype(np.float32, copy=False))
+            self.stage.save_arrays(
+                _CHUNK(self.unit, what, self.chunks[what]), embeds=np.concatenate(parts).astype(np.float32, copy=False)
+            )
             self.chunks[what] += 1
             parts.clear()
 
     def _given_texts(self, table, captions, offsets) -> np.ndarray:
         """One vector per caption of the batch (flattened in row order), from the text embedding column."""
         name = self.config.text_embedding_column
-        return self._named(per_caption_vectors, table.column(name), name, captions, offsets, self.layout,
-                           lambda i: self._where(int(offsets[i])))
+        return self._named(
+            per_caption_vectors,
+            table.column(name),
+            name,
+            captions,
+            offsets,
+            self.layout,
+            lambda i: self._where(int(offsets[i])),
+        )
 
     def arrays(self, num_rows: int) -> dict:
         """What is saved for this unit (after its last embeddings, saved as chunks)."""
@@ -385,12 +444,19 @@ class _UnitEncoder:
             num_rows=np.int64(num_rows),
             image_offset=np.asarray(self.image_offset, dtype=np.int64),
             image_digest=np.frombuffer(b"".join(self.image_digest), dtype=np.uint8).reshape(-1, 20).copy(),
-            caption_bytes=caption_bytes, caption_ends=caption_ends, caption_offset=first[:, 0].copy(),
+            caption_bytes=caption_bytes,
+            caption_ends=caption_ends,
+            caption_offset=first[:, 0].copy(),
             caption_position=first[:, 1].copy(),
-            pair_image=pairs[:, 0].copy(), pair_text=pairs[:, 1].copy(), pair_offset=pairs[:, 2].copy(),
+            pair_image=pairs[:, 0].copy(),
+            pair_text=pairs[:, 1].copy(),
+            pair_offset=pairs[:, 2].copy(),
             bad_offset=np.asarray(self.bad_offset, dtype=np.int64),
-            image_chunks=np.int64(self.chunks["image"]), text_chunks=np.int64(self.chunks["text"]),
-            image_dim=np.int64(self.dims.get("image", 0)), text_dim=np.int64(self.dims.get("text", 0)))
+            image_chunks=np.int64(self.chunks["image"]),
+            text_chunks=np.int64(self.chunks["text"]),
+            image_dim=np.int64(self.dims.get("image", 0)),
+            text_dim=np.int64(self.dims.get("text", 0)),
+        )
 
 
 def _columns(ds, config, given: bool, has_images: bool):
@@ -434,8 +500,10 @@ def _encode_pass(processor, units: _Units, stage, layout: str, given: bool, has_
     log_found(stage, len(owned) - len(todo), len(owned), "encoded input shards of this process")
     encoder = processor.load_encoder() if todo and not given else None
     feed = DecodeFeed(encoder, config.encode_workers) if encoder is not None else None
-    with feed or nullcontext(), progress(None, desc="Encoding the stream", unit="row",
-                                         disable=not ranks.is_main) as bar:
+    with (
+        feed or nullcontext(),
+        progress(None, desc="Encoding the stream", unit="row", disable=not ranks.is_main) as bar,
+    ):
         for u in todo:
             part = _columns(units.open(u), config, given, has_images)
             reader = _UnitEncoder(processor, layout, given, has_images, encoder, u, stage, feed)
@@ -455,7 +523,8 @@ def _encode_pass(processor, units: _Units, stage, layout: str, given: bool, has_
                 raise ValueError(
                     f"Column {config.image_column!r} has {len(reader.bad_offset)} image(s) that cannot be decoded in "
                     f"input shard {u} of the stream, at row(s) {reader.bad_offset[:_MAX_LISTED]} of that shard. "
-                    "Remove them (ds.filter) or pass on_bad_image='skip'.")
+                    "Remove them (ds.filter) or pass on_bad_image='skip'."
+                )
             stage.save_arrays(_SHARD(u), **reader.arrays(reader.num_rows))
 
 
@@ -504,8 +573,7 @@ def _first_seen_rows(order: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, n
     return ids, order[np.sort(first)]
 
 
-def _merge(stage, units: _Units, layout: str, dedup: bool, with_embeddings: bool,
-           dtype: str = "float32") -> _Merged:
+def _merge(stage, units: _Units, layout: str, dedup: bool, with_embeddings: bool, dtype: str = "float32") -> _Merged:
     """Join the saved units in the stream's row order: a caption string is one caption and, ``dedup``, an image
     repeated across units (same bytes) is one image, numbered where it first appears, as for a map-style dataset.
     The embeddings are read (one unit at a time, into the store, stored as ``dtype``) only ``with_embeddings``."""
@@ -517,13 +585,15 @@ def _merge(stage, units: _Units, layout: str, dedup: bool, with_embeddings: bool
         caption_row.append(units.rows(u, part["caption_offset"], rows_before[u]))
         caption_position.append(part["caption_position"])
         image_row.append(units.rows(u, part["image_offset"], rows_before[u]))
-    text_of, text_sources = _first_seen(np.lexsort((np.concatenate(caption_position), np.concatenate(caption_row))),
-                                        captions)
+    text_of, text_sources = _first_seen(
+        np.lexsort((np.concatenate(caption_position), np.concatenate(caption_row))), captions
+    )
     image_row = np.concatenate(image_row)
     image_order = np.argsort(image_row, kind="stable")
     if dedup:
-        image_of, image_sources = _first_seen_rows(image_order, np.concatenate([part["image_digest"]
-                                                                                for part in parts]))
+        image_of, image_sources = _first_seen_rows(
+            image_order, np.concatenate([part["image_digest"] for part in parts])
+        )
     else:  # every image is its own: numbered in stream order
         image_of = np.empty(len(image_row), dtype=np.int64)
         image_of[image_order] = np.arange(len(image_row))
@@ -534,23 +604,30 @@ def _merge(stage, units: _Units, layout: str, dedup: bool, with_embeddings: bool
     pair_text = np.concatenate([text_of[text_start[u] + part["pair_text"]] for u, part in enumerate(parts)])
     pair_rows = np.concatenate([units.rows(u, part["pair_offset"], rows_before[u]) for u, part in enumerate(parts)])
     order = np.argsort(pair_rows, kind="stable")  # the captions of one row stay in their order
-    bad_rows = np.sort(np.concatenate([units.rows(u, part["bad_offset"], rows_before[u])
-                                       for u, part in enumerate(parts)]))
+    bad_rows = np.sort(
+        np.concatenate([units.rows(u, part["bad_offset"], rows_before[u]) for u, part in enumerate(parts)])
+    )
     image_unit = np.repeat(np.arange(units.count, dtype=np.int64), np.diff(image_start))
     image_sources = np.asarray(image_sources, dtype=np.int64)
-    table = PairTable(image_rows=np.arange(len(image_sources), dtype=np.int64),
-                      texts=[captions[e] for e in text_sources], pair_image=pair_image[order],
-                      pair_text=pair_text[order], pair_rows=pair_rows[order], layout=layout,
-                      skipped_images=bad_rows.tolist())
+    table = PairTable(
+        image_rows=np.arange(len(image_sources), dtype=np.int64),
+        texts=[captions[e] for e in text_sources],
+        pair_image=pair_image[order],
+        pair_text=pair_text[order],
+        pair_rows=pair_rows[order],
+        layout=layout,
+        skipped_images=bad_rows.tolist(),
+    )
     image_embeds = text_embeds = None
     if with_embeddings:
-        image_embeds, text_embeds = _gather_embeddings(stage, parts, image_sources, image_start,
-                                                       np.asarray(text_sources, dtype=np.int64), text_start,
-                                                       dtype)
+        image_embeds, text_embeds = _gather_embeddings(
+            stage, parts, image_sources, image_start, np.asarray(text_sources, dtype=np.int64), text_start, dtype
+        )
     image_offset = np.concatenate([part["image_offset"] for part in parts])[image_sources]
     image_digest = np.concatenate([part["image_digest"] for part in parts])[image_sources]
-    return _Merged(table, image_unit[image_sources], image_offset, image_digest, int(rows_before[-1]), image_embeds,
-                   text_embeds)
+    return _Merged(
+        table, image_unit[image_sources], image_offset, image_digest, int(rows_before[-1]), image_embeds, text_embeds
+    )
 
 
 def _gather_embeddings(stage, parts: list, image_sources, image_start, text_sources, text_start, dtype: str):
@@ -574,12 +651,16 @@ def _gather_embeddings(stage, parts: list, image_sources, image_start, text_sour
                 continue
             first, expected = dims.setdefault(name, (u, dim))
             if dim != expected:
-                raise ValueError(f"Input shard {u} of the stream has {dim}-d {name} embeddings but shard {first} "
-                                 f"{expected}-d ones; every embedding must come from one model.")
+                raise ValueError(
+                    f"Input shard {u} of the stream has {dim}-d {name} embeddings but shard {first} "
+                    f"{expected}-d ones; every embedding must come from one model."
+                )
     dims.setdefault("text", dims["image"])
     if dims["image"][1] != dims["text"][1]:
-        raise ValueError(f"The image embeddings have {dims['image'][1]} dimensions but the caption embeddings "
-                         f"{dims['text'][1]}; image and caption embeddings must come from one model (one space).")
+        raise ValueError(
+            f"The image embeddings have {dims['image'][1]} dimensions but the caption embeddings "
+            f"{dims['text'][1]}; image and caption embeddings must come from one model (one space)."
+        )
     wanted = {"image": (image_sources, image_start), "text": (text_sources, text_start)}
 
     def fill(image_embeds, text_embeds):
@@ -636,14 +717,17 @@ def _fetch_pass(processor, units: _Units, merged: _Merged, wanted: np.ndarray, s
                     raise ValueError(
                         f"Input shard {u}, row {start + i} of the stream holds another image than in the encode pass: "
                         "the stream must yield the same rows in the same order each time (no unseeded shuffle, no "
-                        "source changing in between).")
+                        "source changing in between)."
+                    )
                 stage.save_image(_IMAGE(image), resize_image(decode_image(blobs[i], paths[i]), config.image_size))
             if start + table.num_rows > last:
                 break
         missing = [offset for offset, image in needed.items() if not stage.done(_IMAGE(image))]
         if missing:
-            raise ShardReadError(f"Input shard {u} of the stream ended before row {min(missing)}, which the encode "
-                                 "pass read: the stream changed between passes.")
+            raise ShardReadError(
+                f"Input shard {u} of the stream ended before row {min(missing)}, which the encode "
+                "pass read: the stream changed between passes."
+            )
 
 
 def _real_images(processor, units, merged, selection, ranks, stream_key) -> list:
@@ -706,24 +790,50 @@ def distill_stream(processor, ds):
             source_key = "encoder", model_fingerprint(processor.load_encoder())
     units = _Units.of(ds, ranks.world)
     identity = stream_fingerprint(ds)
-    key = None if identity is None or source_key[-1] is None else stage_key(
-        "stream", identity, units.describe(), layout, has_images, config.image_column, config.caption_column,
-        config.on_bad_image, *source_key)
-    stage = open_stage(processor._cache_dir(), "stream", key, ranks=ranks,
-                       needs=", a stream that can be fingerprinted and an encoder known by id (or with a "
-                             "`fingerprint` attribute)")
+    key = (
+        None
+        if identity is None or source_key[-1] is None
+        else stage_key(
+            "stream",
+            identity,
+            units.describe(),
+            layout,
+            has_images,
+            config.image_column,
+            config.caption_column,
+            config.on_bad_image,
+            *source_key,
+        )
+    )
+    stage = open_stage(
+        processor._cache_dir(),
+        "stream",
+        key,
+        ranks=ranks,
+        needs=", a stream that can be fingerprinted and an encoder known by id (or with a `fingerprint` attribute)",
+    )
 
     with stages("read embeddings" if given else "encode"):
         _encode_pass(processor, units, stage, layout, given, has_images, ranks)
     ranks.barrier()
     with stages("read"):
-        merged = _merge(stage, units, layout, dedup=layout == "pair" and has_images,
-                        with_embeddings=ranks.is_main, dtype=config.embedding_dtype)
+        merged = _merge(
+            stage,
+            units,
+            layout,
+            dedup=layout == "pair" and has_images,
+            with_embeddings=ranks.is_main,
+            dtype=config.embedding_dtype,
+        )
     table = merged.table
     if table.skipped_images:
-        logger.warning("Skipping %d undecodable image(s) in column %r, at row(s) %s%s of the stream.",
-                       len(table.skipped_images), config.image_column, table.skipped_images[:_MAX_LISTED],
-                       " ..." if len(table.skipped_images) > _MAX_LISTED else "")
+        logger.warning(
+            "Skipping %d undecodable image(s) in column %r, at row(s) %s%s of the stream.",
+            len(table.skipped_images),
+            config.image_column,
+            table.skipped_images[:_MAX_LISTED],
+            " ..." if len(table.skipped_images) > _MAX_LISTED else "",
+        )
     processor._check_sizes(table)
     with stages("select"):
         selection = processor._select(table, merged.image_embeds, merged.text_embeds, key, ranks)
@@ -751,13 +861,27 @@ def distill_stream(processor, ds):
     }
     extra = {}
     if given:
-        extra["embeddings"] = {"given": True, "image_column": config.image_embedding_column,
-                               "text_column": config.text_embedding_column}
-        encoder = (recorded_encoder(ds.features[config.image_embedding_column])
-                   or f"given column {config.image_embedding_column!r}")
+        extra["embeddings"] = {
+            "given": True,
+            "image_column": config.image_embedding_column,
+            "text_column": config.text_embedding_column,
+        }
+        encoder = (
+            recorded_encoder(ds.features[config.image_embedding_column])
+            or f"given column {config.image_embedding_column!r}"
+        )
         revision = None
     else:
         loaded = processor.load_encoder()
         encoder, revision = encoder_name(loaded), getattr(loaded, "revision", config.clip_revision)
-    return processor.to_dataset(selection, images, source=source, encoder=encoder, encoder_revision=revision,
-                                stages=stages, ranks=ranks, streaming=True, **extra)
+    return processor.to_dataset(
+        selection,
+        images,
+        source=source,
+        encoder=encoder,
+        encoder_revision=revision,
+        stages=stages,
+        ranks=ranks,
+        streaming=True,
+        **extra,
+    )

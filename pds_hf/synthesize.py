@@ -46,8 +46,7 @@ def load_unclip(spec, *, revision: str | None = None, device=None, dtype=None):
     if isinstance(spec, str):
         from .hub_models import loading_model
 
-        with loading_model("unclip_model", spec, revision, index_file="model_index.json",
-                           library="diffusers"):
+        with loading_model("unclip_model", spec, revision, index_file="model_index.json", library="diffusers"):
             from diffusers import StableUnCLIPImg2ImgPipeline
 
             pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(spec, revision=revision, torch_dtype=dtype)
@@ -93,10 +92,22 @@ def _no_step_bars(pipe):
         pipe.set_progress_bar_config(**own)
 
 
-def synthesize_unclip(pipe, image_embeds, prompts: list[str], *, negative_prompt: str | None = "text, watermark",
-                      num_inference_steps: int = 100, guidance_scale: float = 5.0, noise_level: int = 10,
-                      seed: int = 42, batch_size: int = 8, image_size: int | None = 224, indices=None,
-                      on_batch=None, show_progress: bool = True):
+def synthesize_unclip(
+    pipe,
+    image_embeds,
+    prompts: list[str],
+    *,
+    negative_prompt: str | None = "text, watermark",
+    num_inference_steps: int = 100,
+    guidance_scale: float = 5.0,
+    noise_level: int = 10,
+    seed: int = 42,
+    batch_size: int = 8,
+    image_size: int | None = 224,
+    indices=None,
+    on_batch=None,
+    show_progress: bool = True,
+):
     """Decode image prototypes into images with Stable unCLIP.
 
     Args:
@@ -142,8 +153,11 @@ def synthesize_unclip(pipe, image_embeds, prompts: list[str], *, negative_prompt
     dtype = pipe.unet.dtype
     generator_device = "cpu" if device.type == "mps" else device
     images = []
-    with progress(len(prompts), desc="Synthesizing images", unit="image", disable=not show_progress) as bar, \
-            library_output(), _no_step_bars(pipe):
+    with (
+        progress(len(prompts), desc="Synthesizing images", unit="image", disable=not show_progress) as bar,
+        library_output(),
+        _no_step_bars(pipe),
+    ):
         for start in range(0, len(prompts), batch_size):
             stop = min(start + batch_size, len(prompts))
             generators = [torch.Generator(generator_device).manual_seed(seed + i) for i in indices[start:stop]]
@@ -165,8 +179,9 @@ def synthesize_unclip(pipe, image_embeds, prompts: list[str], *, negative_prompt
     return images
 
 
-def retrieve_scored_images(image_embeds, image_prototypes, text_prototypes, *, candidates: int = 8,
-                           chunk: int = 1024) -> np.ndarray:
+def retrieve_scored_images(
+    image_embeds, image_prototypes, text_prototypes, *, candidates: int = 8, chunk: int = 1024
+) -> np.ndarray:
     """Step 7 without a decoder, checked by the teacher: of the real images nearest the image prototype,
     the one that matches the text prototype best.
 
@@ -204,18 +219,22 @@ def retrieve_scored_images(image_embeds, image_prototypes, text_prototypes, *, c
     if not isinstance(candidates, (int, np.integer)) or candidates < 1:
         raise ValueError(f"candidates must be a positive integer, got {candidates!r}.")
     if len(image_prototypes) != len(text_prototypes):
-        raise ValueError(f"{len(image_prototypes)} image prototypes but {len(text_prototypes)} text prototypes; "
-                         "pass the two sides of the same prototypes.")
+        raise ValueError(
+            f"{len(image_prototypes)} image prototypes but {len(text_prototypes)} text prototypes; "
+            "pass the two sides of the same prototypes."
+        )
     for name, protos in (("image", image_prototypes), ("text", text_prototypes)):
         if protos.ndim != 2 or protos.shape[1] != image_embeds.shape[1]:
-            raise ValueError(f"The {name} prototypes have shape {protos.shape} but the image embeddings "
-                             f"{image_embeds.shape}; both must come from the same encoder (same width).")
+            raise ValueError(
+                f"The {name} prototypes have shape {protos.shape} but the image embeddings "
+                f"{image_embeds.shape}; both must come from the same encoder (same width)."
+            )
     images_unit = normalize(image_embeds)
     count = min(int(candidates), len(images_unit))
     best = np.empty(len(image_prototypes), dtype=np.int64)
     for start in range(0, len(image_prototypes), chunk):
-        near = normalize(image_prototypes[start:start + chunk]) @ images_unit.T
+        near = normalize(image_prototypes[start : start + chunk]) @ images_unit.T
         nearest = np.argsort(-near, axis=1, kind="stable")[:, :count]
-        teacher = np.einsum("kd,kcd->kc", normalize(text_prototypes[start:start + chunk]), images_unit[nearest])
-        best[start:start + chunk] = nearest[np.arange(len(nearest)), np.argmax(teacher, axis=1)]
+        teacher = np.einsum("kd,kcd->kc", normalize(text_prototypes[start : start + chunk]), images_unit[nearest])
+        best[start : start + chunk] = nearest[np.arange(len(nearest)), np.argmax(teacher, axis=1)]
     return best

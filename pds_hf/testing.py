@@ -62,17 +62,31 @@ def tiny_clip_model(seed: int = 0, *, image_size: int = 32):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     tokenizer = tiny_clip_tokenizer()
-    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                num_attention_heads=4, max_position_embeddings=77,
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id)
-    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                  image_size=image_size, patch_size=4)
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=4,
+    )
     config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=TINY_EMBED_DIM)
     with _seeded(seed):
         model = CLIPModel(config).eval()
-    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
-                                         crop_size={"height": image_size, "width": image_size})
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
     processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
     return model, processor
 
@@ -106,8 +120,17 @@ def save_tiny_unclip(folder, seed: int = 0) -> str:
     return str(folder)
 
 
-def unclip_from_parts(*, tokenizer, text_encoder, image_encoder, unet, vae, embedding_dim: int,
-                      feature_extractor=None, clip_sample: bool = True):
+def unclip_from_parts(
+    *,
+    tokenizer,
+    text_encoder,
+    image_encoder,
+    unet,
+    vae,
+    embedding_dim: int,
+    feature_extractor=None,
+    clip_sample: bool = True,
+):
     """A ``StableUnCLIPImg2ImgPipeline`` assembled from given models, with the schedulers of
     ``stabilityai/stable-diffusion-2-1-unclip-small`` (v-prediction DDIM; squared-cosine noising of
     the image embedding) and a fresh image normaliser for ``embedding_dim``-sized embeddings.
@@ -127,9 +150,15 @@ def unclip_from_parts(*, tokenizer, text_encoder, image_encoder, unet, vae, embe
         tokenizer=tokenizer,
         text_encoder=text_encoder.eval(),
         unet=unet.eval(),
-        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1,
-                                clip_sample=clip_sample),
+        scheduler=DDIMScheduler(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            prediction_type="v_prediction",
+            set_alpha_to_one=False,
+            steps_offset=1,
+            clip_sample=clip_sample,
+        ),
         vae=vae.eval(),
     )
     pipe.set_progress_bar_config(disable=True)
@@ -152,29 +181,64 @@ def tiny_unclip_pipeline(seed: int = 0, *, embedding_dim: int = TINY_EMBED_DIM):
 
     tokenizer = tiny_clip_tokenizer()
     with _seeded(seed):
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=77, projection_dim=embedding_dim,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id))
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=32,
+                intermediate_size=37,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=77,
+                projection_dim=embedding_dim,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
         # Only used when the pipeline is given an image instead of image_embeds; required all the same.
-        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
-            hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
-            image_size=32, patch_size=4, projection_dim=embedding_dim))
+        image_encoder = CLIPVisionModelWithProjection(
+            CLIPVisionConfig(
+                hidden_size=32,
+                intermediate_size=37,
+                num_hidden_layers=1,
+                num_attention_heads=4,
+                image_size=32,
+                patch_size=4,
+                projection_dim=embedding_dim,
+            )
+        )
         unet = UNet2DConditionModel(
-            sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
-            block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=(2, 4),
-            cross_attention_dim=32, class_embed_type="projection",
-            projection_class_embeddings_input_dim=2 * embedding_dim, use_linear_projection=True)
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=1,
+            block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            attention_head_dim=(2, 4),
+            cross_attention_dim=32,
+            class_embed_type="projection",
+            projection_class_embeddings_input_dim=2 * embedding_dim,
+            use_linear_projection=True,
+        )
         vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=(32, 64),
             down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=32)
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            norm_num_groups=32,
+        )
     pipe = unclip_from_parts(
-        tokenizer=tokenizer, text_encoder=text_encoder, image_encoder=image_encoder, unet=unet, vae=vae,
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        image_encoder=image_encoder,
+        unet=unet,
+        vae=vae,
         embedding_dim=embedding_dim,
-        feature_extractor=CLIPImageProcessor(crop_size={"height": 32, "width": 32}, size={"shortest_edge": 32}))
+        feature_extractor=CLIPImageProcessor(crop_size={"height": 32, "width": 32}, size={"shortest_edge": 32}),
+    )
     pipe.register_to_config(_name_or_path="pds-hf/tiny-random-unclip")
     pipe.fingerprint = f"pds-hf/tiny-random-unclip:seed={seed}:dim={embedding_dim}"
     return pipe

@@ -37,8 +37,9 @@ def shapes_pairs_ds(shapes_ds):
         for caption in row["caption"]:
             images.append(row["image"])
             captions.append(caption)
-    return Dataset.from_dict({"image": images, "caption": captions},
-                             features=Features({"image": Image(), "caption": Value("string")}))
+    return Dataset.from_dict(
+        {"image": images, "caption": captions}, features=Features({"image": Image(), "caption": Value("string")})
+    )
 
 
 def png_bytes(colour=(255, 0, 0), size=(8, 8)):

@@ -71,17 +71,60 @@ _HEX40 = re.compile(r"[0-9a-f]{40}")
 _HEX_PREFIX = re.compile(r"[0-9a-f]{7,40}")
 
 # What the Hub writes in the first commit of every new repository.
-_INITIAL_GITATTRIBUTES = "\n".join(
-    f"{pattern} filter=lfs diff=lfs merge=lfs -text"
-    for pattern in (
-        "*.7z", "*.arrow", "*.bin", "*.bz2", "*.ckpt", "*.ftz", "*.gz", "*.h5", "*.joblib", "*.lz4", "*.mds",
-        "*.mlmodel", "*.model", "*.msgpack", "*.npy", "*.npz", "*.onnx", "*.ot", "*.parquet", "*.pb", "*.pickle",
-        "*.pkl", "*.pt", "*.pth", "*.rar", "*.safetensors", "saved_model/**/*", "*.tar", "*.tar.*", "*.tflite",
-        "*.tgz", "*.wasm", "*.xz", "*.zip", "*.zst", "*tfevents*",
-        # image and audio files, as on dataset repositories
-        "*.jpg", "*.jpeg", "*.png", "*.gif", "*.webp", "*.mp3", "*.wav", "*.flac", "*.ogg",
+_INITIAL_GITATTRIBUTES = (
+    "\n".join(
+        f"{pattern} filter=lfs diff=lfs merge=lfs -text"
+        for pattern in (
+            "*.7z",
+            "*.arrow",
+            "*.bin",
+            "*.bz2",
+            "*.ckpt",
+            "*.ftz",
+            "*.gz",
+            "*.h5",
+            "*.joblib",
+            "*.lz4",
+            "*.mds",
+            "*.mlmodel",
+            "*.model",
+            "*.msgpack",
+            "*.npy",
+            "*.npz",
+            "*.onnx",
+            "*.ot",
+            "*.parquet",
+            "*.pb",
+            "*.pickle",
+            "*.pkl",
+            "*.pt",
+            "*.pth",
+            "*.rar",
+            "*.safetensors",
+            "saved_model/**/*",
+            "*.tar",
+            "*.tar.*",
+            "*.tflite",
+            "*.tgz",
+            "*.wasm",
+            "*.xz",
+            "*.zip",
+            "*.zst",
+            "*tfevents*",
+            # image and audio files, as on dataset repositories
+            "*.jpg",
+            "*.jpeg",
+            "*.png",
+            "*.gif",
+            "*.webp",
+            "*.mp3",
+            "*.wav",
+            "*.flac",
+            "*.ogg",
+        )
     )
-) + "\n"
+    + "\n"
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -207,7 +250,9 @@ def _lfs_pointer(sha256: str, size: int) -> bytes:
     return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
 
 
-def _json_response(status: int, payload: Any, headers: dict | None = None, content_type="application/json") -> _Response:
+def _json_response(
+    status: int, payload: Any, headers: dict | None = None, content_type="application/json"
+) -> _Response:
     return _Response(status, json.dumps(payload).encode(), {"Content-Type": content_type, **(headers or {})})
 
 
@@ -799,7 +844,9 @@ class HubServer:
     def _whoami(self, user: str | None) -> _Response:
         if user is None:
             raise _HttpError(401, "Invalid credentials in Authorization header")
-        orgs = [{"type": "org", "name": org, "fullname": org, "roleInOrg": "write"} for org in sorted(self._users[user])]
+        orgs = [
+            {"type": "org", "name": org, "fullname": org, "roleInOrg": "write"} for org in sorted(self._users[user])
+        ]
         return _json_response(
             200,
             {
@@ -827,7 +874,9 @@ class HubServer:
             raise _HttpError(401, "You must be authenticated to create a repository")
         namespace = payload.get("organization") or user
         if not self._can_write(user, namespace):
-            raise _HttpError(403, f'You don\'t have the rights to create a {repo_type} under the namespace "{namespace}"')
+            raise _HttpError(
+                403, f'You don\'t have the rights to create a {repo_type} under the namespace "{namespace}"'
+            )
         repo_id = f"{namespace}/{name}"
         url = f"{self.endpoint}/{_URL_PREFIX[repo_type]}{repo_id}"
         if (repo_type, repo_id) in self._repos:
@@ -835,8 +884,10 @@ class HubServer:
         visibility = payload.get("visibility")
         private = bool(payload.get("private")) if visibility is None else visibility != "public"
         repo = self._create_repo(repo_type, repo_id, private=private, author=user)
-        return _json_response(200, {"url": url, "name": repo_id, "id": hashlib.sha1(url.encode()).hexdigest()[:24],
-                                    "private": repo.private})
+        return _json_response(
+            200,
+            {"url": url, "name": repo_id, "id": hashlib.sha1(url.encode()).hexdigest()[:24], "private": repo.private},
+        )
 
     def _api_delete_repo(self, req: _Request, user: str | None) -> _Response:
         payload = req.json()
@@ -964,7 +1015,9 @@ class HubServer:
             raise _HttpError(400, "Invalid cursor") from None
         page = listing[start : start + page_size]
         out = [
-            self._folder_json(repo, head, files, p, expand) if is_dir else self._entry_json(repo, head, files[p], expand)
+            self._folder_json(repo, head, files, p, expand)
+            if is_dir
+            else self._entry_json(repo, head, files[p], expand)
             for p, is_dir in page
         ]
         headers = {}
@@ -1149,9 +1202,7 @@ class HubServer:
             raise _HttpError(412, "A commit has happened since. Please refresh and try again.")
 
         snapshot = dict(repo.commits[base_oid].files)
-        known_lfs = set(repo.lfs_objects) | {
-            e.sha256 for c in repo.commits.values() for e in c.files.values() if e.lfs
-        }
+        known_lfs = set(repo.lfs_objects) | {e.sha256 for c in repo.commits.values() for e in c.files.values() if e.lfs}
         for line in lines[1:]:
             key, value = line.get("key"), line.get("value") or {}
             if key == "file":
@@ -1170,9 +1221,7 @@ class HubServer:
                 path = _check_path(value.get("path"))
                 oid = value.get("oid")
                 if value.get("algo", "sha256") != "sha256" or oid not in known_lfs:
-                    raise _HttpError(
-                        422, f"LFS object {oid} for {path} was not uploaded to {repo_type} repo {repo_id}"
-                    )
+                    raise _HttpError(422, f"LFS object {oid} for {path} was not uploaded to {repo_type} repo {repo_id}")
                 size = self._blob_path(oid).stat().st_size
                 if value.get("size") is not None and int(value["size"]) != size:
                     raise _HttpError(422, f"Size mismatch for LFS file {path}")
@@ -1223,7 +1272,9 @@ class HubServer:
         for obj in payload.get("objects") or []:
             oid, size = obj.get("oid"), obj.get("size")
             if not (isinstance(oid, str) and re.fullmatch(r"[0-9a-f]{64}", oid) and isinstance(size, int)):
-                objects.append({"oid": str(oid), "size": int(size or 0), "error": {"code": 422, "message": "Invalid object"}})
+                objects.append(
+                    {"oid": str(oid), "size": int(size or 0), "error": {"code": 422, "message": "Invalid object"}}
+                )
                 continue
             entry: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
             if oid not in repo.lfs_objects:

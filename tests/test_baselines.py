@@ -25,8 +25,10 @@ def test_requested_number_of_distinct_real_pairs(method, num_pairs, embeds):
     assert len(set(chosen.tolist())) == num_pairs
     assert chosen.min() >= 0 and chosen.max() < len(image)
     # Each rule's first choice, on the image and text embeddings each scaled to unit length and joined.
-    both = np.concatenate([image / np.linalg.norm(image, axis=1, keepdims=True),
-                           text / np.linalg.norm(text, axis=1, keepdims=True)], axis=1)
+    both = np.concatenate(
+        [image / np.linalg.norm(image, axis=1, keepdims=True), text / np.linalg.norm(text, axis=1, keepdims=True)],
+        axis=1,
+    )
     if method == "herding":
         assert chosen[0] == np.linalg.norm(both - both.mean(axis=0), axis=1).argmin()
     if method == "kcenter" and num_pairs > 1:
@@ -55,8 +57,9 @@ def test_herding_running_mean_tracks_the_data_mean_better_than_random():
     data = rng.normal(size=(500, 4)) + np.array([3.0, -1.0, 0.0, 2.0])
     chosen = herding(data, 20)
     herding_error = np.linalg.norm(data[chosen].mean(axis=0) - data.mean(axis=0))
-    random_errors = [np.linalg.norm(data[rng.choice(500, 20, replace=False)].mean(axis=0) - data.mean(axis=0))
-                     for _ in range(20)]
+    random_errors = [
+        np.linalg.norm(data[rng.choice(500, 20, replace=False)].mean(axis=0) - data.mean(axis=0)) for _ in range(20)
+    ]
     assert herding_error < 0.1 * np.mean(random_errors)
 
 
@@ -91,8 +94,9 @@ def test_modalities_are_normalised_and_chosen_as_asked():
         return a / np.linalg.norm(a, axis=1, keepdims=True)
 
     assert np.array_equal(select_pairs("herding", image, text, 5, modality="image"), herding(unit(image), 5))
-    assert np.array_equal(select_pairs("kcenter", image, text, 5, modality="text", seed=4),
-                          kcenter(unit(text), 5, seed=4))
+    assert np.array_equal(
+        select_pairs("kcenter", image, text, 5, modality="text", seed=4), kcenter(unit(text), 5, seed=4)
+    )
     both = np.concatenate([unit(image), unit(text)], axis=1)
     assert np.array_equal(select_pairs("herding", image, text, 5), herding(both, 5))
     # Scaling one modality changes nothing: each side is normalised first.
@@ -105,27 +109,36 @@ def test_zero_rows_stay_zero_and_bad_rows_are_named():
     rng = np.random.default_rng(1)
     image, text = rng.normal(size=(40, 6)), rng.normal(size=(40, 4))
     image[[5, 9]] = 0.0
-    both = np.concatenate([image / np.maximum(np.linalg.norm(image, axis=1, keepdims=True), 1e-30),
-                           text / np.linalg.norm(text, axis=1, keepdims=True)], axis=1)
+    both = np.concatenate(
+        [
+            image / np.maximum(np.linalg.norm(image, axis=1, keepdims=True), 1e-30),
+            text / np.linalg.norm(text, axis=1, keepdims=True),
+        ],
+        axis=1,
+    )
     assert np.array_equal(select_pairs("kcenter", image, text, 40, seed=2), kcenter(both, 40, seed=2))
     image[[7, 30]] = np.inf
     with pytest.raises(ValueError, match=r"image_embeds holds NaN or inf at pair\(s\) \[7, 30\]"):
         select_pairs("herding", image, text, 3)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(method="coreset"), "Unknown baseline"),
-    (dict(modality="audio"), "Unknown modality"),
-    (dict(num_pairs=0), "between 1 and"),
-    (dict(num_pairs=11), "between 1 and"),
-    (dict(num_pairs=2.5), "between 1 and"),
-    (dict(text_embeds=np.zeros((9, 3))), "one of each per pair"),
-    (dict(image_embeds=np.full((10, 3), np.nan)), "NaN"),
-    (dict(image_embeds=np.zeros(10)), r"\(N, d\)"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(method="coreset"), "Unknown baseline"),
+        (dict(modality="audio"), "Unknown modality"),
+        (dict(num_pairs=0), "between 1 and"),
+        (dict(num_pairs=11), "between 1 and"),
+        (dict(num_pairs=2.5), "between 1 and"),
+        (dict(text_embeds=np.zeros((9, 3))), "one of each per pair"),
+        (dict(image_embeds=np.full((10, 3), np.nan)), "NaN"),
+        (dict(image_embeds=np.zeros(10)), r"\(N, d\)"),
+    ],
+)
 def test_bad_input_is_refused(kwargs, message):
     args = dict(method="random", image_embeds=np.zeros((10, 3)), text_embeds=np.zeros((10, 3)), num_pairs=3)
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
-        select_pairs(args.pop("method"), args.pop("image_embeds"), args.pop("text_embeds"), args.pop("num_pairs"),
-                     **args)
+        select_pairs(
+            args.pop("method"), args.pop("image_embeds"), args.pop("text_embeds"), args.pop("num_pairs"), **args
+        )

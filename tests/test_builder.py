@@ -37,8 +37,9 @@ def clip_dim(clip_folder):
 @pytest.fixture(scope="module")
 def source(shapes_ds, tmp_path_factory):
     folder = tmp_path_factory.mktemp("source")
-    shapes_ds.add_column("split", ["train" if i % 3 else "val" for i in range(len(shapes_ds))]) \
-        .save_to_disk(str(folder))
+    shapes_ds.add_column("split", ["train" if i % 3 else "val" for i in range(len(shapes_ds))]).save_to_disk(
+        str(folder)
+    )
     return str(folder)
 
 
@@ -57,8 +58,14 @@ def runs(monkeypatch):
 
 
 def _settings(clip_folder, **changes):
-    return {"num_pairs": 5, "clip_model": clip_folder, "synthesis": "retrieve", "image_size": 32, "device": "cpu",
-            **changes}
+    return {
+        "num_pairs": 5,
+        "clip_model": clip_folder,
+        "synthesis": "retrieve",
+        "image_size": 32,
+        "device": "cpu",
+        **changes,
+    }
 
 
 def _renamed(ds, prefix):
@@ -71,8 +78,13 @@ def _captions(ds):
 
 
 def test_builds_caches_and_loads(source, clip_folder, clip_dim, shapes_ds, tmp_path, runs):
-    builder = DistillBuilder(cache_dir=str(tmp_path), source=source, source_filter={"split": "train"},
-                             source_columns=["image", "caption"], distill=_settings(clip_folder))
+    builder = DistillBuilder(
+        cache_dir=str(tmp_path),
+        source=source,
+        source_filter={"split": "train"},
+        source_columns=["image", "caption"],
+        distill=_settings(clip_folder),
+    )
     # Declared before anything is built, from the encoder's config.
     assert builder.info.features == output_features(clip_dim)
     builder.download_and_prepare()
@@ -93,13 +105,23 @@ def test_builds_caches_and_loads(source, clip_folder, clip_dim, shapes_ds, tmp_p
     del runs[:]
 
     # Built once: the same config again does no work.
-    again = DistillBuilder(cache_dir=str(tmp_path), source=source, source_filter={"split": "train"},
-                           source_columns=["image", "caption"], distill=_settings(clip_folder))
+    again = DistillBuilder(
+        cache_dir=str(tmp_path),
+        source=source,
+        source_filter={"split": "train"},
+        source_columns=["image", "caption"],
+        distill=_settings(clip_folder),
+    )
     again.download_and_prepare()
     assert again.as_dataset("train")["caption"] == small["caption"] and runs == []
     # Another config is another build.
-    other = DistillBuilder(cache_dir=str(tmp_path), source=source, source_filter={"split": "train"},
-                           source_columns=["image", "caption"], distill=_settings(clip_folder, num_pairs=4))
+    other = DistillBuilder(
+        cache_dir=str(tmp_path),
+        source=source,
+        source_filter={"split": "train"},
+        source_columns=["image", "caption"],
+        distill=_settings(clip_folder, num_pairs=4),
+    )
     other.download_and_prepare()
     assert len(other.as_dataset("train")) == 4 and len(runs) == 1
 
@@ -108,14 +130,20 @@ def test_source_columns_decide_what_is_distilled(shapes_pairs_ds, clip_folder, c
     # A source that carries embeddings of its own (7-d): used as given, unless source_columns leaves them out.
     n = len(shapes_pairs_ds)
     vector = List(Value("float32"), length=GIVEN_DIM)
-    given = shapes_pairs_ds.add_column("image_embedding", rng.normal(size=(n, GIVEN_DIM)).tolist(), feature=vector) \
-        .add_column("text_embedding", rng.normal(size=(n, GIVEN_DIM)).tolist(), feature=vector)
+    given = shapes_pairs_ds.add_column(
+        "image_embedding", rng.normal(size=(n, GIVEN_DIM)).tolist(), feature=vector
+    ).add_column("text_embedding", rng.normal(size=(n, GIVEN_DIM)).tolist(), feature=vector)
     given.save_to_disk(str(tmp_path / "given"))
 
-    with_given = DistillBuilder(cache_dir=str(tmp_path / "cache"), source=str(tmp_path / "given"),
-                                distill=_settings(clip_folder))
-    encoded = DistillBuilder(cache_dir=str(tmp_path / "cache"), source=str(tmp_path / "given"),
-                             source_columns=["image", "caption"], distill=_settings(clip_folder))
+    with_given = DistillBuilder(
+        cache_dir=str(tmp_path / "cache"), source=str(tmp_path / "given"), distill=_settings(clip_folder)
+    )
+    encoded = DistillBuilder(
+        cache_dir=str(tmp_path / "cache"),
+        source=str(tmp_path / "given"),
+        source_columns=["image", "caption"],
+        distill=_settings(clip_folder),
+    )
     # Declared before building: the source's own vector size, or the encoder's once those columns are left out.
     assert with_given.info.features == output_features(GIVEN_DIM)
     assert encoded.info.features == output_features(clip_dim)
@@ -130,8 +158,12 @@ def test_source_columns_decide_what_is_distilled(shapes_pairs_ds, clip_folder, c
     assert np.asarray(small_encoded["image_embedding"]).shape == (5, clip_dim)
     assert "embeddings" not in pds_hf.metadata(small_encoded)
 
-    missing = DistillBuilder(cache_dir=str(tmp_path / "cache"), source=str(tmp_path / "given"),
-                             source_columns=["image", "captions"], distill=_settings(clip_folder))
+    missing = DistillBuilder(
+        cache_dir=str(tmp_path / "cache"),
+        source=str(tmp_path / "given"),
+        source_columns=["image", "captions"],
+        distill=_settings(clip_folder),
+    )
     with pytest.raises(KeyError, match="source_columns names the column\\(s\\) \\['captions'\\]"):
         missing.download_and_prepare()
 
@@ -163,8 +195,9 @@ def test_a_changed_data_folder_is_built_again(shapes_pairs_ds, clip_folder, clip
     folder, cache = tmp_path / "pairs", str(tmp_path / "cache")
     folder.mkdir()
     shapes_pairs_ds.to_parquet(str(folder / "data.parquet"))
-    settings = dict(cache_dir=cache, source=str(folder), source_columns=["image", "caption"],
-                    distill=_settings(clip_folder))
+    settings = dict(
+        cache_dir=cache, source=str(folder), source_columns=["image", "caption"], distill=_settings(clip_folder)
+    )
     first = DistillBuilder(**settings)
     assert first.info.features == output_features(clip_dim)
     # Without source_columns the folder may hold embeddings of another size: not declared before building.
@@ -202,8 +235,13 @@ def test_a_hub_source_is_keyed_on_its_commit(hub, shapes_ds, clip_folder, tmp_pa
     assert len(runs) == 2 and set(second.as_dataset("train")["caption"]) <= _captions(renamed)
 
     # The first build was the old commit's: pinning that commit finds it.
-    pinned = DistillBuilder(cache_dir=cache, source="tester/shapes", source_revision=old_commit, token=hub.token,
-                            distill=_settings(clip_folder))
+    pinned = DistillBuilder(
+        cache_dir=cache,
+        source="tester/shapes",
+        source_revision=old_commit,
+        token=hub.token,
+        distill=_settings(clip_folder),
+    )
     assert pinned.config_id == first.config_id
     pinned.download_and_prepare()
     assert len(runs) == 2 and pinned.as_dataset("train")["caption"] == old
@@ -274,29 +312,49 @@ def test_a_new_stage_version_is_a_new_build(source, clip_folder, tmp_path, runs,
 
 
 def test_machine_settings_and_spelled_out_defaults_share_the_build(source, clip_folder, tmp_path, runs):
-    first = DistillBuilder(cache_dir=str(tmp_path), source=source,
-                           distill=_settings(clip_folder, num_pairs=3, encode_batch_size=7, encode_workers=0))
+    first = DistillBuilder(
+        cache_dir=str(tmp_path),
+        source=source,
+        distill=_settings(clip_folder, num_pairs=3, encode_batch_size=7, encode_workers=0),
+    )
     first.download_and_prepare()
     # Machine settings are used to run, though not part of the key.
     assert (runs[0].encode_batch_size, runs[0].encode_workers, runs[0].device) == (7, 0, "cpu")
 
-    same = _settings(clip_folder, num_pairs=3, encode_batch_size=64, synthesis_batch_size=3, use_cache=False,
-                     cache_dir=str(tmp_path / "elsewhere"), barrier_timeout=10, device=None,
-                     method="pds", rm_ratio=0.2, seed=42, kmeans_restarts=1)  # the last four: defaults spelled out
+    same = _settings(
+        clip_folder,
+        num_pairs=3,
+        encode_batch_size=64,
+        synthesis_batch_size=3,
+        use_cache=False,
+        cache_dir=str(tmp_path / "elsewhere"),
+        barrier_timeout=10,
+        device=None,
+        method="pds",
+        rm_ratio=0.2,
+        seed=42,
+        kmeans_restarts=1,
+    )  # the last four: defaults spelled out
     second = DistillBuilder(cache_dir=str(tmp_path), source=source, distill=same)
     assert second.config_id == first.config_id
     second.download_and_prepare()
     assert len(runs) == 1 and second.as_dataset("train")["caption"] == first.as_dataset("train")["caption"]
     # A setting that changes the result is another build.
-    assert DistillBuilder(cache_dir=str(tmp_path), source=source,
-                          distill={**same, "seed": 43}).config_id != first.config_id
+    assert (
+        DistillBuilder(cache_dir=str(tmp_path), source=source, distill={**same, "seed": 43}).config_id
+        != first.config_id
+    )
 
 
 def test_parquet_output(source, clip_folder, tmp_path):
     from datasets import load_dataset
 
-    builder = DistillBuilder(cache_dir=str(tmp_path / "cache"), source=source, source_columns=["image", "caption"],
-                             distill=_settings(clip_folder, num_pairs=3))
+    builder = DistillBuilder(
+        cache_dir=str(tmp_path / "cache"),
+        source=source,
+        source_columns=["image", "caption"],
+        distill=_settings(clip_folder, num_pairs=3),
+    )
     builder.download_and_prepare(str(tmp_path / "out"), file_format="parquet")
     files = sorted((tmp_path / "out").glob("*.parquet"))
     assert files, list((tmp_path / "out").iterdir())
@@ -314,7 +372,8 @@ def test_config_takes_ids_not_objects(tiny_encoder, source):
 
 
 def test_bad_filter_column(source, clip_folder, tmp_path):
-    builder = DistillBuilder(cache_dir=str(tmp_path), source=source, source_filter={"fold": "train"},
-                             distill=_settings(clip_folder))
+    builder = DistillBuilder(
+        cache_dir=str(tmp_path), source=source, source_filter={"fold": "train"}, distill=_settings(clip_folder)
+    )
     with pytest.raises(KeyError, match="source_filter names the column\\(s\\) \\['fold'\\]"):
         builder.download_and_prepare()

@@ -50,8 +50,12 @@ def test_every_distill_flag_has_help():
     undocumented = [action.option_strings or action.dest for action in distill._actions if not action.help]
     assert undocumented == []
     # A flag with a default (or a switch with both ways) says which it is.
-    no_default = [action.option_strings for action in distill._actions if "default" not in action.help and (
-        (action.nargs != 0 and action.default is not None) or isinstance(action, argparse.BooleanOptionalAction))]
+    no_default = [
+        action.option_strings
+        for action in distill._actions
+        if "default" not in action.help
+        and ((action.nargs != 0 and action.default is not None) or isinstance(action, argparse.BooleanOptionalAction))
+    ]
     assert no_default == []
 
 
@@ -65,9 +69,26 @@ def test_local_dataset_and_model_folders(tmp_path, shapes_ds, capsys):
     tiny_unclip_pipeline().save_pretrained(tmp_path / "unclip")
     shapes_ds.save_to_disk(str(tmp_path / "src"))
     out = tmp_path / "out"
-    code = main(["distill", str(tmp_path / "src"), "--clip-model", str(tmp_path / "clip"),
-                 "--unclip-model", str(tmp_path / "unclip"), "--num-pairs", "4", "--steps", "2",
-                 "--image-size", "32", "--device", "cpu", "--output", str(out)])
+    code = main(
+        [
+            "distill",
+            str(tmp_path / "src"),
+            "--clip-model",
+            str(tmp_path / "clip"),
+            "--unclip-model",
+            str(tmp_path / "unclip"),
+            "--num-pairs",
+            "4",
+            "--steps",
+            "2",
+            "--image-size",
+            "32",
+            "--device",
+            "cpu",
+            "--output",
+            str(out),
+        ]
+    )
     assert code == 0
     small = load_dataset(str(out), split="train")
     assert len(small) == 4 and small[0]["image"].size == (32, 32)
@@ -91,19 +112,29 @@ def test_messages_name_flags_not_python_keywords(tmp_path, shapes_ds, capsys):
     shapes_ds.save_to_disk(str(tmp_path / "src"))
     assert main(["distill", str(tmp_path / "src"), "--image-column", "caption", "--output", str(tmp_path / "out")]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line == ("error: Column 'caption' holds List(Value('string')), not images: pass --image-column IMAGE_COLUMN "
-                    "to name the column of images. A column of image file paths or bytes must be made an Image column "
-                    "first.")
+    assert line == (
+        "error: Column 'caption' holds List(Value('string')), not images: pass --image-column IMAGE_COLUMN "
+        "to name the column of images. A column of image file paths or bytes must be made an Image column "
+        "first."
+    )
 
     args = build_parser().parse_args(["distill", "me/pairs", "-o", "out"])
-    assert error_line(ValueError("Pass license='<Hub license id>', e.g. license='cc-by-4.0', or overwrite=True; "
-                                 "normalize=False, num_inference_steps=5 and encode_batch_size=8. Not in code: "
-                                 "load_dataset('./x', split='train'), nor in a path: /data/split=train/."), args) == (
-        2, "Pass --license '<Hub license id>', e.g. --license cc-by-4.0, or --overwrite; --no-normalize, --steps 5 "
-           "and --batch-size 8. Not in code: load_dataset('./x', split='train'), nor in a path: /data/split=train/.")
+    assert error_line(
+        ValueError(
+            "Pass license='<Hub license id>', e.g. license='cc-by-4.0', or overwrite=True; "
+            "normalize=False, num_inference_steps=5 and encode_batch_size=8. Not in code: "
+            "load_dataset('./x', split='train'), nor in a path: /data/split=train/."
+        ),
+        args,
+    ) == (
+        2,
+        "Pass --license '<Hub license id>', e.g. --license cc-by-4.0, or --overwrite; --no-normalize, --steps 5 "
+        "and --batch-size 8. Not in code: load_dataset('./x', split='train'), nor in a path: /data/split=train/.",
+    )
     evaluate = build_parser().parse_args(["evaluate", "me/set"])
     assert error_line(ValueError("Pass train_image_head=True or drop embed_dim."), evaluate)[1] == (
-        "Pass --train-image-head or drop embed_dim.")
+        "Pass --train-image-head or drop embed_dim."
+    )
     assert command_line_words("pass use_cache=True (in Python: x = f(a=1))", build_parser()) == "pass use_cache=True"
 
     def warn(args):
@@ -124,14 +155,30 @@ def test_a_split_the_folder_lacks_is_named_with_the_fix(streaming, tmp_path, sha
 
 
 def test_entry_point_runs_as_a_module():
-    result = subprocess.run([sys.executable, "-m", "pds_hf.cli", "distill", "--help"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "pds_hf.cli", "distill", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0 and "--num-pairs" in result.stdout
 
 
 def test_demo_pushes_to_the_hub(hub, capsys):
-    code = main(["distill", "--demo", "--num-pairs", "4", "--steps", "2", "--push-to-hub", "tester/demo-pds",
-                 "--license", "cc0-1.0", "--token", hub.token, "--private"])
+    code = main(
+        [
+            "distill",
+            "--demo",
+            "--num-pairs",
+            "4",
+            "--steps",
+            "2",
+            "--push-to-hub",
+            "tester/demo-pds",
+            "--license",
+            "cc0-1.0",
+            "--token",
+            hub.token,
+            "--private",
+        ]
+    )
     assert code == 0
     assert "Published" in capsys.readouterr().out
     files = hub.repo_files("tester/demo-pds")
@@ -162,16 +209,35 @@ def clip_folder(tmp_path_factory):
 
 
 @pytest.mark.parametrize("license_flag", [[], ["--license", "mit"]])
-def test_a_local_dataset_pushes_to_the_hub_naming_its_source(hub, tmp_path, shapes_ds, clip_folder, capsys,
-                                                             license_flag):
+def test_a_local_dataset_pushes_to_the_hub_naming_its_source(
+    hub, tmp_path, shapes_ds, clip_folder, capsys, license_flag
+):
     """The publish path of the command, end to end: without --license the source folder's license is used."""
     source = tmp_path / "src"
     shapes_ds.save_to_disk(str(source))
     info = json.loads((source / "dataset_info.json").read_text())
     (source / "dataset_info.json").write_text(json.dumps({**info, "license": "cc-by-4.0"}))
-    code = main(["distill", str(source), "--clip-model", str(clip_folder), "--synthesis", "retrieve",
-                 "--num-pairs", "4", "--image-size", "32", "--device", "cpu", "--push-to-hub", "tester/shapes-pds",
-                 "--token", hub.token, *license_flag])
+    code = main(
+        [
+            "distill",
+            str(source),
+            "--clip-model",
+            str(clip_folder),
+            "--synthesis",
+            "retrieve",
+            "--num-pairs",
+            "4",
+            "--image-size",
+            "32",
+            "--device",
+            "cpu",
+            "--push-to-hub",
+            "tester/shapes-pds",
+            "--token",
+            hub.token,
+            *license_flag,
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     readme = hub.repo_files("tester/shapes-pds")["README.md"].decode()
     assert f"license: {'mit' if license_flag else 'cc-by-4.0'}\n" in readme
@@ -190,8 +256,25 @@ def test_streaming_a_folder_of_parquet_files_gives_the_same_set(tmp_path, shapes
     outputs = {}
     for flags in ((), ("--streaming",)):
         out = tmp_path / ("streamed" if flags else "loaded")
-        code = main(["distill", str(source), *flags, "--clip-model", str(clip_folder), "--synthesis", "retrieve",
-                     "--num-pairs", "4", "--image-size", "32", "--device", "cpu", "--output", str(out)])
+        code = main(
+            [
+                "distill",
+                str(source),
+                *flags,
+                "--clip-model",
+                str(clip_folder),
+                "--synthesis",
+                "retrieve",
+                "--num-pairs",
+                "4",
+                "--image-size",
+                "32",
+                "--device",
+                "cpu",
+                "--output",
+                str(out),
+            ]
+        )
         assert code == 0, capsys.readouterr().err
         outputs[flags] = load_dataset(str(out), split="train"), pds_hf.metadata(str(out))
     (streamed, streamed_record), (loaded, loaded_record) = outputs[("--streaming",)], outputs[()]
@@ -231,9 +314,14 @@ def test_progress_logs_counts_and_rate_when_stderr_is_a_file(caplog):
         for _ in range(3):
             bar.update(1)
     assert [re.sub(r"\(.*\)", "(rate)", line) for line in _progress_lines(caplog, "Encoding images")] == [
-        "Encoding images: 1/3 (rate)", "Encoding images: 2/3 (rate)", "Encoding images: 3/3 (rate)"]
-    assert all(re.match(PROGRESS_LINE.format("Encoding images", r"\d/3", "item"), line)
-               for line in _progress_lines(caplog, "Encoding images"))
+        "Encoding images: 1/3 (rate)",
+        "Encoding images: 2/3 (rate)",
+        "Encoding images: 3/3 (rate)",
+    ]
+    assert all(
+        re.match(PROGRESS_LINE.format("Encoding images", r"\d/3", "item"), line)
+        for line in _progress_lines(caplog, "Encoding images")
+    )
     assert list(progress(iter("ab"), desc="Reading rows", unit="row", every=0)) == ["a", "b"]
     assert re.match(PROGRESS_LINE.format("Reading rows", "2", "row"), _progress_lines(caplog, "Reading rows")[-1])
 
@@ -280,10 +368,13 @@ def test_encoding_and_synthesis_report_progress(caplog, monkeypatch, shapes_ds, 
     encode_table(tiny_encoder, ds, read_pairs(ds), batch_size=4)
     assert _progress_lines(caplog, "Encoding images")[-1].startswith("Encoding images: 6/6 (")
     assert _progress_lines(caplog, "Encoding captions")[-1].startswith("Encoding captions: 12/12 (")
-    synthesize_unclip(tiny_pipe, np.zeros((2, 32), np.float32), ["a", "b"], num_inference_steps=1, batch_size=1,
-                      image_size=None)
+    synthesize_unclip(
+        tiny_pipe, np.zeros((2, 32), np.float32), ["a", "b"], num_inference_steps=1, batch_size=1, image_size=None
+    )
     assert [line.split(" (")[0] for line in _progress_lines(caplog, "Synthesizing")] == [
-        "Synthesizing images: 1/2", "Synthesizing images: 2/2"]
+        "Synthesizing images: 1/2",
+        "Synthesizing images: 2/2",
+    ]
 
 
 def _run_logging(verbose, capsys):
@@ -298,7 +389,8 @@ def _run_logging(verbose, capsys):
         except OSError:
             logging.getLogger("pds_hf.encode").warning("Retrying a shard", exc_info=True)
         logging.getLogger("transformers.utils.import_utils").warning(
-            "`CLIPImageProcessor` requires torchvision (not installed); falling back to `CLIPImageProcessorPil`")
+            "`CLIPImageProcessor` requires torchvision (not installed); falling back to `CLIPImageProcessorPil`"
+        )
         with progress(2, desc="Encoding images", every=0) as bar:
             bar.update(2)
         return 0
@@ -315,7 +407,9 @@ def test_the_command_shows_info_lines_one_line_each(capsys):
     transformers_logger.addHandler(handler)
     try:
         err = _run_logging(False, capsys)
-        assert err.startswith("resuming: 8 of 16 images already made\nwarning: Retrying a shard\nEncoding images: 2/2 (")
+        assert err.startswith(
+            "resuming: 8 of 16 images already made\nwarning: Retrying a shard\nEncoding images: 2/2 ("
+        )
         assert "Traceback" not in err and len(err.splitlines()) == 3
         assert seen == []  # the torchvision note is dropped, and shown under -v
         err = _run_logging(True, capsys)
@@ -335,7 +429,9 @@ def test_error_lines_name_what_failed_and_pick_the_exit_code():
     assert error_line(UsageError("bad flag"), args) == (2, "bad flag")
     assert error_line(CommandError("no network"), args) == (1, "no network")
     assert error_line(KeyError("The dataset has no caption column 'x'."), args) == (
-        2, "The dataset has no caption column 'x'.")
+        2,
+        "The dataset has no caption column 'x'.",
+    )
     code, line = error_line(OSError("We couldn't connect to 'https://huggingface.co'\nCheck your connection."), args)
     assert code == 1 and line.startswith("We couldn't connect to 'https://huggingface.co' Check your connection.")
     code, line = error_line(LocalEntryNotFoundError("me/clip is not in the cache"), args)
@@ -370,8 +466,9 @@ def test_only_the_model_that_failed_to_load_is_named(monkeypatch):
 
     monkeypatch.setattr(TransformersEncoder, "from_pretrained", no_connection)
     monkeypatch.setattr(diffusers.StableUnCLIPImg2ImgPipeline, "from_pretrained", not_cached)
-    args = build_parser().parse_args(["distill", "me/pairs", "--clip-model", "me/clip", "--unclip-model", "me/unclip",
-                                      "-o", "out"])
+    args = build_parser().parse_args(
+        ["distill", "me/pairs", "--clip-model", "me/clip", "--unclip-model", "me/unclip", "-o", "out"]
+    )
     code, line = error_line(_raised(load_encoder, "me/clip"), args)
     assert code == 1 and "--clip-model me/clip" in line and "--unclip-model" not in line, line
     code, line = error_line(_raised(load_unclip, "me/unclip"), args)
@@ -389,12 +486,16 @@ def test_an_error_that_knows_its_option_is_shown_with_the_flag_and_its_exit_code
             self.hub_unreachable = hub_unreachable
 
     args = build_parser().parse_args(["distill", "me/pairs", "--clip-model", "me/clip", "-o", "out"])
-    assert error_line(LoadError("Could not load clip_model='me/clip': no config.json; pass a folder written by "
-                                "save_pretrained.", False), args) == (
-        2, "Could not load --clip-model me/clip: no config.json; pass a folder written by save_pretrained.")
-    assert error_line(LoadError("Could not load clip_model='me/clip': the Hub could not be reached; unset "
-                                "HF_HUB_OFFLINE.", True), args) == (
-        1, "Could not load --clip-model me/clip: the Hub could not be reached; unset HF_HUB_OFFLINE.")
+    assert error_line(
+        LoadError(
+            "Could not load clip_model='me/clip': no config.json; pass a folder written by save_pretrained.", False
+        ),
+        args,
+    ) == (2, "Could not load --clip-model me/clip: no config.json; pass a folder written by save_pretrained.")
+    assert error_line(
+        LoadError("Could not load clip_model='me/clip': the Hub could not be reached; unset HF_HUB_OFFLINE.", True),
+        args,
+    ) == (1, "Could not load --clip-model me/clip: the Hub could not be reached; unset HF_HUB_OFFLINE.")
 
 
 def test_verbose_errors_point_to_the_traceback_shown_not_to_v():
@@ -427,4 +528,5 @@ def test_log_lines_name_a_stage_by_its_folder_and_a_finished_one_is_reused(tmp_p
     log_found(stage, 0, 3, "encoded image shards")
     assert [r.getMessage() for r in caplog.records] == [
         f"Reusing the finished result: all 3 encoded image shards found in {stage}.",
-        f"Resuming: 1 of 3 encoded image shards found in {stage}."]
+        f"Resuming: 1 of 3 encoded image shards found in {stage}.",
+    ]

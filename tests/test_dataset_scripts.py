@@ -28,8 +28,9 @@ def coco():
 
 
 def test_flickr30k_dry_run_distills_the_karpathy_train_rows(flickr, tmp_path, capsys):
-    code = flickr.main(["--org", "pds-org", "--dry-run", "--sizes", "4", "8", "--synthesis", "retrieve",
-                        "--output-dir", str(tmp_path)])
+    code = flickr.main(
+        ["--org", "pds-org", "--dry-run", "--sizes", "4", "8", "--synthesis", "retrieve", "--output-dir", str(tmp_path)]
+    )
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "pds-org/flickr30k-pds-4: 4 pairs" in printed and "pds-org/flickr30k-pds-8: 8 pairs" in printed
@@ -106,8 +107,17 @@ def test_recipe_checks_output_folders_first_and_reuses_its_builds(flickr, tmp_pa
 
 def test_a_size_the_source_cannot_give_is_one_error_line(flickr, tmp_path, capsys):
     # The builder distills inside datasets' generation, which wraps the error; the recipe prints its cause.
-    argv = ["--org", "pds-org", "--dry-run", "--sizes", "100000", "--synthesis", "retrieve", "--output-dir",
-            str(tmp_path)]
+    argv = [
+        "--org",
+        "pds-org",
+        "--dry-run",
+        "--sizes",
+        "100000",
+        "--synthesis",
+        "retrieve",
+        "--output-dir",
+        str(tmp_path),
+    ]
     assert flickr.main(argv) == 2
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith("error: num_pairs=100000 but the dataset has 60 usable pairs")

@@ -58,7 +58,7 @@ def test_the_card_lists_the_same_stages_up_to_writing(demo_run):
     out, printed, _ = demo_run
     stages = _stages(STAGES.search(printed)["stages"])
     card = (out / "README.md").read_text()
-    table = card[card.index("| stage | seconds |"):]
+    table = card[card.index("| stage | seconds |") :]
     rows = dict(re.findall(r"^\| ([\w ]+) \| (\d+\.\d\d) \|$", table[: table.index("| total |") + 40], re.MULTILINE))
     total = float(rows.pop("total"))
     assert list(rows) == [name for name in stages if name != "write output"]
@@ -79,8 +79,10 @@ def test_a_streamed_demo_card_still_names_the_demo_and_its_license(tmp_path, cap
     from huggingface_hub import DatasetCard
 
     out = tmp_path / "streamed"
-    assert main(["distill", "--demo", "--streaming", "--synthesis", "retrieve", "--num-pairs", "4", "--output",
-                 str(out)]) == 0
+    assert (
+        main(["distill", "--demo", "--streaming", "--synthesis", "retrieve", "--num-pairs", "4", "--output", str(out)])
+        == 0
+    )
     card = DatasetCard.load(out / "README.md")
     assert card.data.license == "apache-2.0"
     assert "| dataset | the pds-hf demo shapes (made in code by `pds_hf.demo.demo_dataset()`) |" in card.text

@@ -12,8 +12,9 @@ def test_loaded_clip_model_with_processor(shapes_ds):
     from pds_hf.testing import tiny_clip_model
 
     model, processor = tiny_clip_model(seed=1)
-    small = pds_hf.distill(shapes_ds, num_pairs=3, clip_model=model, clip_processor=processor, synthesis="none",
-                           device="cpu")
+    small = pds_hf.distill(
+        shapes_ds, num_pairs=3, clip_model=model, clip_processor=processor, synthesis="none", device="cpu"
+    )
     assert len(small) == 3
     assert pds_hf.metadata(small)["models"]["encoder"] == "CLIPModel"
 
@@ -40,12 +41,26 @@ def test_siglip_text_is_padded_to_max_length():
     tokenizer = tiny_clip_tokenizer()
     tokenizer.model_max_length = 24
     config = SiglipConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=24),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8))
-    processor = SiglipProcessor(image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}),
-                                tokenizer=tokenizer)
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=24,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
+    )
+    processor = SiglipProcessor(
+        image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer
+    )
     encoder = TransformersEncoder(SiglipModel(config), processor)
     alone = encoder.encode_texts(["a cat"])
     together = encoder.encode_texts(["a cat", "a much longer caption about a dog"])
@@ -81,7 +96,8 @@ def test_check_embeddings_shape_and_values():
     with pytest.raises(ValueError, match=r"dataset row\(s\) \[7\]"):
         check_embeddings(np.array([[0.0], [np.inf]]), what="text", expected_rows=2, row_ids=[3, 7])
     with pytest.raises(ValueError, match=r"input shard 2 row\(s\) \[7\]"):
-        check_embeddings(np.array([[0.0], [np.inf]]), what="text", expected_rows=2, row_ids=[3, 7],
-                         rows_of="input shard 2")
+        check_embeddings(
+            np.array([[0.0], [np.inf]]), what="text", expected_rows=2, row_ids=[3, 7], rows_of="input shard 2"
+        )
     with pytest.raises(ValueError, match=r"shape \(2, 0\); expected \(2, d\) with d > 0"):
         check_embeddings(np.zeros((2, 0)), what="image", expected_rows=2)

@@ -17,11 +17,30 @@ pytestmark = pytest.mark.usefixtures("fresh_evaluation_cache", "one_torch_thread
 def test_subcommands_plug_into_a_parent_parser():
     parser = argparse.ArgumentParser(prog="pds-hf")
     add_parsers(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["evaluate", "me/distilled", "--test", "me/flickr", "--validation", "me/flickr",
-                              "--validation-split", "val", "--student", "vit_tiny_patch16_224", "--runs", "3"])
+    args = parser.parse_args(
+        [
+            "evaluate",
+            "me/distilled",
+            "--test",
+            "me/flickr",
+            "--validation",
+            "me/flickr",
+            "--validation-split",
+            "val",
+            "--student",
+            "vit_tiny_patch16_224",
+            "--runs",
+            "3",
+        ]
+    )
     assert args.func.__name__ == "evaluate_command"
     assert (args.distilled, args.test, args.test_split, args.validation_split, args.runs) == (
-        "me/distilled", "me/flickr", "test", "val", 3)
+        "me/distilled",
+        "me/flickr",
+        "test",
+        "val",
+        3,
+    )
     args = parser.parse_args(["compare", "me/flickr", "--test", "me/flickr", "--num-pairs", "10", "20"])
     assert args.func.__name__ == "compare_command" and args.num_pairs == [10, 20]
     assert args.methods == ["pds", "random", "herding", "kcenter"]
@@ -50,12 +69,26 @@ def test_evaluate_reads_folders(tmp_path, capsys):
     from pds_hf.testing import tiny_clip_encoder
 
     train = demo_dataset(30, seed=0, side=32)
-    distilled = pds_hf.distill(train, num_pairs=5, clip_model=tiny_clip_encoder(), synthesis="retrieve",
-                               image_size=32, device="cpu")
+    distilled = pds_hf.distill(
+        train, num_pairs=5, clip_model=tiny_clip_encoder(), synthesis="retrieve", image_size=32, device="cpu"
+    )
     distilled.save_to_disk(str(tmp_path / "distilled"))
     demo_dataset(12, seed=5, side=32).save_to_disk(str(tmp_path / "test"))
-    assert main(["evaluate", str(tmp_path / "distilled"), "--test", str(tmp_path / "test"), "--demo",
-                 "--validation", "0.4", *FAST]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tmp_path / "distilled"),
+                "--test",
+                str(tmp_path / "test"),
+                "--demo",
+                "--validation",
+                "0.4",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "| pds-hf/tiny-random-student | 3 | 1 |" in printed
     assert "2 held-out distilled pairs" in printed and "(12 images, 24 captions)" in printed
@@ -75,8 +108,24 @@ def test_a_timm_student_without_timm_is_a_clear_error(monkeypatch, capsys):
 
 def test_compare_demo_writes_table_json_and_plot_or_says_why_not(tmp_path, capsys):
     out = tmp_path / "cmp"
-    assert main(["compare", "--demo", "--methods", "pds", "kcenter", "--num-pairs", "4", "8", *FAST,
-                 "--output-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--demo",
+                "--methods",
+                "pds",
+                "kcenter",
+                "--num-pairs",
+                "4",
+                "8",
+                *FAST,
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     table = (out / "comparison.md").read_text()
     assert table.startswith("| Method | Pairs | IR@1 |")

@@ -15,8 +15,11 @@ pytestmark = pytest.mark.usefixtures("fresh_evaluation_cache", "one_torch_thread
 
 @pytest.fixture(scope="module")
 def splits(shapes_ds):
-    return {"train": shapes_ds.select(range(0, 20)), "validation": shapes_ds.select(range(20, 30)),
-            "test": shapes_ds.select(range(30, 60))}
+    return {
+        "train": shapes_ds.select(range(0, 20)),
+        "validation": shapes_ds.select(range(20, 30)),
+        "test": shapes_ds.select(range(30, 60)),
+    }
 
 
 def distilled_from(ds, encoder, caption_prefix=""):
@@ -24,16 +27,29 @@ def distilled_from(ds, encoder, caption_prefix=""):
     captions = [captions[0] for captions in ds["caption"]]
     images = list(ds["image"])
     dim = 32
-    features = Features({
-        "image": Image(), "caption": Value("string"),
-        "image_embedding": List(Value("float32"), length=dim), "text_embedding": List(Value("float32"), length=dim),
-        "support": Value("int64"), "image_cluster": Value("int64"), "text_cluster": Value("int64"),
-    })
-    return Dataset.from_dict({
-        "image": images, "caption": [caption_prefix + c for c in captions],
-        "image_embedding": encoder.encode_images(images), "text_embedding": encoder.encode_texts(captions),
-        "support": [1] * len(ds), "image_cluster": list(range(len(ds))), "text_cluster": list(range(len(ds))),
-    }, features=features)
+    features = Features(
+        {
+            "image": Image(),
+            "caption": Value("string"),
+            "image_embedding": List(Value("float32"), length=dim),
+            "text_embedding": List(Value("float32"), length=dim),
+            "support": Value("int64"),
+            "image_cluster": Value("int64"),
+            "text_cluster": Value("int64"),
+        }
+    )
+    return Dataset.from_dict(
+        {
+            "image": images,
+            "caption": [caption_prefix + c for c in captions],
+            "image_embedding": encoder.encode_images(images),
+            "text_embedding": encoder.encode_texts(captions),
+            "support": [1] * len(ds),
+            "image_cluster": list(range(len(ds))),
+            "text_cluster": list(range(len(ds))),
+        },
+        features=features,
+    )
 
 
 class CountingStudent:
@@ -66,8 +82,15 @@ class CountingEncoder:
 
 def test_evaluate_end_to_end(tiny_encoder, splits, tmp_path):
     distilled = distilled_from(splits["train"], tiny_encoder)
-    report = evaluate(distilled, splits["test"], encoder=tiny_encoder, student=tiny_student(),
-                      validation=splits["validation"], cache_dir=tmp_path, **FAST)
+    report = evaluate(
+        distilled,
+        splits["test"],
+        encoder=tiny_encoder,
+        student=tiny_student(),
+        validation=splits["validation"],
+        cache_dir=tmp_path,
+        **FAST,
+    )
     assert len(report.runs) == 2 and report.seeds == [0, 1] and report.num_pairs == 20
     assert all(set(run) == set(report.mean) for run in report.runs)
     assert all(0 <= value <= 100 for run in report.runs for value in run.values())
@@ -88,8 +111,15 @@ def test_the_test_split_is_scored_once_per_run_after_selection(tiny_encoder, spl
         return original(similarity, caption_to_image, **kwargs)
 
     monkeypatch.setattr(train_module, "retrieval_metrics", spy)
-    evaluate(distilled_from(splits["train"], tiny_encoder), splits["test"], encoder=tiny_encoder,
-             student=tiny_student(), validation=splits["validation"], cache_dir=False, **FAST)
+    evaluate(
+        distilled_from(splits["train"], tiny_encoder),
+        splits["test"],
+        encoder=tiny_encoder,
+        student=tiny_student(),
+        validation=splits["validation"],
+        cache_dir=False,
+        **FAST,
+    )
     # 20 validation captions at epochs 3 and 6, then the 60 test captions once; per run.
     assert sizes == [20, 20, 60, 20, 20, 60]
 
@@ -107,22 +137,29 @@ def test_features_are_computed_once_then_cached_in_memory_and_on_disk(tiny_encod
     student, encoder = CountingStudent(), CountingEncoder(tiny_encoder)
 
     def run(cache_dir):
-        return evaluate(distilled, splits["test"], encoder=encoder, student=student, cache_dir=cache_dir,
-                        validation=splits["validation"], **FAST)
+        return evaluate(
+            distilled,
+            splits["test"],
+            encoder=encoder,
+            student=student,
+            cache_dir=cache_dir,
+            validation=splits["validation"],
+            **FAST,
+        )
 
     # Each distinct caption string is encoded once.
     texts = sum(len({c for captions in splits[name]["caption"] for c in captions}) for name in ("test", "validation"))
     first = run(tmp_path)
     assert student.seen == 20 + 30 + 10 and len(encoder.texts) == texts
-    second = run(tmp_path)                  # memory
+    second = run(tmp_path)  # memory
     assert student.seen == 60 and len(encoder.texts) == texts
     clear_memory_cache()
-    third = run(tmp_path)                   # disk
+    third = run(tmp_path)  # disk
     assert student.seen == 60 and len(encoder.texts) == texts
     assert len(list(tmp_path.glob("*.npy"))) == 5  # distilled, test and validation images; test and validation texts
     assert first.runs == second.runs == third.runs
     clear_memory_cache()
-    run(False)                              # no disk cache, empty memory: computed again
+    run(False)  # no disk cache, empty memory: computed again
     assert student.seen == 120 and len(encoder.texts) == 2 * texts
 
 
@@ -142,27 +179,55 @@ def test_anonymous_student_is_computed_once_per_call_but_not_cached(tiny_encoder
 
 def test_validation_fraction_holds_out_distilled_pairs(tiny_encoder, splits):
     distilled = distilled_from(splits["train"], tiny_encoder)
-    report = evaluate(distilled, splits["test"], encoder=tiny_encoder, student=tiny_student(), validation=0.25,
-                      cache_dir=False, **FAST)
+    report = evaluate(
+        distilled,
+        splits["test"],
+        encoder=tiny_encoder,
+        student=tiny_student(),
+        validation=0.25,
+        cache_dir=False,
+        **FAST,
+    )
     assert report.num_pairs == 15
     assert "5 held-out distilled pairs" in report.selection
     with pytest.raises(ValueError, match="validation dataset of real pairs"):
-        evaluate(distilled, splits["test"], encoder=tiny_encoder, student=tiny_student(), validation=0.01,
-                 cache_dir=False, **FAST)
+        evaluate(
+            distilled,
+            splits["test"],
+            encoder=tiny_encoder,
+            student=tiny_student(),
+            validation=0.01,
+            cache_dir=False,
+            **FAST,
+        )
 
 
 def test_validation_on_the_test_set_is_refused(tiny_encoder, splits):
     with pytest.raises(ValueError, match="validation set is the test set"):
-        evaluate(distilled_from(splits["train"], tiny_encoder), splits["test"], encoder=tiny_encoder,
-                 student=tiny_student(), validation=splits["test"], cache_dir=False, **FAST)
+        evaluate(
+            distilled_from(splits["train"], tiny_encoder),
+            splits["test"],
+            encoder=tiny_encoder,
+            student=tiny_student(),
+            validation=splits["test"],
+            cache_dir=False,
+            **FAST,
+        )
 
 
 def test_real_pairs_without_embeddings(tiny_encoder, splits):
     plain = splits["train"]  # image + list of captions, no text_embedding column
     with pytest.raises(KeyError, match="text_embedding_column=None"):
         evaluate(plain, splits["test"], encoder=tiny_encoder, student=tiny_student(), cache_dir=False, **FAST)
-    report = evaluate(plain, splits["test"], encoder=tiny_encoder, student=tiny_student(),
-                      text_embedding_column=None, cache_dir=False, **FAST)
+    report = evaluate(
+        plain,
+        splits["test"],
+        encoder=tiny_encoder,
+        student=tiny_student(),
+        text_embedding_column=None,
+        cache_dir=False,
+        **FAST,
+    )
     assert report.num_pairs == 40  # 20 images x 2 captions
 
 
@@ -171,24 +236,52 @@ def test_missing_encoder_and_bad_columns_are_clear_errors(tiny_encoder, splits):
     with pytest.raises(ValueError, match="Pass encoder="):
         evaluate(distilled, splits["test"], student=tiny_student(), cache_dir=False, **FAST)
     with pytest.raises(KeyError, match="caption_column"):
-        evaluate(distilled, splits["test"].rename_column("caption", "sentences"), encoder=tiny_encoder,
-                 student=tiny_student(), cache_dir=False, **FAST)
+        evaluate(
+            distilled,
+            splits["test"].rename_column("caption", "sentences"),
+            encoder=tiny_encoder,
+            student=tiny_student(),
+            cache_dir=False,
+            **FAST,
+        )
     with pytest.raises(KeyError, match="distilled_image_column"):
-        evaluate(distilled.rename_column("image", "picture"), splits["test"], encoder=tiny_encoder,
-                 student=tiny_student(), cache_dir=False, **FAST)
+        evaluate(
+            distilled.rename_column("image", "picture"),
+            splits["test"],
+            encoder=tiny_encoder,
+            student=tiny_student(),
+            cache_dir=False,
+            **FAST,
+        )
     with pytest.raises(TypeError, match="validation must be"):
-        evaluate(distilled, splits["test"], encoder=tiny_encoder, student=tiny_student(), validation="val",
-                 cache_dir=False, **FAST)
+        evaluate(
+            distilled,
+            splits["test"],
+            encoder=tiny_encoder,
+            student=tiny_student(),
+            validation="val",
+            cache_dir=False,
+            **FAST,
+        )
 
 
 def test_with_pds_distill_output(tiny_encoder, splits, caplog, monkeypatch):
     import pds_hf
     from pds_hf.encode import TransformersEncoder
 
-    distilled = pds_hf.distill(splits["train"], num_pairs=6, clip_model=tiny_encoder, synthesis="retrieve",
-                               image_size=32, device="cpu")
-    report = evaluate(distilled, splits["test"], encoder=tiny_encoder, student=tiny_student(),
-                      validation=splits["validation"], cache_dir=False, train_image_head=True, **FAST)
+    distilled = pds_hf.distill(
+        splits["train"], num_pairs=6, clip_model=tiny_encoder, synthesis="retrieve", image_size=32, device="cpu"
+    )
+    report = evaluate(
+        distilled,
+        splits["test"],
+        encoder=tiny_encoder,
+        student=tiny_student(),
+        validation=splits["validation"],
+        cache_dir=False,
+        train_image_head=True,
+        **FAST,
+    )
     assert report.num_pairs == 6 and "text and image heads" in report.to_markdown()
     assert "different spaces" not in caplog.text
     no_images = pds_hf.distill(splits["train"], num_pairs=4, clip_model=tiny_encoder, synthesis="none", device="cpu")

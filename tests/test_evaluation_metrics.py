@@ -18,11 +18,13 @@ def test_reversed_retrieval_scores_0_at_k_below_the_candidates():
 
 
 def test_ranks_count_wrong_candidates_above():
-    sim = np.array([
-        [0.1, 0.5, 0.4],   # image 0: its caption 0 is last
-        [0.2, 0.8, 0.3],   # image 1: its caption 1 is first
-        [0.3, 0.7, 0.6],   # image 2: its caption 2 is behind caption 1
-    ])
+    sim = np.array(
+        [
+            [0.1, 0.5, 0.4],  # image 0: its caption 0 is last
+            [0.2, 0.8, 0.3],  # image 1: its caption 1 is first
+            [0.3, 0.7, 0.6],  # image 2: its caption 2 is behind caption 1
+        ]
+    )
     caption_ranks, image_ranks = retrieval_ranks(sim, [0, 1, 2])
     # Caption 0: images 1 and 2 score 0.2, 0.3 > 0.1. Captions 1 and 2: their image scores highest.
     assert caption_ranks.tolist() == [2, 0, 0]
@@ -38,11 +40,11 @@ def test_ties_count_against_the_model():
     sim = np.zeros((4, 8))
     owner = np.repeat(np.arange(4), 2)
     caption_ranks, image_ranks = retrieval_ranks(sim, owner)
-    assert caption_ranks.tolist() == [3] * 8      # the 3 other images
-    assert image_ranks.tolist() == [6] * 4        # the 6 captions of other images
+    assert caption_ranks.tolist() == [3] * 8  # the 3 other images
+    assert image_ranks.tolist() == [6] * 4  # the 6 captions of other images
     result = retrieval_metrics(sim, owner, ks=(1, 5, 10))
     assert result["IR@1"] == 0.0 and result["TR@1"] == 0.0
-    assert result["IR@5"] == 100.0               # 3 wrong images < 5
+    assert result["IR@5"] == 100.0  # 3 wrong images < 5
     assert result["TR@5"] == 0.0 and result["TR@10"] == 100.0
 
 
@@ -57,10 +59,12 @@ def test_a_single_tie_with_a_wrong_candidate_loses_rank_1():
 
 def test_any_caption_of_an_image_counts_for_text_retrieval():
     # 2 images x 3 captions. Image 0 ranks its caption 2 first but its captions 0 and 1 last.
-    sim = np.array([
-        [0.0, 0.1, 0.9, 0.5, 0.4, 0.3],
-        [0.1, 0.0, 0.2, 0.9, 0.8, 0.7],
-    ])
+    sim = np.array(
+        [
+            [0.0, 0.1, 0.9, 0.5, 0.4, 0.3],
+            [0.1, 0.0, 0.2, 0.9, 0.8, 0.7],
+        ]
+    )
     owner = [0, 0, 0, 1, 1, 1]
     caption_ranks, image_ranks = retrieval_ranks(sim, owner)
     assert image_ranks.tolist() == [0, 0]
@@ -86,13 +90,16 @@ def test_mean_is_the_average_of_the_six_recalls():
     assert result["mean"] == pytest.approx(np.mean([result[name] for name in METRIC_NAMES[:-1]]))
 
 
-@pytest.mark.parametrize("sim, owner, message", [
-    (np.zeros((2, 3)), [0, 1], "shape"),
-    (np.zeros((2, 2)), [0, 2], "outside"),
-    (np.zeros((2, 2)), [0, 0], "no caption"),
-    (np.array([[np.nan, 0.0], [0.0, 1.0]]), [0, 1], "NaN"),
-    (np.zeros(3), [0, 1, 2], "matrix"),
-])
+@pytest.mark.parametrize(
+    "sim, owner, message",
+    [
+        (np.zeros((2, 3)), [0, 1], "shape"),
+        (np.zeros((2, 2)), [0, 2], "outside"),
+        (np.zeros((2, 2)), [0, 0], "no caption"),
+        (np.array([[np.nan, 0.0], [0.0, 1.0]]), [0, 1], "NaN"),
+        (np.zeros(3), [0, 1, 2], "matrix"),
+    ],
+)
 def test_bad_inputs_are_refused(sim, owner, message):
     with pytest.raises(ValueError, match=message):
         retrieval_metrics(sim, owner)

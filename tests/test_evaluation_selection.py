@@ -20,8 +20,12 @@ def world(seed=0):
     def pairs(n, captions_per_image=1, name="test"):
         z = rng.normal(size=(n, 8))
         owner = np.repeat(np.arange(n), captions_per_image)
-        return RetrievalSet(z @ a + 0.5 * rng.normal(size=(n, 24)),
-                            z[owner] @ b + 0.5 * rng.normal(size=(len(owner), 16)), owner, name=name)
+        return RetrievalSet(
+            z @ a + 0.5 * rng.normal(size=(n, 24)),
+            z[owner] @ b + 0.5 * rng.normal(size=(len(owner), 16)),
+            owner,
+            name=name,
+        )
 
     train = pairs(120)
     return train.image_feats, train.text_feats, pairs(30, name="validation"), pairs(50, 2, name="test")
@@ -50,8 +54,9 @@ def test_selected_epoch_is_the_best_on_validation_and_its_test_numbers_are_repor
         means = [metrics["mean"] for _, metrics in history]
         assert epoch == history[int(np.argmax(means))][0]
         # Training is deterministic: retraining for exactly `epoch` epochs gives the reported test numbers.
-        replay = evaluate_features(train_image, train_text, test, validation=None, runs=1, seed=3 + run,
-                                   **{**SETTINGS, "epochs": epoch})
+        replay = evaluate_features(
+            train_image, train_text, test, validation=None, runs=1, seed=3 + run, **{**SETTINGS, "epochs": epoch}
+        )
         assert replay.runs[0] == report.runs[run]
 
 
@@ -59,8 +64,12 @@ def test_selection_does_not_depend_on_the_test_set():
     train_image, train_text, validation, test = world()
     # The same test images with their captions shuffled among images: a selector looking at the test set
     # would see very different recalls at each epoch.
-    scrambled = RetrievalSet(test.image_feats, test.text_feats,
-                             np.random.default_rng(7).permutation(test.caption_to_image), name="scrambled test")
+    scrambled = RetrievalSet(
+        test.image_feats,
+        test.text_feats,
+        np.random.default_rng(7).permutation(test.caption_to_image),
+        name="scrambled test",
+    )
     honest = evaluate_features(train_image, train_text, test, validation=validation, runs=3, **SETTINGS)
     other = evaluate_features(train_image, train_text, scrambled, validation=validation, runs=3, **SETTINGS)
     assert honest.selected_epochs == other.selected_epochs

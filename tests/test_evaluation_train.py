@@ -28,8 +28,9 @@ def hidden_variable_world(seed=0):
 
     z = rng.normal(size=(50, HIDDEN))
     owner = np.repeat(np.arange(50), 2)
-    test = RetrievalSet(z @ a + NOISE * rng.normal(size=(50, IMAGE_DIM)),
-                        z[owner] @ b + NOISE * rng.normal(size=(100, TEXT_DIM)), owner)
+    test = RetrievalSet(
+        z @ a + NOISE * rng.normal(size=(50, IMAGE_DIM)), z[owner] @ b + NOISE * rng.normal(size=(100, TEXT_DIM)), owner
+    )
     return make_pairs, test
 
 
@@ -80,8 +81,14 @@ def test_true_pairs_beat_shuffled_pairs_by_a_wide_margin():
     assert good["mean"] - bad["mean"] > 40
 
 
-@pytest.mark.parametrize("options", [dict(train_image_head=True), dict(learn_temperature=True),
-                                     dict(train_image_head=True, embed_dim=8, learn_temperature=True)])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(train_image_head=True),
+        dict(learn_temperature=True),
+        dict(train_image_head=True, embed_dim=8, learn_temperature=True),
+    ],
+)
 def test_options_train_too(options):
     make_pairs, test = hidden_variable_world()
     image_feats, text_feats = make_pairs(200)
@@ -115,11 +122,14 @@ def test_learning_rate_decays_at_the_given_epoch(monkeypatch):
     assert seen == pytest.approx([0.2, 0.2, 0.2, 0.02, 0.02, 0.02])
 
 
-@pytest.mark.parametrize("image_feats, text_feats, message", [
-    (np.zeros((3, 4)), np.zeros((2, 4)), "one of each per training pair"),
-    (np.zeros((0, 4)), np.zeros((0, 4)), "No training pairs"),
-    (np.full((2, 4), np.nan), np.zeros((2, 4)), "NaN"),
-])
+@pytest.mark.parametrize(
+    "image_feats, text_feats, message",
+    [
+        (np.zeros((3, 4)), np.zeros((2, 4)), "one of each per training pair"),
+        (np.zeros((0, 4)), np.zeros((0, 4)), "No training pairs"),
+        (np.full((2, 4), np.nan), np.zeros((2, 4)), "NaN"),
+    ],
+)
 def test_bad_training_features_are_refused(image_feats, text_feats, message):
     with pytest.raises(ValueError, match=message):
         train_heads(image_feats, text_feats, epochs=1)

@@ -26,8 +26,9 @@ def with_bad_images(shapes_ds):
     stored[5:5] = [{"bytes": b"not an image", "path": None}]
     stored[12:12] = [{"bytes": truncated, "path": None}]
     captions = [f"caption {i}" for i in range(len(stored))]
-    return Dataset.from_dict({"image": stored, "caption": captions},
-                             features=Features({"image": Image(), "caption": Value("string")}))
+    return Dataset.from_dict(
+        {"image": stored, "caption": captions}, features=Features({"image": Image(), "caption": Value("string")})
+    )
 
 
 def test_same_embeddings_with_0_1_and_2_workers(tiny_encoder, with_bad_images, caplog, monkeypatch):
@@ -39,8 +40,16 @@ def test_same_embeddings_with_0_1_and_2_workers(tiny_encoder, with_bad_images, c
     for workers, transfer in ((0, None), (1, "shm"), (2, "shm"), (2, "pipe")):
         monkeypatch.setattr(pds_hf.encode, "_room_in_shared_memory", lambda nbytes, depth: transfer == "shm")
         with caplog.at_level("WARNING", logger="pds_hf.encode"):
-            results.append(encode_table(tiny_encoder, with_bad_images, read_pairs(with_bad_images), batch_size=4,
-                                        shard_size=7, workers=workers))
+            results.append(
+                encode_table(
+                    tiny_encoder,
+                    with_bad_images,
+                    read_pairs(with_bad_images),
+                    batch_size=4,
+                    shard_size=7,
+                    workers=workers,
+                )
+            )
         assert "Skipping 2 image(s) of column 'image' that failed to decode, at row(s) [5, 12]" in caplog.text
         caplog.clear()
     for table, image_embeds, text_embeds in results:
@@ -109,9 +118,17 @@ def test_only_the_main_process_loads_the_embeddings(tiny_encoder, with_bad_image
     meeting, results = threading.Barrier(2), {}
 
     def run(rank):
-        results[rank] = encode_table(tiny_encoder, with_bad_images, table, batch_size=4, shard_size=6,
-                                     stage=Stage(tmp_path), ranks=_ThreadRanks(rank, meeting), workers=0,
-                                     load=rank == 0)
+        results[rank] = encode_table(
+            tiny_encoder,
+            with_bad_images,
+            table,
+            batch_size=4,
+            shard_size=6,
+            stage=Stage(tmp_path),
+            ranks=_ThreadRanks(rank, meeting),
+            workers=0,
+            load=rank == 0,
+        )
 
     with caplog.at_level("INFO", logger="pds_hf.encode"):
         threads = [threading.Thread(target=run, args=(rank,), name=f"rank{rank}") for rank in (0, 1)]
@@ -156,10 +173,25 @@ def _free_port() -> int:
 def _two_processes(mode: str) -> str:
     port, outputs, procs = _free_port(), [], []
     for rank in (0, 1):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                   WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", CUDA_VISIBLE_DEVICES="")
-        procs.append(subprocess.Popen([sys.executable, "-c", textwrap.dedent(_BARRIER_SCRIPT), mode], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = dict(
+            os.environ,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_WORLD_SIZE="2",
+            CUDA_VISIBLE_DEVICES="",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", textwrap.dedent(_BARRIER_SCRIPT), mode],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     for proc in procs:
         outputs.append(proc.communicate(timeout=120)[0])
     return outputs[0]

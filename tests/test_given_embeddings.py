@@ -21,12 +21,21 @@ def _pair_layout(rng, n=40):
     """One row per pair: 25 distinct images (rows 25+ repeat rows 0-14) and 30 distinct captions (rows 30+ repeat
     rows 0-9); every row has vectors of its own, so taking another occurrence than the first shows."""
     return Dataset.from_dict(
-        {"image": [{"bytes": png_bytes((i % 25 * 9, 40, 90)), "path": None} for i in range(n)],
-         "caption": [f"caption {i % 30}" for i in range(n)],
-         "image_embedding": rng.normal(size=(n, DIM)).astype(np.float32).tolist(),
-         "text_embedding": rng.normal(size=(n, DIM)).astype(np.float32).tolist()},
-        features=Features({"image": Image(), "caption": Value("string"), "image_embedding": List(Value("float32")),
-                           "text_embedding": List(Value("float32"))}))
+        {
+            "image": [{"bytes": png_bytes((i % 25 * 9, 40, 90)), "path": None} for i in range(n)],
+            "caption": [f"caption {i % 30}" for i in range(n)],
+            "image_embedding": rng.normal(size=(n, DIM)).astype(np.float32).tolist(),
+            "text_embedding": rng.normal(size=(n, DIM)).astype(np.float32).tolist(),
+        },
+        features=Features(
+            {
+                "image": Image(),
+                "caption": Value("string"),
+                "image_embedding": List(Value("float32")),
+                "text_embedding": List(Value("float32")),
+            }
+        ),
+    )
 
 
 def _image_layout(rng, n=30):
@@ -35,13 +44,21 @@ def _image_layout(rng, n=30):
     captions = [[f"caption {(i * 3 + j) % 41}" for j in range(1 + i % 3)] for i in range(n)]
     captions[6] = ["caption 2", "caption 2"]
     return Dataset.from_dict(
-        {"image": [None if i == 4 else {"bytes": png_bytes((i * 7, 20, 30)), "path": None} for i in range(n)],
-         "caption": captions,
-         "image_embedding": rng.normal(size=(n, DIM)).astype(np.float32).tolist(),
-         "text_embedding": [rng.normal(size=(len(row), DIM)).astype(np.float32).tolist() for row in captions]},
-        features=Features({"image": Image(), "caption": List(Value("string")),
-                           "image_embedding": List(Value("float32")),
-                           "text_embedding": List(List(Value("float32")))}))
+        {
+            "image": [None if i == 4 else {"bytes": png_bytes((i * 7, 20, 30)), "path": None} for i in range(n)],
+            "caption": captions,
+            "image_embedding": rng.normal(size=(n, DIM)).astype(np.float32).tolist(),
+            "text_embedding": [rng.normal(size=(len(row), DIM)).astype(np.float32).tolist() for row in captions],
+        },
+        features=Features(
+            {
+                "image": Image(),
+                "caption": List(Value("string")),
+                "image_embedding": List(Value("float32")),
+                "text_embedding": List(List(Value("float32"))),
+            }
+        ),
+    )
 
 
 def _reference(ds, table):
@@ -90,8 +107,15 @@ def test_blocks_equal_the_columns_read_whole(layout, block_rows, rng, monkeypatc
     if layout == "shuffled":  # an indices mapping: each block is gathered, not sliced
         ds = ds.shuffle(seed=3)
     if layout == "fixed-size":  # Arrow fixed-size lists (List(..., length=d))
-        ds = ds.cast(Features({**ds.features, "image_embedding": List(Value("float32"), length=DIM),
-                               "text_embedding": List(List(Value("float32"), length=DIM))}))
+        ds = ds.cast(
+            Features(
+                {
+                    **ds.features,
+                    "image_embedding": List(Value("float32"), length=DIM),
+                    "text_embedding": List(List(Value("float32"), length=DIM)),
+                }
+            )
+        )
     if block_rows:
         monkeypatch.setattr(inputs, "EMBEDDING_BLOCK_ROWS", block_rows)
     blocks = _count_blocks(monkeypatch)
@@ -138,9 +162,18 @@ def test_the_processor_selects_from_the_store_and_a_rerun_reads_no_column(rng, t
         return select(self, table, image_embeds, text_embeds, *args)
 
     def run(dtype):
-        return DistillProcessor(DistillConfig(
-            num_pairs=3, rm_ratio=0.0, synthesis="none", device="cpu", use_cache=True, cache_dir=str(tmp_path),
-            embedding_dtype=dtype, clip_model="nobody/no-such-clip"))(ds)
+        return DistillProcessor(
+            DistillConfig(
+                num_pairs=3,
+                rm_ratio=0.0,
+                synthesis="none",
+                device="cpu",
+                use_cache=True,
+                cache_dir=str(tmp_path),
+                embedding_dtype=dtype,
+                clip_model="nobody/no-such-clip",
+            )
+        )(ds)
 
     monkeypatch.setattr(DistillProcessor, "_select", recording)
     first = {dtype: run(dtype) for dtype in ("float32", "float16")}
@@ -164,27 +197,30 @@ def test_the_processor_selects_from_the_store_and_a_rerun_reads_no_column(rng, t
 def test_only_the_main_process_reads_the_columns(rng, tmp_path, monkeypatch):
     ds = _pair_layout(rng)
     table = read_pairs(ds)
-    processor = DistillProcessor(DistillConfig(num_pairs=3, synthesis="none", use_cache=True,
-                                               cache_dir=str(tmp_path)))
+    processor = DistillProcessor(DistillConfig(num_pairs=3, synthesis="none", use_cache=True, cache_dir=str(tmp_path)))
     _refuse_blocks(monkeypatch)
     _, image_embeds, text_embeds, _, _ = processor._encoded(ds, table, True, StageTimer(), Ranks(rank=1, world=2))
     assert image_embeds is None and text_embeds is None
     with pytest.raises(ValueError, match="over 2 processes .* needs use_cache=True"):
-        DistillProcessor(processor.config, use_cache=False)._encoded(ds, table, True, StageTimer(),
-                                                                     Ranks(rank=1, world=2))
+        DistillProcessor(processor.config, use_cache=False)._encoded(
+            ds, table, True, StageTimer(), Ranks(rank=1, world=2)
+        )
 
 
 def _with_row(ds, row, column, value):
     return ds.map(lambda item, i: {column: value} if i == row else {}, with_indices=True)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (("text_embedding", [float("nan")] * DIM), r"'text_embedding' holds NaN or inf at row\(s\) \[23\]"),
-    (("image_embedding", [1.0] * (DIM - 1)), r"'image_embedding' mixes vector sizes: 7 at row 23 but 8 at row 0"),
-    (("text_embedding", [1.0] * (DIM + 1)), r"'text_embedding' mixes vector sizes: 9 at row 23 but 8 at row 0"),
-    (("image_embedding", None), r"'image_embedding' is empty \(null\) at row 23"),
-    (("text_embedding", []), r"'text_embedding' holds an empty vector at row 23"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (("text_embedding", [float("nan")] * DIM), r"'text_embedding' holds NaN or inf at row\(s\) \[23\]"),
+        (("image_embedding", [1.0] * (DIM - 1)), r"'image_embedding' mixes vector sizes: 7 at row 23 but 8 at row 0"),
+        (("text_embedding", [1.0] * (DIM + 1)), r"'text_embedding' mixes vector sizes: 9 at row 23 but 8 at row 0"),
+        (("image_embedding", None), r"'image_embedding' is empty \(null\) at row 23"),
+        (("text_embedding", []), r"'text_embedding' holds an empty vector at row 23"),
+    ],
+)
 def test_a_bad_value_in_a_later_block_names_the_column_and_row(bad, message, rng, tmp_path, monkeypatch):
     monkeypatch.setattr(inputs, "EMBEDDING_BLOCK_ROWS", 7)
     ds = _with_row(_pair_layout(rng), 23, *bad)
@@ -208,13 +244,16 @@ def test_a_bad_caption_list_in_a_later_block_names_the_row(rng, monkeypatch):
 def test_different_sizes_fail_before_any_bulk_read(rng, monkeypatch):
     ds = _pair_layout(rng)
     wide = ds.remove_columns("text_embedding").add_column(
-        "text_embedding", rng.normal(size=(len(ds), DIM * 2)).astype(np.float32).tolist())
+        "text_embedding", rng.normal(size=(len(ds), DIM * 2)).astype(np.float32).tolist()
+    )
     _refuse_blocks(monkeypatch)
     with pytest.raises(ValueError, match="'image_embedding' holds 8-d vectors but 'text_embedding' holds 16-d"):
         _read(wide)
     table = read_pairs(ds)
     assert embeddings_from_columns(ds, table, "image_embedding", "text_embedding", "caption", load=False) == (
-        None, None)
+        None,
+        None,
+    )
 
 
 def test_a_table_of_another_dataset_is_refused(rng):

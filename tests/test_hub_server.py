@@ -108,9 +108,7 @@ def test_second_push_keeps_the_readme_body(hub):
     card = DatasetCard.load("tester/demo")
     assert card.data.license == "apache-2.0"
     assert card.data.dataset_info["splits"][0]["num_examples"] == 2  # dataset_info was rewritten
-    assert [f for f in hub.repo_files("tester/demo") if f.endswith(".parquet")] == [
-        "data/train-00000-of-00001.parquet"
-    ]
+    assert [f for f in hub.repo_files("tester/demo") if f.endswith(".parquet")] == ["data/train-00000-of-00001.parquet"]
     loaded = datasets.load_dataset("tester/demo", split="train")
     assert loaded["text"] == ["four", "five"]
     for got, want in zip(pixels(loaded), pixels(second)):

@@ -73,8 +73,9 @@ def test_replace_with_another_encoder_uses_it(shapes_ds, tiny_encoder, other_enc
     assert not np.allclose(np.asarray(a["text_embedding"]), np.asarray(b["text_embedding"]))
 
 
-@pytest.mark.parametrize("change", [{"clip_revision": "v2"}, {"half_precision": False},
-                                    {"clip_processor": "openai/clip-vit-base-patch32"}])
+@pytest.mark.parametrize(
+    "change", [{"clip_revision": "v2"}, {"half_precision": False}, {"clip_processor": "openai/clip-vit-base-patch32"}]
+)
 def test_replace_loads_a_new_encoder_when_its_settings_change(clip_folder, change, monkeypatch):
     loads = []
 
@@ -100,11 +101,23 @@ def test_encode_hash_holds_what_changes_the_embeddings_only():
 
     processor = DistillProcessor(clip_model="org/clip")
     same = Hasher.hash(processor.encode)
-    for machine in ({"device": "cuda:3"}, {"encode_batch_size": 7}, {"encode_workers": 0}, {"cache_dir": "/x"},
-                    {"barrier_timeout": 5}, {"num_pairs": 9}):
+    for machine in (
+        {"device": "cuda:3"},
+        {"encode_batch_size": 7},
+        {"encode_workers": 0},
+        {"cache_dir": "/x"},
+        {"barrier_timeout": 5},
+        {"num_pairs": 9},
+    ):
         assert Hasher.hash(processor.replace(**machine).encode) == same, machine
-    for result in ({"clip_model": "org/other"}, {"clip_revision": "abc"}, {"half_precision": True},
-                   {"image_column": "img"}, {"caption_column": "text"}, {"text_embedding_column": "t"}):
+    for result in (
+        {"clip_model": "org/other"},
+        {"clip_revision": "abc"},
+        {"half_precision": True},
+        {"image_column": "img"},
+        {"caption_column": "text"},
+        {"text_embedding_column": "t"},
+    ):
         assert Hasher.hash(processor.replace(**result).encode) != same, result
 
 
@@ -149,8 +162,13 @@ def test_a_second_process_opens_the_first_ones_map_cache(shapes_ds, clip_folder,
     env = dict(os.environ, HF_DATASETS_CACHE=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
 
     def run(batch_size):
-        done = subprocess.run([sys.executable, str(script), str(source), clip_folder, str(batch_size)], env=env,
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, str(script), str(source), clip_folder, str(batch_size)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -174,8 +192,9 @@ def test_a_float16_rerun_encodes_nothing(shapes_ds, tiny_encoder, tmp_path, stre
 
     def run(dtype):
         ds = shapes_ds.to_iterable_dataset(num_shards=2) if streamed else shapes_ds
-        return DistillProcessor(**_settings(clip_model=counting, use_cache=True, cache_dir=str(tmp_path),
-                                            embedding_dtype=dtype))(ds)
+        return DistillProcessor(
+            **_settings(clip_model=counting, use_cache=True, cache_dir=str(tmp_path), embedding_dtype=dtype)
+        )(ds)
 
     full = run("float32")
     assert counting.images == len(shapes_ds)
@@ -196,17 +215,25 @@ def test_a_float16_rerun_encodes_nothing(shapes_ds, tiny_encoder, tmp_path, stre
 
 def test_output_fingerprint_is_derived_from_source_and_settings(shapes_ds, tiny_encoder, tmp_path):
     def run(**changes):
-        return DistillProcessor(**_settings(clip_model=tiny_encoder, use_cache=True, cache_dir=str(tmp_path),
-                                            **changes))(shapes_ds)
+        return DistillProcessor(
+            **_settings(clip_model=tiny_encoder, use_cache=True, cache_dir=str(tmp_path), **changes)
+        )(shapes_ds)
 
     first, second = run(), run()
     assert first._fingerprint == second._fingerprint
     assert run(encode_batch_size=5, encode_workers=0)._fingerprint == first._fingerprint
-    assert shapes_ds.distill(**_settings(clip_model=tiny_encoder, use_cache=True,
-                                         cache_dir=str(tmp_path)))._fingerprint == first._fingerprint
-    changed = {run(num_pairs=5)._fingerprint, run(seed=1)._fingerprint, run(synthesis="none")._fingerprint,
-               DistillProcessor(**_settings(clip_model=tiny_encoder, use_cache=True, cache_dir=str(tmp_path)))(
-                   shapes_ds.select(range(50)))._fingerprint}
+    assert (
+        shapes_ds.distill(**_settings(clip_model=tiny_encoder, use_cache=True, cache_dir=str(tmp_path)))._fingerprint
+        == first._fingerprint
+    )
+    changed = {
+        run(num_pairs=5)._fingerprint,
+        run(seed=1)._fingerprint,
+        run(synthesis="none")._fingerprint,
+        DistillProcessor(**_settings(clip_model=tiny_encoder, use_cache=True, cache_dir=str(tmp_path)))(
+            shapes_ds.select(range(50))
+        )._fingerprint,
+    }
     assert first._fingerprint not in changed and len(changed) == 4
     # so that a map over the distilled set has one fingerprint too (datasets derives it from ours)
     upper = [s.map(lambda row: {"caption": row["caption"].upper()})._fingerprint for s in (first, second)]
@@ -235,8 +262,9 @@ def no_images(shapes_ds, tiny_encoder):
 @pytest.mark.parametrize("method", ["pds", "random", "herding", "kcenter"])
 @pytest.mark.parametrize("synthesis", ["none", "retrieve", "retrieve-scored"])
 def test_given_embeddings_without_images_same_rule_both_kinds(no_images, method, synthesis):
-    processor = DistillProcessor(**_settings(clip_model="nobody/not-loaded", method=method, synthesis=synthesis,
-                                             num_pairs=4))
+    processor = DistillProcessor(
+        **_settings(clip_model="nobody/not-loaded", method=method, synthesis=synthesis, num_pairs=4)
+    )
     mapped = _outcome(lambda: processor(no_images))
     streamed = _outcome(lambda: processor(no_images.to_iterable_dataset(num_shards=2)))
     assert mapped == streamed
@@ -250,8 +278,7 @@ def test_given_embeddings_without_images_same_rule_both_kinds(no_images, method,
 
 
 @pytest.mark.parametrize("layout", ["image", "pair"])
-def test_each_caption_is_the_real_caption_nearest_its_text_prototype(layout, shapes_ds, shapes_pairs_ds,
-                                                                     tiny_encoder):
+def test_each_caption_is_the_real_caption_nearest_its_text_prototype(layout, shapes_ds, shapes_pairs_ds, tiny_encoder):
     ds = shapes_ds if layout == "image" else shapes_pairs_ds
     encoded = ds.map(DistillProcessor(clip_model=tiny_encoder).encode, batched=True, batch_size=32)
     processor = DistillProcessor(**_settings(clip_model=tiny_encoder, image_size=None))
@@ -311,7 +338,15 @@ def test_result_dict_leaves_out_the_machine_settings():
     from pds_hf.config import MACHINE_FIELDS
 
     a = DistillConfig(num_pairs=5).result_dict()
-    b = DistillConfig(num_pairs=5, device="cuda", encode_batch_size=3, encode_workers=2, cache_dir="/c",
-                      synthesis_batch_size=2, use_cache=False, barrier_timeout=3).result_dict()
+    b = DistillConfig(
+        num_pairs=5,
+        device="cuda",
+        encode_batch_size=3,
+        encode_workers=2,
+        cache_dir="/c",
+        synthesis_batch_size=2,
+        use_cache=False,
+        barrier_timeout=3,
+    ).result_dict()
     assert a == b and not set(MACHINE_FIELDS) & set(a)
     assert DistillConfig(num_pairs=6).result_dict() != a

@@ -15,13 +15,17 @@ def _stored(blob):
 
 
 def _pairs(images, captions):
-    return Dataset.from_dict({"image": [_stored(b) for b in images], "caption": captions},
-                             features=Features({"image": Image(), "caption": Value("string")}))
+    return Dataset.from_dict(
+        {"image": [_stored(b) for b in images], "caption": captions},
+        features=Features({"image": Image(), "caption": Value("string")}),
+    )
 
 
 def _per_image(images, captions):
-    return Dataset.from_dict({"image": [_stored(b) for b in images], "caption": captions},
-                             features=Features({"image": Image(), "caption": List(Value("string"))}))
+    return Dataset.from_dict(
+        {"image": [_stored(b) for b in images], "caption": captions},
+        features=Features({"image": Image(), "caption": List(Value("string"))}),
+    )
 
 
 def test_pair_layout_dedupes_images_by_bytes():
@@ -63,16 +67,21 @@ def test_column_without_images():
 
 
 def test_caption_column_of_wrong_type():
-    ds = Dataset.from_dict({"image": [{"bytes": RED, "path": None}], "caption": [3]},
-                           features=Features({"image": Image(), "caption": Value("int64")}))
+    ds = Dataset.from_dict(
+        {"image": [{"bytes": RED, "path": None}], "caption": [3]},
+        features=Features({"image": Image(), "caption": Value("int64")}),
+    )
     with pytest.raises(TypeError, match="Column 'caption' has feature"):
         read_pairs(ds)
 
 
-@pytest.mark.parametrize("captions,where", [
-    (["fine", "  ", "ok"], r"row 1 is empty"),
-    (["fine", None, "ok"], r"row 1 is NoneType"),
-])
+@pytest.mark.parametrize(
+    "captions,where",
+    [
+        (["fine", "  ", "ok"], r"row 1 is empty"),
+        (["fine", None, "ok"], r"row 1 is NoneType"),
+    ],
+)
 def test_bad_captions_name_the_row(captions, where):
     with pytest.raises(ValueError, match=rf"Column 'caption' has 1 bad caption\(s\): {where}.*ds.filter"):
         read_pairs(_pairs([RED, BLUE, RED], captions))

@@ -67,8 +67,9 @@ def parquet_stream(parquet_files):
 
 @pytest.fixture
 def memory_stream():
-    return Dataset.from_dict({"caption": [f"caption {i}" for i in range(10)], "x": list(range(10))}
-                             ).to_iterable_dataset(num_shards=3)
+    return Dataset.from_dict(
+        {"caption": [f"caption {i}" for i in range(10)], "x": list(range(10))}
+    ).to_iterable_dataset(num_shards=3)
 
 
 def test_in_memory_shards(memory_stream):
@@ -151,8 +152,9 @@ def test_split_by_node_after_an_epoch_follows_the_shuffled_shards(parquet_stream
 
 UNKNOWABLE = {
     "filter": lambda ds: ds.filter(lambda row: row["x"] % 2 == 0),
-    "batched_map": lambda ds: ds.map(lambda batch: {"caption": batch["caption"][:1], "x": batch["x"][:1]},
-                                     batched=True, batch_size=2),
+    "batched_map": lambda ds: ds.map(
+        lambda batch: {"caption": batch["caption"][:1], "x": batch["x"][:1]}, batched=True, batch_size=2
+    ),
     "map_under_arrow_format": lambda ds: ds.with_format("arrow").map(lambda table: table.slice(0, 0)),
     "batch": lambda ds: ds.batch(batch_size=2),
     "interleave": lambda ds: interleave_datasets([ds, ds.skip(1)]),
@@ -184,8 +186,7 @@ def test_generators_json_and_other_objects_are_unknown(tmp_path):
 
 
 def test_parquet_filters_and_skipped_bad_files_are_unknown(parquet_files):
-    filtered = load_dataset("parquet", data_files=parquet_files, split="train", streaming=True,
-                            filters=[("x", ">", 1)])
+    filtered = load_dataset("parquet", data_files=parquet_files, split="train", streaming=True, filters=[("x", ">", 1)])
     assert expected_rows(filtered) is None
     lenient = load_dataset("parquet", data_files=parquet_files, split="train", streaming=True, on_bad_files="skip")
     assert expected_rows(lenient) is None
@@ -232,8 +233,10 @@ def test_a_stream_cut_short_yields_fewer_rows_than_expected(parquet_stream, monk
 
 def test_a_hub_parquet_dataset_counts_from_remote_footers(hub):
     images = [{"bytes": png_bytes((20 * i, 0, 0)), "path": None} for i in range(11)]
-    data = Dataset.from_dict({"image": images, "caption": [f"caption {i}" for i in range(11)]},
-                             features=Features({"image": Image(), "caption": Value("string")}))
+    data = Dataset.from_dict(
+        {"image": images, "caption": [f"caption {i}" for i in range(11)]},
+        features=Features({"image": Image(), "caption": Value("string")}),
+    )
     data.push_to_hub("tester/lengths", token=hub.token, num_shards=3)
     stream = load_dataset("tester/lengths", split="train", streaming=True)
     assert stream.n_shards == 3

@@ -37,8 +37,9 @@ def test_a_silent_hub_fails_at_once_naming_the_model(loader, option, tmp_path):
     err = caught.value
     assert (err.option, err.model, err.revision, err.hub_unreachable) == (option, "someone/some-model", "v2", True)
     message = str(err)
-    assert message.startswith(f"Could not load {option}='someone/some-model' (revision 'v2'): the Hugging Face Hub "
-                              "could not be reached")
+    assert message.startswith(
+        f"Could not load {option}='someone/some-model' (revision 'v2'): the Hugging Face Hub could not be reached"
+    )
     assert "HF_HUB_OFFLINE=1" in message and "local folder" in message
     assert elapsed < 10  # huggingface_hub alone retries for ~25 s
 
@@ -49,8 +50,11 @@ def test_offline_mode_names_the_model_and_the_switch(loader, option, tmp_path, m
 
     with patch_hub_clients(f"http://127.0.0.1:{_closed_port()}", tmp_path):
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-        with pytest.raises(ModelLoadError, match=rf"{option}='someone/some-model'.*HF_HUB_OFFLINE=1 is set.*unset "
-                                                 "HF_HUB_OFFLINE") as caught:
+        with pytest.raises(
+            ModelLoadError,
+            match=rf"{option}='someone/some-model'.*HF_HUB_OFFLINE=1 is set.*unset "
+            "HF_HUB_OFFLINE",
+        ) as caught:
             loader("someone/some-model")
     assert caught.value.hub_unreachable and caught.value.revision is None
 

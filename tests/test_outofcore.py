@@ -44,8 +44,9 @@ def test_prototypes_on_memory_maps_equal_in_memory(tmp_path, rng, dtype):
     np.testing.assert_allclose(blocks.text_embeds, whole.text_embeds, atol=1e-5)
     np.testing.assert_array_equal(blocks.support, whole.support)
     _, caption_whole = retrieve_captions(whole.text_embeds, texts, [str(i) for i in range(len(texts))])
-    _, caption_blocks = retrieve_captions(blocks.text_embeds, mapped_texts, [str(i) for i in range(len(texts))],
-                                          chunk=50)
+    _, caption_blocks = retrieve_captions(
+        blocks.text_embeds, mapped_texts, [str(i) for i in range(len(texts))], chunk=50
+    )
     np.testing.assert_array_equal(caption_blocks, caption_whole)
 
 
@@ -121,6 +122,7 @@ def test_steps_2_to_6_never_copy_a_whole_table(tmp_path, rng):
 
 
 # -- degenerate inputs ----------------------------------------------------------------------------
+
 
 def test_fewer_distinct_caption_vectors_than_num_pairs_is_a_clear_error(rng):
     # 100 captions that encode to 5 distinct vectors (as captions differing only in case do with

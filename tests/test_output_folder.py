@@ -24,13 +24,18 @@ def small():
     from pds_hf.schema import output_features
 
     rng = np.random.default_rng(0)
-    return Dataset.from_dict({
-        "image": [Image.new("RGB", (8, 8), (60 * i, 0, 0)) for i in range(3)],
-        "caption": ["a red circle", "a blue square", "a green cross"],
-        "image_embedding": rng.standard_normal((3, 4)).astype(np.float32),
-        "text_embedding": rng.standard_normal((3, 4)).astype(np.float32),
-        "support": [5, 0, 2], "image_cluster": [0, 1, 2], "text_cluster": [2, 0, 1],
-    }, features=output_features(4))
+    return Dataset.from_dict(
+        {
+            "image": [Image.new("RGB", (8, 8), (60 * i, 0, 0)) for i in range(3)],
+            "caption": ["a red circle", "a blue square", "a green cross"],
+            "image_embedding": rng.standard_normal((3, 4)).astype(np.float32),
+            "text_embedding": rng.standard_normal((3, 4)).astype(np.float32),
+            "support": [5, 0, 2],
+            "image_cluster": [0, 1, 2],
+            "text_cluster": [2, 0, 1],
+        },
+        features=output_features(4),
+    )
 
 
 @pytest.fixture
@@ -170,7 +175,8 @@ def test_a_folder_that_cannot_be_written_or_read_is_refused_by_name():
         "you can write to.",
         f"Cannot use the folder {hidden / 'out'}: Permission denied ({hidden / 'out'}). Choose a folder you can "
         "write to.",
-        f"accepted {shared / 'out'}"]
+        f"accepted {shared / 'out'}",
+    ]
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
@@ -192,14 +198,17 @@ def test_a_recipe_checks_every_output_folder_before_reading_its_source(small, tm
     def no_source(folder, source):
         pytest.fail("read the source before checking the output folders")
 
-    recipe = Recipe(name="shapes", sources={"me/shapes": "every row"}, source_split="train",
-                    write_dry_run_source=no_source)
+    recipe = Recipe(
+        name="shapes", sources={"me/shapes": "every row"}, source_split="train", write_dry_run_source=no_source
+    )
     argv = ["--org", "me", "--dry-run", "--sizes", "4", "8", "--output-dir", str(tmp_path)]
     save_to_folder(small, tmp_path / "shapes-pds-4")
     capsys.readouterr()
     assert recipe.main(argv) == 2  # written by pds-hf: replaced only with --overwrite, which the error names
-    assert capsys.readouterr().err == (f"error: {tmp_path / 'shapes-pds-4'} exists (written by an earlier pds-hf "
-                                       "run); pass --overwrite to replace it, or choose another folder.\n")
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'shapes-pds-4'} exists (written by an earlier pds-hf "
+        "run); pass --overwrite to replace it, or choose another folder.\n"
+    )
     before = users_folder(tmp_path / "shapes-pds-8")
     assert recipe.main([*argv, "--overwrite"]) == 2
     assert "shapes-pds-8 holds files pds-hf did not write (thesis.txt, sub/data.csv)" in capsys.readouterr().err

@@ -11,14 +11,22 @@ from pds_hf import DistillConfig
 
 @pytest.fixture(scope="module")
 def config(tiny_encoder, tiny_pipe):
-    return DistillConfig(num_pairs=6, clip_model=tiny_encoder, unclip_model=tiny_pipe, num_inference_steps=2,
-                         image_size=32, device="cpu")
+    return DistillConfig(
+        num_pairs=6, clip_model=tiny_encoder, unclip_model=tiny_pipe, num_inference_steps=2, image_size=32, device="cpu"
+    )
 
 
 def _check_output(small, num_pairs, dim=32):
     assert len(small) == num_pairs
-    assert list(small.features) == ["image", "caption", "image_embedding", "text_embedding", "support",
-                                    "image_cluster", "text_cluster"]
+    assert list(small.features) == [
+        "image",
+        "caption",
+        "image_embedding",
+        "text_embedding",
+        "support",
+        "image_cluster",
+        "text_cluster",
+    ]
     assert small.features["text_embedding"].length == dim
     embeds = np.asarray(small["text_embedding"]), np.asarray(small["image_embedding"])
     assert all(e.shape == (num_pairs, dim) and np.isfinite(e).all() for e in embeds)
@@ -32,8 +40,9 @@ def test_image_layout_unclip_end_to_end(shapes_ds, config):
     assert set(small["caption"]) <= known, "captions are retrieved real captions"
     # Each pair's support is the size of its intersection: what step 5 gives on the same embeddings.
     table, images, texts = _encoded(shapes_ds, config)
-    direct = pds_hf.prototypes_from_embeddings(images, texts, 6, seed=config.seed, image_index=table.pair_image,
-                                               text_index=table.pair_text)
+    direct = pds_hf.prototypes_from_embeddings(
+        images, texts, 6, seed=config.seed, image_index=table.pair_image, text_index=table.pair_text
+    )
     assert list(small["support"]) == direct.support.tolist()
     assert sum(small["support"]) > 6 * 2, "the pairs average several real pairs each"
     assert sorted(set(small["image_cluster"])) == sorted(small["image_cluster"])  # distinct clusters
@@ -136,8 +145,15 @@ def test_normalize_reaches_the_clustering_the_cache_key_and_the_card(shapes_ds, 
     # Not served from the other run's cached selection: each matches clustering its own space.
     table, images, texts = _encoded(shapes_ds, config)
     for small, normalize in ((raw, False), (unit, True)):
-        direct = pds_hf.prototypes_from_embeddings(images, texts, 8, normalize=normalize, seed=config.seed,
-                                                   image_index=table.pair_image, text_index=table.pair_text)
+        direct = pds_hf.prototypes_from_embeddings(
+            images,
+            texts,
+            8,
+            normalize=normalize,
+            seed=config.seed,
+            image_index=table.pair_image,
+            text_index=table.pair_text,
+        )
         np.testing.assert_allclose(np.asarray(small["text_embedding"]), direct.text_embeds, atol=1e-5)
     assert not np.allclose(np.asarray(raw["text_embedding"]), np.asarray(unit["text_embedding"]))
     assert "(each scaled to unit length)" in str(dataset_card(unit))
@@ -162,6 +178,7 @@ def test_baselines_return_real_pairs(shapes_ds, config, method):
 
 
 # -- bad input ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])
 def test_num_pairs_must_be_positive_int(bad):
@@ -196,7 +213,9 @@ def test_nan_from_user_encoder_is_reported_with_rows(shapes_ds, tiny_encoder, co
         def encode_texts(self, texts):
             return tiny_encoder.encode_texts(texts)
 
-    with pytest.raises(ValueError, match=r"NaN or inf image embeddings for 1 input\(s\), first at dataset row\(s\) \[2\]"):
+    with pytest.raises(
+        ValueError, match=r"NaN or inf image embeddings for 1 input\(s\), first at dataset row\(s\) \[2\]"
+    ):
         pds_hf.distill(shapes_ds, config, clip_model=Broken(), synthesis="none")
 
 
@@ -210,9 +229,13 @@ def test_encoder_dimension_must_match_unclip(shapes_ds, config):
 def test_truncated_image_is_skipped_at_decode_time(config, caplog):
     good = [png_bytes((i * 20, 0, 255 - i * 20), (16, 16)) for i in range(12)]
     truncated = good[0][:-30]  # PNG header intact, data cut: opens, fails to decode
-    ds = Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in good + [truncated]],
-                            "caption": [f"colour {i}" for i in range(13)]},
-                           features=Features({"image": Image(), "caption": Value("string")}))
+    ds = Dataset.from_dict(
+        {
+            "image": [{"bytes": b, "path": None} for b in good + [truncated]],
+            "caption": [f"colour {i}" for i in range(13)],
+        },
+        features=Features({"image": Image(), "caption": Value("string")}),
+    )
     with caplog.at_level("WARNING"):
         small = pds_hf.distill(ds, config, synthesis="none", num_pairs=3)
     assert len(small) == 3

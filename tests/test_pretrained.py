@@ -9,10 +9,23 @@ import pytest
 from pds_hf import DistillConfig, DistillProcessor
 
 # Spelled out here rather than read from pds_hf.config, so that the test checks the package against the list.
-MACHINE = {"device": "cuda:3", "encode_batch_size": 7, "encode_workers": 3, "synthesis_batch_size": 2,
-           "use_cache": False, "cache_dir": "/data/pds-cache", "barrier_timeout": 5.0}
-RECIPE = {"num_pairs": 37, "rm_ratio": 0.1, "clip_model": "org/clip", "clip_revision": "abc", "synthesis": "retrieve",
-          "seed": 7}
+MACHINE = {
+    "device": "cuda:3",
+    "encode_batch_size": 7,
+    "encode_workers": 3,
+    "synthesis_batch_size": 2,
+    "use_cache": False,
+    "cache_dir": "/data/pds-cache",
+    "barrier_timeout": 5.0,
+}
+RECIPE = {
+    "num_pairs": 37,
+    "rm_ratio": 0.1,
+    "clip_model": "org/clip",
+    "clip_revision": "abc",
+    "synthesis": "retrieve",
+    "seed": 7,
+}
 
 
 @pytest.fixture
@@ -58,12 +71,14 @@ def test_machine_settings_of_a_saved_recipe_stay_on_its_machine(processor, tmp_p
 
 def test_repr_names_loaded_models_in_a_few_short_lines(tiny_encoder):
     processor = DistillProcessor(clip_model=tiny_encoder.model, clip_processor=tiny_encoder.processor, num_pairs=5)
-    assert repr(processor) == ("DistillProcessor(DistillConfig(num_pairs=5, clip_model=<CLIPModel>, "
-                               "clip_processor=<CLIPProcessor>))")
+    assert repr(processor) == (
+        "DistillProcessor(DistillConfig(num_pairs=5, clip_model=<CLIPModel>, clip_processor=<CLIPProcessor>))"
+    )
     assert repr(DistillConfig()) == "DistillConfig()"
 
-    config = DistillConfig(clip_model=tiny_encoder, num_pairs=5, synthesis="retrieve", device="cpu",
-                           negative_prompt=None, image_size=32)
+    config = DistillConfig(
+        clip_model=tiny_encoder, num_pairs=5, synthesis="retrieve", device="cpu", negative_prompt=None, image_size=32
+    )
     lines = repr(config).splitlines()
     assert lines[0] == "DistillConfig(" and lines[-1] == ")"
     assert "    clip_model=<TransformersEncoder 'pds-hf/tiny-random-clip'>," in lines
@@ -112,8 +127,9 @@ def test_push_to_hub_then_from_pretrained(hub, processor, tmp_path):
 
 
 def test_save_pretrained_with_push_to_hub(hub, processor, tmp_path):
-    path = processor.save_pretrained(tmp_path / "local", push_to_hub=True, repo_id="tester/saved", token=hub.token,
-                                     commit_message="my recipe")
+    path = processor.save_pretrained(
+        tmp_path / "local", push_to_hub=True, repo_id="tester/saved", token=hub.token, commit_message="my recipe"
+    )
     assert hub.repo_files("tester/saved", repo_type="model")["distill_config.json"] == path.read_bytes()
     assert hub.commits("tester/saved", repo_type="model")[-1].title == "my recipe"
     # Without repo_id the folder's name is the repository's, as in transformers.
@@ -137,6 +153,10 @@ def test_local_files_only_reads_the_cache_and_never_the_network(hub, processor):
 
 
 def test_from_pretrained_of_a_hub_id_without_a_recipe_says_where_it_looked(hub):
-    with pytest.raises(FileNotFoundError, match=re.escape(
-            "No pds-hf recipe found for tester/nothing; looked for distill_config.json in the Hub dataset repo")):
+    with pytest.raises(
+        FileNotFoundError,
+        match=re.escape(
+            "No pds-hf recipe found for tester/nothing; looked for distill_config.json in the Hub dataset repo"
+        ),
+    ):
         DistillProcessor.from_pretrained("tester/nothing")

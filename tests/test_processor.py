@@ -35,8 +35,9 @@ class Counting:
 
 @pytest.fixture(scope="module")
 def config(tiny_encoder):
-    return DistillConfig(num_pairs=6, clip_model=tiny_encoder, synthesis="retrieve", image_size=32, device="cpu",
-                         use_cache=False)
+    return DistillConfig(
+        num_pairs=6, clip_model=tiny_encoder, synthesis="retrieve", image_size=32, device="cpu", use_cache=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +72,11 @@ def test_map_encode_names_a_bad_caption_before_encoding(shapes_ds, config):
 
     batch = shapes_ds[:3]
     batch["caption"][1] = [batch["caption"][1][0], " "]
-    with pytest.raises(ValueError, match=r"Column 'caption' has 1 bad caption\(s\): item 1 of this batch, "
-                                         r"caption 1 is empty \(' '\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Column 'caption' has 1 bad caption\(s\): item 1 of this batch, "
+        r"caption 1 is empty \(' '\)",
+    ):
         DistillProcessor(config, clip_model=Refusing()).encode(batch)
     batch["caption"] = [row[0] for row in batch["caption"][:2]] + [None]
     with pytest.raises(ValueError, match=r"has 1 bad caption\(s\): item 2 of this batch is NoneType, not a string"):
@@ -90,8 +94,7 @@ def test_processor_equals_distill(shapes_ds, config):
 
 
 @pytest.mark.parametrize("layout", ["image", "pair"])
-def test_given_columns_are_used_and_the_encoder_never_called(layout, shapes_ds, shapes_pairs_ds, tiny_encoder,
-                                                             config):
+def test_given_columns_are_used_and_the_encoder_never_called(layout, shapes_ds, shapes_pairs_ds, tiny_encoder, config):
     ds = shapes_ds if layout == "image" else shapes_pairs_ds
     counting = Counting(tiny_encoder)
     processor = DistillProcessor(config, clip_model=counting)
@@ -102,8 +105,9 @@ def test_given_columns_are_used_and_the_encoder_never_called(layout, shapes_ds, 
     from_scratch = DistillProcessor(config)(ds)
     assert from_columns["caption"] == from_scratch["caption"]
     assert from_columns["support"] == from_scratch["support"]
-    np.testing.assert_allclose(np.asarray(from_columns["image_embedding"]),
-                               np.asarray(from_scratch["image_embedding"]), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(from_columns["image_embedding"]), np.asarray(from_scratch["image_embedding"]), atol=1e-5
+    )
     assert pds_hf.metadata(from_columns)["embeddings"]["given"] is True
     assert "encode" not in pds_hf.metadata(from_columns)["stages_seconds"]
 
@@ -165,12 +169,22 @@ def test_map_with_rank_and_two_processes(shapes_ds, config, encoded):
 def _pairs(image_vectors, text_vectors, n=None):
     n = n or len(image_vectors)
     colours = [(i * 7 % 256, i * 13 % 256, i * 29 % 256) for i in range(n)]
-    return Dataset.from_dict({"image": [{"bytes": png_bytes(c), "path": None} for c in colours],
-                              "caption": [f"caption {i}" for i in range(n)],
-                              "image_embedding": image_vectors, "text_embedding": text_vectors},
-                             features=Features({"image": Image(), "caption": Value("string"),
-                                                "image_embedding": List(Value("float32")),
-                                                "text_embedding": List(Value("float32"))}))
+    return Dataset.from_dict(
+        {
+            "image": [{"bytes": png_bytes(c), "path": None} for c in colours],
+            "caption": [f"caption {i}" for i in range(n)],
+            "image_embedding": image_vectors,
+            "text_embedding": text_vectors,
+        },
+        features=Features(
+            {
+                "image": Image(),
+                "caption": Value("string"),
+                "image_embedding": List(Value("float32")),
+                "text_embedding": List(Value("float32")),
+            }
+        ),
+    )
 
 
 def _refusing(config, tiny_encoder):
@@ -230,9 +244,13 @@ def test_num_pairs_above_distinct_images_fails_before_encoding(shapes_pairs_ds, 
 
 
 def test_num_pairs_above_distinct_captions_fails_before_encoding(config, tiny_encoder):
-    ds = Dataset.from_dict({"image": [{"bytes": png_bytes((i, 0, 0)), "path": None} for i in range(20)],
-                            "caption": ["a red square"] * 10 + ["A red square"] * 10},
-                           features=Features({"image": Image(), "caption": Value("string")}))
+    ds = Dataset.from_dict(
+        {
+            "image": [{"bytes": png_bytes((i, 0, 0)), "path": None} for i in range(20)],
+            "caption": ["a red square"] * 10 + ["A red square"] * 10,
+        },
+        features=Features({"image": Image(), "caption": Value("string")}),
+    )
     processor = DistillProcessor(config, clip_model=Counting(tiny_encoder, refuse=True), num_pairs=5, rm_ratio=0.0)
     with pytest.raises(ValueError, match="only 2 distinct captions"):
         processor(ds)
@@ -252,8 +270,9 @@ def test_distill_on_a_datasetdict_or_a_stream_explains(shapes_ds, config):
 def test_stage_versions_are_part_of_the_cache_key(shapes_ds, tiny_encoder, tmp_path, monkeypatch):
     from pds_hf import cache
 
-    config = DistillConfig(num_pairs=4, clip_model=tiny_encoder, synthesis="none", device="cpu",
-                           cache_dir=str(tmp_path))
+    config = DistillConfig(
+        num_pairs=4, clip_model=tiny_encoder, synthesis="none", device="cpu", cache_dir=str(tmp_path)
+    )
     DistillProcessor(config)(shapes_ds)
     before = sorted(p.name for p in tmp_path.iterdir())
     DistillProcessor(config)(shapes_ds)
@@ -271,8 +290,15 @@ def test_stage_versions_are_part_of_the_cache_key(shapes_ds, tiny_encoder, tmp_p
 
 
 def test_save_and_load_round_trip(tmp_path, caplog):
-    processor = DistillProcessor(num_pairs=37, rm_ratio=0.1, clip_model="org/clip", clip_revision="abc",
-                                 synthesis="retrieve", device="cuda:3", seed=7)
+    processor = DistillProcessor(
+        num_pairs=37,
+        rm_ratio=0.1,
+        clip_model="org/clip",
+        clip_revision="abc",
+        synthesis="retrieve",
+        device="cuda:3",
+        seed=7,
+    )
     path = processor.save_pretrained(tmp_path / "recipe")
     saved = json.loads(path.read_text())
     assert saved["config"]["num_pairs"] == 37 and saved["loaded_objects"] == []
@@ -297,8 +323,9 @@ def test_loaded_models_are_named_and_must_be_passed_again(tmp_path, tiny_encoder
     assert DistillProcessor.from_pretrained(tmp_path, clip_model=tiny_encoder).config.clip_model is tiny_encoder
 
 
-def test_from_pretrained_of_a_published_folder_repeats_the_recipe(shapes_ds, shapes_pairs_ds, config, tmp_path,
-                                                                  tiny_encoder):
+def test_from_pretrained_of_a_published_folder_repeats_the_recipe(
+    shapes_ds, shapes_pairs_ds, config, tmp_path, tiny_encoder
+):
     small = DistillProcessor(config, num_pairs=5, seed=3)(shapes_ds)
     pds_hf.save_to_folder(small, tmp_path / "published")
     again = DistillProcessor.from_pretrained(tmp_path / "published", clip_model=tiny_encoder)
@@ -335,7 +362,9 @@ def test_retrieve_scored_takes_the_teachers_pick_among_the_nearest(shapes_ds, en
     assert not np.array_equal(expected, nearest_only), "the teacher's pick should differ from the nearest somewhere"
 
     small = processor(encoded)
-    real = {np.asarray(image.resize((32, 32))).tobytes() for image in shapes_ds.select(table.image_rows[expected])["image"]}
+    real = {
+        np.asarray(image.resize((32, 32))).tobytes() for image in shapes_ds.select(table.image_rows[expected])["image"]
+    }
     assert {np.asarray(image).tobytes() for image in small["image"]} <= real
     pds_hf.save_to_folder(small, tmp_path / "scored")
     assert "best matches the text prototype" in (tmp_path / "scored" / "README.md").read_text()

@@ -18,14 +18,24 @@ def model_folders(tmp_path_factory):
 
 def _env(tmp_path) -> dict:
     # Local folders only: nothing may reach for the Hub.
-    return {**os.environ, "PDS_HF_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
-            "HF_DATASETS_CACHE": str(tmp_path / "datasets")}
+    return {
+        **os.environ,
+        "PDS_HF_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(tmp_path / "datasets"),
+    }
 
 
 def _assert_no_bars(log: str) -> None:
     assert "\r" not in log and "it/s" not in log, log
-    for bar in ("Loading weights", "Loading pipeline components", "Map", "Writing parquet shards",
-                "Generating train split", "torchvision"):
+    for bar in (
+        "Loading weights",
+        "Loading pipeline components",
+        "Map",
+        "Writing parquet shards",
+        "Generating train split",
+        "torchvision",
+    ):
         assert bar not in log, log
 
 
@@ -36,9 +46,33 @@ def test_the_command_writes_no_bars_into_a_log_file(tmp_path, shapes_ds, model_f
     log = tmp_path / "stderr.log"
     with open(log, "w") as stderr:
         result = subprocess.run(
-            [sys.executable, "-m", "pds_hf", "distill", str(tmp_path / "src"), "--clip-model", clip, "--unclip-model",
-             unclip, "--num-pairs", "4", "--steps", "2", "--image-size", "32", "--device", "cpu", "--output",
-             str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=stderr, text=True, env=_env(tmp_path), timeout=600)
+            [
+                sys.executable,
+                "-m",
+                "pds_hf",
+                "distill",
+                str(tmp_path / "src"),
+                "--clip-model",
+                clip,
+                "--unclip-model",
+                unclip,
+                "--num-pairs",
+                "4",
+                "--steps",
+                "2",
+                "--image-size",
+                "32",
+                "--device",
+                "cpu",
+                "--output",
+                str(tmp_path / "out"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=_env(tmp_path),
+            timeout=600,
+        )
     text = log.read_text()
     assert result.returncode == 0, text
     _assert_no_bars(text)
@@ -61,8 +95,14 @@ def test_python_loading_and_synthesis_write_no_bars_into_a_log_file(tmp_path, mo
     """)
     log = tmp_path / "stderr.log"
     with open(log, "w") as stderr:
-        result = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                env=_env(tmp_path), timeout=600)
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=_env(tmp_path),
+            timeout=600,
+        )
     text = log.read_text()
     assert result.returncode == 0 and result.stdout == "done\n", text
     _assert_no_bars(text)

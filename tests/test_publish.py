@@ -20,8 +20,9 @@ REPO_FILES = {".gitattributes", "README.md", "data/train-00000-of-00001.parquet"
 def small(tiny_encoder):
     from pds_hf.demo import demo_dataset
 
-    config = pds_hf.DistillConfig(num_pairs=4, clip_model=tiny_encoder, synthesis="retrieve", image_size=32,
-                                  device="cpu")
+    config = pds_hf.DistillConfig(
+        num_pairs=4, clip_model=tiny_encoder, synthesis="retrieve", image_size=32, device="cpu"
+    )
     source = demo_dataset(40, side=32)
     # A source with no name and no license, as most user datasets built in memory are (the demo's has both).
     source.info.builder_name = source.info.license = None
@@ -54,18 +55,31 @@ def assert_same_rows(got, want):
 
 def uploads(hub):
     """Requests that write something (repo creation, uploads, commits)."""
-    return [r for r in hub.requests if r.method in ("PUT", "DELETE") or any(
-        part in r.path for part in ("/repos/create", "/preupload/", "/commit/", "/lfs/"))]
+    return [
+        r
+        for r in hub.requests
+        if r.method in ("PUT", "DELETE")
+        or any(part in r.path for part in ("/repos/create", "/preupload/", "/commit/", "/lfs/"))
+    ]
 
 
 def test_push_then_load_dataset_gives_the_rows_and_the_card(healthy, small):
     hub = healthy
-    commit = push_to_hub(small, "pds-org/shapes-pds-4", token=hub.token, license="mit", source="pds-org/shapes",
-                         source_revision="abc123", source_selection="rows with split == 'train'")
+    commit = push_to_hub(
+        small,
+        "pds-org/shapes-pds-4",
+        token=hub.token,
+        license="mit",
+        source="pds-org/shapes",
+        source_revision="abc123",
+        source_selection="rows with split == 'train'",
+    )
 
     assert set(hub.repo_files("pds-org/shapes-pds-4")) == REPO_FILES
-    assert [c.title for c in hub.commits("pds-org/shapes-pds-4")] == ["initial commit",
-                                                                       "Upload 4 distilled pairs with pds-hf"]
+    assert [c.title for c in hub.commits("pds-org/shapes-pds-4")] == [
+        "initial commit",
+        "Upload 4 distilled pairs with pds-hf",
+    ]
     assert commit.oid == hub.commits("pds-org/shapes-pds-4")[-1].oid
     assert not hub.is_private("pds-org/shapes-pds-4")
 
@@ -80,17 +94,28 @@ def test_push_then_load_dataset_gives_the_rows_and_the_card(healthy, small):
     assert card.data.size_categories == ["n<1K"]
     assert card.data.annotations_creators == ["machine-generated"]
     assert card.data.source_datasets == ["pds-org/shapes"]
-    assert card.data.configs == [{"config_name": "default", "data_files": [{"split": "train",
-                                                                           "path": "data/train-*"}]}]
+    assert card.data.configs == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
     assert card.data.dataset_info["splits"][0]["num_examples"] == 4
     text = card.text
     from importlib.metadata import version
 
-    for expected in ('load_dataset("pds-org/shapes-pds-4", split="train")', "![The first 4 pairs", "(preview.png)",
-                     "abc123", "rows with split == 'train'", small[0]["caption"], "pds-hf/tiny-random-clip",
-                     "| encode |", f"`datasets` {version('datasets')},", "Choi, Junhyeok and Mo, Sangwoo and Chae, Minwoo", "2602.19756",
-                     "## Cluster supports", "## Limitations", "Not evaluated", pds_hf.metadata(small)["source"]
-                     ["fingerprint"]):
+    for expected in (
+        'load_dataset("pds-org/shapes-pds-4", split="train")',
+        "![The first 4 pairs",
+        "(preview.png)",
+        "abc123",
+        "rows with split == 'train'",
+        small[0]["caption"],
+        "pds-hf/tiny-random-clip",
+        "| encode |",
+        f"`datasets` {version('datasets')},",
+        "Choi, Junhyeok and Mo, Sangwoo and Chae, Minwoo",
+        "2602.19756",
+        "## Cluster supports",
+        "## Limitations",
+        "Not evaluated",
+        pds_hf.metadata(small)["source"]["fingerprint"],
+    ):
         assert expected in text, expected
     assert hub.repo_files("pds-org/shapes-pds-4")["preview.png"].startswith(b"\x89PNG")
 
@@ -100,7 +125,9 @@ def test_later_pushes_keep_the_card_body_and_metadata(healthy, small):
     repo = "tester/shapes"
     push_to_hub(small, repo, token=hub.token, license="mit", max_shard_rows=2)
     assert {f for f in hub.repo_files(repo) if f.startswith("data/")} == {
-        "data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet"}
+        "data/train-00000-of-00002.parquet",
+        "data/train-00001-of-00002.parquet",
+    }
 
     # Someone edits the card on the Hub: a section of their own, a name and a language.
     card = DatasetCard.load(repo, repo_type="dataset")
@@ -303,8 +330,22 @@ def test_wheel_ships_the_card_template(tmp_path):
     if int(setuptools.__version__.split(".")[0]) < 68:
         pytest.skip("building the wheel without isolation needs setuptools>=68 (pyproject's build requirement)")
     root = Path(__file__).resolve().parent.parent
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path), str(root)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(root),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("pds_hf-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "pds_hf/model_cards/dataset_card_template.md" in names
@@ -336,12 +377,12 @@ def test_metadata_survives_publishing_through_the_card(healthy, small, tmp_path)
         pds_hf.metadata(tmp_path)
 
 
-def test_the_demo_card_names_its_source_its_license_and_its_random_models(tiny_encoder, tiny_pipe, tmp_path,
-                                                                          caplog):
+def test_the_demo_card_names_its_source_its_license_and_its_random_models(tiny_encoder, tiny_pipe, tmp_path, caplog):
     from pds_hf.demo import demo_dataset
 
-    config = pds_hf.DistillConfig(num_pairs=4, clip_model=tiny_encoder, unclip_model=tiny_pipe,
-                                  num_inference_steps=1, image_size=32, device="cpu")
+    config = pds_hf.DistillConfig(
+        num_pairs=4, clip_model=tiny_encoder, unclip_model=tiny_pipe, num_inference_steps=1, image_size=32, device="cpu"
+    )
     small = pds_hf.distill(demo_dataset(40, side=32), config)
     with caplog.at_level(logging.WARNING, logger="pds_hf"):
         save_to_folder(small, tmp_path / "demo")
@@ -365,8 +406,13 @@ def test_a_card_never_carries_a_local_path(tmp_path, shapes_ds, caplog):
 
     shapes_ds.save_to_disk(str(tmp_path / "my-pairs"))
     stream = load_from_disk(str(tmp_path / "my-pairs")).to_iterable_dataset(num_shards=1)
-    config = pds_hf.DistillConfig(num_pairs=4, clip_model=save_tiny_clip(tmp_path / "clip"), synthesis="none",
-                                  device="cpu", cache_dir=str(tmp_path / "cache"))
+    config = pds_hf.DistillConfig(
+        num_pairs=4,
+        clip_model=save_tiny_clip(tmp_path / "clip"),
+        synthesis="none",
+        device="cpu",
+        cache_dir=str(tmp_path / "cache"),
+    )
     small = pds_hf.distill(stream, config)
     with caplog.at_level("WARNING", logger="pds_hf"):
         save_to_folder(small, tmp_path / "out", source=str(tmp_path / "my-pairs"), license="mit")
@@ -389,6 +435,8 @@ def test_a_set_made_with_a_loaded_encoder_says_its_name_loads_nothing(shapes_ds,
     assert pds_hf.metadata(small)["models"]["encoder"] == "CLIPModel"
     with caplog.at_level("WARNING", logger="pds_hf"):
         card = dataset_card(small, license="mit")
-    assert ("| encoder | `CLIPModel` is the class of a model passed as a loaded object, not a model id: the set "
-            "cannot be remade from this card |") in card.text
+    assert (
+        "| encoder | `CLIPModel` is the class of a model passed as a loaded object, not a model id: the set "
+        "cannot be remade from this card |"
+    ) in card.text
     assert any("recorded as 'CLIPModel'" in r.getMessage() and "Hub id" in r.getMessage() for r in caplog.records)

@@ -36,7 +36,7 @@ def test_every_module_is_placed_in_the_order():
 
 @pytest.mark.parametrize("name", ORDER)
 def test_modules_import_only_leftward_ones_and_schema(name):
-    allowed = {f"publish.{left}" for left in ORDER[:ORDER.index(name)]} | {"schema"}
+    allowed = {f"publish.{left}" for left in ORDER[: ORDER.index(name)]} | {"schema"}
     imported = imported_modules(PUBLISH / f"{name}.py")
     assert imported <= allowed, f"publish/{name}.py imports {sorted(imported - allowed)}; allowed: {sorted(allowed)}"
 
@@ -70,8 +70,14 @@ def test_the_card_template_is_found_in_a_checkout_and_in_an_installed_wheel(tmp_
     shutil.copy(ROOT / "pds_hf" / "schema.py", package / "schema.py")
     (package / "__init__.py").write_text("")
     script = "import pds_hf, pds_hf.publish.card as card; print(pds_hf.__file__); print(card.TEMPLATE_PATH)"
-    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)},
-                         capture_output=True, text=True, check=True).stdout.splitlines()
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     assert out == [str(package / "__init__.py"), str(package / "model_cards" / "dataset_card_template.md")]
 
 
@@ -82,20 +88,29 @@ def test_save_to_folder_then_metadata_from_card_gives_the_run_record(tmp_path):
     from pds_hf.publish import metadata_from_card, save_to_folder
     from pds_hf.schema import output_features, read_run_record, run_record_info
 
-    record = {"config": {"num_pairs": 3, "seed": 7, "synthesis": "retrieve", "rm_ratio": 0.2},
-              "source": {"dataset": "pds-org/shapes", "num_pairs": 40, "layout": "pair"},
-              "models": {"encoder": "pds-hf/tiny-random-clip", "unclip": None},
-              "stages_seconds": {"encode": 0.5, "select": 0.25}, "versions": {"datasets": "5.2.0"},
-              "note": "quotes \" and a | pipe, é"}
+    record = {
+        "config": {"num_pairs": 3, "seed": 7, "synthesis": "retrieve", "rm_ratio": 0.2},
+        "source": {"dataset": "pds-org/shapes", "num_pairs": 40, "layout": "pair"},
+        "models": {"encoder": "pds-hf/tiny-random-clip", "unclip": None},
+        "stages_seconds": {"encode": 0.5, "select": 0.25},
+        "versions": {"datasets": "5.2.0"},
+        "note": 'quotes " and a | pipe, é',
+    }
     rng = np.random.default_rng(0)
     features = output_features(4)
-    ds = Dataset.from_dict({
-        "image": [Image.new("RGB", (8, 8), (40 * i, 0, 0)) for i in range(3)],
-        "caption": ["a red circle", "a blue square", "a green cross"],
-        "image_embedding": rng.standard_normal((3, 4)).astype(np.float32),
-        "text_embedding": rng.standard_normal((3, 4)).astype(np.float32),
-        "support": [5, 0, 2], "image_cluster": [0, 1, 2], "text_cluster": [2, 0, 1],
-    }, features=features, info=run_record_info(record, features))
+    ds = Dataset.from_dict(
+        {
+            "image": [Image.new("RGB", (8, 8), (40 * i, 0, 0)) for i in range(3)],
+            "caption": ["a red circle", "a blue square", "a green cross"],
+            "image_embedding": rng.standard_normal((3, 4)).astype(np.float32),
+            "text_embedding": rng.standard_normal((3, 4)).astype(np.float32),
+            "support": [5, 0, 2],
+            "image_cluster": [0, 1, 2],
+            "text_cluster": [2, 0, 1],
+        },
+        features=features,
+        info=run_record_info(record, features),
+    )
     assert read_run_record(ds) == record
 
     save_to_folder(ds, tmp_path / "out", license="mit", preview_pairs=0)

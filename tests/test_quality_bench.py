@@ -28,8 +28,11 @@ SVG = """<?xml version="1.0"?>
 def test_svg_metadata_reads_the_work_not_the_author(tmp_path):
     path = tmp_path / "moon.svg"
     path.write_text(SVG)
-    assert openclipart.read_svg_metadata(path) == ("Full Moon", "The full moon as it looks from Earth.",
-                                                   ["moon", "space"])
+    assert openclipart.read_svg_metadata(path) == (
+        "Full Moon",
+        "The full moon as it looks from Earth.",
+        ["moon", "space"],
+    )
     broken = tmp_path / "broken.svg"
     broken.write_text("<svg")
     assert openclipart.read_svg_metadata(broken) == ("", "", [])
@@ -52,8 +55,10 @@ def _drawing(path, title, description=""):
 
 
 def test_collection_titles_fall_back_to_file_names_and_boilerplate_descriptions_go():
-    drawings = [_drawing(f"icons/folder_{name}", "Flat Icon Collection", "part of a theme")
-                for name in ("open", "closed", "red", "blue", "home")]
+    drawings = [
+        _drawing(f"icons/folder_{name}", "Flat Icon Collection", "part of a theme")
+        for name in ("open", "closed", "red", "blue", "home")
+    ]
     drawings.append(_drawing("food/cake_01", "Cake", "A wedding cake"))
     titles, descriptions = openclipart.make_captions(drawings)
     assert titles == ["folder open", "folder closed", "folder red", "folder blue", "folder home", "Cake"]
@@ -82,11 +87,16 @@ def test_render_fits_on_white_and_drops_blank_and_tiny(tmp_path):
 
 
 def test_duplicates_merge_images_and_drop_repeated_captions(tmp_path):
-    red, same_red, blue = (_png(tmp_path, "r", (255, 0, 0, 255)), _png(tmp_path, "r2", (255, 0, 0, 255)),
-                           _png(tmp_path, "b", (0, 0, 255, 255)))
-    drawings = [openclipart.Drawing("a/red", red, "Red box", "a box painted red"),
-                openclipart.Drawing("a/red_copy", same_red, "Crimson box"),
-                openclipart.Drawing("b/blue", blue, "red box")]
+    red, same_red, blue = (
+        _png(tmp_path, "r", (255, 0, 0, 255)),
+        _png(tmp_path, "r2", (255, 0, 0, 255)),
+        _png(tmp_path, "b", (0, 0, 255, 255)),
+    )
+    drawings = [
+        openclipart.Drawing("a/red", red, "Red box", "a box painted red"),
+        openclipart.Drawing("a/red_copy", same_red, "Crimson box"),
+        openclipart.Drawing("b/blue", blue, "red box"),
+    ]
     rows, stats = openclipart.build_rows(drawings, 32, workers=1)
     assert [row["caption"] for row in rows] == [["Red box", "Crimson box", "a box painted red"]]
     assert stats["duplicate image (merged)"] == 1

@@ -20,8 +20,17 @@ def _svg(color: str, shape: str = '<rect x="10" y="10" width="40" height="30"') 
 
 
 def _entry(hexcode, annotation, order, *, tags="", openmoji_tags="", group="objects", skintone=""):
-    return {"emoji": "?", "hexcode": hexcode, "group": group, "subgroups": "things", "annotation": annotation,
-            "tags": tags, "openmoji_tags": openmoji_tags, "skintone": skintone, "order": order}
+    return {
+        "emoji": "?",
+        "hexcode": hexcode,
+        "group": group,
+        "subgroups": "things",
+        "annotation": annotation,
+        "tags": tags,
+        "openmoji_tags": openmoji_tags,
+        "skintone": skintone,
+        "order": order,
+    }
 
 
 def _tarball(tmp_path) -> Path:
@@ -36,14 +45,23 @@ def _tarball(tmp_path) -> Path:
         _entry("1F4A2", "anger symbol", 8, tags="angry, comic"),  # same picture as 1F4A1: merged into it
         _entry("1F4A3", "bomb", 9, tags="comic, explosion"),  # no SVG in the package
     ]
-    svgs = {"1F600": _svg("#FCEA2B", '<circle cx="36" cy="36" r="23"'), "1F600-1F3FF": _svg("#5C3D2E"),
-            "1F3FB": _svg("#F1D0B0"), "1F34E": _svg("#EA5A47"), "E000": _svg("#D22F27", '<circle cx="30" cy="30" r="9"'),
-            "1F34F": _svg("#5C9E31"), "1F4A1": _svg("#3F3F3F"), "1F4A2": _svg("#3F3F3F")}
+    svgs = {
+        "1F600": _svg("#FCEA2B", '<circle cx="36" cy="36" r="23"'),
+        "1F600-1F3FF": _svg("#5C3D2E"),
+        "1F3FB": _svg("#F1D0B0"),
+        "1F34E": _svg("#EA5A47"),
+        "E000": _svg("#D22F27", '<circle cx="30" cy="30" r="9"'),
+        "1F34F": _svg("#5C9E31"),
+        "1F4A1": _svg("#3F3F3F"),
+        "1F4A2": _svg("#3F3F3F"),
+    }
     path = tmp_path / "openmoji-test.tgz"
     with tarfile.open(path, "w:gz") as archive:
-        files = {"package/data/openmoji.json": json.dumps(entries).encode(),
-                 **{f"package/color/svg/{code}.svg": data for code, data in svgs.items()},
-                 "package/black/svg/1F600.svg": _svg("#000000")}
+        files = {
+            "package/data/openmoji.json": json.dumps(entries).encode(),
+            **{f"package/color/svg/{code}.svg": data for code, data in svgs.items()},
+            "package/black/svg/1F600.svg": _svg("#000000"),
+        }
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -55,8 +73,9 @@ def test_openmoji_build_selects_captions_and_splits(tmp_path):
     pytest.importorskip("cairosvg")
     import openmoji
 
-    splits, manifest = openmoji.build(tmp_path / "cache", size=32, seed=0, tarball=_tarball(tmp_path), test_images=1,
-                                      validation_images=1)
+    splits, manifest = openmoji.build(
+        tmp_path / "cache", size=32, seed=0, tarball=_tarball(tmp_path), test_images=1, validation_images=1
+    )
     counts = manifest["counts"]
     assert counts["skin-tone variant (dropped)"] == 1 and counts["component (dropped)"] == 1
     assert counts["missing or unusable SVG (dropped)"] == 1 and counts["identical image (merged)"] == 1
@@ -70,8 +89,9 @@ def test_openmoji_build_selects_captions_and_splits(tmp_path):
     image = splits["train"][0]["image"]
     assert image.size == (32, 32) and image.mode == "RGB"
     assert image.getpixel((0, 0)) == (255, 255, 255)  # transparent background became white
-    again, _ = openmoji.build(tmp_path / "cache", size=32, seed=0, tarball=_tarball(tmp_path), test_images=1,
-                              validation_images=1)
+    again, _ = openmoji.build(
+        tmp_path / "cache", size=32, seed=0, tarball=_tarball(tmp_path), test_images=1, validation_images=1
+    )
     assert again["train"]["hexcode"] == splits["train"]["hexcode"]
 
 

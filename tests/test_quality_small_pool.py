@@ -15,10 +15,14 @@ datasets = pytest.importorskip("datasets")
 def _splits():
     # Row i's captions name i, so a kept row shows which image it was; image 3 of train has a single caption.
     def split(name, n):
-        return datasets.Dataset.from_dict({
-            "caption": [[f"{name} {i} first"] if i == 3 else [f"{name} {i} first", f"{name} {i} second"]
-                        for i in range(n)],
-            "row": list(range(n))})
+        return datasets.Dataset.from_dict(
+            {
+                "caption": [
+                    [f"{name} {i} first"] if i == 3 else [f"{name} {i} first", f"{name} {i} second"] for i in range(n)
+                ],
+                "row": list(range(n)),
+            }
+        )
 
     return datasets.DatasetDict(train=split("train", 12), validation=split("validation", 4), test=split("test", 5))
 

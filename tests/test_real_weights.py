@@ -27,8 +27,14 @@ UNCLIP_ID = "stabilityai/stable-diffusion-2-1-unclip-small"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 # Rows of demo_dataset (colour = i % 6, shape = i // 6 % 4): what each shows.
-SHOWN = {0: "a red circle", 6: "a red square", 8: "a blue square", 12: "a red triangle", 13: "a green triangle",
-         21: "a yellow cross"}
+SHOWN = {
+    0: "a red circle",
+    6: "a red square",
+    8: "a blue square",
+    12: "a red triangle",
+    13: "a green triangle",
+    21: "a yellow cross",
+}
 
 
 def _load(model_id, loader):
@@ -36,9 +42,11 @@ def _load(model_id, loader):
         return loader()
     except Exception as err:  # any failure to load is the same news to the user: name the model
         reason = " ".join(f"{type(err).__name__}: {err}".split())
-    pytest.fail(f"could not load {model_id} ({reason}). The `weights` tests need the real weights: run them "
-                f"where huggingface.co is reachable, or download {model_id} into the Hugging Face cache first.",
-                pytrace=False)
+    pytest.fail(
+        f"could not load {model_id} ({reason}). The `weights` tests need the real weights: run them "
+        f"where huggingface.co is reachable, or download {model_id} into the Hugging Face cache first.",
+        pytrace=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +84,9 @@ def test_unclip_decodes_an_embedding_into_an_image_clip_puts_near_its_source(cli
     rows = [0, 8, 13]
     real = [shapes[i]["image"] for i in rows]
     real_embeds = clip.encode_images(real)
-    decoded = synthesize_unclip(unclip, real_embeds, [""] * len(rows), num_inference_steps=12, batch_size=1,
-                                show_progress=False)
+    decoded = synthesize_unclip(
+        unclip, real_embeds, [""] * len(rows), num_inference_steps=12, batch_size=1, show_progress=False
+    )
     similarity = _cosine(clip.encode_images(decoded), real_embeds)
     assert similarity.argmax(axis=1).tolist() == [0, 1, 2], similarity.round(3)
 
@@ -96,8 +105,15 @@ def _check_distilled(small, clip, shapes, num_pairs):
 
 
 def test_distill_end_to_end_with_both_models(clip, unclip, shapes):
-    config = DistillConfig(num_pairs=4, clip_model=clip, unclip_model=unclip, num_inference_steps=12,
-                           synthesis_batch_size=2, device=DEVICE, use_cache=False)
+    config = DistillConfig(
+        num_pairs=4,
+        clip_model=clip,
+        unclip_model=unclip,
+        num_inference_steps=12,
+        synthesis_batch_size=2,
+        device=DEVICE,
+        use_cache=False,
+    )
     _check_distilled(pds_hf.distill(shapes, config), clip, shapes, 4)
 
 
@@ -106,10 +122,20 @@ def test_distill_end_to_end_fp16_on_gpu(clip, unclip, shapes):
     # Requesting clip and unclip first makes a missing model fail here with its id; the run itself
     # loads both by id, in float16 on the GPU, as the paper runs them.
     if not torch.cuda.is_available():
-        pytest.fail("the `gpu` tests need a CUDA GPU (torch.cuda.is_available() is False); "
-                    "run -m 'weights and not gpu' on this machine.", pytrace=False)
-    config = DistillConfig(num_pairs=6, clip_model=CLIP_ID, unclip_model=UNCLIP_ID, num_inference_steps=25,
-                           device="cuda", half_precision=True, use_cache=False)
+        pytest.fail(
+            "the `gpu` tests need a CUDA GPU (torch.cuda.is_available() is False); "
+            "run -m 'weights and not gpu' on this machine.",
+            pytrace=False,
+        )
+    config = DistillConfig(
+        num_pairs=6,
+        clip_model=CLIP_ID,
+        unclip_model=UNCLIP_ID,
+        num_inference_steps=25,
+        device="cuda",
+        half_precision=True,
+        use_cache=False,
+    )
     small = pds_hf.distill(shapes, config)
     meta = pds_hf.metadata(small)
     assert meta["models"]["encoder"] == CLIP_ID and meta["models"]["unclip"] == UNCLIP_ID

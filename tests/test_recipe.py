@@ -16,14 +16,25 @@ def test_a_recipe_needs_a_source():
 
 def test_to_pairs_excludes_filter_and_columns():
     with pytest.raises(ValueError, match="source_filter= and source_columns= apply only without to_pairs="):
-        Recipe(name="x", sources={"a/b": "all rows"}, source_split="train", write_dry_run_source=_write,
-               to_pairs=lambda ds, source: ds, source_columns=["image", "caption"])
+        Recipe(
+            name="x",
+            sources={"a/b": "all rows"},
+            source_split="train",
+            write_dry_run_source=_write,
+            to_pairs=lambda ds, source: ds,
+            source_columns=["image", "caption"],
+        )
 
 
 def test_several_sources_add_a_source_choice():
     one = Recipe(name="x", sources={"a/b": "all rows"}, source_split="train", write_dry_run_source=_write)
-    two = Recipe(name="x", sources={"a/b": "all rows", "c/d": "the same rows"}, source_split="train",
-                 write_dry_run_source=_write, source_help="Which copy to read.")
+    two = Recipe(
+        name="x",
+        sources={"a/b": "all rows", "c/d": "the same rows"},
+        source_split="train",
+        write_dry_run_source=_write,
+        source_help="Which copy to read.",
+    )
     assert "--source " not in one.parser().format_help()
     assert one.parser().parse_args(["--org", "me"]).source == "a/b"
     args = two.parser().parse_args(["--org", "me", "--source", "c/d"])

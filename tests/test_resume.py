@@ -61,9 +61,18 @@ class CountingPipe:
 
 @pytest.fixture
 def config(tiny_encoder, tiny_pipe, tmp_path):
-    return DistillConfig(num_pairs=6, clip_model=tiny_encoder, unclip_model=tiny_pipe, num_inference_steps=2,
-                         image_size=32, device="cpu", shard_size=20, encode_batch_size=20, synthesis_batch_size=2,
-                         cache_dir=str(tmp_path / "cache"))
+    return DistillConfig(
+        num_pairs=6,
+        clip_model=tiny_encoder,
+        unclip_model=tiny_pipe,
+        num_inference_steps=2,
+        image_size=32,
+        device="cpu",
+        shard_size=20,
+        encode_batch_size=20,
+        synthesis_batch_size=2,
+        cache_dir=str(tmp_path / "cache"),
+    )
 
 
 def test_interrupted_encoding_resumes_without_reencoding_the_first_shard(shapes_ds, tiny_encoder, config):
@@ -104,7 +113,9 @@ def test_changing_a_parameter_changes_the_fingerprint(shapes_ds, tiny_encoder, c
     counting.fingerprint = "another-model"
     pds_hf.distill(shapes_ds, config, clip_model=counting, synthesis="none")
     assert counting.images == 60
-    stages = {p.name.split("-")[0] for p in (config.cache_dir and __import__("pathlib").Path(config.cache_dir)).iterdir()}
+    stages = {
+        p.name.split("-")[0] for p in (config.cache_dir and __import__("pathlib").Path(config.cache_dir)).iterdir()
+    }
     assert stages == {"encode", "select"}
 
 
@@ -149,8 +160,19 @@ def _run_cli(args, cache, calls, launcher=()):
     spy = calls / "spy_cli.py"
     spy.write_text(SPY_CLI)
     env = dict(os.environ, PDS_HF_CACHE=str(cache), OMP_NUM_THREADS="1", PDS_TEST_CALLS=str(calls))
-    cmd = [*(launcher or [sys.executable]), str(spy), "distill", "--demo", "--num-pairs", "8", "--steps", "2",
-           "--seed", "42", *args]
+    cmd = [
+        *(launcher or [sys.executable]),
+        str(spy),
+        "distill",
+        "--demo",
+        "--num-pairs",
+        "8",
+        "--steps",
+        "2",
+        "--seed",
+        "42",
+        *args,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -171,8 +193,20 @@ def test_two_processes_give_the_same_distilled_set(tmp_path):
     assert _decoded_by_rank(tmp_path / "calls-one") == {0: list(range(8))}
     # `accelerate launch --cpu` starts a single process (multi-CPU needs mpirun); --multi_gpu starts N
     # processes with torchrun, and pds_hf picks the gloo backend when there is no GPU.
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
     two = _run_cli(["--output", str(tmp_path / "two")], tmp_path / "cache-two", tmp_path / "calls-two", launcher)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "on 2 process(es)" in two.stdout
@@ -192,8 +226,15 @@ def test_two_processes_give_the_same_distilled_set(tmp_path):
 def test_a_finished_run_says_it_reuses_its_results(shapes_ds, tiny_encoder, tiny_pipe, tmp_path, caplog):
     import logging
 
-    settings = dict(num_pairs=4, clip_model=tiny_encoder, unclip_model=tiny_pipe, num_inference_steps=2,
-                    image_size=32, device="cpu", cache_dir=str(tmp_path))
+    settings = dict(
+        num_pairs=4,
+        clip_model=tiny_encoder,
+        unclip_model=tiny_pipe,
+        num_inference_steps=2,
+        image_size=32,
+        device="cpu",
+        cache_dir=str(tmp_path),
+    )
     pds_hf.distill(shapes_ds, **settings)
     with caplog.at_level(logging.INFO, logger="pds_hf"):
         pds_hf.distill(shapes_ds, **settings)

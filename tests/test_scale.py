@@ -34,6 +34,7 @@ def _random_table(rng, k, density, integer):
 
 # -- sparse count table ---------------------------------------------------------------------------
 
+
 def test_sparse_count_table_equals_dense(rng):
     image, text = rng.integers(0, 30, 5000), rng.integers(0, 30, 5000)
     weights = rng.random(5000) * (rng.random(5000) < 0.9)  # some pairs weigh nothing
@@ -50,8 +51,10 @@ def test_sparse_count_table_memory_follows_pairs_not_clusters(rng):
 
 # -- sparse assignment ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("k,density", [(1, 1.0), (7, 0.3), (50, 0.05), (50, 1.0), (300, 0.01), (1000, 0.003),
-                                       (2000, 0.001)])
+
+@pytest.mark.parametrize(
+    "k,density", [(1, 1.0), (7, 0.3), (50, 0.05), (50, 1.0), (300, 0.01), (1000, 0.003), (2000, 0.001)]
+)
 def test_sparse_matching_is_the_dense_optimum_with_distinct_weights(rng, k, density):
     # Distinct random weights: the set of positive cells in the optimum is unique, so the two
     # solvers must pick exactly the same cells (the zero cells filling in are arbitrary in both).
@@ -114,8 +117,7 @@ def solver_calls(monkeypatch):
     return calls
 
 
-def test_align_clusters_densifies_small_sparse_tables_and_solves_large_ones_sparse(rng, monkeypatch,
-                                                                                   solver_calls):
+def test_align_clusters_densifies_small_sparse_tables_and_solves_large_ones_sparse(rng, monkeypatch, solver_calls):
     image = rng.integers(0, 40, 3000)
     text = (image * 7 + (rng.random(3000) < 0.3) * rng.integers(0, 40, 3000)) % 40
     weights = rng.random(3000) + 0.5  # real-valued counts: the heaviest set of positive cells is unique
@@ -143,8 +145,12 @@ def test_prototypes_on_the_sparse_path_match_the_dense_optimum(rng, monkeypatch,
 
     def matched(run):
         """Each prototype by its (image cluster, text cluster) match: support and both means."""
-        return {(int(i), int(j)): (s, a, b) for i, j, s, a, b in zip(
-            run.image_cluster, run.text_cluster, run.support, run.image_embeds, run.text_embeds)}
+        return {
+            (int(i), int(j)): (s, a, b)
+            for i, j, s, a, b in zip(
+                run.image_cluster, run.text_cluster, run.support, run.image_embeds, run.text_embeds
+            )
+        }
 
     dense_run = prototypes_from_embeddings(images, texts, 40, rm_ratio=0.1, empty="drop", weights=weights)
     assert solver_calls == []
@@ -162,6 +168,7 @@ def test_prototypes_on_the_sparse_path_match_the_dense_optimum(rng, monkeypatch,
 
 
 # -- k-means --------------------------------------------------------------------------------------
+
 
 def test_kmeans_rows_equals_clustering_the_copy(rng):
     x = rng.normal(size=(500, 6)).astype(np.float32)
@@ -213,6 +220,7 @@ def test_every_init_method_clusters_obvious_groups(init, rng):
 
 # -- block-wise similarity and means -------------------------------------------------------------
 
+
 def test_pair_similarity_blocks_equal_normalising_whole_tables(rng):
     images = rng.normal(size=(300, 16)).astype(np.float32) * 7
     texts = rng.normal(size=(500, 16)).astype(np.float32)
@@ -230,6 +238,7 @@ def test_group_means_blocks_equal_direct_means(rng):
     for g in range(6):
         member = group == g
         np.testing.assert_allclose(totals[g], weights[member].sum())
-        np.testing.assert_allclose(means[g], np.average(embeds[pair_index[member]], axis=0, weights=weights[member]),
-                                   rtol=1e-10)
+        np.testing.assert_allclose(
+            means[g], np.average(embeds[pair_index[member]], axis=0, weights=weights[member]), rtol=1e-10
+        )
     assert totals[6] == 0 and np.isnan(means[6]).all()

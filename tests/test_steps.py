@@ -14,6 +14,7 @@ from pds_hf.prototypes import prototypes_from_embeddings
 
 # -- filter ---------------------------------------------------------------------------------------
 
+
 def test_filter_removes_exactly_the_lowest_fraction(rng):
     sim = rng.permutation(100).astype(float)  # distinct scores 0..99
     kept = filter_pairs(sim, rm_ratio=0.2)
@@ -26,7 +27,7 @@ def test_filter_count_is_floor(n, ratio, removed):
     kept = filter_pairs(np.arange(n, dtype=float)[::-1], ratio)
     assert (~kept).sum() == removed
     # the removed ones are the lowest scores, i.e. the last positions here
-    assert not kept[n - removed:].any()
+    assert not kept[n - removed :].any()
 
 
 def test_filter_ties_remove_earlier_first():
@@ -36,11 +37,13 @@ def test_filter_ties_remove_earlier_first():
 
 def test_filter_weights_count_multiplicity():
     # The lowest pair stands for 3 identical pairs out of 10: removing 20% (2) must not remove it.
-    kept = filter_pairs(np.array([0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1]), 0.2,
-                        weights=np.array([3, 1, 1, 1, 1, 1, 1, 1]))
+    kept = filter_pairs(
+        np.array([0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1]), 0.2, weights=np.array([3, 1, 1, 1, 1, 1, 1, 1])
+    )
     assert kept.all()
-    kept = filter_pairs(np.array([0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1]), 0.3,
-                        weights=np.array([3, 1, 1, 1, 1, 1, 1, 1]))
+    kept = filter_pairs(
+        np.array([0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1]), 0.3, weights=np.array([3, 1, 1, 1, 1, 1, 1, 1])
+    )
     assert kept.tolist() == [False] + [True] * 7
 
 
@@ -58,6 +61,7 @@ def test_pair_similarity_is_cosine_with_indices():
 
 # -- k-means --------------------------------------------------------------------------------------
 
+
 def test_kmeans_separates_obvious_groups():
     x = np.array([[0.0, 0.0], [0.1, 0.0], [10.0, 10.0], [10.1, 10.0], [-10.0, 5.0]], dtype=np.float32)
     fit = kmeans(x, 3, seed=0, restarts=3)
@@ -70,7 +74,7 @@ def test_kmeans_weights_pull_the_centre():
     x = np.array([[0.0], [1.0]], dtype=np.float32)
     fit = kmeans(x, 1, weights=np.array([3.0, 1.0]))
     np.testing.assert_allclose(fit.centroids, [[0.25]], atol=1e-6)
-    assert fit.inertia == pytest.approx(3 * 0.25 ** 2 + 0.75 ** 2)
+    assert fit.inertia == pytest.approx(3 * 0.25**2 + 0.75**2)
 
 
 def test_kmeans_rejects_k_above_n():
@@ -79,6 +83,7 @@ def test_kmeans_rejects_k_above_n():
 
 
 # -- alignment ------------------------------------------------------------------------------------
+
 
 def test_alignment_recovers_a_known_permutation(rng):
     k = 12
@@ -105,6 +110,7 @@ def test_count_table_weights():
 
 
 # -- prototypes -----------------------------------------------------------------------------------
+
 
 def _blobs(rng, k=8, per=40, d=6, noise=0.05):
     centres = rng.normal(size=(k, d)) * 5
@@ -187,10 +193,14 @@ def test_normalize_makes_clustering_blind_to_row_norms(rng):
     np.testing.assert_array_equal(plain.image_labels, scaled.image_labels)
     np.testing.assert_array_equal(plain.text_labels, scaled.text_labels)
     for m in np.flatnonzero(scaled.support > 0):
-        members = scaled.kept & (scaled.image_labels == scaled.image_cluster[m]) & (
-            scaled.text_labels == scaled.text_cluster[m])
-        np.testing.assert_allclose(scaled.image_embeds[m], (images * scale_i)[members].mean(axis=0), rtol=1e-4,
-                                   atol=1e-4)
+        members = (
+            scaled.kept
+            & (scaled.image_labels == scaled.image_cluster[m])
+            & (scaled.text_labels == scaled.text_cluster[m])
+        )
+        np.testing.assert_allclose(
+            scaled.image_embeds[m], (images * scale_i)[members].mean(axis=0), rtol=1e-4, atol=1e-4
+        )
     # On the raw embeddings the same scaling does move the clusters (what normalize=True is for).
     raw = prototypes_from_embeddings(images * scale_i, texts * scale_t, 10, seed=5, normalize=False)
     assert not np.array_equal(raw.image_labels, scaled.image_labels)
@@ -245,6 +255,7 @@ def test_prototypes_reject_bad_arguments(rng):
 
 
 # -- caption retrieval ----------------------------------------------------------------------------
+
 
 def test_retrieve_captions_is_cosine_nearest():
     texts = np.array([[1.0, 0.0], [10.0, 10.0], [0.0, 1.0]])

@@ -23,8 +23,16 @@ FLOAT16_MIN_COSINE = 0.99999
 
 @pytest.fixture(scope="module")
 def config(tiny_encoder, tiny_pipe):
-    return DistillConfig(num_pairs=6, clip_model=tiny_encoder, unclip_model=tiny_pipe, synthesis="retrieve",
-                         image_size=32, device="cpu", use_cache=False, encode_workers=0)
+    return DistillConfig(
+        num_pairs=6,
+        clip_model=tiny_encoder,
+        unclip_model=tiny_pipe,
+        synthesis="retrieve",
+        image_size=32,
+        device="cpu",
+        use_cache=False,
+        encode_workers=0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +41,9 @@ def with_a_broken_image(shapes_ds):
     images = [{"bytes": png_bytes((10 * i, 0, 200), size=(16, 16)), "path": None} for i in range(12)]
     images[5] = {"bytes": b"not an image", "path": None}
     captions = [[f"shape {i}", f"another shape {i}"] for i in range(12)]
-    return Dataset.from_dict({"image": images, "caption": captions},
-                             features=Features({"image": Image(), "caption": [Value("string")]}))
+    return Dataset.from_dict(
+        {"image": images, "caption": captions}, features=Features({"image": Image(), "caption": [Value("string")]})
+    )
 
 
 def _encode(encoder, ds, stage=None, **kwargs):
@@ -67,12 +76,14 @@ def test_the_distilled_set_is_the_same_with_the_store(config, shapes_ds, tmp_pat
 def test_a_stream_merges_into_the_store(config, shapes_ds, tmp_path):
     in_memory = DistillProcessor(config)(shapes_ds)
     streamed = DistillProcessor(config, use_cache=True, cache_dir=str(tmp_path))(
-        shapes_ds.to_iterable_dataset(num_shards=3))
+        shapes_ds.to_iterable_dataset(num_shards=3)
+    )
     stored = list(tmp_path.glob("stream-*/image_embeds.npy"))
     assert len(stored) == 1 and np.load(stored[0], mmap_mode="r").shape[0] == 60
     assert streamed["caption"] == in_memory["caption"] and streamed["support"] == in_memory["support"]
-    np.testing.assert_allclose(np.asarray(streamed["image_embedding"]), np.asarray(in_memory["image_embedding"]),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(streamed["image_embedding"]), np.asarray(in_memory["image_embedding"]), atol=1e-5
+    )
 
 
 def test_float16_storage_moves_the_prototypes_by_little(config, shapes_ds, tmp_path):
@@ -103,8 +114,7 @@ def test_a_rerun_opens_the_stored_files(tiny_encoder, with_a_broken_image, tmp_p
     assert {path.name: path.stat().st_mtime_ns for path in tmp_path.glob("*.npy")} == mtimes
 
 
-def test_a_write_killed_midway_leaves_no_marker_and_the_rerun_rebuilds(tiny_encoder, with_a_broken_image,
-                                                                       tmp_path):
+def test_a_write_killed_midway_leaves_no_marker_and_the_rerun_rebuilds(tiny_encoder, with_a_broken_image, tmp_path):
     class Killed(RuntimeError):
         pass
 
@@ -159,8 +169,11 @@ def test_a_multi_process_run_refuses_a_stage_in_memory(tmp_path):
 
     two = Ranks(rank=0, world=2)
     for cache_dir, key in ((None, "0123"), (tmp_path, None)):
-        with pytest.raises(ValueError, match=r"A run over 2 processes shares its work through the cache, which needs "
-                                             r"use_cache=True and an encoder known by id, so that"):
+        with pytest.raises(
+            ValueError,
+            match=r"A run over 2 processes shares its work through the cache, which needs "
+            r"use_cache=True and an encoder known by id, so that",
+        ):
             open_stage(cache_dir, "encode", key, ranks=two, needs=" and an encoder known by id")
         assert isinstance(open_stage(cache_dir, "encode", key, ranks=Ranks()), MemoryStage)
     assert isinstance(open_stage(tmp_path, "encode", "0123", ranks=two), Stage)

@@ -42,8 +42,16 @@ class Counting:
 
 @pytest.fixture(scope="module")
 def config(tiny_encoder, tiny_pipe):
-    return DistillConfig(num_pairs=6, clip_model=tiny_encoder, unclip_model=tiny_pipe, num_inference_steps=2,
-                         synthesis="retrieve", image_size=32, device="cpu", use_cache=False)
+    return DistillConfig(
+        num_pairs=6,
+        clip_model=tiny_encoder,
+        unclip_model=tiny_pipe,
+        num_inference_steps=2,
+        synthesis="retrieve",
+        image_size=32,
+        device="cpu",
+        use_cache=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,16 +80,24 @@ def assert_same_set(streamed, reference):
     assert _pixels(streamed) == _pixels(reference)
 
 
-@pytest.mark.parametrize("layout, num_shards, synthesis", [
-    # unCLIP takes seconds per run even with the tiny pipeline: one case is fast, the others are marked slow.
-    (layout, num_shards, synthesis) if synthesis == "retrieve" or (layout, num_shards) == ("image", 3)
-    else pytest.param(layout, num_shards, synthesis, marks=pytest.mark.slow)
-    for layout in ("image", "pair") for num_shards in (1, 3) for synthesis in ("retrieve", "unclip")])
+@pytest.mark.parametrize(
+    "layout, num_shards, synthesis",
+    [
+        # unCLIP takes seconds per run even with the tiny pipeline: one case is fast, the others are marked slow.
+        (layout, num_shards, synthesis)
+        if synthesis == "retrieve" or (layout, num_shards) == ("image", 3)
+        else pytest.param(layout, num_shards, synthesis, marks=pytest.mark.slow)
+        for layout in ("image", "pair")
+        for num_shards in (1, 3)
+        for synthesis in ("retrieve", "unclip")
+    ],
+)
 def test_stream_equals_map_style(layout, num_shards, synthesis, shapes_ds, shapes_pairs_ds, config, map_style):
     ds = shapes_ds if layout == "image" else shapes_pairs_ds
     # On disk (the session's cache) for three shards: the stages and the fetched images go through files.
     streamed = DistillProcessor(config, synthesis=synthesis, use_cache=num_shards > 1)(
-        ds.to_iterable_dataset(num_shards=num_shards))
+        ds.to_iterable_dataset(num_shards=num_shards)
+    )
     reference = map_style(layout, synthesis=synthesis)
     assert_same_set(streamed, reference)
     record = pds_hf.metadata(streamed)
@@ -94,8 +110,9 @@ def test_stream_equals_map_style(layout, num_shards, synthesis, shapes_ds, shape
 def test_one_large_shard_is_saved_in_chunks(shapes_ds, config, map_style, tmp_path):
     # A stream of one shard (to_iterable_dataset's default): its embeddings reach the disk every shard_size rows,
     # so memory holds one chunk, not the shard.
-    streamed = DistillProcessor(config, use_cache=True, cache_dir=str(tmp_path), shard_size=16,
-                                encode_batch_size=8)(shapes_ds.to_iterable_dataset())
+    streamed = DistillProcessor(config, use_cache=True, cache_dir=str(tmp_path), shard_size=16, encode_batch_size=8)(
+        shapes_ds.to_iterable_dataset()
+    )
     assert_same_set(streamed, map_style("image"))
     for what, total in (("image", 60), ("text", 95)):
         sizes = [len(np.load(path)["embeds"]) for path in sorted(tmp_path.glob(f"stream-*/shard-000000-{what}-*.npz"))]
@@ -167,19 +184,22 @@ def test_bad_given_vectors_name_the_shard_and_row(layout, config):
     rng = np.random.default_rng(0)
     rows = 10
     captions = [f"caption {i}" if layout == "pair" else [f"caption {i}", f"other {i}"] for i in range(rows)]
-    texts = [rng.normal(size=8).tolist() if layout == "pair" else rng.normal(size=(2, 8)).tolist()
-             for _ in range(rows)]
+    texts = [rng.normal(size=8).tolist() if layout == "pair" else rng.normal(size=(2, 8)).tolist() for _ in range(rows)]
     images = [rng.normal(size=8).tolist() for _ in range(rows)]
     settings = dict(clip_model="nobody/no-such-clip", synthesis="none", num_pairs=2)
 
     def stream(texts):
-        return Dataset.from_dict({"caption": captions, "image_embedding": images, "text_embedding": texts}) \
-            .to_iterable_dataset(num_shards=2)
+        return Dataset.from_dict(
+            {"caption": captions, "image_embedding": images, "text_embedding": texts}
+        ).to_iterable_dataset(num_shards=2)
 
     short = list(texts)
     short[7] = short[7][:5] if layout == "pair" else short[7][:1]  # row 2 of input shard 1
-    message = (r"Input shard 1 of the stream: Column 'text_embedding' mixes vector sizes: 5 at row 2" if layout == "pair"
-               else r"Input shard 1 of the stream: .*'text_embedding' has 1 vector\(s\) at input shard 1, row 2")
+    message = (
+        r"Input shard 1 of the stream: Column 'text_embedding' mixes vector sizes: 5 at row 2"
+        if layout == "pair"
+        else r"Input shard 1 of the stream: .*'text_embedding' has 1 vector\(s\) at input shard 1, row 2"
+    )
     with pytest.raises(ValueError, match=message):
         DistillProcessor(config, **settings)(stream(short))
     assert len(DistillProcessor(config, **settings)(stream(texts))) == 2
@@ -195,23 +215,35 @@ def _flaky_stream(flag, rows_per_shard=8):
                 if shard == 2 and i == 3 and flag.exists():
                     raise ConnectionError("the server closed the connection")
                 row = shard * rows_per_shard + i
-                yield {"image": {"bytes": png_bytes(colours[row]), "path": None},
-                       "caption": f"a square of colour {colours[row]}"}
+                yield {
+                    "image": {"bytes": png_bytes(colours[row]), "path": None},
+                    "caption": f"a square of colour {colours[row]}",
+                }
 
-    return IterableDataset.from_generator(generate, gen_kwargs={"shards": [0, 1, 2, 3]},
-                                          features=Features({"image": Image(), "caption": Value("string")}))
+    return IterableDataset.from_generator(
+        generate, gen_kwargs={"shards": [0, 1, 2, 3]}, features=Features({"image": Image(), "caption": Value("string")})
+    )
 
 
-@pytest.mark.parametrize("workers, encoded", [
-    (0, 16 + 2),  # shards 0 and 1, and the batch of shard 2 read before it failed
-    (1, 16),  # the feed reads 2 batches ahead: shard 2 fails before its first batch reaches the encoder
-])
+@pytest.mark.parametrize(
+    "workers, encoded",
+    [
+        (0, 16 + 2),  # shards 0 and 1, and the batch of shard 2 read before it failed
+        (1, 16),  # the feed reads 2 batches ahead: shard 2 fails before its first batch reaches the encoder
+    ],
+)
 def test_a_failing_shard_is_named_and_the_rerun_resumes(workers, encoded, config, tmp_path):
     flag = tmp_path / "fail"
     flag.touch()
     counting = Counting(config.clip_model)
-    settings = dict(clip_model=counting, num_pairs=3, use_cache=True, cache_dir=str(tmp_path / "cache"),
-                    encode_batch_size=2, encode_workers=workers)
+    settings = dict(
+        clip_model=counting,
+        num_pairs=3,
+        use_cache=True,
+        cache_dir=str(tmp_path / "cache"),
+        encode_batch_size=2,
+        encode_workers=workers,
+    )
     with pytest.raises(ShardReadError, match=r"input shard 2 \(of 4\).*after 2 row\(s\).*ConnectionError.*again"):
         DistillProcessor(config, **settings)(_flaky_stream(flag))
     assert counting.images == encoded
@@ -244,11 +276,15 @@ def test_a_shard_that_ends_early_without_an_error_is_named(shapes_pairs_ds, conf
 
     monkeypatch.setattr(Parquet, "_cast_table", drop_the_last_rows_of_file_1)
     counting = Counting(config.clip_model)
-    settings = dict(clip_model=counting, num_pairs=3, use_cache=True, cache_dir=str(tmp_path / "cache"),
-                    encode_workers=0)
+    settings = dict(
+        clip_model=counting, num_pairs=3, use_cache=True, cache_dir=str(tmp_path / "cache"), encode_workers=0
+    )
     stream = load_dataset("parquet", data_files=files, split="train", streaming=True)
-    with pytest.raises(ShardReadError, match=r"Input shard 1 \(of 3\).*ended after 6 row\(s\), but its source "
-                                             r"holds 10.*run the same call again"):
+    with pytest.raises(
+        ShardReadError,
+        match=r"Input shard 1 \(of 3\).*ended after 6 row\(s\), but its source "
+        r"holds 10.*run the same call again",
+    ):
         DistillProcessor(config, **settings)(stream)
     monkeypatch.setattr(Parquet, "_cast_table", cast_table)
     first = counting.images
@@ -299,8 +335,11 @@ def test_a_full_disk_names_the_stage_and_the_space(shapes_ds, config, tmp_path, 
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(np, "savez", full)
-    with pytest.raises(OSError, match=r"writing shard-000000-image-000000\.npz of stage 'stream-[0-9a-f]+'.*needed about \d+ "
-                                      r"bytes and \d+ bytes are free.*cache_dir") as caught:
+    with pytest.raises(
+        OSError,
+        match=r"writing shard-000000-image-000000\.npz of stage 'stream-[0-9a-f]+'.*needed about \d+ "
+        r"bytes and \d+ bytes are free.*cache_dir",
+    ) as caught:
         DistillProcessor(config, use_cache=True, cache_dir=str(tmp_path))(shapes_ds.to_iterable_dataset(num_shards=2))
     assert caught.value.errno == errno.ENOSPC
 
@@ -341,8 +380,10 @@ def test_decode_workers_feed_the_stream(shapes_pairs_ds, config, tmp_path, monke
 
 
 def test_bad_rows_of_a_stream_are_named_by_shard_and_row(config):
-    rows = {"image": [{"bytes": png_bytes((i, 0, 0)), "path": None} for i in range(6)],
-            "caption": ["a", "b", "c", "d", "", "f"]}
+    rows = {
+        "image": [{"bytes": png_bytes((i, 0, 0)), "path": None} for i in range(6)],
+        "caption": ["a", "b", "c", "d", "", "f"],
+    }
     features = Features({"image": Image(), "caption": Value("string")})
     stream = Dataset.from_dict(rows, features=features).to_iterable_dataset(num_shards=2)
     with pytest.raises(ValueError, match=r"Column 'caption' has 1 bad caption\(s\): input shard 1, row 1 is empty"):
@@ -376,20 +417,28 @@ class Poisoned:
 
 @pytest.mark.parametrize("what", ["image", "text"])
 def test_nan_embeddings_name_the_row_of_the_dataset_or_of_the_shard(what, config):
-    rows = {"image": [{"bytes": png_bytes((i, 0, 0)), "path": None} for i in range(10)],
-            "caption": [f"caption {i}" for i in range(10)]}
+    rows = {
+        "image": [{"bytes": png_bytes((i, 0, 0)), "path": None} for i in range(10)],
+        "caption": [f"caption {i}" for i in range(10)],
+    }
     if what == "image":
         rows["image"][8] = {"bytes": png_bytes((0, 0, 255)), "path": None}
     else:
         rows["caption"][8] = "poison"
     ds = Dataset.from_dict(rows, features=Features({"image": Image(), "caption": Value("string")}))
     processor = DistillProcessor(config, clip_model=Poisoned(config.clip_model), num_pairs=2, encode_batch_size=3)
-    with pytest.raises(ValueError, match=rf"NaN or inf {what} embeddings for 1 input\(s\), first at dataset "
-                                         r"row\(s\) \[8\]"):
+    with pytest.raises(
+        ValueError,
+        match=rf"NaN or inf {what} embeddings for 1 input\(s\), first at dataset "
+        r"row\(s\) \[8\]",
+    ):
         processor(ds)
     # Shards of 5 rows: row 8 is row 3 of input shard 1.
-    with pytest.raises(ValueError, match=rf"NaN or inf {what} embeddings for 1 input\(s\), first at input shard 1 "
-                                         r"row\(s\) \[3\]"):
+    with pytest.raises(
+        ValueError,
+        match=rf"NaN or inf {what} embeddings for 1 input\(s\), first at input shard 1 "
+        r"row\(s\) \[3\]",
+    ):
         processor(ds.to_iterable_dataset(num_shards=2))
 
 
@@ -430,17 +479,32 @@ def test_two_processes_split_the_shards_and_agree(num_shards, encoded, shapes_ds
         port = s.getsockname()[1]
     procs = []
     for rank in (0, 1):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                   WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, "-c", textwrap.dedent(_TWO_PROCESS_SCRIPT), str(tmp_path),
-                                       str(num_shards)],
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = dict(
+            os.environ,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_WORLD_SIZE="2",
+            CUDA_VISIBLE_DEVICES="",
+            OMP_NUM_THREADS="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", textwrap.dedent(_TWO_PROCESS_SCRIPT), str(tmp_path), str(num_shards)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = [proc.communicate(timeout=300)[0] for proc in procs]
     results, loaded = {}, {}
     for output in outputs:
         lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
         assert lines, output[-3000:]
-        result = json.loads(lines[0][len("RESULT "):])
+        result = json.loads(lines[0][len("RESULT ") :])
         results[result["rank"]] = result
         loaded[result["rank"]] = "Loading the embeddings of" in output
     assert loaded == {0: True, 1: False}  # only the main process loads what clustering needs

@@ -47,9 +47,20 @@ PROMPTS = ["a red circle", "a blue square", "a green triangle", "a small star", 
 
 def test_synthesize_unclip_passes_each_argument_per_pair(tiny_pipe, protos):
     spy = SpyPipe(tiny_pipe)
-    images = synthesize_unclip(spy, protos, PROMPTS, negative_prompt="blurry", num_inference_steps=2,
-                               guidance_scale=3.5, noise_level=17, seed=100, batch_size=2, image_size=None,
-                               indices=[3, 5, 7, 9, 11], show_progress=False)
+    images = synthesize_unclip(
+        spy,
+        protos,
+        PROMPTS,
+        negative_prompt="blurry",
+        num_inference_steps=2,
+        guidance_scale=3.5,
+        noise_level=17,
+        seed=100,
+        batch_size=2,
+        image_size=None,
+        indices=[3, 5, 7, 9, 11],
+        show_progress=False,
+    )
     assert len(images) == 5
     assert [len(call["prompt"]) for call in spy.calls] == [2, 2, 1]
     assert spy.joined("prompt") == PROMPTS
@@ -72,14 +83,28 @@ def test_no_negative_prompt_means_the_empty_one(tiny_pipe, protos):
 
 def test_distill_sends_the_prototypes_and_captions_it_returns(shapes_ds, tiny_encoder, tiny_pipe):
     spy = SpyPipe(tiny_pipe)
-    config = DistillConfig(num_pairs=6, clip_model=tiny_encoder, unclip_model=spy, num_inference_steps=2,
-                           guidance_scale=2.5, noise_level=30, negative_prompt="text, watermark, blurry", seed=7,
-                           image_size=32, device="cpu", synthesis="unclip", synthesis_batch_size=4, use_cache=False)
+    config = DistillConfig(
+        num_pairs=6,
+        clip_model=tiny_encoder,
+        unclip_model=spy,
+        num_inference_steps=2,
+        guidance_scale=2.5,
+        noise_level=30,
+        negative_prompt="text, watermark, blurry",
+        seed=7,
+        image_size=32,
+        device="cpu",
+        synthesis="unclip",
+        synthesis_batch_size=4,
+        use_cache=False,
+    )
     small = pds_hf.distill(shapes_ds, config)
     assert [len(call["prompt"]) for call in spy.calls] == [4, 2]
     assert spy.joined("prompt") == small["caption"]
-    np.testing.assert_array_equal(np.concatenate([call["image_embeds"] for call in spy.calls]),
-                                  np.asarray(small["image_embedding"], dtype=np.float32))
+    np.testing.assert_array_equal(
+        np.concatenate([call["image_embeds"] for call in spy.calls]),
+        np.asarray(small["image_embedding"], dtype=np.float32),
+    )
     assert spy.joined("seeds") == [7, 8, 9, 10, 11, 12]
     assert spy.joined("negative_prompt") == ["text, watermark, blurry"] * 6
     for call in spy.calls:

@@ -57,19 +57,49 @@ def clip_vit_l14(quick: bool):
     from pds_hf.testing import tiny_clip_tokenizer
 
     tokenizer = tiny_clip_tokenizer()
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-               pad_token_id=tokenizer.pad_token_id, max_position_embeddings=77)
+    ids = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=77,
+    )
     if quick:
-        text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, **ids)
-        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      image_size=224, patch_size=14)
+        text = dict(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            **ids,
+        )
+        vision = dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=224,
+            patch_size=14,
+        )
         projection = 32
     else:
-        text = dict(vocab_size=CLIP_VOCAB, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                    num_attention_heads=12, hidden_act="quick_gelu", **ids)
-        vision = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                      image_size=224, patch_size=14, hidden_act="quick_gelu")
+        text = dict(
+            vocab_size=CLIP_VOCAB,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            hidden_act="quick_gelu",
+            **ids,
+        )
+        vision = dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+            hidden_act="quick_gelu",
+        )
         projection = 768
     torch.manual_seed(0)
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection)).eval()
@@ -85,40 +115,95 @@ def unclip_small(quick: bool, device, dtype):
     from pds_hf.testing import tiny_clip_tokenizer, unclip_from_parts
 
     tokenizer = tiny_clip_tokenizer()
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-               pad_token_id=tokenizer.pad_token_id, max_position_embeddings=77)
+    ids = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=77,
+    )
     if quick:
         embed, channels, heads, context, latent = 32, (32, 64, 64, 64), (2, 4, 4, 4), 32, 8
-        text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                              num_attention_heads=4, projection_dim=32, **ids)
-        vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                                  image_size=224, patch_size=14, projection_dim=embed)
+        text = CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            projection_dim=32,
+            **ids,
+        )
+        vision = CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            image_size=224,
+            patch_size=14,
+            projection_dim=embed,
+        )
         vae_channels, groups = (32, 32, 64, 64), 32
     else:
         embed, channels, heads, context, latent = 768, (320, 640, 1280, 1280), (5, 10, 20, 20), 1024, 96
-        text = CLIPTextConfig(vocab_size=CLIP_VOCAB, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
-                              num_attention_heads=16, projection_dim=512, hidden_act="gelu", **ids)
-        vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                  num_attention_heads=16, image_size=224, patch_size=14, projection_dim=768,
-                                  hidden_act="quick_gelu")
+        text = CLIPTextConfig(
+            vocab_size=CLIP_VOCAB,
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=23,
+            num_attention_heads=16,
+            projection_dim=512,
+            hidden_act="gelu",
+            **ids,
+        )
+        vision = CLIPVisionConfig(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+            projection_dim=768,
+            hidden_act="quick_gelu",
+        )
         vae_channels, groups = (128, 256, 512, 512), 32
     torch.manual_seed(0)
     # Built directly on the device: random init of ~1.3B parameters on a CPU takes minutes.
     with torch.device(device):
         unet = UNet2DConditionModel(
-            sample_size=latent, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=channels,
+            sample_size=latent,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=2,
+            block_out_channels=channels,
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, attention_head_dim=heads,
-            cross_attention_dim=context, use_linear_projection=True, class_embed_type="projection",
-            projection_class_embeddings_input_dim=2 * embed)
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            attention_head_dim=heads,
+            cross_attention_dim=context,
+            use_linear_projection=True,
+            class_embed_type="projection",
+            projection_class_embeddings_input_dim=2 * embed,
+        )
         vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=vae_channels, layers_per_block=2,
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            norm_num_groups=groups, sample_size=latent * 8)
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=vae_channels,
+            layers_per_block=2,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            norm_num_groups=groups,
+            sample_size=latent * 8,
+        )
         text_encoder = CLIPTextModel(text)
         image_encoder = CLIPVisionModelWithProjection(vision)
-    pipe = unclip_from_parts(tokenizer=tokenizer, text_encoder=text_encoder, image_encoder=image_encoder, unet=unet,
-                             vae=vae, embedding_dim=embed, clip_sample=False).to(device, dtype)
+    pipe = unclip_from_parts(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        image_encoder=image_encoder,
+        unet=unet,
+        vae=vae,
+        embedding_dim=embed,
+        clip_sample=False,
+    ).to(device, dtype)
     return pipe, embed
 
 
@@ -141,7 +226,7 @@ def bench_encode(args, device, dtype):
     rows = table.image_rows
     batches = []
     for start in range(0, len(rows), args.batch_size):
-        images = load_images(ds, "image", rows[start:start + args.batch_size])
+        images = load_images(ds, "image", rows[start : start + args.batch_size])
         batches.append(processor(images=images, return_tensors="pt")["pixel_values"].to(device, dtype))
 
     text_batches = caption_batches(processor, table.texts, args.batch_size, device)
@@ -163,10 +248,16 @@ def bench_encode(args, device, dtype):
     del model, encoder, batches, text_batches
     n = len(rows)
     return [
-        ["encode: bare forward (preprocessed, on device)", f"{n / timings['bare']:.1f} images/s",
-         f"{timings['bare']:.2f} s for {n} images + {len(table.texts)} captions"],
-        ["encode: encode_table (everything)", f"{n / timings['full']:.1f} images/s",
-         f"{timings['full']:.2f} s for the same; overhead {(timings['full'] / timings['bare'] - 1) * 100:.0f}%"],
+        [
+            "encode: bare forward (preprocessed, on device)",
+            f"{n / timings['bare']:.1f} images/s",
+            f"{timings['bare']:.2f} s for {n} images + {len(table.texts)} captions",
+        ],
+        [
+            "encode: encode_table (everything)",
+            f"{n / timings['full']:.1f} images/s",
+            f"{timings['full']:.2f} s for the same; overhead {(timings['full'] / timings['bare'] - 1) * 100:.0f}%",
+        ],
     ]
 
 
@@ -187,15 +278,28 @@ def bench_synthesis(args, device, dtype):
     synthesize_unclip(pipe, embeds[:1], prompts[:1], num_inference_steps=2, image_size=224)  # warm-up
     sync(device)
     start = time.perf_counter()
-    synthesize_unclip(pipe, embeds, prompts, num_inference_steps=steps, guidance_scale=5.0, noise_level=10,
-                      batch_size=1, image_size=224)
+    synthesize_unclip(
+        pipe,
+        embeds,
+        prompts,
+        num_inference_steps=steps,
+        guidance_scale=5.0,
+        noise_level=10,
+        batch_size=1,
+        image_size=224,
+    )
     sync(device)
     seconds = (time.perf_counter() - start) / args.synth_images
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
     params = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
     peak = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device == "cuda" else ""
-    return [[f"synthesize: unCLIP {side}x{side}, {steps} steps, guidance 5, batch 1", f"{seconds:.2f} s/image",
-             f"UNet {params:.0f}M parameters, built in {build:.0f} s{peak}"]]
+    return [
+        [
+            f"synthesize: unCLIP {side}x{side}, {steps} steps, guidance 5, batch 1",
+            f"{seconds:.2f} s/image",
+            f"UNet {params:.0f}M parameters, built in {build:.0f} s{peak}",
+        ]
+    ]
 
 
 def main():
@@ -217,8 +321,10 @@ def main():
     if args.quick:
         device, dtype = "cpu", torch.float32
     elif not torch.cuda.is_available():
-        print("bench_gpu: no CUDA GPU is visible to torch, so there is nothing to time. Run it on a GPU "
-              "machine, or pass --quick for a tiny CPU run that checks the script works.")
+        print(
+            "bench_gpu: no CUDA GPU is visible to torch, so there is nothing to time. Run it on a GPU "
+            "machine, or pass --quick for a tiny CPU run that checks the script works."
+        )
         return 0
     else:
         device, dtype = "cuda", torch.float16
@@ -231,8 +337,10 @@ def main():
         print(rows[-1], flush=True)
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else "none (CPU, --quick: tiny models, not real timings)"
     body = markdown_table(["stage", "throughput", "detail"], rows)
-    body += (f"\n\nGPU: {gpu}; torch {torch.__version__}, CUDA {torch.version.cuda}; dtype {str(dtype).split('.')[-1]}; "
-             f"{args.images} images of 500x375 (half JPEG, half PNG), batch {args.batch_size}.")
+    body += (
+        f"\n\nGPU: {gpu}; torch {torch.__version__}, CUDA {torch.version.cuda}; dtype {str(dtype).split('.')[-1]}; "
+        f"{args.images} images of 500x375 (half JPEG, half PNG), batch {args.batch_size}."
+    )
     append_results("GPU stages" + (" (--quick smoke run)" if args.quick else ""), body, path=RESULTS)
     return 0
 

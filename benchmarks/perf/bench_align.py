@@ -86,16 +86,39 @@ def main():
     for noise in args.noise:
         for k in args.k:
             case = json.dumps([k, args.pairs, noise, k <= args.dense_max])
-            done = subprocess.run([sys.executable, __file__, "--case", case], capture_output=True, text=True, check=True)
+            done = subprocess.run(
+                [sys.executable, __file__, "--case", case], capture_output=True, text=True, check=True
+            )
             r = json.loads(done.stdout.strip().splitlines()[-1])
             same = "-" if "dense_total" not in r else ("yes" if r["dense_total"] == r["sparse_total"] else "NO")
-            rows.append([k, f"{args.pairs:,}", noise, f"{r['nnz']:,}", f"{r['sparse_seconds']:.1f}",
-                         f"{r['sparse_peak_mb']:.0f}", f"{r['dense_seconds']:.1f}" if "dense_seconds" in r else "-",
-                         f"{r['sparse_total']:.0f}", same])
+            rows.append(
+                [
+                    k,
+                    f"{args.pairs:,}",
+                    noise,
+                    f"{r['nnz']:,}",
+                    f"{r['sparse_seconds']:.1f}",
+                    f"{r['sparse_peak_mb']:.0f}",
+                    f"{r['dense_seconds']:.1f}" if "dense_seconds" in r else "-",
+                    f"{r['sparse_total']:.0f}",
+                    same,
+                ]
+            )
             print(rows[-1], flush=True)
-    table = markdown_table(["M", "pairs", "caption noise", "non-zero cells", "sparse table + matching (s)",
-                            "peak RSS of that process (MB)", "dense table + Hungarian (s)", "matched total",
-                            "total = dense"], rows)
+    table = markdown_table(
+        [
+            "M",
+            "pairs",
+            "caption noise",
+            "non-zero cells",
+            "sparse table + matching (s)",
+            "peak RSS of that process (MB)",
+            "dense table + Hungarian (s)",
+            "matched total",
+            "total = dense",
+        ],
+        rows,
+    )
     append_results("Alignment: sparse count table and matching", table)
 
 

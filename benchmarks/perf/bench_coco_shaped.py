@@ -67,8 +67,15 @@ def image_png(i: int, side: int) -> bytes:
 
 
 def captions_of(i: int) -> list[str]:
-    return [template.format(i=i, colour=COLOURS[(i + t) % len(COLOURS)], thing=THINGS[(i // 7 + t) % len(THINGS)],
-                            place=PLACES[(i // 3 + t) % len(PLACES)]) for t, template in enumerate(TEMPLATES)]
+    return [
+        template.format(
+            i=i,
+            colour=COLOURS[(i + t) % len(COLOURS)],
+            thing=THINGS[(i // 7 + t) % len(THINGS)],
+            place=PLACES[(i // 3 + t) % len(PLACES)],
+        )
+        for t, template in enumerate(TEMPLATES)
+    ]
 
 
 def coco_shaped(num_images: int, folder: str, side: int):
@@ -82,7 +89,8 @@ def coco_shaped(num_images: int, folder: str, side: int):
             yield {"image": {"bytes": image_png(i, side), "path": None}, "caption": captions_of(i)}
 
     Dataset.from_generator(rows, features=features, cache_dir=os.path.join(folder, "hf")).save_to_disk(
-        os.path.join(folder, "coco-shaped"))
+        os.path.join(folder, "coco-shaped")
+    )
     return load_from_disk(os.path.join(folder, "coco-shaped"))
 
 
@@ -103,15 +111,28 @@ def distill(data, prototypes: int, workers: int, cache_dir: str) -> dict:
     from pds_hf import DistillConfig, DistillProcessor
     from pds_hf.testing import tiny_clip_encoder
 
-    config = DistillConfig(num_pairs=prototypes, clip_model=tiny_clip_encoder(seed=0), synthesis="retrieve",
-                           image_size=32, device="cpu", encode_workers=workers, use_cache=True, cache_dir=cache_dir)
+    config = DistillConfig(
+        num_pairs=prototypes,
+        clip_model=tiny_clip_encoder(seed=0),
+        synthesis="retrieve",
+        image_size=32,
+        device="cpu",
+        encode_workers=workers,
+        use_cache=True,
+        cache_dir=cache_dir,
+    )
     before = memory_status()["RssAnon"]
     started = time.perf_counter()
     with AnonPeak(children=workers > 0) as peak:
         result = DistillProcessor(config)(data)
-    return {"result": result, "total_s": time.perf_counter() - started, "anon_before_mb": before,
-            "anon_peak_mb": peak.peak_mb, "anon_peak_children_mb": peak.total_mb,
-            "stages": pds_hf.metadata(result)["stages_seconds"]}
+    return {
+        "result": result,
+        "total_s": time.perf_counter() - started,
+        "anon_before_mb": before,
+        "anon_peak_mb": peak.peak_mb,
+        "anon_peak_children_mb": peak.total_mb,
+        "stages": pds_hf.metadata(result)["stages_seconds"],
+    }
 
 
 def same_selection(a, b) -> str:
@@ -123,8 +144,9 @@ def same_selection(a, b) -> str:
     return f"{equal} (prototypes max diff {gap:.1e})"
 
 
-def run(num_images: int, prototypes: int, side: int, workers: int, folder: str, stream: int,
-        compare: bool) -> list[dict]:
+def run(
+    num_images: int, prototypes: int, side: int, workers: int, folder: str, stream: int, compare: bool
+) -> list[dict]:
     """Make the set and distil it: map-style, or streamed from ``stream`` parquet files (then map-style too with
     ``compare``). One dict per run, the streamed one first."""
     started = time.perf_counter()
@@ -152,10 +174,16 @@ def main():
     parser.add_argument("--prototypes", type=int, default=1000)
     parser.add_argument("--side", type=int, default=16, help="image side in pixels")
     parser.add_argument("--workers", type=int, default=0, help="decode workers (0: all work in this process)")
-    parser.add_argument("--stream", type=int, default=0, metavar="N_FILES",
-                        help="stream the set from N_FILES parquet files (0: map-style)")
-    parser.add_argument("--compare", action="store_true",
-                        help="with --stream, also distil the map-style set and compare the results")
+    parser.add_argument(
+        "--stream",
+        type=int,
+        default=0,
+        metavar="N_FILES",
+        help="stream the set from N_FILES parquet files (0: map-style)",
+    )
+    parser.add_argument(
+        "--compare", action="store_true", help="with --stream, also distil the map-style set and compare the results"
+    )
     parser.add_argument("--no-append", action="store_true", help="print, do not append to RESULTS.md")
     args = parser.parse_args()
     if args.compare and not args.stream:
@@ -167,8 +195,17 @@ def main():
             runs = run(num_images, args.prototypes, args.side, args.workers, folder, args.stream, args.compare)
         for out in runs:
             stages = ", ".join(f"{name} {seconds:.1f}" for name, seconds in out["stages"].items())
-            row = [f"{out['images']:,}", f"{out['pairs']:,}", args.prototypes, out["input"], f"{out['made_s']:.0f}",
-                   f"{out['total_s']:.0f}", stages, f"{out['anon_before_mb']:.0f}", f"{out['anon_peak_mb']:.0f}"]
+            row = [
+                f"{out['images']:,}",
+                f"{out['pairs']:,}",
+                args.prototypes,
+                out["input"],
+                f"{out['made_s']:.0f}",
+                f"{out['total_s']:.0f}",
+                stages,
+                f"{out['anon_before_mb']:.0f}",
+                f"{out['anon_peak_mb']:.0f}",
+            ]
             if args.workers:
                 row.append(f"{out['anon_peak_children_mb']:.0f}")
             if args.compare:
@@ -176,20 +213,33 @@ def main():
             row.append(f"{os.getloadavg()[0]:.1f}")
             print(row, flush=True)
             table.append(row)
-    header = ["images", "pairs", "M", "input", "make set (s)", "distill (s)", "stages (s)", "anon RSS before (MB)",
-              "anon RSS peak (MB)"]
+    header = [
+        "images",
+        "pairs",
+        "M",
+        "input",
+        "make set (s)",
+        "distill (s)",
+        "stages (s)",
+        "anon RSS before (MB)",
+        "anon RSS peak (MB)",
+    ]
     if args.workers:
         header.append("peak Pss_Anon with workers (MB)")
     if args.compare:
         header.append("same captions and supports as map-style")
     body = markdown_table(header + ["load avg (1 min)"], table)
-    body += ("\n\nTiny CLIP from pds_hf.testing (32-d), synthesis='retrieve', caching on (embeddings in the on-disk "
-             "store), decode workers " + str(args.workers) + f", {args.side}px PNGs; the set is saved to disk and "
-             "loaded back (memory-mapped Arrow) before the run; peak anonymous RSS is this process's during the run.")
+    body += (
+        "\n\nTiny CLIP from pds_hf.testing (32-d), synthesis='retrieve', caching on (embeddings in the on-disk "
+        "store), decode workers " + str(args.workers) + f", {args.side}px PNGs; the set is saved to disk and "
+        "loaded back (memory-mapped Arrow) before the run; peak anonymous RSS is this process's during the run."
+    )
     if args.stream:
-        body += (f" Streamed: the set written as {args.stream} parquet files (make set includes writing them) and "
-                 "read with load_dataset('parquet', streaming=True); each run has its own cache"
-                 + (", the map-style run after the streamed one in the same process." if args.compare else "."))
+        body += (
+            f" Streamed: the set written as {args.stream} parquet files (make set includes writing them) and "
+            "read with load_dataset('parquet', streaming=True); each run has its own cache"
+            + (", the map-style run after the streamed one in the same process." if args.compare else ".")
+        )
     if args.no_append:
         print(body)
     else:

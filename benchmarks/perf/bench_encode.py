@@ -42,12 +42,27 @@ def vit_b32_like(seed: int = 0):
 
     tokenizer = tiny_clip_tokenizer()
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
-                         num_attention_heads=8, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                           image_size=224, patch_size=32),
-        projection_dim=512)
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=512,
+            intermediate_size=2048,
+            num_hidden_layers=12,
+            num_attention_heads=8,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=224,
+            patch_size=32,
+        ),
+        projection_dim=512,
+    )
     torch.manual_seed(seed)
     model = CLIPModel(config).eval()
     # OpenAI CLIP's preprocessing: shortest edge 224 (bicubic), centre crop 224, CLIP mean/std.
@@ -71,8 +86,12 @@ def image_dataset(num_images: int, seed: int = 0):
         fmt = "JPEG" if i % 2 == 0 else "PNG"
         PILImage.fromarray(pixels).save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
         images.append({"bytes": buffer.getvalue(), "path": None})
-        captions.append([f"a photo number {i} of a {['red', 'blue', 'green'][i % 3]} pattern on a wall",
-                         f"an abstract picture with waves, sample {i}"])
+        captions.append(
+            [
+                f"a photo number {i} of a {['red', 'blue', 'green'][i % 3]} pattern on a wall",
+                f"an abstract picture with waves, sample {i}",
+            ]
+        )
     features = Features({"image": Image(), "caption": List(Value("string"))})
     return Dataset.from_dict({"image": images, "caption": captions}, features=features)
 
@@ -81,8 +100,9 @@ def caption_batches(processor, texts, batch_size: int, device="cpu") -> list[dic
     """The captions tokenised in batches, ready for the bare forward (also used by benchmarks/gpu)."""
     batches = []
     for start in range(0, len(texts), batch_size):
-        tokens = processor.tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
-                                     return_tensors="pt")
+        tokens = processor.tokenizer(
+            texts[start : start + batch_size], padding=True, truncation=True, return_tensors="pt"
+        )
         batches.append({k: tokens[k].to(device) for k in ("input_ids", "attention_mask")})
     return batches
 
@@ -121,7 +141,7 @@ def main():
     image_batches = []
     t0 = time.perf_counter()
     rows = table.image_rows
-    decoded = [load_images(ds, "image", rows[i:i + args.batch_size]) for i in range(0, len(rows), args.batch_size)]
+    decoded = [load_images(ds, "image", rows[i : i + args.batch_size]) for i in range(0, len(rows), args.batch_size)]
     decode_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     for images in decoded:
@@ -153,10 +173,12 @@ def main():
         ["  of which, alone: CLIP image processor", f"{preprocess_seconds:.2f}", ""],
     ]
     body = markdown_table(["what", "seconds", "images/s"], table_rows)
-    body += (f"\n\nOverhead of encode_table over the bare forward: **{overhead * 100:.1f}%** (target <= 15%). "
-             f"{n} images (500x375, half JPEG, half PNG), {len(table.texts)} captions, batch {args.batch_size}, "
-             f"random-weight ViT-B/32-shaped CLIP, float32, torch threads {torch.get_num_threads()}; best of "
-             f"{max(args.repeats // 2, 1) * 2} interleaved runs each.")
+    body += (
+        f"\n\nOverhead of encode_table over the bare forward: **{overhead * 100:.1f}%** (target <= 15%). "
+        f"{n} images (500x375, half JPEG, half PNG), {len(table.texts)} captions, batch {args.batch_size}, "
+        f"random-weight ViT-B/32-shaped CLIP, float32, torch threads {torch.get_num_threads()}; best of "
+        f"{max(args.repeats // 2, 1) * 2} interleaved runs each."
+    )
     append_results("Encode stage overhead (CPU)", body)
 
 

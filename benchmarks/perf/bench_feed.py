@@ -67,8 +67,9 @@ def jpeg_dataset(num_images: int, seed: int = 0):
         PILImage.fromarray(pixels).save(buffer, format="JPEG", quality=90)
         images.append({"bytes": buffer.getvalue(), "path": None})
     features = Features({"image": Image(), "caption": Value("string")})
-    return Dataset.from_dict({"image": images, "caption": [f"picture {i}" for i in range(num_images)]},
-                             features=features)
+    return Dataset.from_dict(
+        {"image": images, "caption": [f"picture {i}" for i in range(num_images)]}, features=features
+    )
 
 
 class PreprocessOnly:
@@ -105,13 +106,21 @@ def tiny_model_224():
     tokenizer = tiny_clip_tokenizer()
     small = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
     config = CLIPConfig(
-        text_config=dict(small, vocab_size=len(tokenizer), max_position_embeddings=77,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(small, image_size=224, patch_size=14), projection_dim=32)
+        text_config=dict(
+            small,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(small, image_size=224, patch_size=14),
+        projection_dim=32,
+    )
     torch.manual_seed(0)
-    return TransformersEncoder(CLIPModel(config), CLIPProcessor(image_processor=CLIPImageProcessor(),
-                                                                  tokenizer=tokenizer))
+    return TransformersEncoder(
+        CLIPModel(config), CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer)
+    )
 
 
 def best_run(run, repeats: int):
@@ -124,8 +133,7 @@ def best_run(run, repeats: int):
             run()
             seconds, after = time.perf_counter() - start, os.times()
         main_cpu = after.user + after.system - before.user - before.system
-        worker_cpu = (after.children_user + after.children_system - before.children_user
-                      - before.children_system)
+        worker_cpu = after.children_user + after.children_system - before.children_user - before.children_system
         if seconds < best[0]:
             best = (seconds, sampler, main_cpu, worker_cpu)
     return best
@@ -164,19 +172,45 @@ def measure(args) -> list[dict]:
     records = []
     for name, encoder in encoders.items():
         for workers in args.workers:
-            run = (stream_run(encoder, ds, workers, args.batch_size, args.shards) if args.stream
-                   else map_run(encoder, ds, table, workers, args.batch_size))
+            run = (
+                stream_run(encoder, ds, workers, args.batch_size, args.shards)
+                if args.stream
+                else map_run(encoder, ds, table, workers, args.batch_size)
+            )
             seconds, peak, main_cpu, worker_cpu = best_run(run, args.repeats)
-            records.append(dict(encoder=name, workers=workers, seconds=seconds, main=main_cpu / args.images,
-                                worker=worker_cpu / args.images, peak_mb=peak.peak_mb, total_mb=peak.total_mb))
+            records.append(
+                dict(
+                    encoder=name,
+                    workers=workers,
+                    seconds=seconds,
+                    main=main_cpu / args.images,
+                    worker=worker_cpu / args.images,
+                    peak_mb=peak.peak_mb,
+                    total_mb=peak.total_mb,
+                )
+            )
     return records
 
 
 def measure_before(args) -> list[dict]:
     """:func:`measure` with the ``pds_hf`` in ``args.before`` and no workers, in a child process."""
-    command = [sys.executable, __file__, "--stream", "--package", args.before, "--images", str(args.images),
-               "--batch-size", str(args.batch_size), "--shards", str(args.shards), "--repeats", str(args.repeats),
-               "--workers", "0"]
+    command = [
+        sys.executable,
+        __file__,
+        "--stream",
+        "--package",
+        args.before,
+        "--images",
+        str(args.images),
+        "--batch-size",
+        str(args.batch_size),
+        "--shards",
+        str(args.shards),
+        "--repeats",
+        str(args.repeats),
+        "--workers",
+        "0",
+    ]
     out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -185,10 +219,16 @@ def table_row(record: dict, images: int, package: str | None = None) -> list:
     """One row of the results table (led by ``package`` when given)."""
     workers, seconds = record["workers"], record["seconds"]
     return ([package] if package is not None else []) + [
-        record["encoder"], workers, f"{seconds:.2f}", f"{images / seconds:.1f}",
-        f"{images / seconds / workers:.1f}" if workers else "-", f"{1e3 * record['main']:.2f}",
-        f"{1e3 * record['worker']:.2f}" if workers else "-", f"{record['peak_mb']:.0f}",
-        f"{record['total_mb']:.0f}"]
+        record["encoder"],
+        workers,
+        f"{seconds:.2f}",
+        f"{images / seconds:.1f}",
+        f"{images / seconds / workers:.1f}" if workers else "-",
+        f"{1e3 * record['main']:.2f}",
+        f"{1e3 * record['worker']:.2f}" if workers else "-",
+        f"{record['peak_mb']:.0f}",
+        f"{record['total_mb']:.0f}",
+    ]
 
 
 def projection(records: list[dict], project: list[int]) -> str:
@@ -200,11 +240,13 @@ def projection(records: list[dict], project: list[int]) -> str:
     main_s = cpu[fed[0]][0]
     worker_s = max(cpu[w][1] for w in fed)
     projected = [[w, f"{min(w / worker_s, 1 / main_s):.0f}"] for w in project]
-    return (f"\n\nProjection for 16 cores (one core per worker, one for the main process; no forward): "
-            f"workers' CPU per image {worker_s * 1e3:.2f} ms (the largest measured over {fed} workers), main "
-            f"process's CPU per image {main_s * 1e3:.2f} ms (with {fed[0]} worker(s); its ceiling "
-            f"{1 / main_s:.0f} images/s). Projected images/s = min(w / workers' CPU per image, "
-            "1 / main CPU per image):\n\n" + markdown_table(["workers on 16 cores", "projected images/s"], projected))
+    return (
+        f"\n\nProjection for 16 cores (one core per worker, one for the main process; no forward): "
+        f"workers' CPU per image {worker_s * 1e3:.2f} ms (the largest measured over {fed} workers), main "
+        f"process's CPU per image {main_s * 1e3:.2f} ms (with {fed[0]} worker(s); its ceiling "
+        f"{1 / main_s:.0f} images/s). Projected images/s = min(w / workers' CPU per image, "
+        "1 / main CPU per image):\n\n" + markdown_table(["workers on 16 cores", "projected images/s"], projected)
+    )
 
 
 def main():
@@ -214,15 +256,23 @@ def main():
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each (the best is kept)")
     parser.add_argument("--project", type=int, nargs="+", default=[8, 15], help="worker counts to project to")
-    parser.add_argument("--stream", action="store_true",
-                        help="time the streaming encode pass over ds.to_iterable_dataset(num_shards=--shards)")
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="time the streaming encode pass over ds.to_iterable_dataset(num_shards=--shards)",
+    )
     parser.add_argument("--shards", type=int, default=2, help="input shards of the stream (with --stream)")
-    parser.add_argument("--before", metavar="DIR",
-                        help="with --stream: also time the pass of the pds_hf package in DIR (an older version, "
-                             "e.g. unpacked by git archive), with no workers, in a child process")
-    parser.add_argument("--package", metavar="DIR",
-                        help="import pds_hf from DIR and print the records as JSON instead of appending them "
-                             "(what --before runs)")
+    parser.add_argument(
+        "--before",
+        metavar="DIR",
+        help="with --stream: also time the pass of the pds_hf package in DIR (an older version, "
+        "e.g. unpacked by git archive), with no workers, in a child process",
+    )
+    parser.add_argument(
+        "--package",
+        metavar="DIR",
+        help="import pds_hf from DIR and print the records as JSON instead of appending them (what --before runs)",
+    )
     args = parser.parse_args()
     if args.before and not args.stream:
         parser.error("--before times the streaming pass: add --stream.")
@@ -233,25 +283,38 @@ def main():
         return
     records = measure(args)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    header = ["encoder", "workers", "seconds", "images/s", "images/s per worker", "main CPU ms/image",
-              "workers' CPU ms/image", "peak RssAnon main (MB)", "peak Pss_Anon main + workers (MB)"]
+    header = [
+        "encoder",
+        "workers",
+        "seconds",
+        "images/s",
+        "images/s per worker",
+        "main CPU ms/image",
+        "workers' CPU ms/image",
+        "peak RssAnon main (MB)",
+        "peak Pss_Anon main + workers (MB)",
+    ]
     if args.stream:
         rows = [table_row(r, args.images, "this checkout") for r in records]
         if args.before:
             rows += [table_row(r, args.images, f"before ({args.before})") for r in measure_before(args)]
         body = markdown_table(["pds_hf", *header], rows)
-        body += (f"\n\n{args.images} JPEGs of 500x375 as ds.to_iterable_dataset(num_shards={args.shards}), batch "
-                 f"{args.batch_size} (encode_batch_size), best of {args.repeats}; the whole encode pass "
-                 "(pds_hf.stream._encode_pass: reading the shards, hashing the images, captions too). "
-                 f"This machine has {cores} cores, shared by the main process, the workers and other jobs (see "
-                 "the load average): wall times are noisy, CPU times are not.")
+        body += (
+            f"\n\n{args.images} JPEGs of 500x375 as ds.to_iterable_dataset(num_shards={args.shards}), batch "
+            f"{args.batch_size} (encode_batch_size), best of {args.repeats}; the whole encode pass "
+            "(pds_hf.stream._encode_pass: reading the shards, hashing the images, captions too). "
+            f"This machine has {cores} cores, shared by the main process, the workers and other jobs (see "
+            "the load average): wall times are noisy, CPU times are not."
+        )
         title = "Streaming encode pass feed rate by decode workers (bench_feed --stream)"
     else:
         body = markdown_table(header, [table_row(r, args.images) for r in records])
-        body += (f"\n\n{args.images} JPEGs of 500x375, batch {args.batch_size}, best of {args.repeats}; the "
-                 "whole encode_table call (captions too: a few ms). This machine has "
-                 f"{cores} cores, shared by the main process, the workers and other jobs (see the load average): "
-                 "wall times are noisy, CPU times are not.")
+        body += (
+            f"\n\n{args.images} JPEGs of 500x375, batch {args.batch_size}, best of {args.repeats}; the "
+            "whole encode_table call (captions too: a few ms). This machine has "
+            f"{cores} cores, shared by the main process, the workers and other jobs (see the load average): "
+            "wall times are noisy, CPU times are not."
+        )
         title = "Encode feed rate by decode workers (bench_feed)"
     append_results(title, body + projection(records, args.project))
 

@@ -49,8 +49,13 @@ def dataset_file(rows: int, dim: int, block: int = 100_000) -> Path:
     if path.exists():
         return path
     CACHE.mkdir(parents=True, exist_ok=True)
-    features = Features({"caption": Value("string"), "image_embedding": List(Value("float32")),
-                         "text_embedding": List(Value("float32"))})
+    features = Features(
+        {
+            "caption": Value("string"),
+            "image_embedding": List(Value("float32")),
+            "text_embedding": List(Value("float32")),
+        }
+    )
     rng = np.random.default_rng(0)
     tmp = path.with_suffix(".tmp")
     with ArrowWriter(features=features, path=str(tmp)) as writer:
@@ -94,15 +99,26 @@ def run_case(case: str, path: str, k: int) -> dict:
                 shapes = []
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    return {"seconds": time.perf_counter() - start, "before_gb": before / 1024, "peak_gb": peak.peak_mb / 1024,
-            "digest": digest, "shapes": shapes, "hwm_gb": memory_status()["VmHWM"] / 1024}
+    return {
+        "seconds": time.perf_counter() - start,
+        "before_gb": before / 1024,
+        "peak_gb": peak.peak_mb / 1024,
+        "digest": digest,
+        "shapes": shapes,
+        "hwm_gb": memory_status()["VmHWM"] / 1024,
+    }
 
 
 def in_subprocess(case: str, path: Path, k: int, package: str | None) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package or str(ROOT), env.get("PYTHONPATH")) if p)
-    out = subprocess.run([sys.executable, __file__, "--case", case, "--file", str(path), "--k", str(k)], env=env,
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, "--case", case, "--file", str(path), "--k", str(k)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -119,26 +135,55 @@ def main():
         print(json.dumps(run_case(args.case, args.file, args.k)))
         return
     path = dataset_file(args.rows, args.dim)
-    versions = [("this checkout", None)] + ([(f"reference {args.reference}", args.reference)] if args.reference
-                                            else [])
+    versions = [("this checkout", None)] + ([(f"reference {args.reference}", args.reference)] if args.reference else [])
     rows, digests = [], []
     for label, package in versions:
         for case in ("read", "distill"):
             got = in_subprocess(case, path, args.k, package)
             print(label, case, got, flush=True)
-            rows.append([label, case, f"{args.rows:,}", args.dim, args.k, f"{got['seconds']:.0f}",
-                         f"{got['before_gb']:.2f}", f"{got['peak_gb']:.2f}", f"{got['hwm_gb']:.2f}"])
+            rows.append(
+                [
+                    label,
+                    case,
+                    f"{args.rows:,}",
+                    args.dim,
+                    args.k,
+                    f"{got['seconds']:.0f}",
+                    f"{got['before_gb']:.2f}",
+                    f"{got['peak_gb']:.2f}",
+                    f"{got['hwm_gb']:.2f}",
+                ]
+            )
             if case == "distill":
                 digests.append(got["digest"])
-    table = markdown_table(["code", "case", "rows N", "d", "M", "seconds", "anon RSS before (GB)",
-                            "peak anon RSS (GB)", "VmHWM incl. file pages (GB)"], rows)
-    same = "" if len(digests) < 2 else (f"\nDistilled captions and supports identical in both: {len(set(digests)) == 1}"
-                                        f" ({', '.join(digests)}).\n")
-    size = path.stat().st_size / 2 ** 30
-    append_results("Distilling from given embedding columns (bench_given.py)",
-                   f"Embedding columns as float32 lists in a memory-mapped Arrow file ({size:.1f} GB), one row per "
-                   "pair, distinct captions; `read` = checks + reading the embedding columns, `distill` = the whole "
-                   f"run, steps 2-6, `synthesis=\"none\"`.\n\n{table}\n{same}")
+    table = markdown_table(
+        [
+            "code",
+            "case",
+            "rows N",
+            "d",
+            "M",
+            "seconds",
+            "anon RSS before (GB)",
+            "peak anon RSS (GB)",
+            "VmHWM incl. file pages (GB)",
+        ],
+        rows,
+    )
+    same = (
+        ""
+        if len(digests) < 2
+        else (
+            f"\nDistilled captions and supports identical in both: {len(set(digests)) == 1} ({', '.join(digests)}).\n"
+        )
+    )
+    size = path.stat().st_size / 2**30
+    append_results(
+        "Distilling from given embedding columns (bench_given.py)",
+        f"Embedding columns as float32 lists in a memory-mapped Arrow file ({size:.1f} GB), one row per "
+        "pair, distinct captions; `read` = checks + reading the embedding columns, `distill` = the whole "
+        f'run, steps 2-6, `synthesis="none"`.\n\n{table}\n{same}',
+    )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,10 @@ from pds_hf.cluster import kmeans  # noqa: E402
 # points. The first row is pds-hf's k-means before this benchmark; DEFAULT marks the chosen one.
 DEFAULT = 10
 FAISS_SETTINGS = [
-    ("faiss k-means++ 25 it, all points (old default)", dict(init="faiss-k-means++", iterations=25, max_points_per_centroid=None)),
+    (
+        "faiss k-means++ 25 it, all points (old default)",
+        dict(init="faiss-k-means++", iterations=25, max_points_per_centroid=None),
+    ),
     ("faiss k-means++ 25 it, 256/centre", dict(init="faiss-k-means++", iterations=25, max_points_per_centroid=256)),
     ("faiss k-means++ 10 it, 256/centre", dict(init="faiss-k-means++", iterations=10, max_points_per_centroid=256)),
     ("faiss k-means++ 25 it, 128/centre", dict(init="faiss-k-means++", iterations=25, max_points_per_centroid=128)),
@@ -48,7 +51,10 @@ FAISS_SETTINGS = [
     ("faiss random 25 it, 64/centre", dict(init="random", iterations=25, max_points_per_centroid=64)),
     ("faiss afk-mc2 25 it, 64/centre", dict(init="afk-mc2", iterations=25, max_points_per_centroid=64)),
     ("greedy k-means++ 25 it, all points", dict(init="k-means++", iterations=25, max_points_per_centroid=None)),
-    ("greedy k-means++ 25 it, 256/centre (new default)", dict(init="k-means++", iterations=25, max_points_per_centroid=256)),
+    (
+        "greedy k-means++ 25 it, 256/centre (new default)",
+        dict(init="k-means++", iterations=25, max_points_per_centroid=256),
+    ),
     ("greedy k-means++ 25 it, 128/centre", dict(init="k-means++", iterations=25, max_points_per_centroid=128)),
     ("greedy k-means++ 25 it, 64/centre", dict(init="k-means++", iterations=25, max_points_per_centroid=64)),
     ("greedy k-means++ 10 it, 64/centre", dict(init="k-means++", iterations=10, max_points_per_centroid=64)),
@@ -64,7 +70,7 @@ def full_inertia(x: np.ndarray, centres: np.ndarray) -> float:
     index.add(np.ascontiguousarray(centres, dtype=np.float32))
     total = 0.0
     for start in range(0, len(x), 65536):
-        dist, _ = index.search(x[start:start + 65536], 1)
+        dist, _ = index.search(x[start : start + 65536], 1)
         total += float(dist.sum(dtype=np.float64))
     return total
 
@@ -107,22 +113,29 @@ def main():
     parser.add_argument("--k", type=int, nargs="+", default=[100, 1000], help="numbers of clusters M")
     parser.add_argument("--seed", type=int, default=0, help="data seed")
     parser.add_argument("--reuse-sklearn", action="store_true", help="reuse cached scikit-learn runs")
-    parser.add_argument("--sklearn-n-init", type=int, default=20,
-                        help="run scikit-learn with fewer initialisations and add the measured time of the "
-                             "missing ones (for M where n_init=20 takes hours)")
+    parser.add_argument(
+        "--sklearn-n-init",
+        type=int,
+        default=20,
+        help="run scikit-learn with fewer initialisations and add the measured time of the "
+        "missing ones (for M where n_init=20 takes hours)",
+    )
     parser.add_argument("--no-sklearn", action="store_true", help="faiss settings only (no ratio column)")
     parser.add_argument("--settings", type=int, nargs="+", help="indices into FAISS_SETTINGS to run")
     parser.add_argument("--quick", action="store_true", help="three faiss settings only")
     args = parser.parse_args()
 
     x = data(args.n, args.seed)
-    chosen = args.settings if args.settings is not None else (sorted(QUICK) if args.quick else range(len(FAISS_SETTINGS)))
+    chosen = (
+        args.settings if args.settings is not None else (sorted(QUICK) if args.quick else range(len(FAISS_SETTINGS)))
+    )
     rows, notes = [], []
     for k in args.k:
         base_time = base_inertia = None
         if not args.no_sklearn:
-            seconds, init_seconds, centres, cached = sklearn_run(x, k, args.seed, args.reuse_sklearn,
-                                                                 args.sklearn_n_init)
+            seconds, init_seconds, centres, cached = sklearn_run(
+                x, k, args.seed, args.reuse_sklearn, args.sklearn_n_init
+            )
             base_inertia = full_inertia(x, centres)
             label = "sklearn MiniBatchKMeans n_init=20 (reference)"
             base_time = seconds
@@ -131,11 +144,14 @@ def main():
                 # time alone and the whole fit's time per initialisation (which includes the rest).
                 per_init = min(init_seconds, seconds / args.sklearn_n_init)
                 base_time = seconds + (20 - args.sklearn_n_init) * per_init
-                label = (f"sklearn MiniBatchKMeans n_init={args.sklearn_n_init} measured {seconds:.0f}s "
-                         f"+ {20 - args.sklearn_n_init} x {per_init:.0f}s per k-means++ init "
-                         f"(= n_init=20, lower bound)")
-            rows.append([k, label + (" [cached]" if cached else ""), f"{base_time:.1f}", "1.0",
-                         f"{base_inertia:.5g}", "1.0000"])
+                label = (
+                    f"sklearn MiniBatchKMeans n_init={args.sklearn_n_init} measured {seconds:.0f}s "
+                    f"+ {20 - args.sklearn_n_init} x {per_init:.0f}s per k-means++ init "
+                    f"(= n_init=20, lower bound)"
+                )
+            rows.append(
+                [k, label + (" [cached]" if cached else ""), f"{base_time:.1f}", "1.0", f"{base_inertia:.5g}", "1.0000"]
+            )
             print(rows[-1], flush=True)
         for i in chosen:
             label, kwargs = FAISS_SETTINGS[i]
@@ -143,18 +159,28 @@ def main():
             fit = kmeans(x, k, seed=42, **kwargs)
             seconds = time.perf_counter() - start
             inertia = full_inertia(x, fit.centroids)
-            rows.append([k, label, f"{seconds:.1f}",
-                         f"{base_time / seconds:.1f}" if base_time else "-", f"{inertia:.5g}",
-                         f"{inertia / base_inertia:.4f}" if base_inertia else "-"])
+            rows.append(
+                [
+                    k,
+                    label,
+                    f"{seconds:.1f}",
+                    f"{base_time / seconds:.1f}" if base_time else "-",
+                    f"{inertia:.5g}",
+                    f"{inertia / base_inertia:.4f}" if base_inertia else "-",
+                ]
+            )
             print(rows[-1], flush=True)
-    table = markdown_table(["M", "method", "seconds", "speed-up vs sklearn", "inertia (all points)",
-                            "inertia / sklearn"], rows)
+    table = markdown_table(
+        ["M", "method", "seconds", "speed-up vs sklearn", "inertia (all points)", "inertia / sklearn"], rows
+    )
     if args.sklearn_n_init < 20:
-        notes.append(f"scikit-learn ran with n_init={args.sklearn_n_init}; its n_init=20 time is estimated by adding "
-                     "the missing k-means++ initialisations, each timed alone (sklearn.cluster.kmeans_plusplus on "
-                     "init_size = 30000 points, as MiniBatchKMeans does) and capped at the fit's time per "
-                     "initialisation, so the estimate and the speed-ups are lower bounds. Its inertia is that "
-                     "of the run with fewer initialisations.")
+        notes.append(
+            f"scikit-learn ran with n_init={args.sklearn_n_init}; its n_init=20 time is estimated by adding "
+            "the missing k-means++ initialisations, each timed alone (sklearn.cluster.kmeans_plusplus on "
+            "init_size = 30000 points, as MiniBatchKMeans does) and capped at the fit's time per "
+            "initialisation, so the estimate and the speed-ups are lower bounds. Its inertia is that "
+            "of the run with fewer initialisations."
+        )
     notes.append(f"Data: {args.n} CLIP-like 768-d image embeddings (benchmarks/perf/synthetic.py, seed {args.seed}).")
     append_results("k-means: faiss vs scikit-learn MiniBatchKMeans", table + "\n\n" + "\n".join(notes))
 

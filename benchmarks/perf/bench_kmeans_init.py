@@ -41,8 +41,9 @@ def fit_sample(x: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def greedy_seeds(points: np.ndarray, k: int, seed: int) -> np.ndarray:
-    pick = np.sort(np.random.default_rng(seed).choice(len(points), size=min(len(points), init_points(k)),
-                                                     replace=False))
+    pick = np.sort(
+        np.random.default_rng(seed).choice(len(points), size=min(len(points), init_points(k)), replace=False)
+    )
     return greedy_kmeans_plus_plus(points[pick], k, seed=seed)
 
 
@@ -85,19 +86,34 @@ def main():
                 start = time.perf_counter()
                 fit = kmeans(x, k, seed=42, init=init)
                 finals[name] = (time.perf_counter() - start, full_inertia(x, fit.centroids))
-            row += [f"{finals['greedy k-means++'][0]:.0f} / {finals['afk-mc2'][0]:.0f}",
-                    f"{finals['afk-mc2'][1] / finals['greedy k-means++'][1]:.4f}"]
+            row += [
+                f"{finals['greedy k-means++'][0]:.0f} / {finals['afk-mc2'][0]:.0f}",
+                f"{finals['afk-mc2'][1] / finals['greedy k-means++'][1]:.4f}",
+            ]
         else:
             row += ["-", "-"]
         rows.append(row)
         print(row, flush=True)
-    table = markdown_table(["M", "points seeded from", "greedy k-means++ seeding (s)", "greedy seeds' inertia",
-                            "afk-mc2 seeding (s)", "afk-mc2 seeds' inertia", "seeds' inertia afk-mc2 / greedy",
-                            "full k-means (s) greedy / afk-mc2", "final inertia afk-mc2 / greedy"], rows)
-    append_results("k-means seeding at large M: greedy k-means++ vs afk-mc2",
-                   table + f"\n\nData: {args.n} CLIP-like 768-d image embeddings (benchmarks/perf/synthetic.py, seed "
-                   f"{args.seed}); inertia over all points, exact; full k-means: 25 Lloyd iterations, at most "
-                   f"{DEFAULT_MAX_POINTS_PER_CENTROID} points per centre.")
+    table = markdown_table(
+        [
+            "M",
+            "points seeded from",
+            "greedy k-means++ seeding (s)",
+            "greedy seeds' inertia",
+            "afk-mc2 seeding (s)",
+            "afk-mc2 seeds' inertia",
+            "seeds' inertia afk-mc2 / greedy",
+            "full k-means (s) greedy / afk-mc2",
+            "final inertia afk-mc2 / greedy",
+        ],
+        rows,
+    )
+    append_results(
+        "k-means seeding at large M: greedy k-means++ vs afk-mc2",
+        table + f"\n\nData: {args.n} CLIP-like 768-d image embeddings (benchmarks/perf/synthetic.py, seed "
+        f"{args.seed}); inertia over all points, exact; full k-means: 25 Lloyd iterations, at most "
+        f"{DEFAULT_MAX_POINTS_PER_CENTROID} points per centre.",
+    )
 
 
 if __name__ == "__main__":

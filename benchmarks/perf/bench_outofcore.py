@@ -90,13 +90,26 @@ def steps_case(dtype: str, n: int, k: int, seed: int = 42) -> dict:
         start = time.perf_counter()
         _, caption_index = retrieve_captions(protos.text_embeds, texts, Captions())
         caption_seconds = time.perf_counter() - start
-    np.savez(saved(dtype, n, k, seed), image_embeds=protos.image_embeds,
-             text_embeds=protos.text_embeds, image_labels=protos.image_labels, text_labels=protos.text_labels,
-             kept=protos.kept, caption_index=caption_index, support=protos.support)
-    return dict(protos_seconds=protos_seconds, caption_seconds=caption_seconds, start_anon=start_anon,
-                peak_protos=peak_protos.peak_mb, peak_caption=peak_caption.peak_mb,
-                hwm=memory_status()["VmHWM"], num_empty=protos.num_empty,
-                finite=bool(np.isfinite(protos.image_embeds).all() and np.isfinite(protos.text_embeds).all()))
+    np.savez(
+        saved(dtype, n, k, seed),
+        image_embeds=protos.image_embeds,
+        text_embeds=protos.text_embeds,
+        image_labels=protos.image_labels,
+        text_labels=protos.text_labels,
+        kept=protos.kept,
+        caption_index=caption_index,
+        support=protos.support,
+    )
+    return dict(
+        protos_seconds=protos_seconds,
+        caption_seconds=caption_seconds,
+        start_anon=start_anon,
+        peak_protos=peak_protos.peak_mb,
+        peak_caption=peak_caption.peak_mb,
+        hwm=memory_status()["VmHWM"],
+        num_empty=protos.num_empty,
+        finite=bool(np.isfinite(protos.image_embeds).all() and np.isfinite(protos.text_embeds).all()),
+    )
 
 
 def nearest_case(dtype: str, n: int, k: int) -> dict:
@@ -125,16 +138,28 @@ def reference_case(package: str, n: int, k: int, in_memory: bool) -> dict:
     _, caption_index = retrieve_captions(protos.text_embeds, texts, Captions())
     seconds = time.perf_counter() - start
     name = "reference" if package else "outofcore"
-    np.savez(CACHE / f"equal_{name}_{n}_{k}.npz", image_embeds=protos.image_embeds, text_embeds=protos.text_embeds,
-             image_labels=protos.image_labels, text_labels=protos.text_labels, kept=protos.kept,
-             caption_index=caption_index, support=protos.support)
+    np.savez(
+        CACHE / f"equal_{name}_{n}_{k}.npz",
+        image_embeds=protos.image_embeds,
+        text_embeds=protos.text_embeds,
+        image_labels=protos.image_labels,
+        text_labels=protos.text_labels,
+        kept=protos.kept,
+        caption_index=caption_index,
+        support=protos.support,
+    )
     return dict(seconds=seconds)
 
 
 def subprocess_case(*case, package: str = "") -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (package, str(ROOT)) if p))
-    done = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True,
-                          env=env, cwd=package or ROOT)
+    done = subprocess.run(
+        [sys.executable, __file__, "--case", json.dumps(case)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=package or ROOT,
+    )
     if done.returncode:
         sys.exit(done.stderr)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -150,8 +175,11 @@ def compare(a: dict, b: dict) -> dict:
         kept=float(np.mean(a["kept"] == b["kept"])),
         image_labels=float(np.mean(a["image_labels"] == b["image_labels"])),
         text_labels=float(np.mean(a["text_labels"] == b["text_labels"])),
-        max_abs=float(max(np.abs(a["image_embeds"] - b["image_embeds"]).max(),
-                          np.abs(a["text_embeds"] - b["text_embeds"]).max())) if same_order else float("nan"),
+        max_abs=float(
+            max(np.abs(a["image_embeds"] - b["image_embeds"]).max(), np.abs(a["text_embeds"] - b["text_embeds"]).max())
+        )
+        if same_order
+        else float("nan"),
         min_cosine=float(cosine.min()) if same_order else float("nan"),
         caption_index=float(np.mean(a["caption_index"] == b["caption_index"])),
         support=bool(np.array_equal(a["support"], b["support"])),
@@ -160,6 +188,7 @@ def compare(a: dict, b: dict) -> dict:
 
 def adjusted_rand_score(x: np.ndarray, y: np.ndarray) -> float:
     """Adjusted Rand index of two labelings (1: the same partition, whatever the numbering; ~0: chance)."""
+
     def pairs(counts):
         counts = counts.astype(np.float64)
         return float((counts * (counts - 1) / 2).sum())
@@ -196,15 +225,18 @@ def storage_effect(n: int, k: int, other_dtype: str = "float16", other_seed: int
         means[dtype] = [_group_means(table, np.arange(n), group, weights, k)[0] for table in (images, texts)]
     filled = _group_means(np.zeros((n, 1), np.float32), np.arange(n), group, weights, k)[1] > 0
     diffs = [np.abs(x[filled] - y[filled]) for x, y in zip(means["float32"], means[other_dtype])]
-    cosines = [np.einsum("ij,ij->i", normalize(x[filled]), normalize(y[filled]))
-               for x, y in zip(means["float32"], means[other_dtype])]
+    cosines = [
+        np.einsum("ij,ij->i", normalize(x[filled]), normalize(y[filled]))
+        for x, y in zip(means["float32"], means[other_dtype])
+    ]
     both = a["kept"] & b["kept"]
     nearest_cosine = (normalize(a["text_embeds"]) @ normalize(b["text_embeds"]).T).max(axis=1)
     return dict(
         kept=float(np.mean(a["kept"] == b["kept"])),
         fixed_max_abs=float(max(d.max() for d in diffs)),
-        fixed_rel=float(max(d.max() / np.linalg.norm(x[filled], axis=1).mean()
-                            for d, x in zip(diffs, means["float32"]))),
+        fixed_rel=float(
+            max(d.max() / np.linalg.norm(x[filled], axis=1).mean() for d, x in zip(diffs, means["float32"]))
+        ),
         fixed_min_cosine=float(min(c.min() for c in cosines)),
         ari_image=adjusted_rand_score(a["image_labels"][both], b["image_labels"][both]),
         ari_text=adjusted_rand_score(a["text_labels"][both], b["text_labels"][both]),
@@ -222,8 +254,13 @@ def main():
     parser.add_argument("--reference", help="folder holding the pds_hf package to compare with")
     parser.add_argument("--pairs", type=int, default=200_000, help="pairs for --reference")
     parser.add_argument("--k", type=int, default=1000, help="num_pairs M")
-    parser.add_argument("--seed", type=int, default=42, help="k-means seed of --steps; with --compare, compare "
-                        "float32 seed 42 against float32 with this seed (the control) instead of float16")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="k-means seed of --steps; with --compare, compare "
+        "float32 seed 42 against float32 with this seed (the control) instead of float16",
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -237,52 +274,141 @@ def main():
         rows = []
         for n in args.steps:
             r = subprocess_case("steps", args.dtype, n, args.k, args.seed)
-            rows.append([f"{n:,}", args.dtype, args.k, f"{r['protos_seconds']:.0f}", f"{r['caption_seconds']:.0f}",
-                         f"{r['protos_seconds'] + r['caption_seconds']:.0f}", f"{r['start_anon'] * gb:.2f}",
-                         f"{r['peak_protos'] * gb:.2f}", f"{r['peak_caption'] * gb:.2f}", f"{r['hwm'] * gb:.2f}",
-                         r["num_empty"], r["finite"]])
+            rows.append(
+                [
+                    f"{n:,}",
+                    args.dtype,
+                    args.k,
+                    f"{r['protos_seconds']:.0f}",
+                    f"{r['caption_seconds']:.0f}",
+                    f"{r['protos_seconds'] + r['caption_seconds']:.0f}",
+                    f"{r['start_anon'] * gb:.2f}",
+                    f"{r['peak_protos'] * gb:.2f}",
+                    f"{r['peak_caption'] * gb:.2f}",
+                    f"{r['hwm'] * gb:.2f}",
+                    r["num_empty"],
+                    r["finite"],
+                ]
+            )
             print(rows[-1], flush=True)
-        table = markdown_table(["pairs N", "storage", "M", "steps 2-5 (s)", "step 6 (s)", "total (s)",
-                                "anon RSS before (GB)", "peak anon RSS steps 2-5 (GB)", "peak anon RSS step 6 (GB)",
-                                "VmHWM incl. file pages (GB)", "empty intersections", "all finite"], rows)
+        table = markdown_table(
+            [
+                "pairs N",
+                "storage",
+                "M",
+                "steps 2-5 (s)",
+                "step 6 (s)",
+                "total (s)",
+                "anon RSS before (GB)",
+                "peak anon RSS steps 2-5 (GB)",
+                "peak anon RSS step 6 (GB)",
+                "VmHWM incl. file pages (GB)",
+                "empty intersections",
+                "all finite",
+            ],
+            rows,
+        )
         append_results("Steps 2-6 out of core on memory-mapped embeddings", table)
     if args.nearest:
         rows = []
         for n in args.nearest:
             r = subprocess_case("nearest", args.dtype, n, args.k)
-            rows.append([f"{n:,}", args.dtype, args.k, f"{r['seconds']:.1f}", f"{r['start_anon'] * gb:.2f}",
-                         f"{r['peak'] * gb:.2f}", f"{r['hwm'] * gb:.2f}"])
+            rows.append(
+                [
+                    f"{n:,}",
+                    args.dtype,
+                    args.k,
+                    f"{r['seconds']:.1f}",
+                    f"{r['start_anon'] * gb:.2f}",
+                    f"{r['peak'] * gb:.2f}",
+                    f"{r['hwm'] * gb:.2f}",
+                ]
+            )
             print(rows[-1], flush=True)
-        table = markdown_table(["candidates N", "storage", "queries M", "seconds", "anon RSS before (GB)",
-                                "peak anon RSS (GB)", "VmHWM incl. file pages (GB)"], rows)
+        table = markdown_table(
+            [
+                "candidates N",
+                "storage",
+                "queries M",
+                "seconds",
+                "anon RSS before (GB)",
+                "peak anon RSS (GB)",
+                "VmHWM incl. file pages (GB)",
+            ],
+            rows,
+        )
         append_results("Nearest caption (step 6) out of core", table)
     if args.compare:
         rows = []
         for n in args.compare:
             against = ("float32", args.seed) if args.seed != 42 else ("float16", 42)
             c = storage_effect(n, args.k, *against)
-            rows.append([f"{n:,}", args.k, f"{against[0]} seed {against[1]}", f"{c['kept']:.5f}", f"{c['fixed_max_abs']:.2e}", f"{c['fixed_rel']:.2e}",
-                         f"{c['fixed_min_cosine']:.7f}", f"{c['ari_image']:.3f}", f"{c['ari_text']:.3f}",
-                         f"{c['nearest_median']:.4f}", f"{c['nearest_p5']:.4f}"])
+            rows.append(
+                [
+                    f"{n:,}",
+                    args.k,
+                    f"{against[0]} seed {against[1]}",
+                    f"{c['kept']:.5f}",
+                    f"{c['fixed_max_abs']:.2e}",
+                    f"{c['fixed_rel']:.2e}",
+                    f"{c['fixed_min_cosine']:.7f}",
+                    f"{c['ari_image']:.3f}",
+                    f"{c['ari_text']:.3f}",
+                    f"{c['nearest_median']:.4f}",
+                    f"{c['nearest_p5']:.4f}",
+                ]
+            )
             print(rows[-1], flush=True)
-        table = markdown_table(["pairs N", "M", "against float32 seed 42", "same kept pairs",
-                                "same clusters: prototypes max abs diff",
-                                "same clusters: max diff / mean prototype norm", "same clusters: min cosine",
-                                "image labels ARI of the two runs", "text labels ARI",
-                                "float32 seed 42 text prototype to the nearest other one: median cosine",
-                                "5th percentile"], rows)
+        table = markdown_table(
+            [
+                "pairs N",
+                "M",
+                "against float32 seed 42",
+                "same kept pairs",
+                "same clusters: prototypes max abs diff",
+                "same clusters: max diff / mean prototype norm",
+                "same clusters: min cosine",
+                "image labels ARI of the two runs",
+                "text labels ARI",
+                "float32 seed 42 text prototype to the nearest other one: median cosine",
+                "5th percentile",
+            ],
+            rows,
+        )
         append_results("float16 storage against float32: effect on the prototypes", table)
     if args.reference:
         old = subprocess_case("reference", args.reference, args.pairs, args.k, True, package=args.reference)
         new = subprocess_case("reference", "", args.pairs, args.k, False)
         a, b = (dict(np.load(CACHE / f"equal_{name}_{args.pairs}_{args.k}.npz")) for name in ("reference", "outofcore"))
         c = compare(a, b)
-        table = markdown_table(["pairs", "M", "reference (in memory) s", "out of core (memory maps) s",
-                                "same kept", "same image labels", "same text labels", "prototypes max abs diff",
-                                "same caption index", "same support"],
-                               [[f"{args.pairs:,}", args.k, f"{old['seconds']:.0f}", f"{new['seconds']:.0f}",
-                                 c["kept"], c["image_labels"], c["text_labels"], f"{c['max_abs']:.3g}",
-                                 c["caption_index"], c["support"]]])
+        table = markdown_table(
+            [
+                "pairs",
+                "M",
+                "reference (in memory) s",
+                "out of core (memory maps) s",
+                "same kept",
+                "same image labels",
+                "same text labels",
+                "prototypes max abs diff",
+                "same caption index",
+                "same support",
+            ],
+            [
+                [
+                    f"{args.pairs:,}",
+                    args.k,
+                    f"{old['seconds']:.0f}",
+                    f"{new['seconds']:.0f}",
+                    c["kept"],
+                    c["image_labels"],
+                    c["text_labels"],
+                    f"{c['max_abs']:.3g}",
+                    c["caption_index"],
+                    c["support"],
+                ]
+            ],
+        )
         append_results("Out of core against the reference code (equal results)", table)
 
 

@@ -37,7 +37,7 @@ from machine import CACHE, append_results, markdown_table  # noqa: E402
 
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def load_pairs(images: int, captions: int, seed: int = 0):
@@ -59,7 +59,7 @@ def one_case(images: int, captions: int, k: int, layout: str, kwargs: dict) -> d
     if layout == "pairs":
         flat = np.empty((len(pair_image), image_embeds.shape[1]), dtype=np.float32)
         for start in range(0, len(flat), 65536):
-            flat[start:start + 65536] = image_embeds[pair_image[start:start + 65536]]
+            flat[start : start + 65536] = image_embeds[pair_image[start : start + 65536]]
         image_embeds, index = flat, {}
     else:
         index = dict(image_index=pair_image)
@@ -67,9 +67,16 @@ def one_case(images: int, captions: int, k: int, layout: str, kwargs: dict) -> d
     start = time.perf_counter()
     protos = prototypes_from_embeddings(image_embeds, text_embeds, k, **index, **kwargs)
     seconds = time.perf_counter() - start
-    return dict(seconds=seconds, rss_before_mb=before, peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                num_pairs=int(len(pair_image)), prototypes=len(protos), num_empty=protos.num_empty,
-                support=float(np.sum(protos.support)), finite=bool(np.isfinite(protos.image_embeds).all()))
+    return dict(
+        seconds=seconds,
+        rss_before_mb=before,
+        peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        num_pairs=int(len(pair_image)),
+        prototypes=len(protos),
+        num_empty=protos.num_empty,
+        support=float(np.sum(protos.support)),
+        finite=bool(np.isfinite(protos.image_embeds).all()),
+    )
 
 
 def main():
@@ -78,8 +85,11 @@ def main():
     parser.add_argument("--captions", type=int, default=5, help="captions per image (pairs = images x captions)")
     parser.add_argument("--k", type=int, default=1000, help="num_pairs M")
     parser.add_argument("--layout", nargs="+", default=["pairs", "dedup"], choices=["pairs", "dedup"])
-    parser.add_argument("--kmeans", default="{}", help="JSON of extra keyword arguments, e.g. "
-                        '\'{"kmeans_max_points_per_centroid": null}\'')
+    parser.add_argument(
+        "--kmeans",
+        default="{}",
+        help="JSON of extra keyword arguments, e.g. '{\"kmeans_max_points_per_centroid\": null}'",
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -95,12 +105,36 @@ def main():
         if done.returncode:
             sys.exit(done.stderr)
         r = json.loads(done.stdout.strip().splitlines()[-1])
-        rows.append([layout, f"{r['num_pairs']:,}", args.k, kwargs or "defaults", f"{r['seconds']:.0f}",
-                     f"{r['rss_before_mb'] / 1024:.2f}", f"{r['peak_mb'] / 1024:.2f}", r["prototypes"],
-                     r["num_empty"], r["finite"]])
+        rows.append(
+            [
+                layout,
+                f"{r['num_pairs']:,}",
+                args.k,
+                kwargs or "defaults",
+                f"{r['seconds']:.0f}",
+                f"{r['rss_before_mb'] / 1024:.2f}",
+                f"{r['peak_mb'] / 1024:.2f}",
+                r["prototypes"],
+                r["num_empty"],
+                r["finite"],
+            ]
+        )
         print(rows[-1], flush=True)
-    table = markdown_table(["layout", "pairs", "M", "k-means settings", "seconds", "RSS with inputs loaded (GB)",
-                            "peak RSS (GB)", "prototypes", "empty intersections", "all finite"], rows)
+    table = markdown_table(
+        [
+            "layout",
+            "pairs",
+            "M",
+            "k-means settings",
+            "seconds",
+            "RSS with inputs loaded (GB)",
+            "peak RSS (GB)",
+            "prototypes",
+            "empty intersections",
+            "all finite",
+        ],
+        rows,
+    )
     append_results("prototypes_from_embeddings at scale", table)
 
 

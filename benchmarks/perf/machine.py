@@ -26,13 +26,25 @@ def cpu_model() -> str:
 
 def ram_gib() -> float:
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
         return float("nan")
 
 
-def versions(names=("numpy", "scipy", "faiss-cpu", "faiss-gpu", "scikit-learn", "torch", "transformers",
-                    "diffusers", "datasets", "pillow")) -> str:
+def versions(
+    names=(
+        "numpy",
+        "scipy",
+        "faiss-cpu",
+        "faiss-gpu",
+        "scikit-learn",
+        "torch",
+        "transformers",
+        "diffusers",
+        "datasets",
+        "pillow",
+    ),
+) -> str:
     out = []
     for name in names:
         try:
@@ -44,8 +56,10 @@ def versions(names=("numpy", "scipy", "faiss-cpu", "faiss-gpu", "scikit-learn", 
 
 def describe() -> str:
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
-    return (f"{cpu_model()}, {os.cpu_count()} cores, {ram_gib():.0f} GiB RAM, Python {platform.python_version()}, "
-            f"{versions()}; load average at the end {', '.join(f'{v:.1f}' for v in load)}")
+    return (
+        f"{cpu_model()}, {os.cpu_count()} cores, {ram_gib():.0f} GiB RAM, Python {platform.python_version()}, "
+        f"{versions()}; load average at the end {', '.join(f'{v:.1f}' for v in load)}"
+    )
 
 
 def command() -> str:
@@ -61,7 +75,7 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 def append_results(title: str, body: str, path: Path = RESULTS) -> None:
     """Append one run (machine, command, table and notes) to the results file."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = (f"\n## {title} ({stamp})\n\n- Machine: {describe()}\n- Command: `{command()}`\n\n{body.rstrip()}\n")
+    text = f"\n## {title} ({stamp})\n\n- Machine: {describe()}\n- Command: `{command()}`\n\n{body.rstrip()}\n"
     if not path.exists():
         path.write_text("# Benchmark results\n\nAppended by the scripts in this folder; newest last.\n")
     with path.open("a") as f:

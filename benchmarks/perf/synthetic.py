@@ -48,7 +48,7 @@ class Mixture:
 def make_mixture(d: int = 768, components: int = 3000, topics: int = 60, rank: int = 8, seed: int = 0) -> Mixture:
     rng = np.random.default_rng(seed)
     spectrum = ((1.0 + np.arange(d)) ** -0.5).astype(np.float32)
-    spectrum /= np.sqrt(np.mean(spectrum ** 2))
+    spectrum /= np.sqrt(np.mean(spectrum**2))
     topic_means = rng.normal(size=(topics, d)).astype(np.float32) * spectrum * 1.0
     topic_of = rng.integers(0, topics, size=components)
     means = topic_means[topic_of] + rng.normal(size=(components, d)).astype(np.float32) * spectrum * 0.6
@@ -79,8 +79,7 @@ def _sample_into(out, mix: Mixture, comp, latent, offset, noise, rng, chunk):
         out[start:stop] = block
 
 
-def clip_like_images(n: int, d: int = 768, *, components: int = 3000, seed: int = 0,
-                     chunk: int = 20000) -> np.ndarray:
+def clip_like_images(n: int, d: int = 768, *, components: int = 3000, seed: int = 0, chunk: int = 20000) -> np.ndarray:
     """``(n, d)`` float32 image embeddings drawn from the CLIP-like mixture."""
     mix = make_mixture(d, components, seed=seed)
     rng = np.random.default_rng(seed + 1)
@@ -91,8 +90,16 @@ def clip_like_images(n: int, d: int = 768, *, components: int = 3000, seed: int 
     return out
 
 
-def clip_like_pairs(num_images: int, captions_per_image: int = 5, d: int = 768, *, components: int = 3000,
-                    noisy_fraction: float = 0.1, seed: int = 0, chunk: int = 20000):
+def clip_like_pairs(
+    num_images: int,
+    captions_per_image: int = 5,
+    d: int = 768,
+    *,
+    components: int = 3000,
+    noisy_fraction: float = 0.1,
+    seed: int = 0,
+    chunk: int = 20000,
+):
     """Distinct images, their captions, and which image each caption belongs to.
 
     Returns:
@@ -117,9 +124,18 @@ def clip_like_pairs(num_images: int, captions_per_image: int = 5, d: int = 768, 
     return images, texts, pair_image
 
 
-def clip_like_pairs_on_disk(folder, num_pairs: int, *, captions_per_image: int = 5, dtype="float32", d: int = 768,
-                            components: int = 3000, noisy_fraction: float = 0.1, seed: int = 0,
-                            chunk: int = 100_000):
+def clip_like_pairs_on_disk(
+    folder,
+    num_pairs: int,
+    *,
+    captions_per_image: int = 5,
+    dtype="float32",
+    d: int = 768,
+    components: int = 3000,
+    noisy_fraction: float = 0.1,
+    seed: int = 0,
+    chunk: int = 100_000,
+):
     """The pairs layout of :func:`clip_like_pairs` written straight to two ``.npy`` files on disk.
 
     ``images.npy`` holds each pair's image embedding (an image repeated for its ``captions_per_image``
@@ -158,8 +174,8 @@ def clip_like_pairs_on_disk(folder, num_pairs: int, *, captions_per_image: int =
             text_latent = 0.7 * latent[pair_image] + 0.7 * rng.standard_normal(size=(n, rank), dtype=np.float32)
             block_texts = np.empty((n, d), dtype=np.float32)
             _sample_into(block_texts, mix, text_comp, text_latent, text_offset, 0.45, rng, chunk)
-            images[start:start + n] = distinct[pair_image]
-            texts[start:start + n] = block_texts
+            images[start : start + n] = distinct[pair_image]
+            texts[start : start + n] = block_texts
             if block % 10 == 9:
                 print(f"{folder.name}: {start + n:,} of {num_pairs:,} pairs written", flush=True)
         images.flush()

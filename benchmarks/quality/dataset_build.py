@@ -22,8 +22,16 @@ DEFAULT_CACHE = Path(__file__).resolve().parent / "cache"
 T = TypeVar("T")
 
 
-def build_once(target: Path, fetch: Callable[[], T], make: Callable[[T], tuple[list[dict], dict]], *, features,
-               seed: int, test_images: int, validation_images: int):
+def build_once(
+    target: Path,
+    fetch: Callable[[], T],
+    make: Callable[[T], tuple[list[dict], dict]],
+    *,
+    features,
+    seed: int,
+    test_images: int,
+    validation_images: int,
+):
     """The dataset saved in ``target``, built and saved there first if it is not yet.
 
     A build ``fetch``-es its inputs, ``make``-s the rows from them, and splits the rows: a permutation by ``seed``
@@ -59,17 +67,24 @@ def build_once(target: Path, fetch: Callable[[], T], make: Callable[[T], tuple[l
     fetched = time.perf_counter()
     rows, manifest = make(inputs)
     order = np.random.default_rng(seed).permutation(len(rows))
-    parts = {"test": order[:test_images], "validation": order[test_images:test_images + validation_images],
-             "train": order[test_images + validation_images:]}
-    splits = datasets.DatasetDict({
-        part: datasets.Dataset.from_list([rows[i] for i in sorted(index)], features=features, split=part)
-        for part, index in parts.items()
-    })
+    parts = {
+        "test": order[:test_images],
+        "validation": order[test_images : test_images + validation_images],
+        "train": order[test_images + validation_images :],
+    }
+    splits = datasets.DatasetDict(
+        {
+            part: datasets.Dataset.from_list([rows[i] for i in sorted(index)], features=features, split=part)
+            for part, index in parts.items()
+        }
+    )
     splits.save_to_disk(str(target / "data"))
     manifest = {
         **manifest,
-        "splits": {part: {"images": len(ds), "captions": int(sum(len(c) for c in ds["caption"]))}
-                   for part, ds in splits.items()},
+        "splits": {
+            part: {"images": len(ds), "captions": int(sum(len(c) for c in ds["caption"]))}
+            for part, ds in splits.items()
+        },
         "seconds": {"fetch": round(fetched - start, 1), "build": round(time.perf_counter() - fetched, 1)},
     }
     (target / "manifest.json").write_text(json.dumps(manifest, indent=2))

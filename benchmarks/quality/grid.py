@@ -88,8 +88,16 @@ class TowerText:
 class Bench:
     """One dataset's frozen features: teacher embeddings, student image features, both protocols' text sides."""
 
-    def __init__(self, dataset: str, cache_dir: Path, *, student_text: str = "minilm", train_images: int | None = None,
-                 one_caption: bool = False, own_teacher: bool = False):
+    def __init__(
+        self,
+        dataset: str,
+        cache_dir: Path,
+        *,
+        student_text: str = "minilm",
+        train_images: int | None = None,
+        one_caption: bool = False,
+        own_teacher: bool = False,
+    ):
         import datasets
         import torch
 
@@ -109,16 +117,26 @@ class Bench:
         whole_train = self.splits["train"]
         self.splits = pool_splits(self.splits, train_images=train_images, one_caption=one_caption)
         if train_images is not None or one_caption:
-            self.manifest = {**self.manifest, "splits": {
-                name: {"images": len(split), "captions": int(sum(len(c) for c in split["caption"]))}
-                for name, split in self.splits.items()}}
-        self.pool = {"train_images": train_images, "one_caption": one_caption,
-                     "teacher_trained_on": "the pool" if own_teacher and train_images is not None
-                     else "the whole train split"}
+            self.manifest = {
+                **self.manifest,
+                "splits": {
+                    name: {"images": len(split), "captions": int(sum(len(c) for c in split["caption"]))}
+                    for name, split in self.splits.items()
+                },
+            }
+        self.pool = {
+            "train_images": train_images,
+            "one_caption": one_caption,
+            "teacher_trained_on": "the pool" if own_teacher and train_images is not None else "the whole train split",
+        }
         teacher_splits = self.splits
         if not own_teacher and train_images is not None:
-            teacher_splits = datasets.DatasetDict({**self.splits, "train": pool_splits(
-                datasets.DatasetDict(train=whole_train), one_caption=one_caption)["train"]})
+            teacher_splits = datasets.DatasetDict(
+                {
+                    **self.splits,
+                    "train": pool_splits(datasets.DatasetDict(train=whole_train), one_caption=one_caption)["train"],
+                }
+            )
         self.encoder, student, self.encoder_info = lit_encoder.build_encoder(teacher_splits, encoder_dir)
         self.data = investigate.TrainFeatures(self.splits["train"], self.encoder, student)
         if student_text == "mpnet":
@@ -130,8 +148,15 @@ class Bench:
         for protocol, text_encoder in (("teacher-text", self.encoder), ("captions", self.text_net)):
             for split in ("validation", "test"):
                 self.sets[protocol, split] = retrieval_set(
-                    self.splits[split], student=wrapped, encoder=text_encoder, encoder_key=None,
-                    image_column="image", caption_column="caption", cache_dir=None, name=split)
+                    self.splits[split],
+                    student=wrapped,
+                    encoder=text_encoder,
+                    encoder_key=None,
+                    image_column="image",
+                    caption_column="caption",
+                    cache_dir=None,
+                    name=split,
+                )
         self.caption_feats = self.text_net.encode_texts(list(self.data.table.texts))
         self.encoder.save_caches()
         self.teacher_on_test = self._teacher_on_test()
@@ -186,8 +211,10 @@ def pool_splits(splits, *, train_images: int | None = None, one_caption: bool = 
     for name, split in splits.items():
         if name == "train" and train_images is not None:
             if not 0 < train_images <= len(split):
-                raise ValueError(f"train_images={train_images}, but the train split has {len(split)} images; "
-                                 f"pass a number from 1 to {len(split)}.")
+                raise ValueError(
+                    f"train_images={train_images}, but the train split has {len(split)} images; "
+                    f"pass a number from 1 to {len(split)}."
+                )
             split = split.select(np.sort(np.random.default_rng(0).permutation(len(split))[:train_images]))
         if one_caption:
             split = split.map(_first_caption, input_columns="caption")
@@ -213,8 +240,9 @@ def step7_images(rule: str, data, protos) -> np.ndarray:
     if rule == "retrieve":
         return nearest
     if rule == "scored":
-        return retrieve_scored_images(data.image_embeds, protos.image_embeds, protos.text_embeds,
-                                      candidates=SCORED_CANDIDATES)
+        return retrieve_scored_images(
+            data.image_embeds, protos.image_embeds, protos.text_embeds, candidates=SCORED_CANDIDATES
+        )
     images_unit = normalize(data.image_embeds)
     if rule == "pair":
         scores = (normalize(protos.image_embeds) @ images_unit.T)[:, data.pair_image]
@@ -229,7 +257,7 @@ def step7_images(rule: str, data, protos) -> np.ndarray:
             similarity = images_unit[images] @ images_unit[images].T
             out[k] = images[similarity.sum(axis=1).argmax()]
         elif rule == "inter-nearest":
-            out[k] = images[(images_unit[images] @ normalize(protos.image_embeds[k:k + 1]).T).argmax()]
+            out[k] = images[(images_unit[images] @ normalize(protos.image_embeds[k : k + 1]).T).argmax()]
         else:
             raise ValueError(f"Unknown step-7 rule {rule!r}; known: {STEP7}.")
     return out
@@ -238,8 +266,14 @@ def step7_images(rule: str, data, protos) -> np.ndarray:
 def prototypes(data, num_pairs: int, seed: int):
     from pds_hf.prototypes import prototypes_from_embeddings
 
-    return prototypes_from_embeddings(data.image_embeds, data.text_embeds, num_pairs, seed=seed,
-                                      image_index=data.pair_image, text_index=data.pair_text)
+    return prototypes_from_embeddings(
+        data.image_embeds,
+        data.text_embeds,
+        num_pairs,
+        seed=seed,
+        image_index=data.pair_image,
+        text_index=data.pair_text,
+    )
 
 
 def selection(method: str, data, num_pairs: int, seed: int, protos=None) -> dict:
@@ -250,11 +284,18 @@ def selection(method: str, data, num_pairs: int, seed: int, protos=None) -> dict
     from pds_hf.filter import normalize
 
     if method in BASELINES:
-        chosen = np.asarray(select_pairs(method, data.image_embeds[data.pair_image], data.text_embeds[data.pair_text],
-                                         num_pairs, seed=seed))
+        chosen = np.asarray(
+            select_pairs(
+                method, data.image_embeds[data.pair_image], data.text_embeds[data.pair_text], num_pairs, seed=seed
+            )
+        )
         images, captions = data.pair_image[chosen], data.pair_text[chosen]
-        return {"image_feats": data.student_feats[images], "teacher_text": data.text_embeds[captions],
-                "caption_index": captions, "diagnostics": _diagnostics(data, images, data.text_embeds[captions], None)}
+        return {
+            "image_feats": data.student_feats[images],
+            "teacher_text": data.text_embeds[captions],
+            "caption_index": captions,
+            "diagnostics": _diagnostics(data, images, data.text_embeds[captions], None),
+        }
     protos = protos if protos is not None else prototypes(data, num_pairs, seed)
     _, caption_index = retrieve_captions(protos.text_embeds, data.text_embeds, list(data.table.texts))
     rule = {"pds": "retrieve", "ideal": "retrieve"}.get(method, method.removeprefix("pds-"))
@@ -265,10 +306,15 @@ def selection(method: str, data, num_pairs: int, seed: int, protos=None) -> dict
         empty = np.isnan(image_feats).any(axis=1)
         image_feats[empty] = data.student_feats[images[empty]]
     diagnostics = _diagnostics(data, images, protos.text_embeds, protos)
-    diagnostics["teacher_image_to_image_prototype"] = float(np.mean(np.sum(
-        normalize(data.image_embeds[images]) * normalize(protos.image_embeds), axis=1)))
-    return {"image_feats": np.asarray(image_feats, np.float32), "teacher_text": protos.text_embeds,
-            "caption_index": caption_index, "diagnostics": diagnostics}
+    diagnostics["teacher_image_to_image_prototype"] = float(
+        np.mean(np.sum(normalize(data.image_embeds[images]) * normalize(protos.image_embeds), axis=1))
+    )
+    return {
+        "image_feats": np.asarray(image_feats, np.float32),
+        "teacher_text": protos.text_embeds,
+        "caption_index": caption_index,
+        "diagnostics": diagnostics,
+    }
 
 
 def _diagnostics(data, images, texts, protos) -> dict:
@@ -276,13 +322,17 @@ def _diagnostics(data, images, texts, protos) -> dict:
     how many lie in their prototype's intersection."""
     from pds_hf.filter import normalize
 
-    out = {"distinct_images": int(len(np.unique(images))),
-           "teacher_image_to_text": float(np.mean(np.sum(normalize(data.image_embeds[images]) * normalize(texts),
-                                                          axis=1)))}
+    out = {
+        "distinct_images": int(len(np.unique(images))),
+        "teacher_image_to_text": float(
+            np.mean(np.sum(normalize(data.image_embeds[images]) * normalize(texts), axis=1))
+        ),
+    }
     if protos is not None:
         members = investigate._members(protos)
-        out["in_intersection"] = float(np.mean([image in set(data.pair_image[m].tolist())
-                                                for image, m in zip(images, members)]))
+        out["in_intersection"] = float(
+            np.mean([image in set(data.pair_image[m].tolist()) for image, m in zip(images, members)])
+        )
         out["empty_intersections"] = int(protos.num_empty)
     return out
 
@@ -294,9 +344,14 @@ def diagnose(bench: Bench, *, methods, sizes, seeds: int) -> None:
     for num_pairs in sizes:
         protos = [prototypes(bench.data, num_pairs, 42 + i) for i in range(seeds)]
         for method in ["ideal" if m == "ideal" else f"pds-{m}" for m in methods if m not in BASELINES] + [
-                m for m in methods if m in BASELINES]:
-            found = [selection(method, bench.data, num_pairs, 42 + i, protos=None if method in BASELINES else protos[i])
-                     ["diagnostics"] for i in range(seeds)]
+            m for m in methods if m in BASELINES
+        ]:
+            found = [
+                selection(method, bench.data, num_pairs, 42 + i, protos=None if method in BASELINES else protos[i])[
+                    "diagnostics"
+                ]
+                for i in range(seeds)
+            ]
             cells = [f"{np.mean([d[k] for d in found]):32.3f}" if k in found[0] else f"{'':32s}" for k in keys]
             print(f"{num_pairs:5d} {num_pairs / bench.num_pairs:6.1%} {method:14s} " + " ".join(cells), flush=True)
 
@@ -307,14 +362,22 @@ def halves(retrieval, seed: int = 0):
 
     order = np.random.default_rng(seed).permutation(retrieval.num_images)
     parts = []
-    for name, images in (("validation half A (epoch selection)", order[: len(order) // 2]),
-                         ("validation half B (score)", order[len(order) // 2:])):
+    for name, images in (
+        ("validation half A (epoch selection)", order[: len(order) // 2]),
+        ("validation half B (score)", order[len(order) // 2 :]),
+    ):
         images = np.sort(images)
         remap = np.full(retrieval.num_images, -1, np.int64)
         remap[images] = np.arange(len(images))
         keep = remap[retrieval.caption_to_image] >= 0
-        parts.append(RetrievalSet(retrieval.image_feats[images], retrieval.text_feats[keep],
-                                  remap[retrieval.caption_to_image[keep]], name=name))
+        parts.append(
+            RetrievalSet(
+                retrieval.image_feats[images],
+                retrieval.text_feats[keep],
+                remap[retrieval.caption_to_image[keep]],
+                name=name,
+            )
+        )
     return parts
 
 
@@ -334,24 +397,39 @@ def run_cells(bench: Bench, *, methods, sizes, seeds: range, epochs: int, tune: 
                 start = time.perf_counter()
                 chosen = selection(method, data, num_pairs, seed, protos=None if method in BASELINES else protos)
                 for protocol in PROTOCOLS:
-                    text = (chosen["teacher_text"] if protocol == "teacher-text"
-                            else bench.caption_feats[chosen["caption_index"]])
+                    text = (
+                        chosen["teacher_text"]
+                        if protocol == "teacher-text"
+                        else bench.caption_feats[chosen["caption_index"]]
+                    )
                     if tune:
                         select_on, score_on = halves(bench.sets[protocol, "validation"])
                     else:
                         select_on, score_on = bench.sets[protocol, "validation"], bench.sets[protocol, "test"]
-                    report = evaluate_features(chosen["image_feats"], text, score_on, validation=select_on, runs=1,
-                                               seed=index, epochs=epochs)
-                    rows.append({"dataset": bench.dataset, "protocol": protocol, "method": method,
-                                 "num_pairs": num_pairs, "seed": seed, "student_seed": index,
-                                 "metrics": report.runs[0], "selected_epoch": report.selected_epochs[0],
-                                 **chosen["diagnostics"]})
+                    report = evaluate_features(
+                        chosen["image_feats"], text, score_on, validation=select_on, runs=1, seed=index, epochs=epochs
+                    )
+                    rows.append(
+                        {
+                            "dataset": bench.dataset,
+                            "protocol": protocol,
+                            "method": method,
+                            "num_pairs": num_pairs,
+                            "seed": seed,
+                            "student_seed": index,
+                            "metrics": report.runs[0],
+                            "selected_epoch": report.selected_epochs[0],
+                            **chosen["diagnostics"],
+                        }
+                    )
                 seconds = time.perf_counter() - start
                 rows[-1]["seconds"] = rows[-2]["seconds"] = round(seconds, 2)
-                log(f"{bench.dataset} M={num_pairs:4d} seed {seed} {method:14s} "
+                log(
+                    f"{bench.dataset} M={num_pairs:4d} seed {seed} {method:14s} "
                     + "  ".join(f"{p}: {r['metrics']['mean']:6.2f}" for p, r in zip(PROTOCOLS, rows[-2:]))
                     + f"  in-intersection {chosen['diagnostics'].get('in_intersection', float('nan')):.2f}"
-                    + f"  teacher cos {chosen['diagnostics']['teacher_image_to_text']:.3f}  ({seconds:.0f}s)")
+                    + f"  teacher cos {chosen['diagnostics']['teacher_image_to_text']:.3f}  ({seconds:.0f}s)"
+                )
             save(rows)
     return rows
 
@@ -361,9 +439,14 @@ def summarize(rows: list[dict]) -> dict:
     cells: dict = {}
     for row in rows:
         cells.setdefault((row["dataset"], row["protocol"], row["method"], row["num_pairs"]), []).append(row["metrics"])
-    return {key: {"mean": {m: float(np.mean([r[m] for r in runs])) for m in METRICS},
-                  "sd": {m: float(np.std([r[m] for r in runs], ddof=1)) if len(runs) > 1 else 0.0 for m in METRICS},
-                  "n": len(runs)} for key, runs in cells.items()}
+    return {
+        key: {
+            "mean": {m: float(np.mean([r[m] for r in runs])) for m in METRICS},
+            "sd": {m: float(np.std([r[m] for r in runs], ddof=1)) if len(runs) > 1 else 0.0 for m in METRICS},
+            "n": len(runs),
+        }
+        for key, runs in cells.items()
+    }
 
 
 def _cell(summary, key, metric="mean") -> str:
@@ -378,21 +461,29 @@ def merge(parts: list[dict]) -> dict:
     times listed; the data, teacher and machine records of the first."""
     merged = dict(parts[0])
     merged["rows"] = [row for part in parts for row in part["rows"]]
-    merged["command"] = "\n".join(part["command"] + ("" if part["complete"] else "   # stopped early") for part in parts)
-    merged["seconds"] = {"features": parts[0]["seconds"]["features"],
-                         "cells": sum(part["seconds"]["cells"] for part in parts),
-                         "total": sum(part["seconds"]["total"] for part in parts)}
+    merged["command"] = "\n".join(
+        part["command"] + ("" if part["complete"] else "   # stopped early") for part in parts
+    )
+    merged["seconds"] = {
+        "features": parts[0]["seconds"]["features"],
+        "cells": sum(part["seconds"]["cells"] for part in parts),
+        "total": sum(part["seconds"]["total"] for part in parts),
+    }
     merged["loads"] = [parts[0]["loads"][0], parts[-1]["loads"][1]]
     return merged
 
 
 def write_tuning(path: Path, sections: list[tuple[str, list[dict]]]) -> None:
     """findings/TUNING.md: the step-7 rules on validation (``--tune`` runs), each section's cells pooled."""
-    lines = ["# Offline step 7 on validation data (`grid.py --tune`)", "",
-             "Generated by `grid.py --report` from `findings/tune-*.json` and `findings/small-pool-*.json`; do not "
-             "edit by hand. Mean recall on half B of each validation split (epoch chosen on half A; the test split is "
-             "never read), mean ± sd over seeds (with n). Each rule maps a prototype to one real training image "
-             "(see `grid.step7_images`); N is the number of training pairs distilled from.", ""]
+    lines = [
+        "# Offline step 7 on validation data (`grid.py --tune`)",
+        "",
+        "Generated by `grid.py --report` from `findings/tune-*.json` and `findings/small-pool-*.json`; do not "
+        "edit by hand. Mean recall on half B of each validation split (epoch chosen on half A; the test split is "
+        "never read), mean ± sd over seeds (with n). Each rule maps a prototype to one real training image "
+        "(see `grid.step7_images`); N is the number of training pairs distilled from.",
+        "",
+    ]
     for title, parts in sections:
         lines += _tuning_section(title, parts)
     path.write_text("\n".join(lines))
@@ -400,11 +491,22 @@ def write_tuning(path: Path, sections: list[tuple[str, list[dict]]]) -> None:
 
 def _tuning_section(title: str, parts: list[dict]) -> list[str]:
     # A cell that two runs both measured (same rule, M, seed) counts once: it is deterministic.
-    rows = list({(r["dataset"], r["protocol"], r["method"], r["num_pairs"], r["seed"]): r
-                 for part in parts for r in part["rows"]}.values())
+    rows = list(
+        {
+            (r["dataset"], r["protocol"], r["method"], r["num_pairs"], r["seed"]): r
+            for part in parts
+            for r in part["rows"]
+        }.values()
+    )
     summary = summarize(rows)
-    lines = ["Commands:", "", "```", *[part["command"] + ("" if part["complete"] else "   # stopped early")
-                                       for part in parts], "```", ""]
+    lines = [
+        "Commands:",
+        "",
+        "```",
+        *[part["command"] + ("" if part["complete"] else "   # stopped early") for part in parts],
+        "```",
+        "",
+    ]
     pool = {part["dataset"]: part["train_pairs"] for part in parts}
     for dataset in DATASETS:
         for protocol in PROTOCOLS:
@@ -413,14 +515,19 @@ def _tuning_section(title: str, parts: list[dict]) -> list[str]:
                 continue
             sizes = sorted({k[3] for k in keys})
             methods = [m for m in dict.fromkeys(r["method"] for r in rows) if any(k[2] == m for k in keys)]
-            lines += [f"## {dataset}, {protocol}{title}: N = {pool[dataset]}", "",
-                      "| Rule | " + " | ".join(f"M = {m}" for m in sizes) + " |",
-                      "|---|" + "---:|" * len(sizes)]
+            lines += [
+                f"## {dataset}, {protocol}{title}: N = {pool[dataset]}",
+                "",
+                "| Rule | " + " | ".join(f"M = {m}" for m in sizes) + " |",
+                "|---|" + "---:|" * len(sizes),
+            ]
             for method in methods:
                 cells = []
                 for m in sizes:
                     cell = summary.get((dataset, protocol, method, m))
-                    cells.append(f"{cell['mean']['mean']:.2f} ± {cell['sd']['mean']:.2f} (n={cell['n']})" if cell else "")
+                    cells.append(
+                        f"{cell['mean']['mean']:.2f} ± {cell['sd']['mean']:.2f} (n={cell['n']})" if cell else ""
+                    )
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
             lines.append("")
     return lines
@@ -429,9 +536,14 @@ def _tuning_section(title: str, parts: list[dict]) -> list[str]:
 REPORT_TITLE = "Quality beyond one dataset: PDS against random, herding and k-center, two datasets x two protocols"
 
 
-def write_report(path: Path, results: list[dict], *, title: str = REPORT_TITLE,
-                 source: str = "the `results-<dataset>.json` files written by `grid.py --dataset <name>`",
-                 analysis: str = "README.md") -> None:
+def write_report(
+    path: Path,
+    results: list[dict],
+    *,
+    title: str = REPORT_TITLE,
+    source: str = "the `results-<dataset>.json` files written by `grid.py --dataset <name>`",
+    analysis: str = "README.md",
+) -> None:
     """A results page (RESULTS.md by default) from per-dataset result files (only what was measured).
 
     Args:
@@ -446,13 +558,17 @@ def write_report(path: Path, results: list[dict], *, title: str = REPORT_TITLE,
         >>> write_report(HERE / "RESULTS.md", [merge([json.loads(p.read_text())])])
         ```
     """
-    lines = [f"# {title}",
-             "", f"Generated by `benchmarks/quality/grid.py --report` from {source}; do not edit by hand (the analysis "
-             f"is in [{Path(analysis).name}]({analysis})).", "",
-             "Mean recall = mean of IR@1/5/10 and TR@1/5/10 on the test split, in %, mean ± sd over seeds (seed i: "
-             "selection seed 42 + i, one student trained with seed i, epoch chosen on the validation split). "
-             "*M/N*: distilled pairs over training pairs. *best baseline − pds*: positive where a baseline is ahead.",
-             ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"Generated by `benchmarks/quality/grid.py --report` from {source}; do not edit by hand (the analysis "
+        f"is in [{Path(analysis).name}]({analysis})).",
+        "",
+        "Mean recall = mean of IR@1/5/10 and TR@1/5/10 on the test split, in %, mean ± sd over seeds (seed i: "
+        "selection seed 42 + i, one student trained with seed i, epoch chosen on the validation split). "
+        "*M/N*: distilled pairs over training pairs. *best baseline − pds*: positive where a baseline is ahead.",
+        "",
+    ]
     for result in results:
         rows, dataset = result["rows"], result["dataset"]
         summary = summarize(rows)
@@ -461,22 +577,32 @@ def write_report(path: Path, results: list[dict], *, title: str = REPORT_TITLE,
         lines += [f"## {dataset}", "", f"```\n{result['command']}\n```", ""]
         n = result["train_pairs"]
         for protocol in PROTOCOLS:
-            title = {"teacher-text": "(a) teacher text features (the paper's protocol: PDS trains on the text prototype)",
-                     "captions": f"(b) captions only (the student encodes the caption strings with {result['student_text']})"}
-            lines += [f"### {title[protocol]}", "", "| Method | " + " | ".join(f"M = {m}" for m in sizes) + " |",
-                      "|---|" + "---:|" * len(sizes),
-                      "| *M/N* | " + " | ".join(f"{100 * m / n:.1f}%" for m in sizes) + " |"]
+            title = {
+                "teacher-text": "(a) teacher text features (the paper's protocol: PDS trains on the text prototype)",
+                "captions": f"(b) captions only (the student encodes the caption strings with {result['student_text']})",
+            }
+            lines += [
+                f"### {title[protocol]}",
+                "",
+                "| Method | " + " | ".join(f"M = {m}" for m in sizes) + " |",
+                "|---|" + "---:|" * len(sizes),
+                "| *M/N* | " + " | ".join(f"{100 * m / n:.1f}%" for m in sizes) + " |",
+            ]
             for method in methods:
                 label = {"ideal": "*ideal decoder (ceiling)*"}.get(method, method)
-                lines.append(f"| {label} | " + " | ".join(_cell(summary, (dataset, protocol, method, m))
-                                                         for m in sizes) + " |")
+                lines.append(
+                    f"| {label} | " + " | ".join(_cell(summary, (dataset, protocol, method, m)) for m in sizes) + " |"
+                )
             for pds in ("pds", "pds-scored"):
                 if pds not in methods:
                     continue
                 cells = []
                 for m in sizes:
-                    scores = [summary[(dataset, protocol, b, m)]["mean"]["mean"] for b in BASELINES
-                              if (dataset, protocol, b, m) in summary]
+                    scores = [
+                        summary[(dataset, protocol, b, m)]["mean"]["mean"]
+                        for b in BASELINES
+                        if (dataset, protocol, b, m) in summary
+                    ]
                     if scores and (dataset, protocol, pds, m) in summary:
                         cells.append(f"{max(scores) - summary[(dataset, protocol, pds, m)]['mean']['mean']:+.2f}")
                     else:
@@ -486,14 +612,19 @@ def write_report(path: Path, results: list[dict], *, title: str = REPORT_TITLE,
         teacher = result["teacher_on_test"]
         counts, splits = result["manifest"]["counts"], result["manifest"]["splits"]
         lines += [
-            f"- Data: {dataset}; " + ", ".join(f"{name} {s['images']} images / {s['captions']} captions"
-                                               for name, s in splits.items())
-            + f"; {n} training pairs. Build counts: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".",
+            f"- Data: {dataset}; "
+            + ", ".join(f"{name} {s['images']} images / {s['captions']} captions" for name, s in splits.items())
+            + f"; {n} training pairs. Build counts: "
+            + ", ".join(f"{k} {v}" for k, v in counts.items())
+            + ".",
             *_pool_line(result.get("pool")),
             f"- Teacher: {result['encoder']} (heads selected at epoch {result['encoder_record']['selected_epoch']}); "
-            "its own test mean recall " + f"{teacher['mean']:.2f} (IR@1/5/10 "
-            + " / ".join(f"{teacher[k]:.1f}" for k in ('IR@1', 'IR@5', 'IR@10')) + ", TR@1/5/10 "
-            + " / ".join(f"{teacher[k]:.1f}" for k in ('TR@1', 'TR@5', 'TR@10')) + ").",
+            "its own test mean recall "
+            + f"{teacher['mean']:.2f} (IR@1/5/10 "
+            + " / ".join(f"{teacher[k]:.1f}" for k in ("IR@1", "IR@5", "IR@10"))
+            + ", TR@1/5/10 "
+            + " / ".join(f"{teacher[k]:.1f}" for k in ("TR@1", "TR@5", "TR@10"))
+            + ").",
             f"- Student: frozen EfficientNet-Lite0 (224 px, pooled 1280-d) and a fresh text head; "
             f"{result['settings']}.",
             f"- Seeds per cell: {result['seeds']}. Machine: {result['machine']['cpu']}, {result['machine']['cores']} "
@@ -505,15 +636,18 @@ def write_report(path: Path, results: list[dict], *, title: str = REPORT_TITLE,
             f"{result['seconds']['features']:.0f} s for data, teacher and features (cached after the first run), "
             f"{result['seconds']['cells']:.0f} s for the cells, {result['seconds']['total']:.0f} s in all"
             + (f"; peak resident memory {result['peak_rss_mb']:.0f} MB." if "peak_rss_mb" in result else "."),
-            ""]
+            "",
+        ]
     path.write_text("\n".join(lines))
 
 
 def _pool_line(pool: dict | None) -> list[str]:
     if not pool or (pool["train_images"] is None and not pool["one_caption"]):
         return []
-    what = [f"a seeded subset of {pool['train_images']} train images" if pool["train_images"] else "the train split",
-            "one caption per image (each image's first) in every split" if pool["one_caption"] else "all captions"]
+    what = [
+        f"a seeded subset of {pool['train_images']} train images" if pool["train_images"] else "the train split",
+        "one caption per image (each image's first) in every split" if pool["one_caption"] else "all captions",
+    ]
     return [f"- Pool: {', '.join(what)}; the teacher's heads trained on {pool['teacher_trained_on']}."]
 
 
@@ -521,48 +655,83 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=DATASETS)
     parser.add_argument("--num-pairs", type=int, nargs="+", default=list(SIZES))
-    parser.add_argument("--methods", nargs="+", default=None,
-                        help=f"default {' '.join(METHODS)}; with --tune the step-7 rules {' '.join(STEP7)}")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help=f"default {' '.join(METHODS)}; with --tune the step-7 rules {' '.join(STEP7)}",
+    )
     parser.add_argument("--seeds", type=int, default=5, help="seeds per cell (selection 42 + i, student i)")
     parser.add_argument("--first-seed", type=int, default=0, help="i of the first seed (to add seeds to a run)")
     parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--train-images", type=int, default=None,
-                        help="distil from this many train images only (seeded subset), to vary M/N; the teacher "
-                             "stays the one trained on the whole train split unless --own-teacher")
-    parser.add_argument("--one-caption", action="store_true",
-                        help="keep only each image's first caption, in every split (a set with one caption per image)")
-    parser.add_argument("--own-teacher", action="store_true",
-                        help="with --train-images: train the teacher's heads on that pool, not on the whole train split")
-    parser.add_argument("--student-text", choices=("minilm", "mpnet"), default="minilm",
-                        help="protocol (b)'s text network: the MiniLM tower without the teacher's projection "
-                             "(default; its features are cached with the teacher's), or all-mpnet-base-v2 (a "
-                             "different network; encoding ~9,000 captions costs about 20 CPU-minutes once)")
+    parser.add_argument(
+        "--train-images",
+        type=int,
+        default=None,
+        help="distil from this many train images only (seeded subset), to vary M/N; the teacher "
+        "stays the one trained on the whole train split unless --own-teacher",
+    )
+    parser.add_argument(
+        "--one-caption",
+        action="store_true",
+        help="keep only each image's first caption, in every split (a set with one caption per image)",
+    )
+    parser.add_argument(
+        "--own-teacher",
+        action="store_true",
+        help="with --train-images: train the teacher's heads on that pool, not on the whole train split",
+    )
+    parser.add_argument(
+        "--student-text",
+        choices=("minilm", "mpnet"),
+        default="minilm",
+        help="protocol (b)'s text network: the MiniLM tower without the teacher's projection "
+        "(default; its features are cached with the teacher's), or all-mpnet-base-v2 (a "
+        "different network; encoding ~9,000 captions costs about 20 CPU-minutes once)",
+    )
     parser.add_argument("--tune", action="store_true", help="score on validation halves; never read the test split")
     parser.add_argument("--report", action="store_true", help="write RESULTS.md from the results-*.json files")
-    parser.add_argument("--diagnose", action="store_true",
-                        help="no training: print what each step-7 rule picks (teacher cosines, intersection, "
-                             "distinct images) for every M and seed")
+    parser.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="no training: print what each step-7 rule picks (teacher cosines, intersection, "
+        "distinct images) for every M and seed",
+    )
     parser.add_argument("--cache-dir", type=Path, default=openclipart.DEFAULT_CACHE)
-    parser.add_argument("--output", type=Path, default=None,
-                        help="where the rows go (default results-<dataset>.json next to this file)")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="where the rows go (default results-<dataset>.json next to this file)"
+    )
     args = parser.parse_args(argv)
     if args.report:
-        results = [merge([json.loads(p.read_text()) for p in sorted(HERE.glob(f"results-{name}*.json"), key=lambda p: (len(p.name), p.name))])
-                   for name in DATASETS if any(HERE.glob(f"results-{name}*.json"))]
+        results = [
+            merge(
+                [
+                    json.loads(p.read_text())
+                    for p in sorted(HERE.glob(f"results-{name}*.json"), key=lambda p: (len(p.name), p.name))
+                ]
+            )
+            for name in DATASETS
+            if any(HERE.glob(f"results-{name}*.json"))
+        ]
         write_report(HERE / "RESULTS.md", results)
         print(f"Wrote {HERE / 'RESULTS.md'} from {len(results)} dataset(s).")
-        sections = [(title, [json.loads(p.read_text()) for p in sorted((HERE / "findings").glob(pattern))])
-                     for title, pattern in (("", "tune-*.json"), (" (a smaller pool: --train-images)", "small-pool-*.json"))]
+        sections = [
+            (title, [json.loads(p.read_text()) for p in sorted((HERE / "findings").glob(pattern))])
+            for title, pattern in (("", "tune-*.json"), (" (a smaller pool: --train-images)", "small-pool-*.json"))
+        ]
         if any(parts for _, parts in sections):
             write_tuning(HERE / "findings" / "TUNING.md", [(title, parts) for title, parts in sections if parts])
             print(f"Wrote {HERE / 'findings' / 'TUNING.md'}.")
         pools = [merge([json.loads(p.read_text())]) for p in sorted((HERE / "findings").glob("pool-*.json"))]
         if pools:
-            write_report(HERE / "findings" / "POOL.md", pools,
-                         title="Small pools with one caption per image and a teacher of their own (issue 18)",
-                         source="`findings/pool-<dataset>.json`, written by `grid.py --dataset <name> --train-images N "
-                                "--one-caption --own-teacher --output findings/pool-<dataset>.json`",
-                         analysis="../README.md")
+            write_report(
+                HERE / "findings" / "POOL.md",
+                pools,
+                title="Small pools with one caption per image and a teacher of their own (issue 18)",
+                source="`findings/pool-<dataset>.json`, written by `grid.py --dataset <name> --train-images N "
+                "--one-caption --own-teacher --output findings/pool-<dataset>.json`",
+                analysis="../README.md",
+            )
             print(f"Wrote {HERE / 'findings' / 'POOL.md'} from {len(pools)} dataset(s).")
         return 0
     if args.dataset is None:
@@ -575,10 +744,19 @@ def main(argv=None) -> int:
     command = "nice -n 10 python benchmarks/quality/grid.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.own_teacher and args.train_images is None:
         parser.error("--own-teacher trains the teacher on the --train-images pool; pass --train-images too")
-    bench = Bench(args.dataset, args.cache_dir, student_text=args.student_text, train_images=args.train_images,
-                  one_caption=args.one_caption, own_teacher=args.own_teacher)
-    print(f"{args.dataset}: {bench.num_pairs} training pairs, features in {bench.seconds['features']:.0f}s; teacher "
-          f"test mean recall {bench.teacher_on_test['mean']:.2f}", flush=True)
+    bench = Bench(
+        args.dataset,
+        args.cache_dir,
+        student_text=args.student_text,
+        train_images=args.train_images,
+        one_caption=args.one_caption,
+        own_teacher=args.own_teacher,
+    )
+    print(
+        f"{args.dataset}: {bench.num_pairs} training pairs, features in {bench.seconds['features']:.0f}s; teacher "
+        f"test mean recall {bench.teacher_on_test['mean']:.2f}",
+        flush=True,
+    )
     methods = args.methods or (STEP7 if args.tune or args.diagnose else METHODS)
     if args.diagnose:
         diagnose(bench, methods=methods, sizes=args.num_pairs, seeds=args.seeds)
@@ -594,21 +772,40 @@ def main(argv=None) -> int:
 
     def save(rows, *, complete=False):
         bench.seconds.update(cells=time.perf_counter() - cells_start, total=time.perf_counter() - start)
-        result = {"dataset": args.dataset, "command": command, "tune": args.tune, "complete": complete, "rows": rows,
-                  "student_text": bench.text_net.name,
-                  "train_pairs": bench.num_pairs, "pool": bench.pool, "manifest": bench.manifest,
-                  "encoder": bench.encoder.name,
-                  "encoder_record": {k: v for k, v in bench.encoder_info["record"].items() if k != "history"},
-                  "teacher_on_test": bench.teacher_on_test, "seeds": args.seeds, "machine": machine,
-                  "loads": [load_start, load_average()], "seconds": bench.seconds,
-                  # ru_maxrss is in KiB on Linux.
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "settings": ", ".join(f"{k} {v}" for k, v in settings.items())}
+        result = {
+            "dataset": args.dataset,
+            "command": command,
+            "tune": args.tune,
+            "complete": complete,
+            "rows": rows,
+            "student_text": bench.text_net.name,
+            "train_pairs": bench.num_pairs,
+            "pool": bench.pool,
+            "manifest": bench.manifest,
+            "encoder": bench.encoder.name,
+            "encoder_record": {k: v for k, v in bench.encoder_info["record"].items() if k != "history"},
+            "teacher_on_test": bench.teacher_on_test,
+            "seeds": args.seeds,
+            "machine": machine,
+            "loads": [load_start, load_average()],
+            "seconds": bench.seconds,
+            # ru_maxrss is in KiB on Linux.
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "settings": ", ".join(f"{k} {v}" for k, v in settings.items()),
+        }
         output.write_text(json.dumps(result, indent=1, default=str))
 
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    rows = run_cells(bench, methods=methods, sizes=args.num_pairs, seeds=seeds, epochs=args.epochs,
-                     tune=args.tune, log=lambda line: print(line, flush=True), save=save)
+    rows = run_cells(
+        bench,
+        methods=methods,
+        sizes=args.num_pairs,
+        seeds=seeds,
+        epochs=args.epochs,
+        tune=args.tune,
+        log=lambda line: print(line, flush=True),
+        save=save,
+    )
     save(rows, complete=True)
     print("\nmean recall, mean ± sd over seeds:")
     for (dataset, protocol, method, m), cell in sorted(summarize(rows).items(), key=lambda kv: (kv[0][1], kv[0][3])):

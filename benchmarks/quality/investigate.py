@@ -43,8 +43,18 @@ sys.path.insert(0, str(HERE.parent.parent))
 import lit_encoder  # noqa: E402
 import openclipart  # noqa: E402
 
-VARIANTS = ("pds", "pds-raw", "pds-caption", "pds-pair", "pds-mean-image", "pds-rm0", "pds-drop",
-            "random", "herding", "kcenter")
+VARIANTS = (
+    "pds",
+    "pds-raw",
+    "pds-caption",
+    "pds-pair",
+    "pds-mean-image",
+    "pds-rm0",
+    "pds-drop",
+    "random",
+    "herding",
+    "kcenter",
+)
 DETERMINISTIC = {"herding"}  # the same set for every seed: run once
 
 
@@ -74,15 +84,23 @@ def variant_features(name: str, data: TrainFeatures, num_pairs: int, seed: int):
     from pds_hf.prototypes import prototypes_from_embeddings
 
     if name in ("random", "herding", "kcenter"):
-        chosen = select_pairs(name, data.image_embeds[data.pair_image], data.text_embeds[data.pair_text], num_pairs,
-                              seed=seed)
+        chosen = select_pairs(
+            name, data.image_embeds[data.pair_image], data.text_embeds[data.pair_text], num_pairs, seed=seed
+        )
         images, texts = data.pair_image[chosen], data.pair_text[chosen]
         return data.student_feats[images], data.text_embeds[texts], {"distinct_images": len(set(images.tolist()))}
 
     protos = prototypes_from_embeddings(
-        data.image_embeds, data.text_embeds, num_pairs, rm_ratio=0.0 if name == "pds-rm0" else 0.2, seed=seed,
-        empty="drop" if name == "pds-drop" else "centroid", normalize=name != "pds-raw",
-        image_index=data.pair_image, text_index=data.pair_text)
+        data.image_embeds,
+        data.text_embeds,
+        num_pairs,
+        rm_ratio=0.0 if name == "pds-rm0" else 0.2,
+        seed=seed,
+        empty="drop" if name == "pds-drop" else "centroid",
+        normalize=name != "pds-raw",
+        image_index=data.pair_image,
+        text_index=data.pair_text,
+    )
     nearest_image = nearest(protos.image_embeds, data.image_embeds)
     text = protos.text_embeds
     image_feats = data.student_feats[nearest_image]
@@ -99,14 +117,20 @@ def variant_features(name: str, data: TrainFeatures, num_pairs: int, seed: int):
     members = _members(protos)
     in_group = np.mean([image in set(data.pair_image[m].tolist()) for image, m in zip(nearest_image, members)])
     kept = protos.kept
-    sizes = {side: np.bincount(labels[kept], minlength=num_pairs)
-             for side, labels in (("image", protos.image_labels), ("text", protos.text_labels))}
-    diagnostics = {"distinct_images": len(set(nearest_image.tolist())), "empty": protos.num_empty,
-                   **{f"{side}_cluster_sizes": f"{s.min()}/{np.median(s):g}/{s.max()}" for side, s in sizes.items()},
-                   "support_median": float(np.median(protos.support)),
-                   "retrieved_image_in_intersection": float(in_group),
-                   "prototype_norm_ratio": float(np.median(np.linalg.norm(text, axis=1))
-                                                 / np.median(np.linalg.norm(data.text_embeds, axis=1)))}
+    sizes = {
+        side: np.bincount(labels[kept], minlength=num_pairs)
+        for side, labels in (("image", protos.image_labels), ("text", protos.text_labels))
+    }
+    diagnostics = {
+        "distinct_images": len(set(nearest_image.tolist())),
+        "empty": protos.num_empty,
+        **{f"{side}_cluster_sizes": f"{s.min()}/{np.median(s):g}/{s.max()}" for side, s in sizes.items()},
+        "support_median": float(np.median(protos.support)),
+        "retrieved_image_in_intersection": float(in_group),
+        "prototype_norm_ratio": float(
+            np.median(np.linalg.norm(text, axis=1)) / np.median(np.linalg.norm(data.text_embeds, axis=1))
+        ),
+    }
     return np.asarray(image_feats, dtype=np.float32), np.asarray(text, dtype=np.float32), diagnostics
 
 
@@ -116,8 +140,10 @@ def _members(protos):
     for pair, (i, j) in enumerate(zip(protos.image_labels, protos.text_labels)):
         if i >= 0:
             by_cluster.setdefault((int(i), int(j)), []).append(pair)
-    return [np.asarray(by_cluster.get((int(i), int(j)), []), dtype=np.int64)
-            for i, j in zip(protos.image_cluster, protos.text_cluster)]
+    return [
+        np.asarray(by_cluster.get((int(i), int(j)), []), dtype=np.int64)
+        for i, j in zip(protos.image_cluster, protos.text_cluster)
+    ]
 
 
 def _group_mean(per_pair, protos):
@@ -139,14 +165,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Controlled PDS experiments on cached openclipart features.")
     parser.add_argument("--num-pairs", type=int, nargs="+", default=[20, 50, 100, 200])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="selection seeds (k-means, random, k-center)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[42], help="selection seeds (k-means, random, k-center)"
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--train-kwargs", default="{}", help="JSON overrides of the student's training settings")
     parser.add_argument("--cache-dir", type=Path, default=openclipart.DEFAULT_CACHE)
     parser.add_argument("--output", type=Path, default=None, help="write every result here (JSON)")
-    parser.add_argument("--check", action="store_true",
-                        help="first check that the 'pds' variant's text side equals pds_hf.distill's output")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="first check that the 'pds' variant's text side equals pds_hf.distill's output",
+    )
     args = parser.parse_args(argv)
 
     import datasets
@@ -163,8 +194,19 @@ def main(argv=None) -> int:
         pct = np.percentile(np.linalg.norm(embeds, axis=1), [1, 50, 99])
         print(f"{side} embedding norms (1st / 50th / 99th percentile): " + " / ".join(f"{v:.2f}" for v in pct))
     wrapped = load_student(student)
-    sets = {name: retrieval_set(splits[name], student=wrapped, encoder=encoder, encoder_key=None, image_column="image",
-                                caption_column="caption", cache_dir=None, name=name) for name in ("validation", "test")}
+    sets = {
+        name: retrieval_set(
+            splits[name],
+            student=wrapped,
+            encoder=encoder,
+            encoder_key=None,
+            image_column="image",
+            caption_column="caption",
+            cache_dir=None,
+            name=name,
+        )
+        for name in ("validation", "test")
+    }
     encoder.save_caches()
     torch.set_num_threads(1)
     extra = json.loads(args.train_kwargs)
@@ -173,12 +215,15 @@ def main(argv=None) -> int:
         import pds_hf
 
         m, seed = args.num_pairs[0], args.seeds[0]
-        small = pds_hf.distill(splits["train"], num_pairs=m, clip_model=encoder, synthesis="retrieve", seed=seed,
-                               use_cache=False)
+        small = pds_hf.distill(
+            splits["train"], num_pairs=m, clip_model=encoder, synthesis="retrieve", seed=seed, use_cache=False
+        )
         _, text_feats, _ = variant_features("pds", data, m, seed)
         same = np.allclose(np.asarray(small["text_embedding"], dtype=np.float32), text_feats, atol=1e-5)
-        print(f"--check: the 'pds' variant {'matches' if same else 'DIFFERS FROM'} pds_hf.distill at M={m}, "
-              f"seed {seed}", flush=True)
+        print(
+            f"--check: the 'pds' variant {'matches' if same else 'DIFFERS FROM'} pds_hf.distill at M={m}, seed {seed}",
+            flush=True,
+        )
         if not same:
             return 1
 
@@ -188,15 +233,34 @@ def main(argv=None) -> int:
             for seed in args.seeds[:1] if name in DETERMINISTIC else args.seeds:
                 start = time.perf_counter()
                 image_feats, text_feats, diagnostics = variant_features(name, data, num_pairs, seed)
-                report = evaluate_features(image_feats, text_feats, sets["test"], validation=sets["validation"],
-                                           runs=args.runs, epochs=args.epochs, **extra)
-                rows.append({"variant": name, "num_pairs": num_pairs, "seed": seed, "mean": report.mean,
-                             "std": report.std, "selected_epochs": report.selected_epochs,
-                             "coverage": coverage(text_feats, sets["test"].text_feats), **diagnostics})
-                print(f"M={num_pairs:4d} {name:15s} seed {seed}: mean recall {report.mean['mean']:6.2f} ± "
-                      f"{report.std['mean']:.2f}  coverage {rows[-1]['coverage']:.3f}  "
-                      + " ".join(f"{k}={v}" for k, v in diagnostics.items())
-                      + f"  ({time.perf_counter() - start:.0f}s)", flush=True)
+                report = evaluate_features(
+                    image_feats,
+                    text_feats,
+                    sets["test"],
+                    validation=sets["validation"],
+                    runs=args.runs,
+                    epochs=args.epochs,
+                    **extra,
+                )
+                rows.append(
+                    {
+                        "variant": name,
+                        "num_pairs": num_pairs,
+                        "seed": seed,
+                        "mean": report.mean,
+                        "std": report.std,
+                        "selected_epochs": report.selected_epochs,
+                        "coverage": coverage(text_feats, sets["test"].text_feats),
+                        **diagnostics,
+                    }
+                )
+                print(
+                    f"M={num_pairs:4d} {name:15s} seed {seed}: mean recall {report.mean['mean']:6.2f} ± "
+                    f"{report.std['mean']:.2f}  coverage {rows[-1]['coverage']:.3f}  "
+                    + " ".join(f"{k}={v}" for k, v in diagnostics.items())
+                    + f"  ({time.perf_counter() - start:.0f}s)",
+                    flush=True,
+                )
     print("\nMean recall averaged over seeds (± std over seeds of the per-seed means):")
     for num_pairs in args.num_pairs:
         for name in args.variants:

@@ -113,7 +113,7 @@ class ImageTower:
         keys = [image_key(image) for image in images]
         missing = [i for i, key in enumerate(keys) if self.store.get(key) is None]
         for start in range(0, len(missing), self.batch_size):
-            chunk = missing[start:start + self.batch_size]
+            chunk = missing[start : start + self.batch_size]
             batch = torch.stack([self._pixels(images[i]) for i in chunk])
             with torch.inference_mode():
                 out = self.model(batch).numpy()
@@ -123,15 +123,17 @@ class ImageTower:
         return np.stack([self.store.get(key) for key in keys]) if keys else np.zeros((0, FEATURE_DIM), np.float32)
 
 
-def mean_pooled_features(model, tokenizer, store: FeatureStore, texts: list[str], *, dim: int, batch_size: int,
-                         max_length: int) -> np.ndarray:
+def mean_pooled_features(
+    model, tokenizer, store: FeatureStore, texts: list[str], *, dim: int, batch_size: int, max_length: int
+) -> np.ndarray:
     """L2-normalised mean-pooled sentence features of ``texts``, computed only for texts not yet in ``store``."""
     keys = [text_key(text) for text in texts]
     missing = sorted({key: i for i, key in enumerate(keys) if store.get(key) is None}.values())
     for start in range(0, len(missing), batch_size):
-        chunk = missing[start:start + batch_size]
-        tokens = tokenizer([texts[i] for i in chunk], padding=True, truncation=True, max_length=max_length,
-                           return_tensors="pt")
+        chunk = missing[start : start + batch_size]
+        tokens = tokenizer(
+            [texts[i] for i in chunk], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
         with torch.inference_mode():
             hidden = model(**tokens).last_hidden_state
         mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -158,8 +160,15 @@ class TextTower:
         self.store = FeatureStore(cache_path, TEXT_DIM)
 
     def features(self, texts: list[str]) -> np.ndarray:
-        return mean_pooled_features(self.model, self.tokenizer, self.store, texts, dim=TEXT_DIM,
-                                    batch_size=self.batch_size, max_length=self.max_length)
+        return mean_pooled_features(
+            self.model,
+            self.tokenizer,
+            self.store,
+            texts,
+            dim=TEXT_DIM,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+        )
 
 
 class LiTHeads(torch.nn.Module):
@@ -167,8 +176,12 @@ class LiTHeads(torch.nn.Module):
 
     def __init__(self, image_mean, image_std, text_mean, text_std, *, embed_dim: int = EMBED_DIM):
         super().__init__()
-        for name, value in (("image_mean", image_mean), ("image_std", image_std), ("text_mean", text_mean),
-                            ("text_std", text_std)):
+        for name, value in (
+            ("image_mean", image_mean),
+            ("image_std", image_std),
+            ("text_mean", text_mean),
+            ("text_std", text_std),
+        ):
             self.register_buffer(name, torch.as_tensor(np.asarray(value, dtype=np.float32)))
         self.image_proj = torch.nn.Linear(len(image_mean), embed_dim)
         self.text_proj = torch.nn.Linear(len(text_mean), embed_dim)
@@ -261,8 +274,16 @@ def _mean_recall(heads: LiTHeads, image_feats, text_feats, owner) -> float:
     return float(retrieval_metrics(images @ texts.T, owner)["mean"])
 
 
-def train_lit_heads(train, validation, *, epochs: int = 30, batch_size: int = 256, lr: float = 1e-3,
-                    weight_decay: float = 0.5, seed: int = 0) -> tuple[LiTHeads, dict]:
+def train_lit_heads(
+    train,
+    validation,
+    *,
+    epochs: int = 30,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    weight_decay: float = 0.5,
+    seed: int = 0,
+) -> tuple[LiTHeads, dict]:
     """Train :class:`LiTHeads` on ``train = (image_feats, caption_feats, owner)``; keep the epoch with the best
     validation mean recall. Each step samples one caption per image, so a batch never holds two
     positives for one image."""
@@ -280,7 +301,7 @@ def train_lit_heads(train, validation, *, epochs: int = 30, batch_size: int = 25
         pick = torch.randint(0, 1 << 30, (len(order),), generator=generator).numpy()
         chosen = np.array([captions_of[i][p % len(captions_of[i])] for i, p in zip(order, pick)])
         for start in range(0, len(order), batch_size):
-            rows, caps = order[start:start + batch_size], chosen[start:start + batch_size]
+            rows, caps = order[start : start + batch_size], chosen[start : start + batch_size]
             loss = heads.loss(images_t[rows], texts_t[caps])
             optimizer.zero_grad()
             loss.backward()
@@ -294,9 +315,12 @@ def train_lit_heads(train, validation, *, epochs: int = 30, batch_size: int = 25
             best = (score, {k: v.clone() for k, v in heads.state_dict().items()}, epoch)
     heads.load_state_dict(best[1])
     heads.eval()
-    return heads, {"selected_epoch": best[2], "validation_mean_recall": round(best[0], 2), "history": history,
-                   "settings": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-                                "seed": seed}}
+    return heads, {
+        "selected_epoch": best[2],
+        "validation_mean_recall": round(best[0], 2),
+        "history": history,
+        "settings": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed},
+    }
 
 
 def build_encoder(splits, cache_dir: Path, *, image_size: int = 224, seed: int = 0):
@@ -308,12 +332,17 @@ def build_encoder(splits, cache_dir: Path, *, image_size: int = 224, seed: int =
     """
     seconds = {}
     start = time.perf_counter()
-    image_tower = ImageTower(image_size=image_size, cache_path=cache_dir / f"features/efficientnet_lite0-{image_size}px")
+    image_tower = ImageTower(
+        image_size=image_size, cache_path=cache_dir / f"features/efficientnet_lite0-{image_size}px"
+    )
     text_tower = TextTower(cache_path=cache_dir / "features/all-minilm-l6-v2")
     seconds["load towers"] = time.perf_counter() - start
 
-    data_id = hashlib.sha1(json.dumps([splits["train"]._fingerprint, splits["validation"]._fingerprint, image_size,
-                                       seed, HEADS_VERSION]).encode()).hexdigest()[:12]
+    data_id = hashlib.sha1(
+        json.dumps(
+            [splits["train"]._fingerprint, splits["validation"]._fingerprint, image_size, seed, HEADS_VERSION]
+        ).encode()
+    ).hexdigest()[:12]
     checkpoint = cache_dir / f"lit_heads-{data_id}.pt"
     start = time.perf_counter()
     train = split_features(splits["train"], image_tower, text_tower, desc="Tower features (train)")

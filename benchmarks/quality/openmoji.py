@@ -80,11 +80,14 @@ def fetch_package(cache_dir: Path) -> Path:
     try:
         result = subprocess.run(["npm", "pack", PACKAGE], cwd=where, capture_output=True, text=True)
     except FileNotFoundError as err:
-        raise RuntimeError(f"npm is not installed; install it (apt-get install npm) or put {TARBALL} from "
-                           f"`npm pack {PACKAGE}` into {where} by hand.") from err
+        raise RuntimeError(
+            f"npm is not installed; install it (apt-get install npm) or put {TARBALL} from "
+            f"`npm pack {PACKAGE}` into {where} by hand."
+        ) from err
     if result.returncode != 0 or not tarball.exists():
-        raise RuntimeError(f"`npm pack {PACKAGE}` failed ({result.stderr.strip()[-300:]}). Run it by hand in "
-                           f"{where} and build again.")
+        raise RuntimeError(
+            f"`npm pack {PACKAGE}` failed ({result.stderr.strip()[-300:]}). Run it by hand in {where} and build again."
+        )
     return tarball
 
 
@@ -98,7 +101,7 @@ def read_package(tarball: Path) -> tuple[list[dict], dict[str, bytes]]:
             if member.name == DATA_FILE:
                 entries = json.loads(archive.extractfile(member).read().decode("utf-8"))
             elif member.name.startswith(SVG_DIR) and member.name.endswith(".svg"):
-                svgs[member.name[len(SVG_DIR):-len(".svg")]] = archive.extractfile(member).read()
+                svgs[member.name[len(SVG_DIR) : -len(".svg")]] = archive.extractfile(member).read()
     if entries is None:
         raise RuntimeError(f"{tarball} has no {DATA_FILE}; is it the openmoji package (npm pack {PACKAGE})?")
     return entries, svgs
@@ -161,9 +164,14 @@ def build_rows(entries: list[dict], svgs: dict[str, bytes], size: int) -> tuple[
             continue
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        images[key] = {"image": {"bytes": buffer.getvalue(), "path": None}, "hexcode": entry["hexcode"],
-                       "group": entry.get("group") or "", "subgroup": entry.get("subgroups") or "",
-                       "candidates": candidates, "caption": []}
+        images[key] = {
+            "image": {"bytes": buffer.getvalue(), "path": None},
+            "hexcode": entry["hexcode"],
+            "group": entry.get("group") or "",
+            "subgroup": entry.get("subgroups") or "",
+            "candidates": candidates,
+            "caption": [],
+        }
 
     dropped = claim_captions(images.values())
     if dropped:
@@ -183,12 +191,26 @@ def build_rows(entries: list[dict], svgs: dict[str, bytes], size: int) -> tuple[
 def _features():
     from datasets import Features, Image, List, Value
 
-    return Features({"image": Image(), "caption": List(Value("string")), "hexcode": Value("string"),
-                     "group": Value("string"), "subgroup": Value("string")})
+    return Features(
+        {
+            "image": Image(),
+            "caption": List(Value("string")),
+            "hexcode": Value("string"),
+            "group": Value("string"),
+            "subgroup": Value("string"),
+        }
+    )
 
 
-def build(cache_dir: Path = DEFAULT_CACHE, *, size: int = 224, seed: int = 0, tarball: Path | None = None,
-          test_images: int = TEST_IMAGES, validation_images: int = VALIDATION_IMAGES):
+def build(
+    cache_dir: Path = DEFAULT_CACHE,
+    *,
+    size: int = 224,
+    seed: int = 0,
+    tarball: Path | None = None,
+    test_images: int = TEST_IMAGES,
+    validation_images: int = VALIDATION_IMAGES,
+):
     """The dataset as a ``DatasetDict`` (``train``, ``validation``, ``test``), built once and then loaded.
 
     Args:
@@ -221,14 +243,22 @@ def build(cache_dir: Path = DEFAULT_CACHE, *, size: int = 224, seed: int = 0, ta
         path, (entries, svgs) = package
         rows, stats = build_rows(entries, svgs, size)
         if len(rows) <= test_images + validation_images:
-            raise RuntimeError(f"Only {len(rows)} emoji survived selection, not more than the {test_images} test "
-                               f"and {validation_images} validation images; pass smaller test_images / "
-                               "validation_images.")
-        return rows, {"build_version": BUILD_VERSION, "package": path.name, "size": size, "seed": seed,
-                      "counts": stats}
+            raise RuntimeError(
+                f"Only {len(rows)} emoji survived selection, not more than the {test_images} test "
+                f"and {validation_images} validation images; pass smaller test_images / "
+                "validation_images."
+            )
+        return rows, {"build_version": BUILD_VERSION, "package": path.name, "size": size, "seed": seed, "counts": stats}
 
-    return build_once(cache_dir / name, fetch, make, features=_features(), seed=seed, test_images=test_images,
-                      validation_images=validation_images)
+    return build_once(
+        cache_dir / name,
+        fetch,
+        make,
+        features=_features(),
+        seed=seed,
+        test_images=test_images,
+        validation_images=validation_images,
+    )
 
 
 def main(argv=None) -> int:

@@ -45,8 +45,7 @@ def load_split(name_or_dir: str, split: str):
     if (path / "dataset_dict.json").is_file():
         splits = datasets.load_from_disk(str(path))
         if split not in splits:
-            raise UsageError(f"{name_or_dir} has splits {list(splits)}, not {split!r}; pick one with the split "
-                             "option.")
+            raise UsageError(f"{name_or_dir} has splits {list(splits)}, not {split!r}; pick one with the split option.")
         return splits[split]
     return datasets.load_dataset(name_or_dir, split=split)
 
@@ -56,34 +55,64 @@ def demo_splits() -> dict:
     per image, 32x32), made in code; for ``--demo`` runs."""
     from ..demo import demo_dataset
 
-    return {"train": demo_dataset(96, seed=0, side=DEMO_SIDE),
-            "validation": demo_dataset(24, seed=1, side=DEMO_SIDE),
-            "test": demo_dataset(24, seed=2, side=DEMO_SIDE)}
+    return {
+        "train": demo_dataset(96, seed=0, side=DEMO_SIDE),
+        "validation": demo_dataset(24, seed=1, side=DEMO_SIDE),
+        "test": demo_dataset(24, seed=2, side=DEMO_SIDE),
+    }
 
 
-def _distill(train, *, encoder, num_pairs: int, method: str, synthesis: str, seed: int, image_column: str,
-             caption_column: str, device, demo: bool):
+def _distill(
+    train,
+    *,
+    encoder,
+    num_pairs: int,
+    method: str,
+    synthesis: str,
+    seed: int,
+    image_column: str,
+    caption_column: str,
+    device,
+    demo: bool,
+):
     import pds_hf
 
-    return pds_hf.distill(train, num_pairs=num_pairs, method=method, clip_model=encoder, synthesis=synthesis, seed=seed,
-                   image_column=image_column, caption_column=caption_column, device=device,
-                   **({"image_size": DEMO_SIDE} if demo else {}))
+    return pds_hf.distill(
+        train,
+        num_pairs=num_pairs,
+        method=method,
+        clip_model=encoder,
+        synthesis=synthesis,
+        seed=seed,
+        image_column=image_column,
+        caption_column=caption_column,
+        device=device,
+        **({"image_size": DEMO_SIDE} if demo else {}),
+    )
 
 
 def _add_shared(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--test", metavar="NAME_OR_DIR",
-                        help="test set: a Hub id, a data folder or a save_to_disk folder")
+    parser.add_argument(
+        "--test", metavar="NAME_OR_DIR", help="test set: a Hub id, a data folder or a save_to_disk folder"
+    )
     parser.add_argument("--test-split", default="test", help="split of --test (default: test)")
-    parser.add_argument("--validation", metavar="NAME_OR_DIR_OR_FRACTION",
-                        help="held-out real pairs to select the epoch on (e.g. the Karpathy val split), or a fraction "
-                             "of the training pairs to hold out; default: no selection, the last epoch is reported")
+    parser.add_argument(
+        "--validation",
+        metavar="NAME_OR_DIR_OR_FRACTION",
+        help="held-out real pairs to select the epoch on (e.g. the Karpathy val split), or a fraction "
+        "of the training pairs to hold out; default: no selection, the last epoch is reported",
+    )
     parser.add_argument("--validation-split", default="validation", help="split of --validation (default: validation)")
     parser.add_argument("--image-column", default="image", help="image column of the test/validation sets")
     parser.add_argument("--caption-column", default="caption", help="caption column of the test/validation sets")
-    parser.add_argument("--encoder", default=None,
-                        help=f"the distillation encoder, which encodes the test captions (default: {DEFAULT_ENCODER})")
-    parser.add_argument("--student", default="nf_resnet50",
-                        help="timm model name of the student (default: nf_resnet50)")
+    parser.add_argument(
+        "--encoder",
+        default=None,
+        help=f"the distillation encoder, which encodes the test captions (default: {DEFAULT_ENCODER})",
+    )
+    parser.add_argument(
+        "--student", default="nf_resnet50", help="timm model name of the student (default: nf_resnet50)"
+    )
     parser.add_argument("--runs", type=int, default=5, help="training runs with different seeds (default: 5)")
     parser.add_argument("--epochs", type=int, default=100, help="training epochs per run (default: 100)")
     parser.add_argument("--eval-every", type=int, default=10, help="validation interval in epochs (default: 10)")
@@ -91,23 +120,32 @@ def _add_shared(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learn-temperature", action="store_true", help="train the InfoNCE temperature")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first run (default: 0)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
-    parser.add_argument("--cache-dir", default=None,
-                        help="where to cache frozen features (default: the datasets cache)")
+    parser.add_argument(
+        "--cache-dir", default=None, help="where to cache frozen features (default: the datasets cache)"
+    )
     parser.add_argument("--no-cache", action="store_true", help="do not cache frozen features on disk")
-    parser.add_argument("--demo", action="store_true",
-                        help="tiny random encoder and student (and tiny generated data where none is given); "
-                             "no download")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="tiny random encoder and student (and tiny generated data where none is given); no download",
+    )
 
 
 def add_parsers(subparsers) -> None:
     """Add the ``evaluate`` and ``compare`` subcommands to ``subparsers`` (from ``parser.add_subparsers()``)."""
     evaluate = subparsers.add_parser(
-        "evaluate", help="train a student on a distilled set and report IR@K/TR@K on a test set",
+        "evaluate",
+        help="train a student on a distilled set and report IR@K/TR@K on a test set",
         description="Train a student (frozen image network + trained text head) on a distilled set and report "
-                    "IR@1/5/10, TR@1/5/10 and their mean on a test set, mean ± std over runs. The epoch is selected "
-                    "on --validation, never on the test set.")
-    evaluate.add_argument("distilled", nargs="?", metavar="DISTILLED_DIR_OR_HUB_ID",
-                          help="the distilled set (a save_to_disk folder, a data folder or a Hub id)")
+        "IR@1/5/10, TR@1/5/10 and their mean on a test set, mean ± std over runs. The epoch is selected "
+        "on --validation, never on the test set.",
+    )
+    evaluate.add_argument(
+        "distilled",
+        nargs="?",
+        metavar="DISTILLED_DIR_OR_HUB_ID",
+        help="the distilled set (a save_to_disk folder, a data folder or a Hub id)",
+    )
     evaluate.add_argument("--split", default="train", help="split of the distilled set (default: train)")
     _add_shared(evaluate)
     evaluate.add_argument("--output", metavar="REPORT_MD", help="also write the markdown report here")
@@ -115,22 +153,37 @@ def add_parsers(subparsers) -> None:
     evaluate.set_defaults(func=evaluate_command)
 
     compare = subparsers.add_parser(
-        "compare", help="distill with several methods and sizes and compare them on one test set",
+        "compare",
+        help="distill with several methods and sizes and compare them on one test set",
         description="Run pds_hf.distill with each --methods and --num-pairs on the training set, evaluate each "
-                    "result on the test set, and write a markdown table and a plot of mean recall against the number "
-                    "of pairs.")
+        "result on the test set, and write a markdown table and a plot of mean recall against the number "
+        "of pairs.",
+    )
     compare.add_argument("train", nargs="?", metavar="TRAIN_NAME_OR_DIR", help="the dataset to distill")
     compare.add_argument("--split", default="train", help="split of the training set (default: train)")
     compare.add_argument("--train-image-column", default="image", help="image column of the training set")
     compare.add_argument("--train-caption-column", default="caption", help="caption column of the training set")
-    compare.add_argument("--methods", nargs="+", default=["pds", "random", "herding", "kcenter"],
-                         choices=["pds", "random", "herding", "kcenter"], help="selection methods to compare")
-    compare.add_argument("--num-pairs", nargs="+", type=int, default=None,
-                         help=f"distilled set sizes (default: {' '.join(map(str, DEFAULT_SIZES))}; "
-                              f"{' '.join(map(str, DEMO_SIZES))} with --demo and no training set)")
-    compare.add_argument("--synthesis", choices=["unclip", "retrieve", "retrieve-scored"], default=None,
-                         help="image synthesis for pds; the student needs images (default: unclip; retrieve with "
-                              "--demo)")
+    compare.add_argument(
+        "--methods",
+        nargs="+",
+        default=["pds", "random", "herding", "kcenter"],
+        choices=["pds", "random", "herding", "kcenter"],
+        help="selection methods to compare",
+    )
+    compare.add_argument(
+        "--num-pairs",
+        nargs="+",
+        type=int,
+        default=None,
+        help=f"distilled set sizes (default: {' '.join(map(str, DEFAULT_SIZES))}; "
+        f"{' '.join(map(str, DEMO_SIZES))} with --demo and no training set)",
+    )
+    compare.add_argument(
+        "--synthesis",
+        choices=["unclip", "retrieve", "retrieve-scored"],
+        default=None,
+        help="image synthesis for pds; the student needs images (default: unclip; retrieve with --demo)",
+    )
     compare.add_argument("--distill-seed", type=int, default=42, help="seed of distill (default: 42)")
     _add_shared(compare)
     compare.add_argument("--output-dir", default="comparison", help="where to write comparison.md/.json/.png")
@@ -164,10 +217,18 @@ def _validation(args, demo_sets):
 
 
 def _evaluate_kwargs(args) -> dict:
-    return dict(image_column=args.image_column, caption_column=args.caption_column, runs=args.runs, epochs=args.epochs,
-                eval_every=args.eval_every, train_image_head=args.train_image_head,
-                learn_temperature=args.learn_temperature, seed=args.seed, device=args.device,
-                cache_dir=False if args.no_cache else args.cache_dir)
+    return dict(
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+        runs=args.runs,
+        epochs=args.epochs,
+        eval_every=args.eval_every,
+        train_image_head=args.train_image_head,
+        learn_temperature=args.learn_temperature,
+        seed=args.seed,
+        device=args.device,
+        cache_dir=False if args.no_cache else args.cache_dir,
+    )
 
 
 def _need(args, *names) -> None:
@@ -185,13 +246,28 @@ def evaluate_command(args) -> int:
     demo_sets = demo_splits() if args.demo and (args.distilled is None or args.test is None) else None
     test = demo_sets["test"] if args.test is None else load_split(args.test, args.test_split)
     if args.distilled is None:
-        distilled = _distill(demo_sets["train"], encoder=encoder, num_pairs=DEMO_PAIRS, method="pds",
-                             synthesis="retrieve", seed=42, image_column="image", caption_column="caption",
-                             device=args.device, demo=True)
+        distilled = _distill(
+            demo_sets["train"],
+            encoder=encoder,
+            num_pairs=DEMO_PAIRS,
+            method="pds",
+            synthesis="retrieve",
+            seed=42,
+            image_column="image",
+            caption_column="caption",
+            device=args.device,
+            demo=True,
+        )
     else:
         distilled = load_split(args.distilled, args.split)
-    report = evaluate(distilled, test, encoder=encoder, student=student, validation=_validation(args, demo_sets),
-                      **_evaluate_kwargs(args))
+    report = evaluate(
+        distilled,
+        test,
+        encoder=encoder,
+        student=student,
+        validation=_validation(args, demo_sets),
+        **_evaluate_kwargs(args),
+    )
     markdown = report.to_markdown()
     print(markdown)
     if args.output:
@@ -220,19 +296,30 @@ def compare_command(args) -> int:
     for method in args.methods:
         for num_pairs in sizes:
             logger.info("Distilling %d pairs with %s", num_pairs, method)
-            distilled = _distill(train, encoder=encoder, num_pairs=num_pairs, method=method, synthesis=synthesis,
-                                 seed=args.distill_seed, image_column=args.train_image_column,
-                                 caption_column=args.train_caption_column, device=args.device, demo=args.demo)
-            report = evaluate(distilled, test, encoder=encoder, student=student, validation=validation,
-                              **_evaluate_kwargs(args))
+            distilled = _distill(
+                train,
+                encoder=encoder,
+                num_pairs=num_pairs,
+                method=method,
+                synthesis=synthesis,
+                seed=args.distill_seed,
+                image_column=args.train_image_column,
+                caption_column=args.train_caption_column,
+                device=args.device,
+                demo=args.demo,
+            )
+            report = evaluate(
+                distilled, test, encoder=encoder, student=student, validation=validation, **_evaluate_kwargs(args)
+            )
             results.append((method, num_pairs, report))
 
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     markdown = comparison_markdown(results)
     (output / "comparison.md").write_text(markdown)
-    (output / "comparison.json").write_text(json.dumps(
-        [{"method": m, "num_pairs": n, **r.to_dict()} for m, n, r in results], indent=2, default=str))
+    (output / "comparison.json").write_text(
+        json.dumps([{"method": m, "num_pairs": n, **r.to_dict()} for m, n, r in results], indent=2, default=str)
+    )
     print(markdown)
     if plot_comparison(results, output / "comparison.png"):
         print(f"Plot written to {output / 'comparison.png'}")

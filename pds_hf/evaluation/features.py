@@ -55,8 +55,10 @@ class RetrievalSet:
         self.text_feats = np.asarray(self.text_feats, dtype=np.float32)
         self.caption_to_image = np.asarray(self.caption_to_image, dtype=np.int64)
         if len(self.text_feats) != len(self.caption_to_image):
-            raise ValueError(f"{self.name}: {len(self.text_feats)} caption features but "
-                             f"{len(self.caption_to_image)} caption_to_image entries.")
+            raise ValueError(
+                f"{self.name}: {len(self.text_feats)} caption features but "
+                f"{len(self.caption_to_image)} caption_to_image entries."
+            )
 
     @property
     def num_images(self) -> int:
@@ -143,8 +145,7 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="item")
 
 
-def student_image_features(student, ds, rows, *, image_column: str, cache_dir: Path | None,
-                           desc: str) -> np.ndarray:
+def student_image_features(student, ds, rows, *, image_column: str, cache_dir: Path | None, desc: str) -> np.ndarray:
     """Features of the images at dataset ``rows`` by ``student`` (a :class:`~.student.Student`), cached."""
     from ..inputs import load_images
 
@@ -154,7 +155,7 @@ def student_image_features(student, ds, rows, *, image_column: str, cache_dir: P
         chunks = []
         with _progress(len(rows), desc) as bar:
             for start in range(0, len(rows), student.batch_size):
-                batch_rows = rows[start:start + student.batch_size]
+                batch_rows = rows[start : start + student.batch_size]
                 images = load_images(ds, image_column, batch_rows)
                 bad = [int(row) for row, image in zip(batch_rows, images, strict=True) if image is None]
                 if bad:
@@ -162,8 +163,9 @@ def student_image_features(student, ds, rows, *, image_column: str, cache_dir: P
                         f"Column {image_column!r} has image(s) that cannot be decoded at row(s) {bad[:5]}; "
                         "remove them first (ds.filter / ds.select)."
                     )
-                chunks.append(_finite(student.encode_images(images), what=f"student {student.name!r} features",
-                                      rows=batch_rows))
+                chunks.append(
+                    _finite(student.encode_images(images), what=f"student {student.name!r} features", rows=batch_rows)
+                )
                 bar.update(len(batch_rows))
         return np.concatenate(chunks)
 
@@ -171,17 +173,32 @@ def student_image_features(student, ds, rows, *, image_column: str, cache_dir: P
     return cached(key, compute, cache_dir=cache_dir)
 
 
-def encoder_text_features(encoder, texts: list[str], *, model_key: str | None, ds, caption_column: str,
-                          cache_dir: Path | None, batch_size: int, desc: str) -> np.ndarray:
+def encoder_text_features(
+    encoder,
+    texts: list[str],
+    *,
+    model_key: str | None,
+    ds,
+    caption_column: str,
+    cache_dir: Path | None,
+    batch_size: int,
+    desc: str,
+) -> np.ndarray:
     """``encoder.encode_texts`` of ``texts`` (the distinct captions of ``ds[caption_column]``), cached."""
 
     def compute():
         chunks = []
         with _progress(len(texts), desc) as bar:
             for start in range(0, len(texts), batch_size):
-                batch = texts[start:start + batch_size]
-                chunks.append(_finite(encoder.encode_texts(batch), what="text encoder features",
-                                      rows=range(start, start + len(batch)), expected=len(batch)))
+                batch = texts[start : start + batch_size]
+                chunks.append(
+                    _finite(
+                        encoder.encode_texts(batch),
+                        what="text encoder features",
+                        rows=range(start, start + len(batch)),
+                        expected=len(batch),
+                    )
+                )
                 bar.update(len(batch))
         return np.concatenate(chunks)
 
@@ -201,8 +218,18 @@ def _finite(array, *, what: str, rows, expected: int | None = None) -> np.ndarra
     return array
 
 
-def retrieval_set(ds, *, student, encoder, encoder_key: str | None, image_column: str, caption_column: str,
-                  cache_dir: Path | None, text_batch_size: int = 256, name: str = "test") -> RetrievalSet:
+def retrieval_set(
+    ds,
+    *,
+    student,
+    encoder,
+    encoder_key: str | None,
+    image_column: str,
+    caption_column: str,
+    cache_dir: Path | None,
+    text_batch_size: int = 256,
+    name: str = "test",
+) -> RetrievalSet:
     """Read ``ds`` (either caption layout), and compute its frozen features as a :class:`RetrievalSet`.
 
     Images go through the student; captions through ``encoder.encode_texts``, each distinct string once.
@@ -211,13 +238,30 @@ def retrieval_set(ds, *, student, encoder, encoder_key: str | None, image_column
     from ..inputs import read_pairs
 
     table = read_pairs(ds, image_column=image_column, caption_column=caption_column)
-    image_feats = student_image_features(student, ds, table.image_rows, image_column=image_column,
-                                         cache_dir=cache_dir, desc=f"Student features ({name} images)")
-    text_feats = encoder_text_features(encoder, table.texts, model_key=encoder_key, ds=ds,
-                                       caption_column=caption_column, cache_dir=cache_dir,
-                                       batch_size=text_batch_size, desc=f"Text features ({name} captions)")
-    return RetrievalSet(image_feats=image_feats, text_feats=text_feats[table.pair_text],
-                        caption_to_image=table.pair_image, name=f"{name} set{_label(ds)}")
+    image_feats = student_image_features(
+        student,
+        ds,
+        table.image_rows,
+        image_column=image_column,
+        cache_dir=cache_dir,
+        desc=f"Student features ({name} images)",
+    )
+    text_feats = encoder_text_features(
+        encoder,
+        table.texts,
+        model_key=encoder_key,
+        ds=ds,
+        caption_column=caption_column,
+        cache_dir=cache_dir,
+        batch_size=text_batch_size,
+        desc=f"Text features ({name} captions)",
+    )
+    return RetrievalSet(
+        image_feats=image_feats,
+        text_feats=text_feats[table.pair_text],
+        caption_to_image=table.pair_image,
+        name=f"{name} set{_label(ds)}",
+    )
 
 
 def _label(ds) -> str:

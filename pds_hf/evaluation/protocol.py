@@ -28,16 +28,30 @@ from .report import EvaluationReport
 
 logger = logging.getLogger(__name__)
 
-TRAIN_DEFAULTS = dict(epochs=100, lr=0.2, momentum=0.9, weight_decay=5e-4, batch_size=128, lr_decay_epoch=51,
-                      lr_decay=0.1, temperature=0.07, learn_temperature=False, train_image_head=False,
-                      embed_dim=None, dropout=0.1, eval_every=10)
+TRAIN_DEFAULTS = dict(
+    epochs=100,
+    lr=0.2,
+    momentum=0.9,
+    weight_decay=5e-4,
+    batch_size=128,
+    lr_decay_epoch=51,
+    lr_decay=0.1,
+    temperature=0.07,
+    learn_temperature=False,
+    train_image_head=False,
+    embed_dim=None,
+    dropout=0.1,
+    eval_every=10,
+)
 _FEW_VALIDATION_PAIRS = 50
 
 
 def _check_dims(name: str, retrieval: RetrievalSet, image_dim: int, text_dim: int) -> None:
     if retrieval.image_feats.shape[1] != image_dim:
-        raise ValueError(f"The {name} image features have {retrieval.image_feats.shape[1]} dimensions but the "
-                         f"training image features {image_dim}; use the same student for both.")
+        raise ValueError(
+            f"The {name} image features have {retrieval.image_feats.shape[1]} dimensions but the "
+            f"training image features {image_dim}; use the same student for both."
+        )
     if retrieval.text_feats.shape[1] != text_dim:
         raise ValueError(
             f"The {name} captions' text features have {retrieval.text_feats.shape[1]} dimensions but the training "
@@ -46,15 +60,28 @@ def _check_dims(name: str, retrieval: RetrievalSet, image_dim: int, text_dim: in
 
 
 def _same_set(a: RetrievalSet, b: RetrievalSet) -> bool:
-    return a is b or (a.image_feats.shape == b.image_feats.shape and a.text_feats.shape == b.text_feats.shape
-                      and np.array_equal(a.caption_to_image, b.caption_to_image)
-                      and np.array_equal(a.image_feats, b.image_feats) and np.array_equal(a.text_feats, b.text_feats))
+    return a is b or (
+        a.image_feats.shape == b.image_feats.shape
+        and a.text_feats.shape == b.text_feats.shape
+        and np.array_equal(a.caption_to_image, b.caption_to_image)
+        and np.array_equal(a.image_feats, b.image_feats)
+        and np.array_equal(a.text_feats, b.text_feats)
+    )
 
 
-def evaluate_features(train_image_feats, train_text_feats, test: RetrievalSet, *,
-                      validation: RetrievalSet | None = None, runs: int = 5, seed: int = 0,
-                      student: str = "student", encoder: str = "encoder", device=None,
-                      **train_kwargs) -> EvaluationReport:
+def evaluate_features(
+    train_image_feats,
+    train_text_feats,
+    test: RetrievalSet,
+    *,
+    validation: RetrievalSet | None = None,
+    runs: int = 5,
+    seed: int = 0,
+    student: str = "student",
+    encoder: str = "encoder",
+    device=None,
+    **train_kwargs,
+) -> EvaluationReport:
     """Train and score the student on precomputed frozen features (what :func:`evaluate` does after step 1).
 
     Args:
@@ -96,8 +123,10 @@ def evaluate_features(train_image_feats, train_text_feats, test: RetrievalSet, *
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}.")
     if validation is not None and _same_set(validation, test):
-        raise ValueError("The validation set is the test set; selecting epochs on test data inflates the results. "
-                         "Pass a held-out validation split, or validation=None to use the last epoch.")
+        raise ValueError(
+            "The validation set is the test set; selecting epochs on test data inflates the results. "
+            "Pass a held-out validation split, or validation=None to use the last epoch."
+        )
     settings = {**TRAIN_DEFAULTS, **train_kwargs}
     train_image_feats = np.asarray(train_image_feats, dtype=np.float32)
     train_text_feats = np.asarray(train_text_feats, dtype=np.float32)
@@ -108,8 +137,9 @@ def evaluate_features(train_image_feats, train_text_feats, test: RetrievalSet, *
 
     results, epochs_chosen, histories, seeds = [], [], [], []
     for run in tqdm(range(runs), desc="Training student heads", unit="run"):
-        result = train_heads(train_image_feats, train_text_feats, validation=validation, seed=seed + run,
-                             device=device, **settings)
+        result = train_heads(
+            train_image_feats, train_text_feats, validation=validation, seed=seed + run, device=device, **settings
+        )
         results.append(score(result.heads, test))
         epochs_chosen.append(result.selected_epoch)
         histories.append(result.validation_history)
@@ -118,13 +148,27 @@ def evaluate_features(train_image_feats, train_text_feats, test: RetrievalSet, *
     if validation is None:
         selection = f"none, as no validation split was given: each run reports its last epoch ({settings['epochs']})"
     else:
-        checks = (f"checked every {settings['eval_every']} epochs and at the last"
-                  if settings["eval_every"] < settings["epochs"] else "checked at the last epoch")
-        selection = (f"best mean recall on {validation.describe()}, {checks}; the test set was scored once per run, "
-                     "after selection")
-    return EvaluationReport(runs=results, selected_epochs=epochs_chosen, selection=selection, test=test.describe(),
-                            student=student, encoder=encoder, num_pairs=len(train_image_feats), seeds=seeds,
-                            settings=settings, validation_histories=histories)
+        checks = (
+            f"checked every {settings['eval_every']} epochs and at the last"
+            if settings["eval_every"] < settings["epochs"]
+            else "checked at the last epoch"
+        )
+        selection = (
+            f"best mean recall on {validation.describe()}, {checks}; the test set was scored once per run, "
+            "after selection"
+        )
+    return EvaluationReport(
+        runs=results,
+        selected_epochs=epochs_chosen,
+        selection=selection,
+        test=test.describe(),
+        student=student,
+        encoder=encoder,
+        num_pairs=len(train_image_feats),
+        seeds=seeds,
+        settings=settings,
+        validation_histories=histories,
+    )
 
 
 def _read_text_embeddings(distilled, column: str) -> np.ndarray:
@@ -136,8 +180,18 @@ def _read_text_embeddings(distilled, column: str) -> np.ndarray:
     return finite_table(array, f"Column {column!r}")
 
 
-def _distilled_features(distilled, *, student, encoder, encoder_key, image_column, text_embedding_column,
-                        caption_column, cache_dir, text_batch_size):
+def _distilled_features(
+    distilled,
+    *,
+    student,
+    encoder,
+    encoder_key,
+    image_column,
+    text_embedding_column,
+    caption_column,
+    cache_dir,
+    text_batch_size,
+):
     """``(image_feats, text_feats)`` of the training pairs, one row per pair."""
     import datasets
 
@@ -146,9 +200,17 @@ def _distilled_features(distilled, *, student, encoder, encoder_key, image_colum
     check_dataset_type(distilled)
     if text_embedding_column is None:
         # A set of real pairs: encode its captions like the test captions.
-        train = retrieval_set(distilled, student=student, encoder=encoder, encoder_key=encoder_key,
-                              image_column=image_column, caption_column=caption_column, cache_dir=cache_dir,
-                              text_batch_size=text_batch_size, name="training")
+        train = retrieval_set(
+            distilled,
+            student=student,
+            encoder=encoder,
+            encoder_key=encoder_key,
+            image_column=image_column,
+            caption_column=caption_column,
+            cache_dir=cache_dir,
+            text_batch_size=text_batch_size,
+            name="training",
+        )
         return train.image_feats[train.caption_to_image], train.text_feats
     columns = list(distilled.column_names)
     if text_embedding_column not in columns:
@@ -158,22 +220,34 @@ def _distilled_features(distilled, *, student, encoder, encoder_key, image_colum
             f"train on the captions of column {caption_column!r} encoded with the encoder."
         )
     if image_column not in columns:
-        raise KeyError(f"The distilled set has no image column {image_column!r} (its columns are {columns}); "
-                       "pass distilled_image_column=... to name it.")
+        raise KeyError(
+            f"The distilled set has no image column {image_column!r} (its columns are {columns}); "
+            "pass distilled_image_column=... to name it."
+        )
     if not isinstance(distilled.features[image_column], datasets.Image):
-        raise TypeError(f"Column {image_column!r} of the distilled set holds {distilled.features[image_column]}, not "
-                        f"images; a column of image paths or bytes must be made an Image column first (in Python: "
-                        f"ds = ds.cast_column({image_column!r}, datasets.Image())).")
+        raise TypeError(
+            f"Column {image_column!r} of the distilled set holds {distilled.features[image_column]}, not "
+            f"images; a column of image paths or bytes must be made an Image column first (in Python: "
+            f"ds = ds.cast_column({image_column!r}, datasets.Image()))."
+        )
     if len(distilled) == 0:
         raise ValueError("The distilled set has no rows.")
     missing = distilled.with_format("arrow")[image_column].null_count
     if missing:
-        raise ValueError(f"Column {image_column!r} of the distilled set has no image in {missing} row(s) (a set made "
-                         "with synthesis='none'?); the student trains on images: distill with synthesis='unclip' or "
-                         "'retrieve'.")
+        raise ValueError(
+            f"Column {image_column!r} of the distilled set has no image in {missing} row(s) (a set made "
+            "with synthesis='none'?); the student trains on images: distill with synthesis='unclip' or "
+            "'retrieve'."
+        )
     text_feats = _read_text_embeddings(distilled, text_embedding_column)
-    image_feats = student_image_features(student, distilled, np.arange(len(distilled)), image_column=image_column,
-                                         cache_dir=cache_dir, desc="Student features (distilled images)")
+    image_feats = student_image_features(
+        student,
+        distilled,
+        np.arange(len(distilled)),
+        image_column=image_column,
+        cache_dir=cache_dir,
+        desc="Student features (distilled images)",
+    )
     return image_feats, text_feats
 
 
@@ -183,15 +257,21 @@ def _hold_out(image_feats, text_feats, fraction: float, seed: int):
         raise ValueError(f"A validation fraction must be between 0 and 1, got {fraction}.")
     num_val = int(round(fraction * len(image_feats)))
     if not 1 <= num_val < len(image_feats):
-        raise ValueError(f"validation={fraction} of {len(image_feats)} pairs leaves {num_val} validation pair(s); "
-                         "pass a validation dataset of real pairs instead.")
+        raise ValueError(
+            f"validation={fraction} of {len(image_feats)} pairs leaves {num_val} validation pair(s); "
+            "pass a validation dataset of real pairs instead."
+        )
     if num_val < _FEW_VALIDATION_PAIRS:
-        logger.warning("Selecting epochs on %d held-out distilled pairs is noisy; a held-out split of real pairs "
-                       "(e.g. the Karpathy val split) as validation=... is a better judge.", num_val)
+        logger.warning(
+            "Selecting epochs on %d held-out distilled pairs is noisy; a held-out split of real pairs "
+            "(e.g. the Karpathy val split) as validation=... is a better judge.",
+            num_val,
+        )
     order = np.random.default_rng(seed).permutation(len(image_feats))
     val, train = order[:num_val], order[num_val:]
-    validation = RetrievalSet(image_feats[val], text_feats[val], np.arange(num_val),
-                              name=f"{num_val} held-out distilled pairs")
+    validation = RetrievalSet(
+        image_feats[val], text_feats[val], np.arange(num_val), name=f"{num_val} held-out distilled pairs"
+    )
     return image_feats[train], text_feats[train], validation
 
 
@@ -208,14 +288,36 @@ def _recorded_encoder(distilled):
     return (name, models.get("encoder_revision")) if isinstance(name, str) else (None, None)
 
 
-def evaluate(distilled, test, *, encoder=None, student="nf_resnet50", runs: int = 5, validation=None,
-             image_column: str = "image", caption_column: str = "caption", distilled_image_column: str = "image",
-             text_embedding_column: str | None = "text_embedding", epochs: int = 100, lr: float = 0.2,
-             momentum: float = 0.9, weight_decay: float = 5e-4, batch_size: int = 128,
-             lr_decay_epoch: int | None = 51, lr_decay: float = 0.1, temperature: float = 0.07,
-             learn_temperature: bool = False, train_image_head: bool = False, embed_dim: int | None = None,
-             dropout: float = 0.1, eval_every: int = 10, seed: int = 0, cache_dir=None, device=None,
-             text_batch_size: int = 256) -> EvaluationReport:
+def evaluate(
+    distilled,
+    test,
+    *,
+    encoder=None,
+    student="nf_resnet50",
+    runs: int = 5,
+    validation=None,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    distilled_image_column: str = "image",
+    text_embedding_column: str | None = "text_embedding",
+    epochs: int = 100,
+    lr: float = 0.2,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    batch_size: int = 128,
+    lr_decay_epoch: int | None = 51,
+    lr_decay: float = 0.1,
+    temperature: float = 0.07,
+    learn_temperature: bool = False,
+    train_image_head: bool = False,
+    embed_dim: int | None = None,
+    dropout: float = 0.1,
+    eval_every: int = 10,
+    seed: int = 0,
+    cache_dir=None,
+    device=None,
+    text_batch_size: int = 256,
+) -> EvaluationReport:
     """Train a student on a distilled set and score it by image-text retrieval on ``test``.
 
     Args:
@@ -279,50 +381,101 @@ def evaluate(distilled, test, *, encoder=None, student="nf_resnet50", runs: int 
     recorded, revision = _recorded_encoder(distilled)
     if encoder is None:
         if recorded is None:
-            raise ValueError("Pass encoder=..., the encoder the set was distilled with (e.g. "
-                             "'openai/clip-vit-large-patch14'); it encodes the test captions.")
+            raise ValueError(
+                "Pass encoder=..., the encoder the set was distilled with (e.g. "
+                "'openai/clip-vit-large-patch14'); it encodes the test captions."
+            )
         try:
             encoder = load_encoder(recorded, revision=revision, device=device)
         except Exception as err:
-            raise ValueError(f"Could not load the encoder {recorded!r} recorded in the distilled set's metadata "
-                             f"({err}); pass encoder=... explicitly.") from err
+            raise ValueError(
+                f"Could not load the encoder {recorded!r} recorded in the distilled set's metadata "
+                f"({err}); pass encoder=... explicitly."
+            ) from err
     else:
         encoder = load_encoder(encoder, device=device)
         if recorded is not None and recorded != encoder_name(encoder):
-            logger.warning("The distilled set was made with encoder %r but is evaluated with %r; its text "
-                           "prototypes and the test captions' features may live in different spaces.",
-                           recorded, encoder_name(encoder))
+            logger.warning(
+                "The distilled set was made with encoder %r but is evaluated with %r; its text "
+                "prototypes and the test captions' features may live in different spaces.",
+                recorded,
+                encoder_name(encoder),
+            )
     if not hasattr(encoder, "encode_texts"):
         raise TypeError(f"The encoder {type(encoder).__name__} has no encode_texts method.")
     student = load_student(student, device=device)
     encoder_key = encoder_cache_key(encoder)
     cache = resolve_cache_dir(cache_dir)
     if isinstance(validation, datasets.Dataset) and validation._fingerprint == getattr(test, "_fingerprint", None):
-        raise ValueError("The validation set is the test set; selecting epochs on test data inflates the results. "
-                         "Pass a held-out split (e.g. the Karpathy val split), or validation=None.")
+        raise ValueError(
+            "The validation set is the test set; selecting epochs on test data inflates the results. "
+            "Pass a held-out split (e.g. the Karpathy val split), or validation=None."
+        )
 
     train_image, train_text = _distilled_features(
-        distilled, student=student, encoder=encoder, encoder_key=encoder_key, image_column=distilled_image_column,
-        text_embedding_column=text_embedding_column, caption_column=caption_column, cache_dir=cache,
-        text_batch_size=text_batch_size)
-    test_set = retrieval_set(test, student=student, encoder=encoder, encoder_key=encoder_key,
-                             image_column=image_column, caption_column=caption_column, cache_dir=cache,
-                             text_batch_size=text_batch_size, name="test")
+        distilled,
+        student=student,
+        encoder=encoder,
+        encoder_key=encoder_key,
+        image_column=distilled_image_column,
+        text_embedding_column=text_embedding_column,
+        caption_column=caption_column,
+        cache_dir=cache,
+        text_batch_size=text_batch_size,
+    )
+    test_set = retrieval_set(
+        test,
+        student=student,
+        encoder=encoder,
+        encoder_key=encoder_key,
+        image_column=image_column,
+        caption_column=caption_column,
+        cache_dir=cache,
+        text_batch_size=text_batch_size,
+        name="test",
+    )
     if validation is None or isinstance(validation, RetrievalSet):
         validation_set = validation
     elif isinstance(validation, datasets.Dataset):
-        validation_set = retrieval_set(validation, student=student, encoder=encoder, encoder_key=encoder_key,
-                                       image_column=image_column, caption_column=caption_column, cache_dir=cache,
-                                       text_batch_size=text_batch_size, name="validation")
+        validation_set = retrieval_set(
+            validation,
+            student=student,
+            encoder=encoder,
+            encoder_key=encoder_key,
+            image_column=image_column,
+            caption_column=caption_column,
+            cache_dir=cache,
+            text_batch_size=text_batch_size,
+            name="validation",
+        )
     elif isinstance(validation, float):
         train_image, train_text, validation_set = _hold_out(train_image, train_text, validation, seed)
     else:
-        raise TypeError(f"validation must be a datasets.Dataset, a float fraction or None; got "
-                        f"{type(validation).__name__}.")
+        raise TypeError(
+            f"validation must be a datasets.Dataset, a float fraction or None; got {type(validation).__name__}."
+        )
 
     return evaluate_features(
-        train_image, train_text, test_set, validation=validation_set, runs=runs, seed=seed, student=student.name,
-        encoder=encoder_name(encoder), device=device, epochs=epochs, lr=lr, momentum=momentum,
-        weight_decay=weight_decay, batch_size=batch_size, lr_decay_epoch=lr_decay_epoch, lr_decay=lr_decay,
-        temperature=temperature, learn_temperature=learn_temperature, train_image_head=train_image_head,
-        embed_dim=embed_dim, dropout=dropout, eval_every=eval_every)
+        train_image,
+        train_text,
+        test_set,
+        validation=validation_set,
+        runs=runs,
+        seed=seed,
+        student=student.name,
+        encoder=encoder_name(encoder),
+        device=device,
+        epochs=epochs,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        lr_decay_epoch=lr_decay_epoch,
+        lr_decay=lr_decay,
+        temperature=temperature,
+        learn_temperature=learn_temperature,
+        train_image_head=train_image_head,
+        embed_dim=embed_dim,
+        dropout=dropout,
+        eval_every=eval_every,
+    )

@@ -68,14 +68,19 @@ class EvaluationReport:
         """The training protocol in one sentence."""
         s = self.settings
         heads = "text and image heads" if s.get("train_image_head") else "a text head"
-        temperature = (f"learned temperature (initial {s.get('temperature')})" if s.get("learn_temperature")
-                       else f"fixed temperature {s.get('temperature')}")
+        temperature = (
+            f"learned temperature (initial {s.get('temperature')})"
+            if s.get("learn_temperature")
+            else f"fixed temperature {s.get('temperature')}"
+        )
         decay_epoch = s.get("lr_decay_epoch")
         decays = decay_epoch is not None and decay_epoch <= s.get("epochs", decay_epoch)
         decay = f", lr x{s.get('lr_decay')} from epoch {decay_epoch}" if decays else ""
-        return (f"frozen student `{self.student}`, frozen text features from `{self.encoder}`, trained {heads}; "
-                f"InfoNCE with {temperature}; SGD lr {s.get('lr')}, momentum {s.get('momentum')}, "
-                f"weight decay {s.get('weight_decay')}, batch {s.get('batch_size')}, {s.get('epochs')} epochs{decay}.")
+        return (
+            f"frozen student `{self.student}`, frozen text features from `{self.encoder}`, trained {heads}; "
+            f"InfoNCE with {temperature}; SGD lr {s.get('lr')}, momentum {s.get('momentum')}, "
+            f"weight decay {s.get('weight_decay')}, batch {s.get('batch_size')}, {s.get('epochs')} epochs{decay}."
+        )
 
     def to_markdown(self) -> str:
         """A markdown table of IR@1/5/10, TR@1/5/10 and their mean (each mean ± std over runs), followed by
@@ -122,13 +127,21 @@ def comparison_markdown(results: list[tuple[str, int, EvaluationReport]]) -> str
     ascending."""
     header = "| Method | Pairs | " + " | ".join(h if h != "mean" else "Mean" for h in METRIC_NAMES) + " |"
     align = "|---|---:|" + "---:|" * len(METRIC_NAMES)
-    rows = [report.table_row(method, str(num_pairs))
-            for method, points in _by_method(results).items() for num_pairs, report in points]
+    rows = [
+        report.table_row(method, str(num_pairs))
+        for method, points in _by_method(results).items()
+        for num_pairs, report in points
+    ]
     lines = [header, align, *rows]
     if results:
         first = results[0][2]
-        lines += ["", f"- Test set: {first.test}.", f"- Epoch selection: {first.selection}.",
-                  f"- Protocol: {first.protocol()}", f"- Mean ± std over {len(first.runs)} run(s)."]
+        lines += [
+            "",
+            f"- Test set: {first.test}.",
+            f"- Epoch selection: {first.selection}.",
+            f"- Protocol: {first.protocol()}",
+            f"- Mean ± std over {len(first.runs)} run(s).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -147,8 +160,14 @@ def plot_comparison(results: list[tuple[str, int, EvaluationReport]], path) -> b
         return False
     figure, axes = plt.subplots(figsize=(6, 4))
     for method, points in _by_method(results).items():
-        axes.errorbar([n for n, _ in points], [r.mean["mean"] for _, r in points],
-                      yerr=[r.std["mean"] for _, r in points], marker="o", capsize=3, label=method)
+        axes.errorbar(
+            [n for n, _ in points],
+            [r.mean["mean"] for _, r in points],
+            yerr=[r.std["mean"] for _, r in points],
+            marker="o",
+            capsize=3,
+            label=method,
+        )
     sizes = sorted({n for _, n, _ in results})
     axes.set_xscale("log")
     axes.minorticks_off()

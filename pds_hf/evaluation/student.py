@@ -175,15 +175,32 @@ def _timm_student(model_name: str, *, pretrained: bool, device, batch_size, **cr
     model = timm.create_model(model_name, pretrained=pretrained, **create_kwargs)
     data_config = resolve_data_config({}, model=model)
     transform = create_transform(**data_config)
-    description = json.dumps({"timm": model_name, "pretrained": pretrained, **create_kwargs, **data_config},
-                             sort_keys=True, default=str)
-    return _module_student(model, name=model_name, transform=transform, transform_description=description,
-                           device=device, batch_size=batch_size)
+    description = json.dumps(
+        {"timm": model_name, "pretrained": pretrained, **create_kwargs, **data_config}, sort_keys=True, default=str
+    )
+    return _module_student(
+        model,
+        name=model_name,
+        transform=transform,
+        transform_description=description,
+        device=device,
+        batch_size=batch_size,
+    )
 
 
-def load_student(spec, *, name: str | None = None, pretrained: bool = True, transform=None,
-                 image_size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD, device=None,
-                 batch_size: int = 64, **timm_kwargs) -> Student:
+def load_student(
+    spec,
+    *,
+    name: str | None = None,
+    pretrained: bool = True,
+    transform=None,
+    image_size: int = 224,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    device=None,
+    batch_size: int = 64,
+    **timm_kwargs,
+) -> Student:
     """Turn ``spec`` into a frozen :class:`Student`.
 
     Args:
@@ -225,17 +242,31 @@ def load_student(spec, *, name: str | None = None, pretrained: bool = True, tran
             description = transform.description
         else:
             description = getattr(transform, "description", None) or repr(transform)
-        return _module_student(spec, name=name or type(spec).__name__, transform=transform,
-                               transform_description=description, device=device, batch_size=batch_size)
+        return _module_student(
+            spec,
+            name=name or type(spec).__name__,
+            transform=transform,
+            transform_description=description,
+            device=device,
+            batch_size=batch_size,
+        )
     if hasattr(spec, "encode_images"):
         from ..encode import encoder_name
 
-        return Student(spec.encode_images, name=name or encoder_name(spec),
-                       cache_key=encoder_cache_key(spec, name=name), batch_size=batch_size)
+        return Student(
+            spec.encode_images,
+            name=name or encoder_name(spec),
+            cache_key=encoder_cache_key(spec, name=name),
+            batch_size=batch_size,
+        )
     if callable(spec):
         label = name or getattr(spec, "name", None)
-        return Student(spec, name=label or getattr(spec, "__name__", type(spec).__name__),
-                       cache_key=f"callable:{label}" if label else None, batch_size=batch_size)
+        return Student(
+            spec,
+            name=label or getattr(spec, "__name__", type(spec).__name__),
+            cache_key=f"callable:{label}" if label else None,
+            batch_size=batch_size,
+        )
     raise TypeError(
         f"student must be a timm model name, a torch.nn.Module, an object with encode_images, or a callable "
         f"on a list of PIL images; got {type(spec).__name__}."
@@ -246,9 +277,12 @@ class _TinyConvNet(torch.nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.body = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.GELU(),
-            torch.nn.Conv2d(8, dim, 3, stride=2, padding=1), torch.nn.GELU(),
-            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+            torch.nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            torch.nn.GELU(),
+            torch.nn.Conv2d(8, dim, 3, stride=2, padding=1),
+            torch.nn.GELU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
         )
 
     def forward(self, pixel_values):
@@ -269,5 +303,11 @@ def tiny_student(seed: int = 0, *, dim: int = 16, image_size: int = 32, device=N
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         network = _TinyConvNet(dim)
-    return load_student(network, name="pds-hf/tiny-random-student", image_size=image_size,
-                        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), device=device)
+    return load_student(
+        network,
+        name="pds-hf/tiny-random-student",
+        image_size=image_size,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        device=device,
+    )

@@ -77,9 +77,17 @@ class ContrastiveHeads(torch.nn.Module):
         dropout: dropout inside each head.
     """
 
-    def __init__(self, image_dim: int, text_dim: int, *, embed_dim: int | None = None,
-                 train_image_head: bool = False, temperature: float = 0.07, learn_temperature: bool = False,
-                 dropout: float = 0.1):
+    def __init__(
+        self,
+        image_dim: int,
+        text_dim: int,
+        *,
+        embed_dim: int | None = None,
+        train_image_head: bool = False,
+        temperature: float = 0.07,
+        learn_temperature: bool = False,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         embed_dim = embed_dim or image_dim
         if not train_image_head and embed_dim != image_dim:
@@ -154,8 +162,10 @@ def _check_train_features(image_feats: np.ndarray, text_feats: np.ndarray) -> No
     if image_feats.ndim != 2 or text_feats.ndim != 2:
         raise ValueError(f"Training features must be 2-D; got image {image_feats.shape}, text {text_feats.shape}.")
     if len(image_feats) != len(text_feats):
-        raise ValueError(f"{len(image_feats)} image features but {len(text_feats)} text features: "
-                         "give one of each per training pair.")
+        raise ValueError(
+            f"{len(image_feats)} image features but {len(text_feats)} text features: "
+            "give one of each per training pair."
+        )
     if len(image_feats) == 0:
         raise ValueError("No training pairs.")
     for what, array in (("image", image_feats), ("text", text_feats)):
@@ -164,11 +174,27 @@ def _check_train_features(image_feats: np.ndarray, text_feats: np.ndarray) -> No
             raise ValueError(f"The training {what} features hold NaN or inf at pair(s) {bad[:5].tolist()}.")
 
 
-def train_heads(image_feats, text_feats, *, validation=None, epochs: int = 100, lr: float = 0.2,
-                momentum: float = 0.9, weight_decay: float = 5e-4, batch_size: int = 128,
-                lr_decay_epoch: int | None = 51, lr_decay: float = 0.1, temperature: float = 0.07,
-                learn_temperature: bool = False, train_image_head: bool = False, embed_dim: int | None = None,
-                dropout: float = 0.1, eval_every: int = 10, seed: int = 0, device=None) -> TrainResult:
+def train_heads(
+    image_feats,
+    text_feats,
+    *,
+    validation=None,
+    epochs: int = 100,
+    lr: float = 0.2,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    batch_size: int = 128,
+    lr_decay_epoch: int | None = 51,
+    lr_decay: float = 0.1,
+    temperature: float = 0.07,
+    learn_temperature: bool = False,
+    train_image_head: bool = False,
+    embed_dim: int | None = None,
+    dropout: float = 0.1,
+    eval_every: int = 10,
+    seed: int = 0,
+    device=None,
+) -> TrainResult:
     """Train the student's heads on ``(image_feats[i], text_feats[i])`` pairs, selecting the epoch on
     ``validation``.
 
@@ -209,14 +235,21 @@ def train_heads(image_feats, text_feats, *, validation=None, epochs: int = 100, 
     _check_train_features(image_feats, text_feats)
     if epochs < 1 or batch_size < 1 or eval_every < 1:
         raise ValueError(f"epochs, batch_size and eval_every must be >= 1; got {epochs}, {batch_size}, {eval_every}.")
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available()
-                                                                           else "cpu")
+    device = (
+        torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(seed)
-        heads = ContrastiveHeads(image_feats.shape[1], text_feats.shape[1], embed_dim=embed_dim,
-                                 train_image_head=train_image_head, temperature=temperature,
-                                 learn_temperature=learn_temperature, dropout=dropout).to(device)
+        heads = ContrastiveHeads(
+            image_feats.shape[1],
+            text_feats.shape[1],
+            embed_dim=embed_dim,
+            train_image_head=train_image_head,
+            temperature=temperature,
+            learn_temperature=learn_temperature,
+            dropout=dropout,
+        ).to(device)
         groups = [{"params": [p for name, p in heads.named_parameters() if name != "logit_scale"]}]
         if learn_temperature:
             groups.append({"params": [heads.logit_scale], "weight_decay": 0.0})

@@ -32,6 +32,20 @@ from .layout import DATA_DIR, PREVIEW, README, SPLIT, PublishError
 from .license import LicenseChoice, resolve_license
 from .preview import preview_grid
 
-__all__ = ["DATA_DIR", "PREVIEW", "README", "SPLIT", "TEMPLATE_PATH", "LicenseChoice", "PublishError", "PushTarget",
-           "dataset_card", "metadata_from_card", "prepare_push", "preview_grid", "push_to_hub", "resolve_license",
-           "save_to_folder"]
+__all__ = [
+    "DATA_DIR",
+    "PREVIEW",
+    "README",
+    "SPLIT",
+    "TEMPLATE_PATH",
+    "LicenseChoice",
+    "PublishError",
+    "PushTarget",
+    "dataset_card",
+    "metadata_from_card",
+    "prepare_push",
+    "preview_grid",
+    "push_to_hub",
+    "resolve_license",
+    "save_to_folder",
+]

@@ -55,8 +55,13 @@ class _Source:
 
 
 def _size_category(n: int) -> str:
-    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-              (10_000_000, "1M<n<10M")]
+    bounds = [
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+    ]
     return next((name for limit, name in bounds if n < limit), "n>10M")
 
 
@@ -85,13 +90,16 @@ def _evaluation_markdown(evaluation) -> str | None:
     if isinstance(evaluation, os.PathLike) or (isinstance(evaluation, str) and os.path.isfile(evaluation)):
         path = Path(evaluation)
         if not path.is_file():
-            raise FileNotFoundError(f"evaluation={str(path)!r}: no such file (pass a markdown file, markdown text, "
-                                    "or the report of pds_hf.evaluation).")
+            raise FileNotFoundError(
+                f"evaluation={str(path)!r}: no such file (pass a markdown file, markdown text, "
+                "or the report of pds_hf.evaluation)."
+            )
         return path.read_text(encoding="utf-8").strip()
     if isinstance(evaluation, str):
         return evaluation.strip()
-    raise TypeError(f"evaluation must be markdown text, a markdown file or an evaluation report, got "
-                    f"{type(evaluation).__name__}.")
+    raise TypeError(
+        f"evaluation must be markdown text, a markdown file or an evaluation report, got {type(evaluation).__name__}."
+    )
 
 
 def _metadata_or_empty(ds) -> dict:
@@ -105,23 +113,32 @@ def _metadata_or_empty(ds) -> dict:
 
 
 _SYNTHESIS = {
-    "unclip": ("Every image is synthetic: Stable unCLIP decoded it from the image prototype, prompted with the "
-               "caption.",
-               "synthetic image decoded by Stable unCLIP from the image prototype, prompted with the caption",
-               "decode each image prototype into an image with Stable unCLIP, prompted with that caption"),
-    "retrieve": ("Every image is a real image of the source: the one nearest (cosine) to the image prototype.",
-                 "the real source image nearest (cosine) to the image prototype",
-                 "take the real image nearest to each image prototype"),
-    "retrieve-scored": ("Every image is a real image of the source: of the 8 nearest (cosine) to the image "
-                        "prototype, the one the encoder matches best with the text prototype.",
-                        "the real source image, of the 8 nearest to the image prototype, that best matches the text "
-                        "prototype",
-                        "take, of the 8 real images nearest to each image prototype, the one that best matches "
-                        "its text prototype"),
-    "none": ("No images were made (`synthesis=\"none\"`): the `image` column is empty; train on the embeddings.",
-             "empty: no images were made", "no images are made"),
-    "baseline": ("Every image is a real image of the source: the image of the chosen pair.",
-                 "the real image of the chosen pair", "its own image"),
+    "unclip": (
+        "Every image is synthetic: Stable unCLIP decoded it from the image prototype, prompted with the caption.",
+        "synthetic image decoded by Stable unCLIP from the image prototype, prompted with the caption",
+        "decode each image prototype into an image with Stable unCLIP, prompted with that caption",
+    ),
+    "retrieve": (
+        "Every image is a real image of the source: the one nearest (cosine) to the image prototype.",
+        "the real source image nearest (cosine) to the image prototype",
+        "take the real image nearest to each image prototype",
+    ),
+    "retrieve-scored": (
+        "Every image is a real image of the source: of the 8 nearest (cosine) to the image "
+        "prototype, the one the encoder matches best with the text prototype.",
+        "the real source image, of the 8 nearest to the image prototype, that best matches the text prototype",
+        "take, of the 8 real images nearest to each image prototype, the one that best matches its text prototype",
+    ),
+    "none": (
+        'No images were made (`synthesis="none"`): the `image` column is empty; train on the embeddings.',
+        "empty: no images were made",
+        "no images are made",
+    ),
+    "baseline": (
+        "Every image is a real image of the source: the image of the chosen pair.",
+        "the real image of the chosen pair",
+        "its own image",
+    ),
     "unknown": ("How the images were made was not recorded.", "an image", "the images were made"),
 }
 
@@ -132,16 +149,17 @@ _RANDOM_UNCLIP = (
     "decoded it from the image prototype, prompted with the caption. It shows that the pipeline runs, not what PDS "
     "makes.",
     "noise: decoded by a tiny Stable unCLIP with random weights from the image prototype, prompted with the caption",
-    "decode each image prototype with a tiny Stable unCLIP with random weights ({call}), prompted with that "
-    "caption")
+    "decode each image prototype with a tiny Stable unCLIP with random weights ({call}), prompted with that caption",
+)
 
 
 def _is_local_path(value) -> bool:
     """Whether ``value`` names a file or folder of the machine that made the set: never written into a card."""
     if not isinstance(value, str) or not value or "\n" in value:
         return False
-    return os.path.isabs(value) or value.startswith(("~", "./", "../")) or (
-        not _is_hub_id(value) and Path(value).exists())
+    return (
+        os.path.isabs(value) or value.startswith(("~", "./", "../")) or (not _is_hub_id(value) and Path(value).exists())
+    )
 
 
 def _public(value):
@@ -150,8 +168,11 @@ def _public(value):
 
 
 # The fields of a run record that may hold a local path (a model or dataset given as a folder, the cache).
-_PATH_FIELDS = {"config": ("clip_model", "clip_processor", "unclip_model", "cache_dir"), "source": ("dataset",),
-                "models": ("encoder", "unclip")}
+_PATH_FIELDS = {
+    "config": ("clip_model", "clip_processor", "unclip_model", "cache_dir"),
+    "source": ("dataset",),
+    "models": ("encoder", "unclip"),
+}
 
 
 def _public_record(meta: dict) -> dict:
@@ -159,8 +180,9 @@ def _public_record(meta: dict) -> dict:
     record = dict(meta)
     for section, fields in _PATH_FIELDS.items():
         if isinstance(record.get(section), dict):
-            record[section] = {key: _public(value) if key in fields else value
-                               for key, value in record[section].items()}
+            record[section] = {
+                key: _public(value) if key in fields else value for key, value in record[section].items()
+            }
     return record
 
 
@@ -170,8 +192,10 @@ def _model_text(role: str, name: str) -> str:
     Logs a warning when the recorded name loads nothing elsewhere (a class name or a local folder).
     """
     if name in TINY_MODELS:
-        return (f"a tiny model with random weights, built in code by `{TINY_MODELS[name]}` (recorded as `{name}`, "
-                "which is not a Hub repository)")
+        return (
+            f"a tiny model with random weights, built in code by `{TINY_MODELS[name]}` (recorded as `{name}`, "
+            "which is not a Hub repository)"
+        )
     if name.startswith("given column"):
         return f"unknown: the embeddings came with the source ({name})"
     if _is_hub_id(name):
@@ -181,56 +205,98 @@ def _model_text(role: str, name: str) -> str:
     if _is_local_path(name):
         why = f"{_public(name)} on the machine that made this set, not a model anyone else can load"
     else:
-        why = (f"`{name}` is the class of a model passed as a loaded object, not a model id: the set cannot be "
-               "remade from this card")
-    logger.warning("The %s is recorded as %r: %s. Pass the model by its Hub id so that readers can load it.",
-                   role, _public(name), why.replace("`", ""))
+        why = (
+            f"`{name}` is the class of a model passed as a loaded object, not a model id: the set cannot be "
+            "remade from this card"
+        )
+    logger.warning(
+        "The %s is recorded as %r: %s. Pass the model by its Hub id so that readers can load it.",
+        role,
+        _public(name),
+        why.replace("`", ""),
+    )
     return why
 
 
-def _limitations(synthesis: str, config: dict, encoder: str, evaluated: bool, zero: int, *,
-                 random_encoder: bool = False, random_decoder: bool = False) -> list[str]:
+def _limitations(
+    synthesis: str,
+    config: dict,
+    encoder: str,
+    evaluated: bool,
+    zero: int,
+    *,
+    random_encoder: bool = False,
+    random_decoder: bool = False,
+) -> list[str]:
     lines = []
     if synthesis == "baseline":
-        lines.append("The pairs are real pairs of the source chosen by a baseline, not synthesized: their images "
-                     "and captions carry the source's terms, content and biases unchanged.")
+        lines.append(
+            "The pairs are real pairs of the source chosen by a baseline, not synthesized: their images "
+            "and captions carry the source's terms, content and biases unchanged."
+        )
     elif synthesis == "unclip" and random_decoder:
-        lines.append("The images are noise: the decoder's weights are random. This set shows that the pipeline "
-                     "runs; it is not meant for training.")
+        lines.append(
+            "The images are noise: the decoder's weights are random. This set shows that the pipeline "
+            "runs; it is not meant for training."
+        )
     elif synthesis == "unclip":
-        lines.append(f"The images are synthetic (Stable unCLIP, {config.get('num_inference_steps')} steps, guidance "
-                     f"{config.get('guidance_scale')}): they follow the prototypes, they are not photographs, and "
-                     "they can show decoder artefacts or unreadable text.")
+        lines.append(
+            f"The images are synthetic (Stable unCLIP, {config.get('num_inference_steps')} steps, guidance "
+            f"{config.get('guidance_scale')}): they follow the prototypes, they are not photographs, and "
+            "they can show decoder artefacts or unreadable text."
+        )
     elif synthesis in ("retrieve", "retrieve-scored"):
         lines.append("The images are real images of the source, copied with its terms and content.")
     elif synthesis == "none":
         lines.append("There are no images: only the embeddings and captions can be trained on.")
-    lines.append("The captions are real captions of the source, copied verbatim: they inherit its language, "
-                 "biases and mistakes.")
+    lines.append(
+        "The captions are real captions of the source, copied verbatim: they inherit its language, biases and mistakes."
+    )
     if random_encoder:
         lines.append("The embeddings come from an encoder with random weights: they carry no meaning.")
     else:
-        lines.append(f"The embeddings belong to `{encoder}`: they mean nothing to another encoder, and concepts "
-                     "too rare to dominate any cluster are not represented.")
+        lines.append(
+            f"The embeddings belong to `{encoder}`: they mean nothing to another encoder, and concepts "
+            "too rare to dominate any cluster are not represented."
+        )
     if zero:
         lines.append(f"{zero} row(s) have no real pair behind them (support 0): their prototypes are k-means centres.")
-    lines.append("Evaluated only as reported above: other students, encoders and tasks may behave differently."
-                 if evaluated else "Not evaluated: how well a student trained on it performs is unknown.")
+    lines.append(
+        "Evaluated only as reported above: other students, encoders and tasks may behave differently."
+        if evaluated
+        else "Not evaluated: how well a student trained on it performs is unknown."
+    )
     return lines
 
 
 def _license_note(choice: LicenseChoice, source_name: str) -> str:
     if choice.license is None:
-        return (f"Unknown ({choice.detail}). The captions come from {source_name}, whose terms apply; declare a "
-                "license (`license=` / `--license`) before sharing this set.")
-    where = {"given": "set by the publisher", "repository": "kept from the card this one replaced",
-             "source": f"taken from {source_name}, whose captions this set contains"}[choice.origin]
-    return (f"`{choice.license}`, {where}. The captions (and any real images) come from {source_name}: its "
-            "terms apply to them as well.")
+        return (
+            f"Unknown ({choice.detail}). The captions come from {source_name}, whose terms apply; declare a "
+            "license (`license=` / `--license`) before sharing this set."
+        )
+    where = {
+        "given": "set by the publisher",
+        "repository": "kept from the card this one replaced",
+        "source": f"taken from {source_name}, whose captions this set contains",
+    }[choice.origin]
+    return (
+        f"`{choice.license}`, {where}. The captions (and any real images) come from {source_name}: its "
+        "terms apply to them as well."
+    )
 
 
-def _card_context(ds, meta: dict, *, repo_id, src: _Source, choice: LicenseChoice, evaluation_md,
-                  preview: str | None, preview_count: int) -> dict:
+def _card_context(
+    ds,
+    meta: dict,
+    *,
+    repo_id,
+    src: _Source,
+    choice: LicenseChoice,
+    evaluation_md,
+    preview: str | None,
+    preview_count: int,
+) -> dict:
     from huggingface_hub import constants
 
     config = meta.get("config", {})
@@ -242,9 +308,15 @@ def _card_context(ds, meta: dict, *, repo_id, src: _Source, choice: LicenseChoic
         synthesis = "baseline"
     named = src.id if src.id is not None else recorded.get("dataset")
     demo = named == DEMO_DATASET_NAME
-    source_id = ("the pds-hf demo shapes" if demo else
-                 _public(str(named)) if named is not None else
-                 "a dataset with no name" if "dataset" in recorded else "not recorded")
+    source_id = (
+        "the pds-hf demo shapes"
+        if demo
+        else _public(str(named))
+        if named is not None
+        else "a dataset with no name"
+        if "dataset" in recorded
+        else "not recorded"
+    )
     url = f"{constants.ENDPOINT}/datasets/{source_id}" if _is_hub_id(source_id) else None
     layout = recorded.get("layout")
     support = np.asarray(list(ds["support"]), dtype=np.int64)
@@ -256,8 +328,11 @@ def _card_context(ds, meta: dict, *, repo_id, src: _Source, choice: LicenseChoic
     encoder = _public(recorded_encoder) if recorded_encoder else "the encoder"
     unclip = models.get("unclip")
     random_decoder = synthesis == "unclip" and unclip in TINY_MODELS
-    synthesis_texts = tuple(text.format(call=f"`{TINY_MODELS.get(unclip)}`") for text in _RANDOM_UNCLIP) \
-        if random_decoder else _SYNTHESIS[synthesis]
+    synthesis_texts = (
+        tuple(text.format(call=f"`{TINY_MODELS.get(unclip)}`") for text in _RANDOM_UNCLIP)
+        if random_decoder
+        else _SYNTHESIS[synthesis]
+    )
     name = "pds-hf-demo" if demo else (Path(named).name if _is_local_path(named) else source_id.rsplit("/", 1)[-1])
     not_recorded = "not recorded"
     if demo:
@@ -288,16 +363,30 @@ def _card_context(ds, meta: dict, *, repo_id, src: _Source, choice: LicenseChoic
         rm_ratio_percent=f"{100 * float(config.get('rm_ratio', 0.2)):g}%",
         normalize=bool(config.get("normalize", False)),
         source=dict(
-            id=source_id, url=url, link=source_link, config=recorded.get("config"),
-            split=recorded.get("split") or ("none (made in code)" if demo else "none named (the dataset was given "
-                                            "whole)" if "split" in recorded else not_recorded),
-            selection=src.selection, revision=src.revision, fingerprint=recorded.get("fingerprint"),
-            num_rows=recorded.get("num_rows", not_recorded), num_pairs=recorded.get("num_pairs", not_recorded),
+            id=source_id,
+            url=url,
+            link=source_link,
+            config=recorded.get("config"),
+            split=recorded.get("split")
+            or (
+                "none (made in code)"
+                if demo
+                else "none named (the dataset was given whole)"
+                if "split" in recorded
+                else not_recorded
+            ),
+            selection=src.selection,
+            revision=src.revision,
+            fingerprint=recorded.get("fingerprint"),
+            num_rows=recorded.get("num_rows", not_recorded),
+            num_pairs=recorded.get("num_pairs", not_recorded),
             num_images=recorded.get("num_images", not_recorded),
             num_captions=recorded.get("num_captions", not_recorded),
             skipped_images=recorded.get("skipped_images", not_recorded),
-            layout_text={"image": "one row per image, a list of captions each",
-                         "pair": "one row per image-caption pair"}.get(layout, "layout not recorded"),
+            layout_text={
+                "image": "one row per image, a list of captions each",
+                "pair": "one row per image-caption pair",
+            }.get(layout, "layout not recorded"),
         ),
         kept_pairs=meta.get("kept_pairs"),
         empty_intersections=meta.get("empty_intersections"),
@@ -307,17 +396,36 @@ def _card_context(ds, meta: dict, *, repo_id, src: _Source, choice: LicenseChoic
         stages=[(stage, f"{seconds:.2f}") for stage, seconds in stages.items()],
         total_seconds=f"{sum(round(seconds, 2) for seconds in stages.values()):.2f}",  # the sum of the rows shown
         versions=list(meta.get("versions", {}).items()),
-        support=dict(min=int(support.min()), max=int(support.max()), median=f"{np.median(support):g}",
-                     mean=f"{support.mean():.1f}", zero=int((support == 0).sum())),
+        support=dict(
+            min=int(support.min()),
+            max=int(support.max()),
+            median=f"{np.median(support):g}",
+            mean=f"{support.mean():.1f}",
+            zero=int((support == 0).sum()),
+        ),
         supports_shown=shown,
-        supports=[dict(index=i, caption=_cell(captions[i]), support=int(support[i]),
-                       image_cluster=image_clusters[i], text_cluster=text_clusters[i]) for i in range(shown)],
+        supports=[
+            dict(
+                index=i,
+                caption=_cell(captions[i]),
+                support=int(support[i]),
+                image_cluster=image_clusters[i],
+                text_cluster=text_clusters[i],
+            )
+            for i in range(shown)
+        ],
         preview=preview,
         preview_count=preview_count,
         evaluation=evaluation_md,
-        limitations=_limitations(synthesis, config, encoder, evaluation_md is not None,
-                                 int((support == 0).sum()), random_encoder=recorded_encoder in TINY_MODELS,
-                                 random_decoder=random_decoder),
+        limitations=_limitations(
+            synthesis,
+            config,
+            encoder,
+            evaluation_md is not None,
+            int((support == 0).sum()),
+            random_encoder=recorded_encoder in TINY_MODELS,
+            random_decoder=random_decoder,
+        ),
         license_note=_license_note(choice, source_link),
         metadata_json=json.dumps(_public_record(meta), indent=2, default=str),
     )
@@ -344,11 +452,11 @@ def _card_data(ds, existing_card, *, choice: LicenseChoice, name: str, source, s
         dataset_size, download_size = sizes
         splits = SplitDict()
         splits.add(SplitInfo(name=SPLIT, num_bytes=dataset_size, num_examples=len(ds)))
-        info = DatasetInfo(features=ds.features, splits=splits, download_size=download_size,
-                           dataset_size=dataset_size)
+        info = DatasetInfo(features=ds.features, splits=splits, download_size=download_size, dataset_size=dataset_size)
         DatasetInfosDict({"default": info}).to_dataset_card_data(data)
-    MetadataConfigs({"default": {"data_files": [{"split": SPLIT, "path": f"{DATA_DIR}/{SPLIT}-*"}]}}) \
-        .to_dataset_card_data(data)
+    MetadataConfigs(
+        {"default": {"data_files": [{"split": SPLIT, "path": f"{DATA_DIR}/{SPLIT}-*"}]}}
+    ).to_dataset_card_data(data)
     return data
 
 
@@ -361,16 +469,28 @@ def _splice(existing_body: str | None, block: str) -> str:
     start = existing_body.find(BLOCK_BEGIN)
     end = existing_body.find(BLOCK_END, start)
     if start != -1 and end != -1:
-        return existing_body[:start] + block + existing_body[end + len(BLOCK_END):]
+        return existing_body[:start] + block + existing_body[end + len(BLOCK_END) :]
     if existing_body.strip():
         return f"{block}\n\n{existing_body}"
     return f"{block}\n"
 
 
-def dataset_card(ds, *, repo_id: str | None = None, license: str | None = None, source=None,
-                 source_revision: str | None = None, source_selection: str | None = None, evaluation=None,
-                 existing_card=None, preview: str | None = None, preview_count: int = 0,
-                 sizes: tuple[int, int] | None = None, template_path=None, token=None):
+def dataset_card(
+    ds,
+    *,
+    repo_id: str | None = None,
+    license: str | None = None,
+    source=None,
+    source_revision: str | None = None,
+    source_selection: str | None = None,
+    evaluation=None,
+    existing_card=None,
+    preview: str | None = None,
+    preview_count: int = 0,
+    sizes: tuple[int, int] | None = None,
+    template_path=None,
+    token=None,
+):
     """Render the dataset card of a distilled set from ``model_cards/dataset_card_template.md``.
 
     Args:
@@ -400,11 +520,21 @@ def dataset_card(ds, *, repo_id: str | None = None, license: str | None = None, 
         ```
     """
     _check_distilled(ds)
-    choice = resolve_license(license=license, existing_card=existing_card, source=source,
-                             source_revision=source_revision, token=token)
-    return _render_card(ds, choice=choice, repo_id=repo_id, src=_Source(source, source_revision, source_selection),
-                        evaluation_md=_evaluation_markdown(evaluation), existing_card=existing_card, preview=preview,
-                        preview_count=preview_count, sizes=sizes, template_path=template_path)
+    choice = resolve_license(
+        license=license, existing_card=existing_card, source=source, source_revision=source_revision, token=token
+    )
+    return _render_card(
+        ds,
+        choice=choice,
+        repo_id=repo_id,
+        src=_Source(source, source_revision, source_selection),
+        evaluation_md=_evaluation_markdown(evaluation),
+        existing_card=existing_card,
+        preview=preview,
+        preview_count=preview_count,
+        sizes=sizes,
+        template_path=template_path,
+    )
 
 
 def demo_license(choice: LicenseChoice, ds) -> LicenseChoice:
@@ -422,25 +552,50 @@ def demo_license(choice: LicenseChoice, ds) -> LicenseChoice:
     return choice
 
 
-def _render_card(ds, *, choice, repo_id, src: _Source, evaluation_md, existing_card, preview, preview_count, sizes,
-                 template_path=None):
+def _render_card(
+    ds,
+    *,
+    choice,
+    repo_id,
+    src: _Source,
+    evaluation_md,
+    existing_card,
+    preview,
+    preview_count,
+    sizes,
+    template_path=None,
+):
     from huggingface_hub import DatasetCard
 
     template_path = Path(template_path or TEMPLATE_PATH)
     if not template_path.is_file():
-        raise FileNotFoundError(f"The dataset card template {template_path} is missing; pass template_path=... "
-                                "(the source tree ships it in model_cards/).")
+        raise FileNotFoundError(
+            f"The dataset card template {template_path} is missing; pass template_path=... "
+            "(the source tree ships it in model_cards/)."
+        )
     meta = _metadata_or_empty(ds)
     choice = demo_license(choice, ds)
-    context = _card_context(ds, meta, repo_id=repo_id, src=src, choice=choice,
-                            evaluation_md=evaluation_md, preview=preview, preview_count=preview_count)
+    context = _card_context(
+        ds,
+        meta,
+        repo_id=repo_id,
+        src=src,
+        choice=choice,
+        evaluation_md=evaluation_md,
+        preview=preview,
+        preview_count=preview_count,
+    )
     data = _card_data(ds, existing_card, choice=choice, name=context["name"], source=src.id, sizes=sizes)
     rendered = DatasetCard.from_template(data, template_path=str(template_path), **context)
     start, end = rendered.text.find(BLOCK_BEGIN), rendered.text.find(BLOCK_END)
     if start == -1 or end == -1:
-        raise ValueError(f"The template {template_path} must wrap its body in '{BLOCK_BEGIN} ... -->' and "
-                         f"'{BLOCK_END}' so that a later publish can replace it without touching other text.")
-    body = _splice(existing_card.text if existing_card is not None else None, rendered.text[start:end + len(BLOCK_END)])
+        raise ValueError(
+            f"The template {template_path} must wrap its body in '{BLOCK_BEGIN} ... -->' and "
+            f"'{BLOCK_END}' so that a later publish can replace it without touching other text."
+        )
+    body = _splice(
+        existing_card.text if existing_card is not None else None, rendered.text[start : end + len(BLOCK_END)]
+    )
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
@@ -455,8 +610,9 @@ def metadata_from_card(where, *, revision: str | None = None, token=None) -> dic
     elif _is_hub_id(str(where)):
         from huggingface_hub import hf_hub_download
 
-        text = Path(hf_hub_download(str(where), README, repo_type="dataset", revision=revision,
-                                    token=token)).read_text(encoding="utf-8")
+        text = Path(hf_hub_download(str(where), README, repo_type="dataset", revision=revision, token=token)).read_text(
+            encoding="utf-8"
+        )
     else:
         raise FileNotFoundError(f"{where!s} is neither a folder nor a Hub dataset id.")
     start = text.find(METADATA_SUMMARY)
@@ -465,7 +621,8 @@ def metadata_from_card(where, *, revision: str | None = None, token=None) -> dic
     if end < 0:
         raise ValueError(f"The dataset card of {where!s} holds no pds-hf run record; was it published by pds_hf?")
     try:
-        return json.loads(text[begin + len("```json"):end])
+        return json.loads(text[begin + len("```json") : end])
     except ValueError as err:
-        raise ValueError(f"The pds-hf run record in the card of {where!s} is not valid JSON ({err}); "
-                         "was the card edited by hand?") from None
+        raise ValueError(
+            f"The pds-hf run record in the card of {where!s} is not valid JSON ({err}); was the card edited by hand?"
+        ) from None

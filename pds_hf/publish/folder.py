@@ -94,8 +94,10 @@ def _check_writable(path: Path) -> None:
     try:
         probe.mkdir()
     except OSError as err:
-        raise OutputFolderError(f"Cannot write the folder {path}: {nearest} is not writable ({err.strerror}). "
-                                "Choose a folder you can write to.") from err
+        raise OutputFolderError(
+            f"Cannot write the folder {path}: {nearest} is not writable ({err.strerror}). "
+            "Choose a folder you can write to."
+        ) from err
     probe.rmdir()
 
 
@@ -130,8 +132,9 @@ def check_output_folder(path, *, overwrite: bool = False) -> Path:
         _check_in_the_way(path, overwrite)
         _check_writable(path)
     except OSError as err:  # a folder on the way that cannot be read
-        raise OutputFolderError(f"Cannot use the folder {path}: {err.strerror or err} ({err.filename}). Choose a "
-                                "folder you can write to.") from err
+        raise OutputFolderError(
+            f"Cannot use the folder {path}: {err.strerror or err} ({err.filename}). Choose a folder you can write to."
+        ) from err
     return path
 
 
@@ -139,25 +142,34 @@ def _check_in_the_way(path: Path, overwrite: bool) -> None:
     """Refuse ``path`` when what is there now may not be replaced (see :func:`check_output_folder`)."""
     cwd = Path.cwd().resolve()
     if path.resolve() == cwd or path.resolve() in cwd.parents:
-        raise OutputFolderError(f"{path} is the current folder or one of its parents, which pds-hf never writes "
-                                f"into; name a new folder, e.g. {path / 'pds-output'}.")
+        raise OutputFolderError(
+            f"{path} is the current folder or one of its parents, which pds-hf never writes "
+            f"into; name a new folder, e.g. {path / 'pds-output'}."
+        )
     if path.is_symlink():
-        raise OutputFolderError(f"{path} is a symbolic link; name the folder it points to ({path.resolve()}) or "
-                                "another folder.")
+        raise OutputFolderError(
+            f"{path} is a symbolic link; name the folder it points to ({path.resolve()}) or another folder."
+        )
     if path.exists() and not path.is_dir():
         raise OutputFolderError(f"{path} is a file, not a folder; choose another folder.")
     if path.is_dir():
         foreign, own = _entries(path)
         if foreign:
-            raise OutputFolderError(f"{path} holds files pds-hf did not write ({_listed(foreign)}); pds-hf replaces "
-                                    "only a folder it wrote. Choose another folder, or move those files away.")
+            raise OutputFolderError(
+                f"{path} holds files pds-hf did not write ({_listed(foreign)}); pds-hf replaces "
+                "only a folder it wrote. Choose another folder, or move those files away."
+            )
         if own and not _written_by_pds_hf(path, own):
-            raise OutputFolderError(f"{path} holds {_listed(own)}, but not from pds-hf (its {README} has no pds-hf "
-                                    "block and its shards are not a distilled set); pds-hf replaces only a folder "
-                                    "it wrote. Choose another folder.")
+            raise OutputFolderError(
+                f"{path} holds {_listed(own)}, but not from pds-hf (its {README} has no pds-hf "
+                "block and its shards are not a distilled set); pds-hf replaces only a folder "
+                "it wrote. Choose another folder."
+            )
         if own and not overwrite:
-            raise OutputFolderError(f"{path} exists (written by an earlier pds-hf run); pass overwrite=True to "
-                                    "replace it, or choose another folder.")
+            raise OutputFolderError(
+                f"{path} exists (written by an earlier pds-hf run); pass overwrite=True to "
+                "replace it, or choose another folder."
+            )
 
 
 def _new_folder_beside(path: Path, tag: str) -> Path:
@@ -190,8 +202,19 @@ def _write_shards(ds, data_dir: Path, max_shard_rows: int) -> tuple[list[str], i
     return names, dataset_size, download_size
 
 
-def _write_repo(ds, folder: Path, *, choice: LicenseChoice, repo_id, src: _Source, evaluation_md,
-                existing_card, preview_pairs: int, max_shard_rows: int, card: str | None = None) -> list[str]:
+def _write_repo(
+    ds,
+    folder: Path,
+    *,
+    choice: LicenseChoice,
+    repo_id,
+    src: _Source,
+    evaluation_md,
+    existing_card,
+    preview_pairs: int,
+    max_shard_rows: int,
+    card: str | None = None,
+) -> list[str]:
     """Write the repo layout into ``folder``; return the written paths, relative to it."""
     files, dataset_size, download_size = _write_shards(ds, folder / DATA_DIR, max_shard_rows)
     preview = None
@@ -201,9 +224,19 @@ def _write_repo(ds, folder: Path, *, choice: LicenseChoice, repo_id, src: _Sourc
         preview = PREVIEW
         files.append(PREVIEW)
     if card is None:
-        card = str(_render_card(ds, choice=choice, repo_id=repo_id, src=src, evaluation_md=evaluation_md,
-                                existing_card=existing_card, preview=preview, preview_count=count,
-                                sizes=(dataset_size, download_size)))
+        card = str(
+            _render_card(
+                ds,
+                choice=choice,
+                repo_id=repo_id,
+                src=src,
+                evaluation_md=evaluation_md,
+                existing_card=existing_card,
+                preview=preview,
+                preview_count=count,
+                sizes=(dataset_size, download_size),
+            )
+        )
     (folder / README).write_text(card, encoding="utf-8")
     files.append(README)
     return files
@@ -227,10 +260,22 @@ def _replace(path: Path, staging: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_to_folder(ds, path, *, card: str | None = None, overwrite: bool = False, max_shard_rows: int = 1000,
-                   repo_id: str | None = None, license: str | None = None, source=None,
-                   source_revision: str | None = None, source_selection: str | None = None, evaluation=None,
-                   preview_pairs: int = 16, token=None) -> Path:
+def save_to_folder(
+    ds,
+    path,
+    *,
+    card: str | None = None,
+    overwrite: bool = False,
+    max_shard_rows: int = 1000,
+    repo_id: str | None = None,
+    license: str | None = None,
+    source=None,
+    source_revision: str | None = None,
+    source_selection: str | None = None,
+    evaluation=None,
+    preview_pairs: int = 16,
+    token=None,
+) -> Path:
     """Write ``ds`` as a Hub dataset repo into the folder ``path``, as :func:`~pds_hf.publish.push_to_hub` uploads it.
 
     The folder appears whole or not at all: everything is written to a temporary sibling folder first and
@@ -273,18 +318,29 @@ def save_to_folder(ds, path, *, card: str | None = None, overwrite: bool = False
     _check_distilled(ds)
     evaluation_md = _evaluation_markdown(evaluation)
     existing_card = DatasetCard.load(path / README) if (path / README).is_file() else None
-    choice = resolve_license(license=license, existing_card=existing_card, source=source,
-                             source_revision=source_revision, token=token)
+    choice = resolve_license(
+        license=license, existing_card=existing_card, source=source, source_revision=source_revision, token=token
+    )
     choice = demo_license(choice, ds)
     if choice.license is None and card is None:
-        logger.warning("License unknown (%s): the card says 'license: unknown'. Pass license=... before sharing.",
-                       choice.detail)
+        logger.warning(
+            "License unknown (%s): the card says 'license: unknown'. Pass license=... before sharing.", choice.detail
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = _new_folder_beside(path, "")
     try:
-        _write_repo(ds, staging, choice=choice, repo_id=repo_id, src=_Source(source, source_revision, source_selection),
-                    evaluation_md=evaluation_md, existing_card=existing_card, preview_pairs=preview_pairs,
-                    max_shard_rows=max_shard_rows, card=card)
+        _write_repo(
+            ds,
+            staging,
+            choice=choice,
+            repo_id=repo_id,
+            src=_Source(source, source_revision, source_selection),
+            evaluation_md=evaluation_md,
+            existing_card=existing_card,
+            preview_pairs=preview_pairs,
+            max_shard_rows=max_shard_rows,
+            card=card,
+        )
         check_output_folder(path, overwrite=overwrite)  # again: files may have been added while it was written
         if path.is_dir() and any(path.iterdir()):
             _replace(path, staging)

@@ -57,8 +57,15 @@ def _http_summary(err) -> str:
     return f"{status}: {str(err).splitlines()[0]}"
 
 
-def prepare_push(repo_id: str, *, token: str | None = None, license: str | None = None, source=None,
-                 source_revision: str | None = None, revision: str | None = None) -> PushTarget:
+def prepare_push(
+    repo_id: str,
+    *,
+    token: str | None = None,
+    license: str | None = None,
+    source=None,
+    source_revision: str | None = None,
+    revision: str | None = None,
+) -> PushTarget:
     """Check that a set can be published to ``repo_id``, before anything expensive is done.
 
     Checks, in order: a token is available, the Hub accepts it (``whoami``) and it may write, the namespace
@@ -90,19 +97,24 @@ def prepare_push(repo_id: str, *, token: str | None = None, license: str | None 
 
     token = token or get_token()
     if not token:
-        raise PublishError(f"No Hugging Face token to publish {repo_id} with: pass token=... (--token), set HF_TOKEN, "
-                           "or run `hf auth login`. Nothing was uploaded.")
+        raise PublishError(
+            f"No Hugging Face token to publish {repo_id} with: pass token=... (--token), set HF_TOKEN, "
+            "or run `hf auth login`. Nothing was uploaded."
+        )
     api = HfApi(token=token)
     try:
         who = api.whoami()
     except Exception as err:  # an HTTP error (401) or a connection error: either way nothing can be published
-        raise PublishError(f"Could not check the token with the Hub ({_http_summary(err)}): check the token and the "
-                           "network, or log in again with `hf auth login`. Nothing was uploaded.") from err
+        raise PublishError(
+            f"Could not check the token with the Hub ({_http_summary(err)}): check the token and the "
+            "network, or log in again with `hf auth login`. Nothing was uploaded."
+        ) from err
     user = who["name"]
     role = ((who.get("auth") or {}).get("accessToken") or {}).get("role")
     if role == "read":
-        raise PublishError(f"The token of {user!r} is read-only; publishing needs a token with write access. "
-                           "Nothing was uploaded.")
+        raise PublishError(
+            f"The token of {user!r} is read-only; publishing needs a token with write access. Nothing was uploaded."
+        )
     repo_id = repo_id if "/" in repo_id else f"{user}/{repo_id}"
     try:
         validate_repo_id(repo_id)
@@ -111,13 +123,16 @@ def prepare_push(repo_id: str, *, token: str | None = None, license: str | None 
     namespace = repo_id.split("/")[0]
     writable = [user] + [org["name"] for org in who.get("orgs", []) if org.get("roleInOrg") != "read"]
     if namespace not in writable:
-        raise PublishError(f"Cannot publish to {repo_id}: the token belongs to {user!r}, who may write to "
-                           f"{', '.join(writable)} only. Use e.g. {user}/{repo_id.split('/')[1]}. "
-                           "Nothing was uploaded.")
+        raise PublishError(
+            f"Cannot publish to {repo_id}: the token belongs to {user!r}, who may write to "
+            f"{', '.join(writable)} only. Use e.g. {user}/{repo_id.split('/')[1]}. "
+            "Nothing was uploaded."
+        )
 
     branch = revision or "main"
-    target = PushTarget(repo_id=repo_id, token=token, user=user, license=LicenseChoice(None, "unknown", ""),
-                        branch=branch)
+    target = PushTarget(
+        repo_id=repo_id, token=token, user=user, license=LicenseChoice(None, "unknown", ""), branch=branch
+    )
     try:
         try:
             info = api.dataset_info(repo_id, revision=branch)
@@ -127,36 +142,53 @@ def prepare_push(repo_id: str, *, token: str | None = None, license: str | None 
         target.exists, target.private, target.head = True, info.private, info.sha
         target.files = [sibling.rfilename for sibling in info.siblings or []]
         if README in target.files:
-            target.card = DatasetCard.load(hf_hub_download(repo_id, README, repo_type="dataset", revision=info.sha,
-                                                           token=token))
+            target.card = DatasetCard.load(
+                hf_hub_download(repo_id, README, repo_type="dataset", revision=info.sha, token=token)
+            )
     except RepositoryNotFoundError:
         target.exists = False
     except HfHubHTTPError as err:
-        raise PublishError(f"Could not read {repo_id} on the Hub ({_http_summary(err)}). "
-                           "Nothing was uploaded.") from err
+        raise PublishError(
+            f"Could not read {repo_id} on the Hub ({_http_summary(err)}). Nothing was uploaded."
+        ) from err
 
-    target.license = resolve_license(license=license, existing_card=target.card, source=source,
-                                     source_revision=source_revision, token=token)
+    target.license = resolve_license(
+        license=license, existing_card=target.card, source=source, source_revision=source_revision, token=token
+    )
     if target.license.license is None:
         raise PublishError(
             f"The license of {repo_id} is unknown: {target.license.detail}. Pass license='<Hub license id>', "
             "e.g. the source dataset's license, or 'other' when its terms are custom: the captions "
-            "(and any real images) are the source's. Nothing was uploaded.")
+            "(and any real images) are the source's. Nothing was uploaded."
+        )
     if target.license.origin == "given":
         try:
             DatasetCard(f"---\nlicense: {target.license.license}\n---\n").validate(repo_type="dataset")
         except ValueError as err:
-            raise PublishError(f"The Hub does not accept license {target.license.license!r}: {err}. Use a license id "
-                               "from https://huggingface.co/docs/hub/repositories-licenses, or 'other'. "
-                               "Nothing was uploaded.") from err
+            raise PublishError(
+                f"The Hub does not accept license {target.license.license!r}: {err}. Use a license id "
+                "from https://huggingface.co/docs/hub/repositories-licenses, or 'other'. "
+                "Nothing was uploaded."
+            ) from err
     return target
 
 
-def push_to_hub(ds, repo_id: str, *, private: bool | None = None, token: str | None = None,
-                license: str | None = None, source=None, source_revision: str | None = None,
-                source_selection: str | None = None, revision: str | None = None,
-                commit_message: str | None = None, evaluation=None,
-                preview_pairs: int = 16, max_shard_rows: int = 1000):
+def push_to_hub(
+    ds,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    license: str | None = None,
+    source=None,
+    source_revision: str | None = None,
+    source_selection: str | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    evaluation=None,
+    preview_pairs: int = 16,
+    max_shard_rows: int = 1000,
+):
     """Publish a distilled set as a Hub dataset: parquet shards, dataset card and preview, in one commit.
 
     Anyone can then ``load_dataset(repo_id)`` and train on it. The token, the namespace and the license are
@@ -202,8 +234,9 @@ def push_to_hub(ds, repo_id: str, *, private: bool | None = None, token: str | N
 
     _check_distilled(ds)
     evaluation_md = _evaluation_markdown(evaluation)
-    target = prepare_push(repo_id, token=token, license=license, source=source, source_revision=source_revision,
-                          revision=revision)
+    target = prepare_push(
+        repo_id, token=token, license=license, source=source, source_revision=source_revision, revision=revision
+    )
     api = HfApi(token=target.token)
     try:
         if not target.exists:
@@ -214,29 +247,49 @@ def push_to_hub(ds, repo_id: str, *, private: bool | None = None, token: str | N
         if not target.branch_exists and target.branch != "main":
             api.create_branch(target.repo_id, branch=target.branch, repo_type="dataset", exist_ok=True)
     except HfHubHTTPError as err:
-        raise PublishError(f"Could not create or configure {target.repo_id} ({_http_summary(err)}). "
-                           "Nothing was uploaded.") from err
+        raise PublishError(
+            f"Could not create or configure {target.repo_id} ({_http_summary(err)}). Nothing was uploaded."
+        ) from err
 
     with tempfile.TemporaryDirectory(prefix="pds-hf-push-") as tmp:
         folder = Path(tmp)
-        files = _write_repo(ds, folder, choice=target.license, repo_id=target.repo_id,
-                            src=_Source(source, source_revision, source_selection), evaluation_md=evaluation_md,
-                            existing_card=target.card, preview_pairs=preview_pairs, max_shard_rows=max_shard_rows)
+        files = _write_repo(
+            ds,
+            folder,
+            choice=target.license,
+            repo_id=target.repo_id,
+            src=_Source(source, source_revision, source_selection),
+            evaluation_md=evaluation_md,
+            existing_card=target.card,
+            preview_pairs=preview_pairs,
+            max_shard_rows=max_shard_rows,
+        )
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in files]
-        operations += [CommitOperationDelete(path_in_repo=name) for name in target.files
-                       if _is_data_shard(name) and name not in files]
+        operations += [
+            CommitOperationDelete(path_in_repo=name)
+            for name in target.files
+            if _is_data_shard(name) and name not in files
+        ]
         try:
             commit = api.create_commit(
-                target.repo_id, operations, repo_type="dataset", revision=target.branch,
+                target.repo_id,
+                operations,
+                repo_type="dataset",
+                revision=target.branch,
                 commit_message=commit_message or f"Upload {len(ds)} distilled pairs with pds-hf",
                 commit_description=f"{len(ds)} image-text pairs distilled from {source or 'its source'} with "
-                                   "pds-hf: parquet shards, dataset card and preview in one commit.",
-                parent_commit=target.head)
+                "pds-hf: parquet shards, dataset card and preview in one commit.",
+                parent_commit=target.head,
+            )
         except Exception as err:  # HTTP, connection or file error: the commit did not happen
-            left = ("it still holds its previous commit" if target.exists else "it exists but is empty")
-            hint = (" Someone else committed to it meanwhile: run again." if "412" in _http_summary(err)
-                    else " Run again to retry.")
-            raise PublishError(f"Uploading to {target.repo_id} failed ({_http_summary(err)}). Nothing was committed: "
-                               f"{left}.{hint}") from err
+            left = "it still holds its previous commit" if target.exists else "it exists but is empty"
+            hint = (
+                " Someone else committed to it meanwhile: run again."
+                if "412" in _http_summary(err)
+                else " Run again to retry."
+            )
+            raise PublishError(
+                f"Uploading to {target.repo_id} failed ({_http_summary(err)}). Nothing was committed: {left}.{hint}"
+            ) from err
     logger.info("Published %d pairs to %s", len(ds), commit.commit_url)
     return commit

@@ -38,7 +38,9 @@ def _check_distilled(ds) -> None:
         raise TypeError(f"Expected the distilled datasets.Dataset (one split), got {type(ds).__name__}.")
     missing = [name for name in output_features(1) if name not in ds.column_names]
     if missing:
-        raise ValueError(f"The dataset lacks the column(s) {missing} of a distilled set (made by pds_hf.distill); "
-                         f"its columns are {ds.column_names}.")
+        raise ValueError(
+            f"The dataset lacks the column(s) {missing} of a distilled set (made by pds_hf.distill); "
+            f"its columns are {ds.column_names}."
+        )
     if len(ds) == 0:
         raise ValueError("The distilled dataset has no rows; there is nothing to publish.")

@@ -61,8 +61,9 @@ def _source_card_data(source, revision: str | None, token) -> tuple[dict | None,
     return (info.card_data.to_dict() if info.card_data else {}), f"the card of {source}"
 
 
-def resolve_license(*, license: str | None = None, existing_card=None, source=None,
-                    source_revision: str | None = None, token=None) -> LicenseChoice:
+def resolve_license(
+    *, license: str | None = None, existing_card=None, source=None, source_revision: str | None = None, token=None
+) -> LicenseChoice:
     """Decide the license of a distilled set: ``license=``, else the existing card's, else the source's.
 
     The captions of a distilled set are copied from its source (and, without synthesis, its images too), so
