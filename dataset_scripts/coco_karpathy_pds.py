@@ -104,7 +104,7 @@ def write_dry_run_source(folder: Path, source: str, num_images: int = 40) -> Pat
     if source == WDS:
         (folder / SOURCE_SPLIT).mkdir(parents=True, exist_ok=True)
         with tarfile.open(folder / SOURCE_SPLIT / f"{SOURCE_SPLIT}-00000.tar", "w") as tar:
-            for key, (image, texts) in enumerate(zip(images, captions)):
+            for key, (image, texts) in enumerate(zip(images, captions, strict=False)):
                 jpeg = io.BytesIO()
                 image.save(jpeg, format="JPEG", quality=95)
                 meta = json.dumps({"captions": texts, "cocoid": 500000 + key}).encode()
@@ -117,7 +117,7 @@ def write_dry_run_source(folder: Path, source: str, num_images: int = 40) -> Pat
     from datasets import Dataset
 
     rows = {name: [] for name in parquet_features()}
-    for i, (image, texts) in enumerate(zip(images, captions)):
+    for i, (image, texts) in enumerate(zip(images, captions, strict=False)):
         for k, text in enumerate(texts):  # one row per caption, the image repeated
             sentid = 10 * i + k
             rows["image"].append(image)

@@ -391,7 +391,9 @@ class DistillBuilder(datasets.ArrowBasedBuilder):
             wanted = dict(config.source_filter)
             names = list(wanted)
             ds = ds.filter(
-                lambda *values: [all(v[i] == wanted[n] for v, n in zip(values, names)) for i in range(len(values[0]))],
+                lambda *values: [
+                    all(v[i] == wanted[n] for v, n in zip(values, names, strict=False)) for i in range(len(values[0]))
+                ],
                 input_columns=names,
                 batched=True,
                 desc="Filtering the source",

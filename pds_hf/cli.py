@@ -302,13 +302,13 @@ def _add_distill(subparsers):
 def run_distill(args) -> int:
     """Handler of ``pds-hf distill``: distill, write ``--output``, publish to ``--push-to-hub``."""
     import pds_hf
-    from pds_hf.distributed import current_ranks
     from pds_hf.cache import StageTimer
+    from pds_hf.distributed import current_ranks
     from pds_hf.progress import library_output
     from pds_hf.publish import prepare_push, push_to_hub, save_to_folder
+    from pds_hf.publish.folder import check_output_folder
     from pds_hf.publish.preview import pairs_table
     from pds_hf.schema import set_stage_seconds
-    from pds_hf.publish.folder import check_output_folder
 
     if not args.output and not args.push_to_hub:
         raise UsageError("nothing to write: pass --output DIR, --push-to-hub ORG/NAME, or both.")
@@ -610,7 +610,7 @@ def command_line_words(message: str, parser: argparse.ArgumentParser) -> str:
     return "".join(pieces) + message[done:]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _command_parser(command: str | None) -> argparse.ArgumentParser:
     """The parser of ``pds-hf <command>`` (of ``pds-hf`` itself for None)."""
     parser = build_parser()

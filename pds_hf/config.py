@@ -181,7 +181,7 @@ class DistillConfig:
             return line
         return f"{type(self).__name__}(\n" + "".join(f"    {item},\n" for item in changed) + ")"
 
-    def replace(self, **changes) -> "DistillConfig":
+    def replace(self, **changes) -> DistillConfig:
         """A copy with some fields changed (unknown names raise ``TypeError``)."""
         return dataclasses.replace(self, **changes)
 

@@ -357,7 +357,7 @@ class DecodeFeed:
         else:
             self.preprocess = None
 
-    def __enter__(self) -> "DecodeFeed":
+    def __enter__(self) -> DecodeFeed:
         if self.workers:
             self.pool = _decode_pool(self.workers, self.preprocess, self.depth)
         return self

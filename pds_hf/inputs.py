@@ -52,7 +52,7 @@ class PairTable:
     def num_pairs(self) -> int:
         return len(self.pair_image)
 
-    def without_images(self, bad: np.ndarray) -> "PairTable":
+    def without_images(self, bad: np.ndarray) -> PairTable:
         """The same table minus the distinct images at positions ``bad`` and their pairs.
 
         Image indices are renumbered; texts are kept (an orphaned caption is harmless: it can still be
@@ -241,7 +241,7 @@ def _image_columns(ds, image_column: str, batch_size: int = 10000) -> list:
         # Chunk by chunk: combining them would copy every byte. flatten() carries a null image (a null
         # struct) over to both of its fields, sharing their data.
         for chunk in table.column(image_column).chunks:
-            columns.append(dict(zip([f.name for f in chunk.type], chunk.flatten())))
+            columns.append(dict(zip([f.name for f in chunk.type], chunk.flatten(), strict=False)))
     return columns
 
 

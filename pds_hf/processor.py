@@ -251,7 +251,7 @@ class DistillProcessor(RecipeMixin):
             "version": STAGE_VERSIONS["encode"],
         }
 
-    def replace(self, **changes) -> "DistillProcessor":
+    def replace(self, **changes) -> DistillProcessor:
         """A processor with some settings changed.
 
         Loaded encoders are shared with ``self`` only when the settings they depend on (``clip_model``,
@@ -890,7 +890,7 @@ class DistillProcessor(RecipeMixin):
                 )
 
             def save(indices, images):
-                for m, image in zip(indices, images):
+                for m, image in zip(indices, images, strict=False):
                     stage.save_image(name(m), image)
 
             synthesize_unclip(

@@ -174,7 +174,7 @@ class Recipe:
             cache_dir = args.cache_dir or (str(output_dir / ".cache") if args.dry_run else None)
             where, revision, settings = self._source_and_settings(args, output_dir)
             source = self._builder_source(where, revision, args.source, cache_dir)
-            for size, repo_id in zip(sizes, repo_ids):
+            for size, repo_id in zip(sizes, repo_ids, strict=False):
                 build = DistillBuilder(
                     cache_dir=cache_dir,
                     source_split=self.source_split,

@@ -88,7 +88,7 @@ def write_embeddings(stage, shapes, fill, *, dtype: str = "float32"):
     temps = []
     try:
         targets = []
-        for name, shape in zip(names, shapes):
+        for name, shape in zip(names, shapes, strict=False):
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.npy.", suffix=".tmp", dir=stage.path)
             os.close(fd)
             temps.append(tmp)
@@ -97,7 +97,7 @@ def write_embeddings(stage, shapes, fill, *, dtype: str = "float32"):
         for target in targets:
             target.flush()
         del targets
-        for name, tmp in zip(names, temps):
+        for name, tmp in zip(names, temps, strict=False):
             os.replace(tmp, stage.path / f"{name}.npy")
         temps = []
         stage._mark(marker)

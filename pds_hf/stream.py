@@ -162,7 +162,7 @@ class _Units:
     by_rows: bool
 
     @classmethod
-    def of(cls, ds, world: int) -> "_Units":
+    def of(cls, ds, world: int) -> _Units:
         shards = int(ds.n_shards)
         if shards < world:
             return cls(ds, world, True)
@@ -244,7 +244,7 @@ def _pack(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 def _unpack(data: np.ndarray, ends: np.ndarray) -> list[str]:
     raw = data.tobytes()
     starts = np.concatenate([[0], ends[:-1]]) if len(ends) else ends
-    return [raw[a:b].decode("utf-8") for a, b in zip(starts.tolist(), ends.tolist())]
+    return [raw[a:b].decode("utf-8") for a, b in zip(starts.tolist(), ends.tolist(), strict=False)]
 
 
 _PENDING = -2  # an image first seen in a batch read but not finished yet
@@ -315,7 +315,9 @@ class _UnitEncoder:
             return batch
         images = table.column(config.image_column).combine_chunks()
         dedup = self.layout == "pair"
-        for i, (blob, path) in enumerate(zip(images.field("bytes").to_pylist(), images.field("path").to_pylist())):
+        for i, (blob, path) in enumerate(
+            zip(images.field("bytes").to_pylist(), images.field("path").to_pylist(), strict=False)
+        ):
             if blob is None and path is None:
                 batch.image_keys.append(None)
                 continue
@@ -339,7 +341,7 @@ class _UnitEncoder:
         decoded = np.zeros(len(batch.fresh), dtype=bool)
         decoded[ok] = True
         fresh_index = []
-        for (i, digest), good in zip(batch.fresh, decoded.tolist()):
+        for (i, digest), good in zip(batch.fresh, decoded.tolist(), strict=False):
             index = -1
             if good:
                 index = len(self.image_offset)
@@ -368,7 +370,7 @@ class _UnitEncoder:
                 if image_of_row[i] >= 0:
                     self.pairs.append((image_of_row[i], self.texts[caption], start + i))
 
-        new_rows = [i for (i, _), good in zip(batch.fresh, decoded.tolist()) if good]
+        new_rows = [i for (i, _), good in zip(batch.fresh, decoded.tolist(), strict=False) if good]
         offsets = np.arange(start, start + table.num_rows, dtype=np.int64)
         if self.given:
             if new_rows:

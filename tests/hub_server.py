@@ -41,10 +41,11 @@ import sys
 import tempfile
 import threading
 import traceback
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pytest
@@ -426,7 +427,7 @@ class HubServer:
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
-    def start(self) -> "HubServer":
+    def start(self) -> HubServer:
         self._httpd = _ThreadingServer(("127.0.0.1", 0), _Handler)
         self._httpd.hub = self
         self._thread = threading.Thread(
@@ -444,7 +445,7 @@ class HubServer:
         if self._own_storage:
             shutil.rmtree(self.storage_dir, ignore_errors=True)
 
-    def __enter__(self) -> "HubServer":
+    def __enter__(self) -> HubServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

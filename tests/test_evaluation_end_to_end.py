@@ -267,7 +267,6 @@ def test_missing_encoder_and_bad_columns_are_clear_errors(tiny_encoder, splits):
 
 def test_with_pds_distill_output(tiny_encoder, splits, caplog, monkeypatch):
     import pds_hf
-    from pds_hf.encode import TransformersEncoder
 
     distilled = pds_hf.distill(
         splits["train"], num_pairs=6, clip_model=tiny_encoder, synthesis="retrieve", image_size=32, device="cpu"

@@ -38,7 +38,8 @@ def test_same_embeddings_with_0_1_and_2_workers(tiny_encoder, with_bad_images, c
     # Pixel batches come back through shared memory; (2, "pipe"): as arrays through the pipe, as when
     # /dev/shm is small. Forked workers see the patched check.
     for workers, transfer in ((0, None), (1, "shm"), (2, "shm"), (2, "pipe")):
-        monkeypatch.setattr(pds_hf.encode, "_room_in_shared_memory", lambda nbytes, depth: transfer == "shm")
+        shm = transfer == "shm"
+        monkeypatch.setattr(pds_hf.encode, "_room_in_shared_memory", lambda nbytes, depth, shm=shm: shm)
         with caplog.at_level("WARNING", logger="pds_hf.encode"):
             results.append(
                 encode_table(

@@ -5,10 +5,10 @@ import logging
 
 import numpy as np
 import pytest
+from conftest import png_bytes
 from datasets import Dataset, Features, Image, List, Value
 
 import pds_hf.inputs as inputs
-from conftest import png_bytes
 from pds_hf import DistillConfig, DistillProcessor
 from pds_hf.cache import MemoryStage, Stage, StageTimer
 from pds_hf.distributed import Ranks

@@ -1,13 +1,12 @@
 """The hub test server (tests/hub_server.py) against the real huggingface_hub and datasets clients, offline."""
 
+import datasets
 import numpy as np
 import pytest
-from PIL import Image as PILImage
-
-import datasets
 from datasets.exceptions import DatasetNotFoundError
 from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi, HfFileSystem, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+from PIL import Image as PILImage
 
 FEATURES = datasets.Features({"text": datasets.Value("string"), "image": datasets.Image()})
 
@@ -52,7 +51,7 @@ def test_image_dataset_roundtrips_through_push_to_hub_and_load_dataset(hub):
     hub.clear_requests()
     loaded = datasets.load_dataset("tester/demo", split="train")
     assert loaded["text"] == ["a cat", "a dog", "a bird"]
-    for got, want in zip(pixels(loaded), pixels(ds)):
+    for got, want in zip(pixels(loaded), pixels(ds), strict=False):
         np.testing.assert_array_equal(got, want)
     # Fresh cache: the data really came from the server, at the pushed commit.
     parquet = f"/datasets/tester/demo/resolve/{head.oid}/data/train-00000-of-00001.parquet"
@@ -111,7 +110,7 @@ def test_second_push_keeps_the_readme_body(hub):
     assert [f for f in hub.repo_files("tester/demo") if f.endswith(".parquet")] == ["data/train-00000-of-00001.parquet"]
     loaded = datasets.load_dataset("tester/demo", split="train")
     assert loaded["text"] == ["four", "five"]
-    for got, want in zip(pixels(loaded), pixels(second)):
+    for got, want in zip(pixels(loaded), pixels(second), strict=False):
         np.testing.assert_array_equal(got, want)
 
 

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from conftest import png_bytes
 from datasets import Dataset, DatasetDict, Features, Image, List, Value
 
-from conftest import png_bytes
 from pds_hf.inputs import read_pairs
 
 RED, BLUE = png_bytes((255, 0, 0)), png_bytes((0, 0, 255))

@@ -5,6 +5,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import png_bytes
 from datasets import (
     Dataset,
     Features,
@@ -18,7 +19,6 @@ from datasets import (
 from datasets.distributed import split_dataset_by_node
 from datasets.packaged_modules.parquet.parquet import Parquet
 
-from conftest import png_bytes
 from pds_hf.lengths import expected_rows
 
 FILE_ROWS = [5, 7, 3]

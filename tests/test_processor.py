@@ -5,10 +5,10 @@ import logging
 
 import numpy as np
 import pytest
+from conftest import png_bytes
 from datasets import Dataset, DatasetDict, Features, Image, IterableDatasetDict, List, Value
 
 import pds_hf
-from conftest import png_bytes
 from pds_hf import DistillConfig, DistillProcessor
 from pds_hf.encode import encode_table
 from pds_hf.inputs import read_pairs
@@ -57,7 +57,7 @@ def test_map_encode_equals_the_internal_encoder(layout, shapes_ds, shapes_pairs_
     if layout == "image":
         per_caption = np.concatenate([np.asarray(row, dtype=np.float32) for row in encoded["text_embedding"]])
         assert per_caption.shape == (table.num_pairs, 32)
-        assert all(len(e) == len(c) for e, c in zip(encoded["text_embedding"], shapes_ds["caption"]))
+        assert all(len(e) == len(c) for e, c in zip(encoded["text_embedding"], shapes_ds["caption"], strict=False))
     else:
         per_caption = np.asarray(encoded["text_embedding"], dtype=np.float32)
     np.testing.assert_allclose(per_caption, text_embeds[table.pair_text], atol=1e-5)

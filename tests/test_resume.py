@@ -103,7 +103,7 @@ def test_interrupted_synthesis_resumes_with_the_same_images(shapes_ds, tiny_pipe
     resumed = CountingPipe(tiny_pipe)
     result = pds_hf.distill(shapes_ds, config, unclip_model=resumed)
     assert resumed.images == 6 - 4
-    for a, b in zip(result["image"], reference["image"]):
+    for a, b in zip(result["image"], reference["image"], strict=False):
         assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 2
 
 
@@ -219,7 +219,7 @@ def test_two_processes_give_the_same_distilled_set(tmp_path):
     assert a["caption"] == b["caption"]
     np.testing.assert_allclose(np.asarray(a["image_embedding"]), np.asarray(b["image_embedding"]), atol=1e-5)
     np.testing.assert_allclose(np.asarray(a["text_embedding"]), np.asarray(b["text_embedding"]), atol=1e-5)
-    for x, y in zip(a["image"], b["image"]):
+    for x, y in zip(a["image"], b["image"], strict=False):
         assert np.abs(np.asarray(x, dtype=int) - np.asarray(y, dtype=int)).max() <= 2
 
 

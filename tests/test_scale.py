@@ -23,7 +23,7 @@ def _dense_optimum(table):
 
 def _positive_cells(table, rows, cols):
     gain = table[rows, cols] > 0
-    return set(zip(rows[gain].tolist(), cols[gain].tolist()))
+    return set(zip(rows[gain].tolist(), cols[gain].tolist(), strict=False))
 
 
 def _random_table(rng, k, density, integer):
@@ -148,7 +148,7 @@ def test_prototypes_on_the_sparse_path_match_the_dense_optimum(rng, monkeypatch,
         return {
             (int(i), int(j)): (s, a, b)
             for i, j, s, a, b in zip(
-                run.image_cluster, run.text_cluster, run.support, run.image_embeds, run.text_embeds
+                run.image_cluster, run.text_cluster, run.support, run.image_embeds, run.text_embeds, strict=False
             )
         }
 

@@ -11,7 +11,6 @@ from pds_hf.cluster import kmeans
 from pds_hf.filter import filter_pairs, pair_similarity
 from pds_hf.prototypes import prototypes_from_embeddings
 
-
 # -- filter ---------------------------------------------------------------------------------------
 
 
@@ -124,7 +123,7 @@ def _best_matching_by_brute_force(image_labels, text_labels, k):
     """The text cluster of each image cluster in the matching with the most shared pairs, found by
     counting the pairs by hand and trying all ``k!`` matchings; the best must be unique."""
     table = np.zeros((k, k), dtype=np.int64)
-    for i, j in zip(image_labels.tolist(), text_labels.tolist()):
+    for i, j in zip(image_labels.tolist(), text_labels.tolist(), strict=False):
         table[i, j] += 1
     matchings = np.array(list(itertools.permutations(range(k))))
     totals = table[np.arange(k), matchings].sum(axis=1)

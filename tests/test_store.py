@@ -5,10 +5,10 @@ import os
 
 import numpy as np
 import pytest
+from conftest import png_bytes
 from datasets import Dataset, Features, Image, Value
 
 import pds_hf
-from conftest import png_bytes
 from pds_hf import DistillConfig, DistillProcessor
 from pds_hf.cache import Stage
 from pds_hf.encode import encode_table

@@ -12,10 +12,10 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import png_bytes
 from datasets import Dataset, Features, Image, IterableDataset, IterableDatasetDict, Value
 
 import pds_hf
-from conftest import png_bytes
 from pds_hf import DistillConfig, DistillProcessor
 from pds_hf.stream import ShardReadError, stream_fingerprint
 

@@ -77,7 +77,7 @@ def test_no_negative_prompt_means_the_empty_one(tiny_pipe, protos):
     none = synthesize_unclip(spy, protos[:3], PROMPTS[:3], negative_prompt=None, **args)
     assert [call["negative_prompt"] for call in spy.calls] == [None], "no list of None reaches the tokenizer"
     empty = synthesize_unclip(tiny_pipe, protos[:3], PROMPTS[:3], negative_prompt="", **args)
-    for a, b in zip(none, empty):
+    for a, b in zip(none, empty, strict=False):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 

@@ -216,6 +216,7 @@ def sync(device):
 
 def bench_encode(args, device, dtype):
     from bench_encode import bare_forward, caption_batches, image_dataset
+
     from pds_hf.encode import TransformersEncoder, encode_table
     from pds_hf.inputs import load_images, read_pairs
 
@@ -245,7 +246,6 @@ def bench_encode(args, device, dtype):
         start = time.perf_counter()
         fn()
         timings[name] = min(timings.get(name, float("inf")), time.perf_counter() - start)
-    del model, encoder, batches, text_batches
     n = len(rows)
     return [
         [

@@ -224,10 +224,10 @@ def storage_effect(n: int, k: int, other_dtype: str = "float16", other_seed: int
         images, texts = open_pairs(dtype, n)
         means[dtype] = [_group_means(table, np.arange(n), group, weights, k)[0] for table in (images, texts)]
     filled = _group_means(np.zeros((n, 1), np.float32), np.arange(n), group, weights, k)[1] > 0
-    diffs = [np.abs(x[filled] - y[filled]) for x, y in zip(means["float32"], means[other_dtype])]
+    diffs = [np.abs(x[filled] - y[filled]) for x, y in zip(means["float32"], means[other_dtype], strict=False)]
     cosines = [
         np.einsum("ij,ij->i", normalize(x[filled]), normalize(y[filled]))
-        for x, y in zip(means["float32"], means[other_dtype])
+        for x, y in zip(means["float32"], means[other_dtype], strict=False)
     ]
     both = a["kept"] & b["kept"]
     nearest_cosine = (normalize(a["text_embeds"]) @ normalize(b["text_embeds"]).T).max(axis=1)
@@ -235,7 +235,10 @@ def storage_effect(n: int, k: int, other_dtype: str = "float16", other_seed: int
         kept=float(np.mean(a["kept"] == b["kept"])),
         fixed_max_abs=float(max(d.max() for d in diffs)),
         fixed_rel=float(
-            max(d.max() / np.linalg.norm(x[filled], axis=1).mean() for d, x in zip(diffs, means["float32"]))
+            max(
+                d.max() / np.linalg.norm(x[filled], axis=1).mean()
+                for d, x in zip(diffs, means["float32"], strict=False)
+            )
         ),
         fixed_min_cosine=float(min(c.min() for c in cosines)),
         ari_image=adjusted_rand_score(a["image_labels"][both], b["image_labels"][both]),

@@ -47,7 +47,7 @@ def load_pairs(images: int, captions: int, seed: int = 0):
     stem = CACHE / f"clip_like_pairs_{images}x{captions}_{seed}"
     names = ("images", "texts", "pair_image")
     if not all((stem.parent / f"{stem.name}_{n}.npy").exists() for n in names):
-        for name, array in zip(names, clip_like_pairs(images, captions, seed=seed)):
+        for name, array in zip(names, clip_like_pairs(images, captions, seed=seed), strict=False):
             np.save(stem.parent / f"{stem.name}_{name}.npy", array)
     return [np.load(stem.parent / f"{stem.name}_{n}.npy") for n in names]
 

@@ -51,7 +51,9 @@ class SameConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = []
-        for size, kernel, stride in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
+        for size, kernel, stride in zip(
+            reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride), strict=False
+        ):
             total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
             pads += [total // 2, total - total // 2]
         if pads[0] == pads[1] and pads[2] == pads[3]:
@@ -136,7 +138,7 @@ class EfficientNetLite0(nn.Module):
         """ImageNet-1k class scores (for checking the weights)."""
         return self._fc(self(pixel_values))
 
-    def fold(self) -> "EfficientNetLite0":
+    def fold(self) -> EfficientNetLite0:
         """Fold every BatchNorm into its convolution and store weights channels-last, for inference only."""
         fold_batchnorm(self._conv_stem, self._bn0)
         fold_batchnorm(self._conv_head, self._bn1)

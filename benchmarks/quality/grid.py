@@ -5,7 +5,8 @@
     python benchmarks/quality/grid.py --report                # RESULTS.md from the results-*.json files there
     python benchmarks/quality/grid.py --dataset openmoji --tune --output findings/tune-openmoji.json
     python benchmarks/quality/grid.py --dataset openmoji --train-images 550 --one-caption --own-teacher \
-        --num-pairs 10 25 50 100 --output benchmarks/quality/findings/pool-openmoji.json   # issue 18's regime (findings/POOL.md)
+        --num-pairs 10 25 50 100 --output benchmarks/quality/findings/pool-openmoji.json
+        # ^ issue 18's regime (findings/POOL.md)
 
 Everything runs on cached frozen features, through the package's own steps
 (``prototypes_from_embeddings``, ``retrieve_captions``, ``select_pairs``) and its student protocol
@@ -99,12 +100,11 @@ class Bench:
         own_teacher: bool = False,
     ):
         import datasets
+        import mpnet_text
         import torch
 
         from pds_hf.evaluation import load_student
         from pds_hf.evaluation.features import retrieval_set
-
-        import mpnet_text
 
         start = time.perf_counter()
         if dataset == "openclipart":
@@ -331,7 +331,7 @@ def _diagnostics(data, images, texts, protos) -> dict:
     if protos is not None:
         members = investigate._members(protos)
         out["in_intersection"] = float(
-            np.mean([image in set(data.pair_image[m].tolist()) for image, m in zip(images, members)])
+            np.mean([image in set(data.pair_image[m].tolist()) for image, m in zip(images, members, strict=False)])
         )
         out["empty_intersections"] = int(protos.num_empty)
     return out
@@ -426,7 +426,7 @@ def run_cells(bench: Bench, *, methods, sizes, seeds: range, epochs: int, tune: 
                 rows[-1]["seconds"] = rows[-2]["seconds"] = round(seconds, 2)
                 log(
                     f"{bench.dataset} M={num_pairs:4d} seed {seed} {method:14s} "
-                    + "  ".join(f"{p}: {r['metrics']['mean']:6.2f}" for p, r in zip(PROTOCOLS, rows[-2:]))
+                    + "  ".join(f"{p}: {r['metrics']['mean']:6.2f}" for p, r in zip(PROTOCOLS, rows[-2:], strict=False))
                     + f"  in-intersection {chosen['diagnostics'].get('in_intersection', float('nan')):.2f}"
                     + f"  teacher cos {chosen['diagnostics']['teacher_image_to_text']:.3f}  ({seconds:.0f}s)"
                 )
@@ -579,7 +579,8 @@ def write_report(
         for protocol in PROTOCOLS:
             title = {
                 "teacher-text": "(a) teacher text features (the paper's protocol: PDS trains on the text prototype)",
-                "captions": f"(b) captions only (the student encodes the caption strings with {result['student_text']})",
+                "captions": "(b) captions only (the student encodes the caption strings with "
+                f"{result['student_text']})",
             }
             lines += [
                 f"### {title[protocol]}",
@@ -808,7 +809,7 @@ def main(argv=None) -> int:
     )
     save(rows, complete=True)
     print("\nmean recall, mean ± sd over seeds:")
-    for (dataset, protocol, method, m), cell in sorted(summarize(rows).items(), key=lambda kv: (kv[0][1], kv[0][3])):
+    for (_dataset, protocol, method, m), cell in sorted(summarize(rows).items(), key=lambda kv: (kv[0][1], kv[0][3])):
         print(f"{protocol:12s} M={m:4d} {method:18s} {cell['mean']['mean']:6.2f} ± {cell['sd']['mean']:.2f}")
     print(f"Wrote {output} in {bench.seconds['total']:.0f}s.")
     return 0

@@ -115,7 +115,9 @@ def variant_features(name: str, data: TrainFeatures, num_pairs: int, seed: int):
         empty = np.isnan(image_feats).any(axis=1)
         image_feats[empty] = data.student_feats[nearest_image[empty]]
     members = _members(protos)
-    in_group = np.mean([image in set(data.pair_image[m].tolist()) for image, m in zip(nearest_image, members)])
+    in_group = np.mean(
+        [image in set(data.pair_image[m].tolist()) for image, m in zip(nearest_image, members, strict=False)]
+    )
     kept = protos.kept
     sizes = {
         side: np.bincount(labels[kept], minlength=num_pairs)
@@ -137,12 +139,12 @@ def variant_features(name: str, data: TrainFeatures, num_pairs: int, seed: int):
 def _members(protos):
     """Per prototype, the pair indices of its matched intersection (empty for a centroid fallback)."""
     by_cluster = {}
-    for pair, (i, j) in enumerate(zip(protos.image_labels, protos.text_labels)):
+    for pair, (i, j) in enumerate(zip(protos.image_labels, protos.text_labels, strict=False)):
         if i >= 0:
             by_cluster.setdefault((int(i), int(j)), []).append(pair)
     return [
         np.asarray(by_cluster.get((int(i), int(j)), []), dtype=np.int64)
-        for i, j in zip(protos.image_cluster, protos.text_cluster)
+        for i, j in zip(protos.image_cluster, protos.text_cluster, strict=False)
     ]
 
 

@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from efficientnet_lite import FEATURE_DIM, MEAN, STD, load_efficientnet_lite0
 
 logger = logging.getLogger(__name__)
@@ -117,7 +116,7 @@ class ImageTower:
             batch = torch.stack([self._pixels(images[i]) for i in chunk])
             with torch.inference_mode():
                 out = self.model(batch).numpy()
-            for i, vector in zip(chunk, out):
+            for i, vector in zip(chunk, out, strict=False):
                 if self.store.get(keys[i]) is None:
                     self.store.put(keys[i], vector)
         return np.stack([self.store.get(key) for key in keys]) if keys else np.zeros((0, FEATURE_DIM), np.float32)
@@ -138,7 +137,7 @@ def mean_pooled_features(
             hidden = model(**tokens).last_hidden_state
         mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
-        for i, vector in zip(chunk, pooled.numpy()):
+        for i, vector in zip(chunk, pooled.numpy(), strict=False):
             store.put(keys[i], vector)
     return np.stack([store.get(key) for key in keys]) if keys else np.zeros((0, dim), np.float32)
 
@@ -299,7 +298,7 @@ def train_lit_heads(
         heads.train()
         order = torch.randperm(len(image_feats), generator=generator).numpy()
         pick = torch.randint(0, 1 << 30, (len(order),), generator=generator).numpy()
-        chosen = np.array([captions_of[i][p % len(captions_of[i])] for i, p in zip(order, pick)])
+        chosen = np.array([captions_of[i][p % len(captions_of[i])] for i, p in zip(order, pick, strict=False)])
         for start in range(0, len(order), batch_size):
             rows, caps = order[start : start + batch_size], chosen[start : start + batch_size]
             loss = heads.loss(images_t[rows], texts_t[caps])

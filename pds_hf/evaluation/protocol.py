@@ -22,7 +22,6 @@ import logging
 import numpy as np
 
 from ..filter import finite_table
-
 from .features import RetrievalSet, resolve_cache_dir, retrieval_set, student_image_features
 from .report import EvaluationReport
 
