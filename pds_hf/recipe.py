@@ -149,7 +149,7 @@ class Recipe:
         from datasets.exceptions import DatasetGenerationError
 
         from .builder import DistillBuilder
-        from .cli import command_line_words
+        from .cli_base import command_line_words
         from .publish import PublishError, prepare_push, push_to_hub, save_to_folder
         from .publish.folder import check_output_folder
 

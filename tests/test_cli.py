@@ -9,7 +9,8 @@ import sys
 import pytest
 from datasets import load_dataset
 
-from pds_hf.cli import build_parser, main, run_command
+from pds_hf.cli import build_parser, main
+from pds_hf.cli_base import run_command
 
 
 def test_demo_writes_a_loadable_folder(tmp_path, capsys, monkeypatch):
@@ -107,7 +108,7 @@ def test_messages_name_flags_not_python_keywords(tmp_path, shapes_ds, capsys):
     """One translation for every error and log line of the command: Python's keywords become its flags."""
     from argparse import Namespace
 
-    from pds_hf.cli import command_line_words, error_line
+    from pds_hf.cli_base import command_line_words, error_line
 
     shapes_ds.save_to_disk(str(tmp_path / "src"))
     assert main(["distill", str(tmp_path / "src"), "--image-column", "caption", "--output", str(tmp_path / "out")]) == 2
@@ -118,7 +119,8 @@ def test_messages_name_flags_not_python_keywords(tmp_path, shapes_ds, capsys):
         "first."
     )
 
-    args = build_parser().parse_args(["distill", "me/pairs", "-o", "out"])
+    parser = build_parser()
+    args = parser.parse_args(["distill", "me/pairs", "-o", "out"])
     assert error_line(
         ValueError(
             "Pass license='<Hub license id>', e.g. license='cc-by-4.0', or overwrite=True; "
@@ -126,22 +128,23 @@ def test_messages_name_flags_not_python_keywords(tmp_path, shapes_ds, capsys):
             "load_dataset('./x', split='train'), nor in a path: /data/split=train/."
         ),
         args,
+        parser,
     ) == (
         2,
         "Pass --license '<Hub license id>', e.g. --license cc-by-4.0, or --overwrite; --no-normalize, --steps 5 "
         "and --batch-size 8. Not in code: load_dataset('./x', split='train'), nor in a path: /data/split=train/.",
     )
-    evaluate = build_parser().parse_args(["evaluate", "me/set"])
-    assert error_line(ValueError("Pass train_image_head=True or drop embed_dim."), evaluate)[1] == (
+    evaluate = parser.parse_args(["evaluate", "me/set"])
+    assert error_line(ValueError("Pass train_image_head=True or drop embed_dim."), evaluate, parser)[1] == (
         "Pass --train-image-head or drop embed_dim."
     )
-    assert command_line_words("pass use_cache=True (in Python: x = f(a=1))", build_parser()) == "pass use_cache=True"
+    assert command_line_words("pass use_cache=True (in Python: x = f(a=1))", parser) == "pass use_cache=True"
 
     def warn(args):
         logging.getLogger("pds_hf.publish.folder").warning("License unknown. Pass license=... before sharing.")
         return 0
 
-    assert run_command(Namespace(func=warn, verbose=False, command="distill")) == 0
+    assert run_command(Namespace(func=warn, verbose=False, command="distill"), parser) == 0
     assert capsys.readouterr().err == "warning: License unknown. Pass --license LICENSE before sharing.\n"
 
 
@@ -423,21 +426,23 @@ def test_the_command_shows_info_lines_one_line_each(capsys):
 def test_error_lines_name_what_failed_and_pick_the_exit_code():
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from pds_hf.cli import CommandError, UsageError, error_line
+    from pds_hf.cli_base import CommandError, UsageError, error_line
 
-    args = build_parser().parse_args(["distill", "me/pairs", "--clip-model", "me/clip", "-o", "out"])
-    assert error_line(UsageError("bad flag"), args) == (2, "bad flag")
-    assert error_line(CommandError("no network"), args) == (1, "no network")
-    assert error_line(KeyError("The dataset has no caption column 'x'."), args) == (
+    parser = build_parser()
+    args = parser.parse_args(["distill", "me/pairs", "--clip-model", "me/clip", "-o", "out"])
+    assert error_line(UsageError("bad flag"), args, parser) == (2, "bad flag")
+    assert error_line(CommandError("no network"), args, parser) == (1, "no network")
+    assert error_line(KeyError("The dataset has no caption column 'x'."), args, parser) == (
         2,
         "The dataset has no caption column 'x'.",
     )
-    code, line = error_line(OSError("We couldn't connect to 'https://huggingface.co'\nCheck your connection."), args)
+    offline = OSError("We couldn't connect to 'https://huggingface.co'\nCheck your connection.")
+    code, line = error_line(offline, args, parser)
     assert code == 1 and line.startswith("We couldn't connect to 'https://huggingface.co' Check your connection.")
-    code, line = error_line(LocalEntryNotFoundError("me/clip is not in the cache"), args)
+    code, line = error_line(LocalEntryNotFoundError("me/clip is not in the cache"), args, parser)
     assert code == 1 and line.startswith("me/clip is not in the cache (LocalEntryNotFoundError); ")
-    assert error_line(KeyboardInterrupt(), args)[0] == 130
-    code, line = error_line(RuntimeError("boom"), args)
+    assert error_line(KeyboardInterrupt(), args, parser)[0] == 130
+    code, line = error_line(RuntimeError("boom"), args, parser)
     assert code == 1 and line.startswith("RuntimeError: boom; rerun with -v")
 
 
@@ -454,7 +459,7 @@ def test_only_the_model_that_failed_to_load_is_named(monkeypatch):
     import diffusers
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from pds_hf.cli import error_line
+    from pds_hf.cli_base import error_line
     from pds_hf.encode import TransformersEncoder, load_encoder
     from pds_hf.synthesize import load_unclip
 
@@ -466,17 +471,18 @@ def test_only_the_model_that_failed_to_load_is_named(monkeypatch):
 
     monkeypatch.setattr(TransformersEncoder, "from_pretrained", no_connection)
     monkeypatch.setattr(diffusers.StableUnCLIPImg2ImgPipeline, "from_pretrained", not_cached)
-    args = build_parser().parse_args(
+    parser = build_parser()
+    args = parser.parse_args(
         ["distill", "me/pairs", "--clip-model", "me/clip", "--unclip-model", "me/unclip", "-o", "out"]
     )
-    code, line = error_line(_raised(load_encoder, "me/clip"), args)
+    code, line = error_line(_raised(load_encoder, "me/clip"), args, parser)
     assert code == 1 and "--clip-model me/clip" in line and "--unclip-model" not in line, line
-    code, line = error_line(_raised(load_unclip, "me/unclip"), args)
+    code, line = error_line(_raised(load_unclip, "me/unclip"), args, parser)
     assert code == 1 and "--unclip-model me/unclip" in line and "--clip-model" not in line, line
 
 
 def test_an_error_that_knows_its_option_is_shown_with_the_flag_and_its_exit_code():
-    from pds_hf.cli import error_line
+    from pds_hf.cli_base import error_line
 
     class LoadError(OSError):  # the shape of pds_hf.hub_models.ModelLoadError
         option = "clip_model"
@@ -485,26 +491,30 @@ def test_an_error_that_knows_its_option_is_shown_with_the_flag_and_its_exit_code
             super().__init__(message)
             self.hub_unreachable = hub_unreachable
 
-    args = build_parser().parse_args(["distill", "me/pairs", "--clip-model", "me/clip", "-o", "out"])
+    parser = build_parser()
+    args = parser.parse_args(["distill", "me/pairs", "--clip-model", "me/clip", "-o", "out"])
     assert error_line(
         LoadError(
             "Could not load clip_model='me/clip': no config.json; pass a folder written by save_pretrained.", False
         ),
         args,
+        parser,
     ) == (2, "Could not load --clip-model me/clip: no config.json; pass a folder written by save_pretrained.")
     assert error_line(
         LoadError("Could not load clip_model='me/clip': the Hub could not be reached; unset HF_HUB_OFFLINE.", True),
         args,
+        parser,
     ) == (1, "Could not load --clip-model me/clip: the Hub could not be reached; unset HF_HUB_OFFLINE.")
 
 
 def test_verbose_errors_point_to_the_traceback_shown_not_to_v():
-    from pds_hf.cli import error_line
+    from pds_hf.cli_base import error_line
 
+    parser = build_parser()
     for flags, hint in (([], "rerun with -v for the traceback"), (["-v"], "the traceback is above")):
-        args = build_parser().parse_args([*flags, "distill", "me/pairs", "-o", "out"])
+        args = parser.parse_args([*flags, "distill", "me/pairs", "-o", "out"])
         for err in (RuntimeError("boom"), OSError("disk hiccup")):
-            line = error_line(err, args)[1]
+            line = error_line(err, args, parser)[1]
             assert hint in line and ("-v" in line) == (not flags), line
 
 

@@ -139,7 +139,7 @@ def test_version(results):
 
 # A command that has forked a worker (as image decoding does) when Ctrl-C reaches the terminal's process group.
 FORKED = (
-    "import os, time; from argparse import Namespace; from pds_hf.cli import _exit_on_interrupt\n"
+    "import os, time; from argparse import Namespace; from pds_hf.cli_base import _exit_on_interrupt\n"
     "with _exit_on_interrupt(Namespace(command='distill'), enabled=True):\n"
     "    if os.fork() == 0:\n"
     "        os.write(1, b'worker\\n'); time.sleep(60); os._exit(0)\n"

@@ -23,7 +23,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..cli import CommandError, UsageError, run_command
+from ..cli_base import CommandError, UsageError, run_command
 
 logger = logging.getLogger(__name__)
 
@@ -333,7 +333,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pds-hf")
     add_parsers(parser.add_subparsers(dest="command", required=True))
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug lines and the traceback of an error")
-    return run_command(parser.parse_args(argv))
+    return run_command(parser.parse_args(argv), parser)
 
 
 if __name__ == "__main__":
