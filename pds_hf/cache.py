@@ -65,7 +65,7 @@ def stage_key(stage: str, parent: str | None, *parts) -> str | None:
     return None if parent is None else fingerprint(stage, STAGE_VERSIONS[stage], parent, *parts)
 
 
-def _disk_full(path: Path, size: int | None, tmp: str) -> OSError:
+def disk_full_error(path: Path, size: int | None, tmp: str) -> OSError:
     """The error for a full disk: which stage, which file, how many bytes it needed and how many are free."""
     written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
     needed = f"about {size} bytes" if size is not None else f"more than the {written} bytes written"
@@ -90,7 +90,7 @@ def _atomic_write(path: Path, write, size: int | None = None) -> None:
         except OSError as err:
             if err.errno != errno.ENOSPC:
                 raise
-            raise _disk_full(path, size, tmp) from err
+            raise disk_full_error(path, size, tmp) from err
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -114,7 +114,9 @@ class Stage:
     def done(self, name: str) -> bool:
         return (self.path / f"{name}.done").exists()
 
-    def _mark(self, name: str) -> None:
+    def mark_done(self, name: str) -> None:
+        """Record that ``name`` is complete (an empty ``name.done`` file, written atomically), for a file the stage
+        did not write through its own ``save_*`` methods (the embedding store writes its arrays itself)."""
         _atomic_write(self.path / f"{name}.done", lambda handle: handle.write(b""))
 
     def save_arrays(self, name: str, **arrays) -> None:
@@ -123,7 +125,7 @@ class Stage:
             lambda handle: np.savez(handle, **arrays),
             size=sum(np.asarray(value).nbytes for value in arrays.values()),
         )
-        self._mark(name)
+        self.mark_done(name)
 
     def load_arrays(self, name: str, keys=None) -> dict:
         """The arrays saved as ``name``; only those named in ``keys`` (the others are not read) when given."""
@@ -132,14 +134,14 @@ class Stage:
 
     def save_json(self, name: str, value) -> None:
         _atomic_write(self.path / f"{name}.json", lambda handle: handle.write(json.dumps(value).encode()))
-        self._mark(name)
+        self.mark_done(name)
 
     def load_json(self, name: str):
         return json.loads((self.path / f"{name}.json").read_text())
 
     def save_image(self, name: str, image) -> None:
         _atomic_write(self.path / f"{name}.png", lambda handle: image.save(handle, format="PNG"))
-        self._mark(name)
+        self.mark_done(name)
 
     def load_image(self, name: str):
         from PIL import Image

@@ -430,11 +430,11 @@ def _splits_preprocessing(encoder) -> bool:
     return hasattr(encoder, "preprocess_images") and hasattr(encoder, "encode_pixels")
 
 
-def _encode_texts(
+def encode_text_batches(
     encoder, texts: list[str], batch_size: int, bar=None, rows=None, rows_of: str = "dataset"
 ) -> np.ndarray:
     """Encode ``texts`` in batches (``rows``: the row of ``rows_of`` of each, for errors; ``bar``: a progress bar
-    to advance)."""
+    to advance). Used by the map-style encode stage and by the stream's."""
     chunks = []
     for start in range(0, len(texts), batch_size):
         batch = texts[start : start + batch_size]
@@ -554,7 +554,7 @@ def encode_table(
             start, stop = text_shards[s]
             stage.save_arrays(
                 f"texts-{s:06d}",
-                embeds=_encode_texts(encoder, table.texts[start:stop], batch_size, bar, text_rows[start:stop]),
+                embeds=encode_text_batches(encoder, table.texts[start:stop], batch_size, bar, text_rows[start:stop]),
             )
     ranks.barrier()
 

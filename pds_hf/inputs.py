@@ -106,7 +106,20 @@ def check_dataset_type(ds, *, streaming: bool = False) -> None:
         )
 
 
-def _caption_layout(ds, caption_column: str) -> str:
+def caption_layout(ds, caption_column: str) -> str:
+    """How ``ds`` holds its captions, read from the caption column's feature: ``"pair"`` (one string per row) or
+    ``"image"`` (a list of strings per row, one image with several captions).
+
+    Shared by the map-style checks and the stream's, so that both read the same layouts and refuse the same
+    features.
+
+    Example:
+        ```py
+        >>> from datasets import Dataset
+        >>> caption_layout(Dataset.from_dict({"caption": ["a cat"]}), "caption")
+        'pair'
+        ```
+    """
     from datasets import LargeList, List, Value
 
     feature = ds.features[caption_column]
@@ -176,7 +189,7 @@ def check_columns(ds, image_column: str, caption_column: str, *, require_images:
     check_column_roles(ds.features, image_column, caption_column, require_images=require_images)
     if len(ds) == 0:
         raise ValueError("The dataset has no rows.")
-    return _caption_layout(ds, caption_column)
+    return caption_layout(ds, caption_column)
 
 
 def _bad_caption(value) -> str | None:
@@ -436,12 +449,12 @@ def embedding_columns_present(ds, image_embedding_column: str, text_embedding_co
     return all(has)
 
 
-def _vectors(column, name: str, rows, dim: int | None = None, dim_row: int | None = None) -> np.ndarray:
+def vectors_from_column(column, name: str, rows, dim: int | None = None, dim_row: int | None = None) -> np.ndarray:
     """A pyarrow list-of-float column as an ``(n, d)`` float32 array, checked row by row.
 
     ``rows`` gives the dataset row of each entry (for the error messages). ``dim`` is the size every vector
     must have, first seen at dataset row ``dim_row`` (a later block of a column read in blocks); without it,
-    the first entry sets the size.
+    the first entry sets the size. Used by the map-style reader and by the stream, block by block.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -546,15 +559,15 @@ def per_caption_vectors(
 
     In the ``"pair"`` layout each row holds one vector; in the ``"image"`` layout a list of vectors, one per caption
     of the row's list in ``captions``. ``rows`` gives each row's number and ``where(i)`` where row ``i`` is, for
-    the errors; ``dim`` and ``dim_row`` as for :func:`_vectors`.
+    the errors; ``dim`` and ``dim_row`` as for :func:`vectors_from_column`.
     """
     import pyarrow as pa
 
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if layout != "image":
-        return _vectors(column, name, rows, dim, dim_row)
+        return vectors_from_column(column, name, rows, dim, dim_row)
     counts = caption_vector_counts(column, name, captions, where)
-    return _vectors(column.flatten(), name, np.repeat(rows, counts), dim, dim_row)
+    return vectors_from_column(column.flatten(), name, np.repeat(rows, counts), dim, dim_row)
 
 
 def _caption_vectors(
@@ -645,7 +658,7 @@ def embeddings_from_columns(
     image_order = np.argsort(table.image_rows, kind="stable")
     image_rows = table.image_rows[image_order]
     first_row = int(image_rows[0]) if len(image_rows) else 0
-    image_dim = _vectors(
+    image_dim = vectors_from_column(
         arrow[first_row : first_row + 1][image_embedding_column], image_embedding_column, [first_row]
     ).shape[1]
     text_dim = _caption_vectors(arrow[0:1], 0, text_embedding_column, caption_column, table.layout)[0].shape[1]
@@ -665,7 +678,7 @@ def embeddings_from_columns(
             lo, hi = np.searchsorted(image_rows, [start, start + block.num_rows])
             if hi > lo:
                 picked = block.column(image_embedding_column).take(image_rows[lo:hi] - start)
-                image_embeds[image_order[lo:hi]] = _vectors(
+                image_embeds[image_order[lo:hi]] = vectors_from_column(
                     picked, image_embedding_column, image_rows[lo:hi], image_dim, first_row
                 )
             vectors, captions = _caption_vectors(

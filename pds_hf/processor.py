@@ -420,12 +420,14 @@ class DistillProcessor(RecipeMixin):
             on_bad_image=config.on_bad_image,
             require_images=images,
         )
-        self._check_sizes(table)
+        self.check_sizes(table)
         if given:
-            self._check_recorded_encoder(ds)
+            self.check_recorded_encoder(ds)
         return table, given
 
-    def _check_sizes(self, table) -> None:
+    def check_sizes(self, table) -> None:
+        """Refuse a ``num_pairs`` that the usable pairs of ``table`` cannot give (after ``rm_ratio`` for PDS, and
+        with enough distinct images and captions to cluster). Used by :meth:`check_inputs` and by the stream."""
         config = self.config
         if config.method != "pds":
             if config.num_pairs > table.num_pairs:
@@ -447,7 +449,9 @@ class DistillProcessor(RecipeMixin):
                     f"clusters each modality into num_pairs clusters; lower num_pairs to at most {count}."
                 )
 
-    def _check_recorded_encoder(self, ds) -> None:
+    def check_recorded_encoder(self, ds) -> None:
+        """Warn when the given embedding columns of ``ds`` record an encoder other than ``clip_model``; the
+        embeddings are used as they are. Used by :meth:`check_inputs` and by the stream."""
         config = self.config
         mine = _spec_name(config.clip_model, config.clip_revision)
         for column in (config.image_embedding_column, config.text_embedding_column):
@@ -470,7 +474,8 @@ class DistillProcessor(RecipeMixin):
     # The whole run
     # ------------------------------------------------------------------------------------------------------
 
-    def _cache_dir(self):
+    def cache_dir(self):
+        """The folder the stages cache in: ``config.cache_dir`` or the default, None with ``use_cache=False``."""
         config = self.config
         return (config.cache_dir or default_cache_dir()) if config.use_cache else None
 
@@ -490,7 +495,7 @@ class DistillProcessor(RecipeMixin):
                 config.text_embedding_column,
                 config.on_bad_image,
             )
-            stage = open_stage(self._cache_dir(), "embeddings", key, ranks=ranks)
+            stage = open_stage(self.cache_dir(), "embeddings", key, ranks=ranks)
             with stages("read embeddings"):
                 # Only the main process clusters: the others never read the columns.
                 image_embeds, text_embeds = embeddings_from_columns(
@@ -522,7 +527,7 @@ class DistillProcessor(RecipeMixin):
             config.shard_size,
         )
         stage = open_stage(
-            self._cache_dir(),
+            self.cache_dir(),
             "encode",
             key,
             ranks=ranks,
@@ -572,7 +577,7 @@ class DistillProcessor(RecipeMixin):
             table, given = self.check_inputs(ds)
         table, image_embeds, text_embeds, key, encoder = self._encoded(ds, table, given, stages, ranks)
         with stages("select"):
-            selection = self._select(table, image_embeds, text_embeds, key, ranks)
+            selection = self.select_embeddings(table, image_embeds, text_embeds, key, ranks)
         with stages("synthesize"):
             images = self.synthesize(selection, ds, ranks=ranks, stages=stages)
         extra = {}
@@ -685,9 +690,19 @@ class DistillProcessor(RecipeMixin):
         table, _ = self.check_inputs(encoded)
         ranks = current_ranks(self.config.barrier_timeout)
         table, image_embeds, text_embeds, key, _ = self._encoded(encoded, table, True, StageTimer(), ranks)
-        return self._select(table, image_embeds, text_embeds, key, ranks)
+        return self.select_embeddings(table, image_embeds, text_embeds, key, ranks)
 
-    def _select(self, table, image_embeds, text_embeds, parent_key, ranks) -> Selection:
+    def select_embeddings(self, table, image_embeds, text_embeds, parent_key, ranks) -> Selection:
+        """Steps 2-6 on embeddings already read or encoded, cached as the select stage under ``parent_key``.
+
+        Args:
+            table: the :class:`~pds_hf.inputs.PairTable` the embeddings belong to.
+            image_embeds, text_embeds: one row per distinct image and caption of ``table``.
+            parent_key: the key of the stage the embeddings come from (``None``: nothing is cached).
+            ranks: this process's place in a multi-process run; the main process computes, the others wait.
+
+        Used by :meth:`__call__`, :meth:`select` and the stream, so that all three cache one select stage.
+        """
         config = self.config
         key = stage_key(
             "select",
@@ -705,7 +720,7 @@ class DistillProcessor(RecipeMixin):
             # the selection holds the chosen real images, whose rule only "retrieve-scored" changes
             *(["retrieve-scored"] if config.synthesis == "retrieve-scored" else []),
         )
-        stage = open_stage(self._cache_dir(), "select", key)
+        stage = open_stage(self.cache_dir(), "select", key)
         if not stage.done("selection") and ranks.is_main:
             stage.save_arrays("selection", **self._choose(table, image_embeds, text_embeds))
         ranks.barrier()
@@ -818,7 +833,7 @@ class DistillProcessor(RecipeMixin):
             # A baseline's pairs are real: their images are the data's own; "retrieve" takes the nearest real ones.
             rows = selection.table.image_rows[selection.image_index]
             return [resize_image(image, config.image_size) for image in load_images(ds, config.image_column, rows)]
-        return self._unclip(selection, ranks, stages)
+        return self.unclip_images(selection, ranks, stages)
 
     def _unclip_key(self, selection: Selection) -> str | None:
         """The synthesize stage's key: the selection's, the decoder's identity and the settings of its images."""
@@ -861,15 +876,18 @@ class DistillProcessor(RecipeMixin):
             images = [config.synthesis, config.image_size]
         return fingerprint("distilled", OUTPUT_VERSION, selection.key, images)
 
-    def _unclip(self, selection: Selection, ranks, stages=None) -> list:
-        """unCLIP images for the prototypes this process owns, saved one by one; then all of them."""
+    def unclip_images(self, selection: Selection, ranks, stages=None) -> list:
+        """unCLIP images for the prototypes this process owns, saved one by one; then all of them.
+
+        The synthesize stage of :meth:`synthesize` and of the stream (keyed by :meth:`_unclip_key`).
+        """
         config = self.config
         device = self._device()
         dtype = self._dtype(device)
         by_id = isinstance(config.unclip_model, str)
         key = self._unclip_key(selection)
         stage = open_stage(
-            self._cache_dir(),
+            self.cache_dir(),
             "synthesize",
             key,
             ranks=ranks,

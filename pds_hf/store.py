@@ -100,7 +100,7 @@ def write_embeddings(stage, shapes, fill, *, dtype: str = "float32"):
         for name, tmp in zip(names, temps, strict=False):
             os.replace(tmp, stage.path / f"{name}.npy")
         temps = []
-        stage._mark(marker)
+        stage.mark_done(marker)
     finally:
         for tmp in temps:
             if os.path.exists(tmp):
@@ -111,7 +111,7 @@ def write_embeddings(stage, shapes, fill, *, dtype: str = "float32"):
 def _allocate(stage, name: str, tmp: str, shape, dtype: str):
     """A writable ``.npy`` memory map at ``tmp`` whose blocks are reserved on the disk now, so that a full disk is
     an error here (naming the stage and the size) rather than a crash while writing through the map."""
-    from .cache import _disk_full
+    from .cache import disk_full_error
 
     target = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
     if hasattr(os, "posix_fallocate") and target.size:
@@ -120,7 +120,7 @@ def _allocate(stage, name: str, tmp: str, shape, dtype: str):
                 os.posix_fallocate(handle.fileno(), 0, os.path.getsize(tmp))
             except OSError as err:
                 if err.errno == errno.ENOSPC:
-                    raise _disk_full(stage.path / f"{name}.npy", os.path.getsize(tmp), tmp) from err
+                    raise disk_full_error(stage.path / f"{name}.npy", os.path.getsize(tmp), tmp) from err
                 if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                     raise
     return target

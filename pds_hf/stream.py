@@ -42,15 +42,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .cache import StageTimer, fingerprint, log_found, open_stage, stage_key
-from .encode import _encode_texts
+from .encode import encode_text_batches
 from .inputs import (
     PairTable,
-    _vectors,
     caption_lists,
     check_dataset_type,
     embedding_columns_present,
     needs_images,
     per_caption_vectors,
+    vectors_from_column,
 )
 from .schema import recorded_encoder
 from .store import open_embeddings, write_embeddings
@@ -188,12 +188,12 @@ class _Units:
 
 def _check_stream(ds, config, needs_images: bool) -> str:
     """Check the stream's columns and return its layout (``"pair"`` or ``"image"``)."""
-    from .inputs import _caption_layout, check_column_roles
+    from .inputs import caption_layout, check_column_roles
 
     check_column_roles(
         ds.features, config.image_column, config.caption_column, require_images=needs_images, what="stream"
     )
-    return _caption_layout(ds, config.caption_column)
+    return caption_layout(ds, config.caption_column)
 
 
 def _batches(part, unit: int, units: int, batch_size: int):
@@ -374,9 +374,8 @@ class _UnitEncoder:
         offsets = np.arange(start, start + table.num_rows, dtype=np.int64)
         if self.given:
             if new_rows:
-                vectors = self._named(
-                    _vectors, table.column(config.image_embedding_column), config.image_embedding_column, offsets
-                )
+                column = config.image_embedding_column
+                vectors = self._named(vectors_from_column, table.column(column), column, offsets)
                 self._keep("image", vectors[new_rows])
             if new_texts:
                 self._keep("text", self._given_texts(table, batch.captions, offsets)[new_positions])
@@ -391,7 +390,7 @@ class _UnitEncoder:
             if new_texts:
                 self._keep(
                     "text",
-                    _encode_texts(
+                    encode_text_batches(
                         self.encoder,
                         new_texts,
                         config.encode_batch_size,
@@ -735,7 +734,7 @@ def _fetch_pass(processor, units: _Units, merged: _Merged, wanted: np.ndarray, s
 def _real_images(processor, units, merged, selection, ranks, stream_key) -> list:
     """Step 7 from the stream's own images: nearest to each image prototype, or the baseline's chosen pairs."""
     config = processor.config
-    stage = open_stage(processor._cache_dir(), "stream", stage_key("stream", stream_key, "images", config.image_size))
+    stage = open_stage(processor.cache_dir(), "stream", stage_key("stream", stream_key, "images", config.image_size))
     # The selection names its real images (the nearest, the teacher's pick, or a baseline's own).
     picks = np.asarray(selection.image_index, dtype=np.int64)
     _fetch_pass(processor, units, merged, picks, stage, ranks)
@@ -785,7 +784,7 @@ def distill_stream(processor, ds):
     layout = _check_stream(ds, config, needs_images(config, given))
     has_images = config.image_column in ds.column_names
     if given:
-        processor._check_recorded_encoder(ds)
+        processor.check_recorded_encoder(ds)
         source_key = "given", config.image_embedding_column, config.text_embedding_column
     else:
         with stages("load encoder"):
@@ -808,7 +807,7 @@ def distill_stream(processor, ds):
         )
     )
     stage = open_stage(
-        processor._cache_dir(),
+        processor.cache_dir(),
         "stream",
         key,
         ranks=ranks,
@@ -836,16 +835,16 @@ def distill_stream(processor, ds):
             table.skipped_images[:_MAX_LISTED],
             " ..." if len(table.skipped_images) > _MAX_LISTED else "",
         )
-    processor._check_sizes(table)
+    processor.check_sizes(table)
     with stages("select"):
-        selection = processor._select(table, merged.image_embeds, merged.text_embeds, key, ranks)
+        selection = processor.select_embeddings(table, merged.image_embeds, merged.text_embeds, key, ranks)
     with stages("synthesize"):
         if config.synthesis == "none":
             images = [None] * len(selection)
         elif config.method != "pds" or config.synthesis in REAL_IMAGE_METHODS:
             images = _real_images(processor, units, merged, selection, ranks, key)
         else:
-            images = processor._unclip(selection, ranks, stages)
+            images = processor.unclip_images(selection, ranks, stages)
 
     info = ds.info
     source = {

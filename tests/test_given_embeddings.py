@@ -155,7 +155,7 @@ def test_a_disk_stage_holds_memory_maps_that_a_rerun_reopens(rng, tmp_path, monk
 def test_the_processor_selects_from_the_store_and_a_rerun_reads_no_column(rng, tmp_path, monkeypatch, caplog):
     ds = _pair_layout(rng)
     given = []
-    select = DistillProcessor._select
+    select = DistillProcessor.select_embeddings
 
     def recording(self, table, image_embeds, text_embeds, *args):
         given.append((self.config.embedding_dtype, image_embeds, text_embeds))
@@ -175,7 +175,7 @@ def test_the_processor_selects_from_the_store_and_a_rerun_reads_no_column(rng, t
             )
         )(ds)
 
-    monkeypatch.setattr(DistillProcessor, "_select", recording)
+    monkeypatch.setattr(DistillProcessor, "select_embeddings", recording)
     first = {dtype: run(dtype) for dtype in ("float32", "float16")}
     # One stage (the dtype is not part of its key), one store per dtype in it.
     assert len(list(tmp_path.glob("embeddings-*"))) == 1

@@ -190,8 +190,8 @@ def test_no_token_or_a_foreign_namespace_fails_before_any_work(healthy, small, m
     def must_not_run(*args, **kwargs):
         raise AssertionError("shards, preview or card were made before the checks")
 
-    monkeypatch.setattr("pds_hf.publish.hub._write_repo", must_not_run)
-    monkeypatch.setattr("pds_hf.publish.folder._render_card", must_not_run)
+    monkeypatch.setattr("pds_hf.publish.hub.write_repo", must_not_run)
+    monkeypatch.setattr("pds_hf.publish.folder.render_card", must_not_run)
 
     with pytest.raises(PublishError, match="No Hugging Face token"):
         push_to_hub(small, "tester/x", license="mit")

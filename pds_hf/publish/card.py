@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..schema import DEMO_DATASET_NAME, DEMO_LICENSE, TINY_MODELS
-from .layout import DATA_DIR, README, SPLIT, _check_distilled, _is_hub_id
+from .layout import DATA_DIR, README, SPLIT, check_distilled, is_hub_id
 from .license import LicenseChoice, resolve_license
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ METADATA_SUMMARY = "Everything pds-hf recorded about this run"
 
 
 @dataclass
-class _Source:
+class CardSource:
     """The source dataset as the publisher names it: Hub id or folder, revision, which rows were used."""
 
     id: object = None
@@ -81,7 +81,7 @@ def _plain(value) -> str:
     return f"`{value}`" if isinstance(value, str) else str(value)
 
 
-def _evaluation_markdown(evaluation) -> str | None:
+def evaluation_markdown(evaluation) -> str | None:
     """Markdown from an evaluation report object (``to_markdown()``), a markdown file, or markdown text."""
     if evaluation is None:
         return None
@@ -158,7 +158,7 @@ def _is_local_path(value) -> bool:
     if not isinstance(value, str) or not value or "\n" in value:
         return False
     return (
-        os.path.isabs(value) or value.startswith(("~", "./", "../")) or (not _is_hub_id(value) and Path(value).exists())
+        os.path.isabs(value) or value.startswith(("~", "./", "../")) or (not is_hub_id(value) and Path(value).exists())
     )
 
 
@@ -198,7 +198,7 @@ def _model_text(role: str, name: str) -> str:
         )
     if name.startswith("given column"):
         return f"unknown: the embeddings came with the source ({name})"
-    if _is_hub_id(name):
+    if is_hub_id(name):
         from huggingface_hub import constants
 
         return f"[`{name}`]({constants.ENDPOINT}/{name})"
@@ -291,7 +291,7 @@ def _card_context(
     meta: dict,
     *,
     repo_id,
-    src: _Source,
+    src: CardSource,
     choice: LicenseChoice,
     evaluation_md,
     preview: str | None,
@@ -317,7 +317,7 @@ def _card_context(
         if "dataset" in recorded
         else "not recorded"
     )
-    url = f"{constants.ENDPOINT}/datasets/{source_id}" if _is_hub_id(source_id) else None
+    url = f"{constants.ENDPOINT}/datasets/{source_id}" if is_hub_id(source_id) else None
     layout = recorded.get("layout")
     support = np.asarray(list(ds["support"]), dtype=np.int64)
     captions = list(ds["caption"])
@@ -445,7 +445,7 @@ def _card_data(ds, existing_card, *, choice: LicenseChoice, name: str, source, s
     data["size_categories"] = [_size_category(len(ds))]
     data["task_categories"] = _union(data.get("task_categories"), TASK_CATEGORIES)
     data["annotations_creators"] = _union(data.get("annotations_creators"), ["machine-generated"])
-    if _is_hub_id(source):
+    if is_hub_id(source):
         data["source_datasets"] = _union(data.get("source_datasets"), [source])
     data["tags"] = _union(data.get("tags"), TAGS)
     if sizes is not None:
@@ -519,16 +519,16 @@ def dataset_card(
         ['dataset-distillation', 'synthetic', 'pds']
         ```
     """
-    _check_distilled(ds)
+    check_distilled(ds)
     choice = resolve_license(
         license=license, existing_card=existing_card, source=source, source_revision=source_revision, token=token
     )
-    return _render_card(
+    return render_card(
         ds,
         choice=choice,
         repo_id=repo_id,
-        src=_Source(source, source_revision, source_selection),
-        evaluation_md=_evaluation_markdown(evaluation),
+        src=CardSource(source, source_revision, source_selection),
+        evaluation_md=evaluation_markdown(evaluation),
         existing_card=existing_card,
         preview=preview,
         preview_count=preview_count,
@@ -552,12 +552,12 @@ def demo_license(choice: LicenseChoice, ds) -> LicenseChoice:
     return choice
 
 
-def _render_card(
+def render_card(
     ds,
     *,
     choice,
     repo_id,
-    src: _Source,
+    src: CardSource,
     evaluation_md,
     existing_card,
     preview,
@@ -565,6 +565,8 @@ def _render_card(
     sizes,
     template_path=None,
 ):
+    """The dataset card's text for ``ds`` from the template: metadata, source, license and evaluation sections,
+    keeping a user's own text around the generated block of ``existing_card``. Shared by the folder writer."""
     from huggingface_hub import DatasetCard
 
     template_path = Path(template_path or TEMPLATE_PATH)
@@ -607,7 +609,7 @@ def metadata_from_card(where, *, revision: str | None = None, token=None) -> dic
         if not path.is_file():
             raise FileNotFoundError(f"{folder} has no {README}; is it a folder written by pds_hf.save_to_folder?")
         text = path.read_text(encoding="utf-8")
-    elif _is_hub_id(str(where)):
+    elif is_hub_id(str(where)):
         from huggingface_hub import hf_hub_download
 
         text = Path(hf_hub_download(str(where), README, repo_type="dataset", revision=revision, token=token)).read_text(

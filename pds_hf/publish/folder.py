@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 
 from ..schema import output_features
-from .card import BLOCK_BEGIN, BLOCK_END, _evaluation_markdown, _render_card, _Source, demo_license
-from .layout import DATA_DIR, PREVIEW, README, SPLIT, _check_distilled
+from .card import BLOCK_BEGIN, BLOCK_END, CardSource, demo_license, evaluation_markdown, render_card
+from .layout import DATA_DIR, PREVIEW, README, SPLIT, check_distilled
 from .license import LicenseChoice, resolve_license
 from .preview import preview_grid
 
@@ -31,7 +31,7 @@ class OutputFolderError(ValueError):
 
 
 def _is_layout_file(relative: str) -> bool:
-    """Whether ``relative`` (a path inside the folder, with ``/``) names a file that :func:`_write_repo` writes."""
+    """Whether ``relative`` (a path inside the folder, with ``/``) names a file that :func:`write_repo` writes."""
     folder, _, name = relative.rpartition("/")
     return (folder == "" and name in (README, PREVIEW)) or (folder == DATA_DIR and bool(_SHARD_NAME.fullmatch(name)))
 
@@ -202,13 +202,13 @@ def _write_shards(ds, data_dir: Path, max_shard_rows: int) -> tuple[list[str], i
     return names, dataset_size, download_size
 
 
-def _write_repo(
+def write_repo(
     ds,
     folder: Path,
     *,
     choice: LicenseChoice,
     repo_id,
-    src: _Source,
+    src: CardSource,
     evaluation_md,
     existing_card,
     preview_pairs: int,
@@ -225,7 +225,7 @@ def _write_repo(
         files.append(PREVIEW)
     if card is None:
         card = str(
-            _render_card(
+            render_card(
                 ds,
                 choice=choice,
                 repo_id=repo_id,
@@ -315,8 +315,8 @@ def save_to_folder(
     from huggingface_hub import DatasetCard
 
     path = check_output_folder(path, overwrite=overwrite)
-    _check_distilled(ds)
-    evaluation_md = _evaluation_markdown(evaluation)
+    check_distilled(ds)
+    evaluation_md = evaluation_markdown(evaluation)
     existing_card = DatasetCard.load(path / README) if (path / README).is_file() else None
     choice = resolve_license(
         license=license, existing_card=existing_card, source=source, source_revision=source_revision, token=token
@@ -329,12 +329,12 @@ def save_to_folder(
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = _new_folder_beside(path, "")
     try:
-        _write_repo(
+        write_repo(
             ds,
             staging,
             choice=choice,
             repo_id=repo_id,
-            src=_Source(source, source_revision, source_selection),
+            src=CardSource(source, source_revision, source_selection),
             evaluation_md=evaluation_md,
             existing_card=existing_card,
             preview_pairs=preview_pairs,

@@ -12,9 +12,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .card import _evaluation_markdown, _Source
-from .folder import _write_repo
-from .layout import README, PublishError, _check_distilled, _is_data_shard
+from .card import CardSource, evaluation_markdown
+from .folder import write_repo
+from .layout import README, PublishError, check_distilled, is_data_shard
 from .license import LicenseChoice, resolve_license
 
 logger = logging.getLogger(__name__)
@@ -232,8 +232,8 @@ def push_to_hub(
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    _check_distilled(ds)
-    evaluation_md = _evaluation_markdown(evaluation)
+    check_distilled(ds)
+    evaluation_md = evaluation_markdown(evaluation)
     target = prepare_push(
         repo_id, token=token, license=license, source=source, source_revision=source_revision, revision=revision
     )
@@ -253,12 +253,12 @@ def push_to_hub(
 
     with tempfile.TemporaryDirectory(prefix="pds-hf-push-") as tmp:
         folder = Path(tmp)
-        files = _write_repo(
+        files = write_repo(
             ds,
             folder,
             choice=target.license,
             repo_id=target.repo_id,
-            src=_Source(source, source_revision, source_selection),
+            src=CardSource(source, source_revision, source_selection),
             evaluation_md=evaluation_md,
             existing_card=target.card,
             preview_pairs=preview_pairs,
@@ -268,7 +268,7 @@ def push_to_hub(
         operations += [
             CommitOperationDelete(path_in_repo=name)
             for name in target.files
-            if _is_data_shard(name) and name not in files
+            if is_data_shard(name) and name not in files
         ]
         try:
             commit = api.create_commit(

@@ -21,15 +21,18 @@ class PublishError(RuntimeError):
     """Publishing was refused or failed; the message says why, what was (not) changed, and the fix."""
 
 
-def _is_hub_id(source) -> bool:
+def is_hub_id(source) -> bool:
+    """Whether ``source`` names a Hub repository (``owner/name``) rather than a local folder that exists."""
     return isinstance(source, str) and source.count("/") == 1 and not Path(source).exists()
 
 
-def _is_data_shard(path: str) -> bool:
+def is_data_shard(path: str) -> bool:
+    """Whether ``path`` (relative to a repo, with ``/``) is one of the parquet shards this layout writes."""
     return path.startswith(f"{DATA_DIR}/{SPLIT}-") and path.endswith(".parquet")
 
 
-def _check_distilled(ds) -> None:
+def check_distilled(ds) -> None:
+    """Refuse anything but a distilled ``datasets.Dataset`` with every output column, before any file is written."""
     from datasets import Dataset
 
     from ..schema import output_features

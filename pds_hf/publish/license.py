@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .layout import README, _is_hub_id
+from .layout import README, is_hub_id
 
 UNKNOWN_LICENSES = ("", "unknown")
 
@@ -52,7 +52,7 @@ def _source_card_data(source, revision: str | None, token) -> tuple[dict | None,
             info = json.loads((path / "dataset_info.json").read_text(encoding="utf-8"))
             return {"license": info.get("license")}, f"dataset_info.json in {path}"
         return {}, f"{path} (no README.md)"
-    if not _is_hub_id(source):
+    if not is_hub_id(source):
         return None, f"{source!r} is neither a folder nor a Hub dataset id"
     try:
         info = HfApi(token=token).dataset_info(source, revision=revision)
