@@ -24,8 +24,6 @@ from pathlib import Path
 from pds_hf.cli_base import EXIT_INTERRUPTED, CommandError, UsageError, hub_offline, one_line, run_command
 from pds_hf.hub_models import is_repo_id
 
-logger = logging.getLogger("pds_hf")
-
 
 def _pick_split(name: str, splits, split: str | None):
     if split is None:

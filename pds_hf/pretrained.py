@@ -308,14 +308,10 @@ def _find_recipe(pretrained, *, revision, token, local_files_only) -> tuple[dict
 
 
 def _is_hub_id(name: str) -> bool:
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
+    """A valid Hub id with a namespace (``owner/name``): a recipe is always pushed under one."""
+    from .hub_models import is_repo_id
 
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return name.count("/") == 1
+    return is_repo_id(name) and name.count("/") == 1
 
 
 def _find_in_folder(folder: Path) -> tuple[dict, list]:
