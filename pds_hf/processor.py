@@ -432,21 +432,23 @@ class DistillProcessor(RecipeMixin):
         if config.method != "pds":
             if config.num_pairs > table.num_pairs:
                 raise ValueError(
-                    f"num_pairs={config.num_pairs} but the dataset has {table.num_pairs} usable pairs; lower num_pairs."
+                    f"num_pairs={config.num_pairs} but the dataset has {table.num_pairs} usable pairs; pass "
+                    f"num_pairs={table.num_pairs} or fewer."
                 )
             return
         left = table.num_pairs - int(np.floor(config.rm_ratio * table.num_pairs))
         if config.num_pairs > left:
             raise ValueError(
                 f"num_pairs={config.num_pairs} but the dataset has {table.num_pairs} usable pairs, {left} after "
-                f"removing rm_ratio={config.rm_ratio} of them; lower num_pairs or rm_ratio."
+                f"removing rm_ratio={config.rm_ratio} of them; pass num_pairs={left} or fewer, or a smaller "
+                f"rm_ratio={config.rm_ratio / 2:g}."
             )
         # Each modality is cut into num_pairs k-means clusters: it needs at least that many distinct items.
         for what, count in (("images", len(table.image_rows)), ("captions", len(table.texts))):
             if config.num_pairs > count:
                 raise ValueError(
                     f"num_pairs={config.num_pairs} but the dataset has only {count} distinct {what}, and PDS "
-                    f"clusters each modality into num_pairs clusters; lower num_pairs to at most {count}."
+                    f"clusters each modality into num_pairs clusters; pass num_pairs={count} or fewer."
                 )
 
     def check_recorded_encoder(self, ds) -> None:
