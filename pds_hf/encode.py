@@ -20,6 +20,7 @@ import numpy as np
 
 from .cache import log_found
 from .filter import nonfinite_rows
+from .sources.base import bad_images_error
 from .store import open_embeddings, write_embeddings
 
 logger = logging.getLogger(__name__)
@@ -546,7 +547,7 @@ def encode_table(
                 embeds, failed = _encode_image_rows(feed, batches, rows[start:stop], batch_size, bar)
                 stage.save_arrays(f"images-{s:06d}", embeds=embeds, rows=rows[start:stop], failed=failed + start)
                 if failed.size and on_bad_image == "error" and ranks.world == 1:
-                    _raise_failed(image_column, rows[failed + start])
+                    raise bad_images_error(image_column, rows[failed + start])
     total = sum(text_shards[s][1] - text_shards[s][0] for s in todo_texts)
     text_rows = _first_rows(table) if todo_texts else None
     with _progress(total, "Encoding captions", disable=not ranks.is_main) as bar:
@@ -627,7 +628,7 @@ def _drop_failed(table, failed, image_column: str, on_bad_image: str):
         return table
     rows = table.image_rows
     if on_bad_image == "error":
-        _raise_failed(image_column, rows[failed])
+        raise bad_images_error(image_column, rows[failed])
     logger.warning(
         "Skipping %d image(s) of column %r that failed to decode, at row(s) %s.",
         failed.size,
@@ -635,10 +636,3 @@ def _drop_failed(table, failed, image_column: str, on_bad_image: str):
         rows[failed][:5].tolist(),
     )
     return table.without_images(failed)
-
-
-def _raise_failed(image_column: str, bad_rows) -> None:
-    raise ValueError(
-        f"Column {image_column!r}: {len(bad_rows)} image(s) failed to decode, at row(s) "
-        f"{list(map(int, bad_rows[:5]))}. Remove them or pass on_bad_image='skip'."
-    )

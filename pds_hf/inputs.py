@@ -80,118 +80,6 @@ class PairTable:
         )
 
 
-def check_dataset_type(ds, *, streaming: bool = False) -> None:
-    """Refuse what is not a single ``datasets.Dataset`` (or, with ``streaming=True``, a single
-    ``datasets.IterableDataset``), saying what to do instead."""
-    import datasets
-
-    for cls, how in ((datasets.DatasetDict, ""), (datasets.IterableDatasetDict, ", streaming=True")):
-        if isinstance(ds, cls):
-            splits = list(ds.keys())
-            raise TypeError(
-                f"Got a{'n' if how else ''} {cls.__name__} with splits {splits}; distill one split, e.g. "
-                f"ds[{splits[0]!r}].distill(...) or load_dataset(..., split={splits[0]!r}{how})."
-            )
-    if isinstance(ds, datasets.IterableDataset):
-        if streaming:
-            return
-        raise TypeError(
-            "Got an IterableDataset (streaming=True) where a map-style Dataset is needed (rows read by index). "
-            "pds_hf.distill and DistillProcessor take a stream as it is; here, load without streaming=True or "
-            "materialise it: Dataset.from_generator(lambda: (yield from ids), features=ids.features)."
-        )
-    if not isinstance(ds, datasets.Dataset):
-        raise TypeError(
-            f"Expected a datasets.{'IterableDataset or ' if streaming else ''}Dataset, got {type(ds).__name__}."
-        )
-
-
-def caption_layout(ds, caption_column: str) -> str:
-    """How ``ds`` holds its captions, read from the caption column's feature: ``"pair"`` (one string per row) or
-    ``"image"`` (a list of strings per row, one image with several captions).
-
-    Shared by the map-style checks and the stream's, so that both read the same layouts and refuse the same
-    features.
-
-    Example:
-        ```py
-        >>> from datasets import Dataset
-        >>> caption_layout(Dataset.from_dict({"caption": ["a cat"]}), "caption")
-        'pair'
-        ```
-    """
-    from datasets import LargeList, List, Value
-
-    feature = ds.features[caption_column]
-    if isinstance(feature, Value) and feature.dtype in ("string", "large_string"):
-        return "pair"
-    if isinstance(feature, (List, LargeList)):
-        inner = feature.feature
-        if isinstance(inner, Value) and inner.dtype in ("string", "large_string"):
-            return "image"
-    raise TypeError(
-        f"Column {caption_column!r} has feature {feature}; expected a string (one row per pair) or a list of "
-        "strings (one row per image). Pass caption_column=... to name the right column."
-    )
-
-
-def needs_images(config, given: bool) -> bool:
-    """Whether a run with ``config`` reads the source's images: the one rule for map-style and streamed sources.
-
-    Images are needed to encode them (no embedding columns ``given``), and in step 7 whenever it takes real
-    images: ``synthesis="retrieve"``/``"retrieve-scored"``, or a baseline's own pairs. With ``synthesis="none"``
-    no image is ever read, whatever the method.
-    """
-    from .synthesize import REAL_IMAGE_METHODS
-
-    if not given:
-        return True
-    return config.synthesis != "none" and (config.method != "pds" or config.synthesis in REAL_IMAGE_METHODS)
-
-
-def check_column_roles(
-    features, image_column: str, caption_column: str, *, require_images: bool = True, what: str = "dataset"
-) -> None:
-    """The column rules that a ``Dataset`` and a stream share: the image and caption columns exist (the image
-    column only when ``require_images`` or present) and the image column holds images.
-
-    Args:
-        features: the source's ``datasets.Features``.
-        what: how an error names the source (``"dataset"`` or ``"stream"``).
-    """
-    from datasets import Image
-
-    columns = list(features)
-    needed = [(caption_column, "caption", "caption_column")]
-    if require_images or image_column in columns:
-        needed.insert(0, (image_column, "image", "image_column"))
-    for name, role, option in needed:
-        if name not in columns:
-            raise KeyError(
-                f"The {what} has no {role} column {name!r}; its columns are {columns}. "
-                f"Pass {option}=... to name the {role} column."
-            )
-    if image_column in columns and not isinstance(features[image_column], Image):
-        raise TypeError(
-            f"Column {image_column!r} holds {features[image_column]}, not images: pass image_column=... to "
-            "name the column of images. A column of image file paths or bytes must be made an Image column first "
-            f"(in Python: ds = ds.cast_column({image_column!r}, datasets.Image()))."
-        )
-
-
-def check_columns(ds, image_column: str, caption_column: str, *, require_images: bool = True) -> str:
-    """Check both columns exist and hold images and captions; return the layout.
-
-    With ``require_images=False`` (embeddings given and no step needs a real image), the image column may
-    be missing.
-    """
-    check_dataset_type(ds)
-    check_column_roles(ds.features, image_column, caption_column, require_images=require_images)
-    if len(ds) == 0:
-        raise ValueError("The dataset has no rows.")
-    return caption_layout(ds, caption_column)
-
-
 def _bad_caption(value) -> str | None:
     if not isinstance(value, str):
         return f"is {type(value).__name__}, not a string"
@@ -356,6 +244,8 @@ def read_pairs(
     """
     if on_bad_image not in ("skip", "error"):
         raise ValueError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}.")
+    from .sources.mapped import check_columns
+
     layout = check_columns(ds, image_column, caption_column, require_images=require_images)
     texts, pair_text, pair_rows = _read_captions(ds, caption_column, layout)
     if image_column not in ds.column_names:
@@ -372,10 +262,9 @@ def read_pairs(
     bad_rows = np.flatnonzero(image_of_row < 0).tolist()
     if bad_rows:
         if on_bad_image == "error":
-            raise ValueError(
-                f"Column {image_column!r} has {len(bad_rows)} empty (null) image(s), at row(s) "
-                f"{bad_rows[:_MAX_LISTED]}. Remove them (ds.select / ds.filter) or pass on_bad_image='skip'."
-            )
+            from .sources.base import bad_images_error
+
+            raise bad_images_error(image_column, bad_rows)
         logger.warning(
             "Skipping %d empty (null) image(s) in column %r, at row(s) %s%s.",
             len(bad_rows),
@@ -429,24 +318,6 @@ def load_images(ds, image_column: str, rows) -> list:
         except Exception:
             images.append(None)
     return images
-
-
-def embedding_columns_present(ds, image_embedding_column: str, text_embedding_column: str) -> bool:
-    """Whether ``ds`` carries both embedding columns (one alone is an error: say which is missing)."""
-    columns = set(getattr(ds, "column_names", None) or [])
-    has = [name in columns for name in (image_embedding_column, text_embedding_column)]
-    if any(has) and not all(has):
-        present, missing = (
-            (image_embedding_column, text_embedding_column)
-            if has[0]
-            else (text_embedding_column, image_embedding_column)
-        )
-        raise KeyError(
-            f"The dataset has the embedding column {present!r} but not {missing!r}; both are needed to skip "
-            f"encoding. Add it (ds.map(processor.encode, batched=True)), name it with "
-            f"{'text' if has[0] else 'image'}_embedding_column=..., or drop {present!r} to encode from scratch."
-        )
-    return all(has)
 
 
 def vectors_from_column(column, name: str, rows, dim: int | None = None, dim_row: int | None = None) -> np.ndarray:

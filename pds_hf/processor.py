@@ -37,10 +37,11 @@ from .caption import nearest, retrieve_captions
 from .config import DistillConfig
 from .distributed import current_ranks
 from .encode import encode_table, encoder_name, load_encoder, model_fingerprint
-from .inputs import caption_lists, check_columns, embedding_columns_present, load_images, needs_images, read_pairs
+from .inputs import caption_lists, load_images, read_pairs
 from .pretrained import RecipeMixin
 from .prototypes import prototypes_from_embeddings
 from .schema import ENCODER_ID_PREFIX, output_features, read_run_record, recorded_encoder, run_record_info
+from .sources import MappedSource, check_columns, embedding_columns_present, spec_name
 from .synthesize import (
     REAL_IMAGE_METHODS,
     load_unclip,
@@ -104,32 +105,6 @@ def _versions() -> dict:
         except md.PackageNotFoundError:
             continue
     return out
-
-
-def _source_info(ds, table) -> dict:
-    info = ds.info
-    return {
-        "dataset": info.dataset_name or info.builder_name,
-        "config": info.config_name,
-        "split": str(ds.split) if ds.split is not None else None,
-        "fingerprint": ds._fingerprint,
-        "num_rows": len(ds),
-        "num_pairs": int(table.num_pairs),
-        "num_images": int(len(table.image_rows)),
-        "num_captions": int(len(table.texts)),
-        "layout": table.layout,
-        "skipped_images": len(table.skipped_images),
-    }
-
-
-def _spec_name(spec, revision: str | None = None) -> str | None:
-    """The name an encoder is known by: its id (with a revision other than main), or a loaded one's name."""
-    if spec is None:
-        return None
-    if isinstance(spec, str):
-        return spec if revision in (None, "main") else f"{spec}@{revision}"
-    name = getattr(spec, "name", None) or getattr(spec, "name_or_path", None)
-    return name if isinstance(name, str) and name else None
 
 
 _forked = False
@@ -384,7 +359,7 @@ class DistillProcessor(RecipeMixin):
         layout = check_columns(ds, config.image_column, config.caption_column)
         encoder = self.load_encoder()
         dim = int(np.asarray(encoder.encode_texts(["a photo"])).shape[1])
-        tag = ENCODER_ID_PREFIX + (_spec_name(config.clip_model, config.clip_revision) or encoder_name(encoder))
+        tag = ENCODER_ID_PREFIX + (spec_name(config.clip_model, config.clip_revision) or encoder_name(encoder))
         # The tag sits on the innermost Value: datasets keeps a Value's id through map, parquet and the Hub.
         vector = List(Value("float32", id=tag), length=dim)
         features = Features(
@@ -409,68 +384,24 @@ class DistillProcessor(RecipeMixin):
             ``(table, given)``: the :class:`~pds_hf.inputs.PairTable`, and whether ``ds`` carries the
             embedding columns (then encoding is skipped).
         """
+        source, table = self.read_source(ds)
+        return table, source.given
+
+    def read_source(self, ds):
+        """``(source, table)``: the :class:`~pds_hf.sources.MappedSource` of ``ds``, checked by its rules (see
+        :mod:`pds_hf.sources`), and its pairs, whose number is checked against ``num_pairs``."""
         config = self.config
-        given = embedding_columns_present(ds, config.image_embedding_column, config.text_embedding_column)
-        images = needs_images(config, given)
-        check_columns(ds, config.image_column, config.caption_column, require_images=images)
+        source = MappedSource(ds, config)
+        source.check()
         table = read_pairs(
             ds,
             image_column=config.image_column,
             caption_column=config.caption_column,
             on_bad_image=config.on_bad_image,
-            require_images=images,
+            require_images=source.needs_images,
         )
-        self.check_sizes(table)
-        if given:
-            self.check_recorded_encoder(ds)
-        return table, given
-
-    def check_sizes(self, table) -> None:
-        """Refuse a ``num_pairs`` that the usable pairs of ``table`` cannot give (after ``rm_ratio`` for PDS, and
-        with enough distinct images and captions to cluster). Used by :meth:`check_inputs` and by the stream."""
-        config = self.config
-        if config.method != "pds":
-            if config.num_pairs > table.num_pairs:
-                raise ValueError(
-                    f"num_pairs={config.num_pairs} but the dataset has {table.num_pairs} usable pairs; pass "
-                    f"num_pairs={table.num_pairs} or fewer."
-                )
-            return
-        left = table.num_pairs - int(np.floor(config.rm_ratio * table.num_pairs))
-        if config.num_pairs > left:
-            raise ValueError(
-                f"num_pairs={config.num_pairs} but the dataset has {table.num_pairs} usable pairs, {left} after "
-                f"removing rm_ratio={config.rm_ratio} of them; pass num_pairs={left} or fewer, or a smaller "
-                f"rm_ratio={config.rm_ratio / 2:g}."
-            )
-        # Each modality is cut into num_pairs k-means clusters: it needs at least that many distinct items.
-        for what, count in (("images", len(table.image_rows)), ("captions", len(table.texts))):
-            if config.num_pairs > count:
-                raise ValueError(
-                    f"num_pairs={config.num_pairs} but the dataset has only {count} distinct {what}, and PDS "
-                    f"clusters each modality into num_pairs clusters; pass num_pairs={count} or fewer."
-                )
-
-    def check_recorded_encoder(self, ds) -> None:
-        """Warn when the given embedding columns of ``ds`` record an encoder other than ``clip_model``; the
-        embeddings are used as they are. Used by :meth:`check_inputs` and by the stream."""
-        config = self.config
-        mine = _spec_name(config.clip_model, config.clip_revision)
-        for column in (config.image_embedding_column, config.text_embedding_column):
-            theirs = recorded_encoder(ds.features[column])
-            if theirs is not None:
-                if mine is not None and theirs != mine:
-                    logger.warning(
-                        "Column %r was encoded with %r but this processor is configured with clip_model=%r. The "
-                        "given embeddings are used as they are (no encoding); captions and prototypes live in "
-                        "%r's space. Pass clip_model=%r to silence this, or drop the column to re-encode.",
-                        column,
-                        theirs,
-                        mine,
-                        theirs,
-                        theirs,
-                    )
-                return
+        source.check_sizes(table)
+        return source, table
 
     # ------------------------------------------------------------------------------------------------------
     # The whole run
@@ -481,16 +412,17 @@ class DistillProcessor(RecipeMixin):
         config = self.config
         return (config.cache_dir or default_cache_dir()) if config.use_cache else None
 
-    def _encoded(self, ds, table, given: bool, stages, ranks):
+    def _encoded(self, source, table, stages, ranks):
         """``(table, image_embeds, text_embeds, key, encoder_name)`` from the columns or from the encoder."""
         config = self.config
-        if given:
+        ds = source.ds
+        if source.given:
             from .inputs import embeddings_from_columns
 
             # embedding_dtype is not in the key: the stage holds one store per dtype (see pds_hf.store).
             key = stage_key(
                 "embeddings",
-                ds._fingerprint,
+                source.identity(),
                 config.image_column,
                 config.caption_column,
                 config.image_embedding_column,
@@ -522,7 +454,7 @@ class DistillProcessor(RecipeMixin):
         key = stage_key(
             "encode",
             model_fingerprint(encoder),
-            ds._fingerprint,
+            source.identity(),
             config.image_column,
             config.caption_column,
             config.on_bad_image,
@@ -576,8 +508,9 @@ class DistillProcessor(RecipeMixin):
         stages = StageTimer()
         ranks = current_ranks(self.config.barrier_timeout)
         with stages("read"):
-            table, given = self.check_inputs(ds)
-        table, image_embeds, text_embeds, key, encoder = self._encoded(ds, table, given, stages, ranks)
+            source, table = self.read_source(ds)
+        given = source.given
+        table, image_embeds, text_embeds, key, encoder = self._encoded(source, table, stages, ranks)
         with stages("select"):
             selection = self.select_embeddings(table, image_embeds, text_embeds, key, ranks)
         with stages("synthesize"):
@@ -592,7 +525,7 @@ class DistillProcessor(RecipeMixin):
         return self.to_dataset(
             selection,
             images,
-            source=_source_info(ds, selection.table),
+            source=source.describe(selection.table, len(ds)),
             encoder=encoder,
             encoder_revision=None if given else getattr(self.load_encoder(), "revision", self.config.clip_revision),
             stages=stages,
@@ -689,9 +622,9 @@ class DistillProcessor(RecipeMixin):
                 f"select needs the embedding columns {config.image_embedding_column!r} and "
                 f"{config.text_embedding_column!r}; add them first: encoded = ds.map(processor.encode, batched=True)."
             )
-        table, _ = self.check_inputs(encoded)
+        source, table = self.read_source(encoded)
         ranks = current_ranks(self.config.barrier_timeout)
-        table, image_embeds, text_embeds, key, _ = self._encoded(encoded, table, True, StageTimer(), ranks)
+        table, image_embeds, text_embeds, key, _ = self._encoded(source, table, StageTimer(), ranks)
         return self.select_embeddings(table, image_embeds, text_embeds, key, ranks)
 
     def select_embeddings(self, table, image_embeds, text_embeds, parent_key, ranks) -> Selection:

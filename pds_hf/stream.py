@@ -41,18 +41,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cache import StageTimer, fingerprint, log_found, open_stage, stage_key
+from .cache import StageTimer, log_found, open_stage, stage_key
 from .encode import encode_text_batches
-from .inputs import (
-    PairTable,
-    caption_lists,
-    check_dataset_type,
-    embedding_columns_present,
-    needs_images,
-    per_caption_vectors,
-    vectors_from_column,
-)
+from .inputs import PairTable, caption_lists, per_caption_vectors, vectors_from_column
 from .schema import recorded_encoder
+from .sources import StreamedSource
+from .sources.base import bad_images_error, check_not_empty
 from .store import open_embeddings, write_embeddings
 from .synthesize import REAL_IMAGE_METHODS
 
@@ -91,68 +85,6 @@ class ShardReadError(RuntimeError):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class _Unidentified(Exception):
-    """Part of a stream's recipe cannot be hashed: the stream has no stable identity."""
-
-
-def _describe(value):
-    """A JSON-ready description of one part of a stream's recipe (raises :class:`_Unidentified`)."""
-    import datasets
-    from datasets.fingerprint import Hasher
-    from datasets.iterable_dataset import _BaseExamplesIterable
-
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, datasets.Dataset):
-        return ["dataset", value._fingerprint]
-    if isinstance(value, _BaseExamplesIterable):
-        # The steps of the stream (files, generator, map/filter functions, shuffling seed...), not its state.
-        return [type(value).__name__, {k: _describe(v) for k, v in sorted(vars(value).items()) if k[0] != "_"}]
-    if isinstance(value, (list, tuple)):
-        return [_describe(item) for item in value]
-    if isinstance(value, dict):
-        return {str(k): _describe(v) for k, v in value.items()}
-    config_id = getattr(getattr(value, "__self__", None), "config_id", None)
-    if isinstance(config_id, str):
-        # A builder's generating method: its config id hashes the data files or the generator and its kwargs.
-        return ["builder", type(value.__self__).__name__, config_id]
-    try:
-        return ["hash", Hasher.hash(value)]
-    except Exception as err:
-        raise _Unidentified(type(value).__name__) from err
-
-
-def stream_fingerprint(ds) -> str | None:
-    """A fingerprint of what ``ds`` yields, from its recipe (files, builder config, generator, steps), or None.
-
-    An ``IterableDataset`` has no ``_fingerprint``: this one is built from the chain of its examples iterables
-    (the source files or the generator and its kwargs, a map-style dataset's fingerprint, each ``map``/``filter``
-    function, seeds) with the features and split. None when a part cannot be hashed: nothing is cached then.
-    """
-    own = getattr(ds, "_fingerprint", None)
-    if isinstance(own, str) and own:
-        return own
-    info = ds.info
-    try:
-        recipe = _describe(ds._ex_iterable)
-    except _Unidentified as err:
-        logger.info("The stream cannot be fingerprinted (%s): its encoding is not cached, nothing resumes.", err)
-        return None
-    features = ds.features.to_dict() if ds.features is not None else None
-    # A stream already split by node (split_dataset_by_node) yields only its part; a shuffled one depends on the epoch.
-    return fingerprint(
-        "stream",
-        recipe,
-        info.builder_name,
-        info.config_name,
-        info.dataset_name,
-        str(ds.split) if ds.split is not None else None,
-        features,
-        repr(ds._distributed),
-        ds.epoch,
-    )
-
-
 @dataclass
 class _Units:
     """How the stream is cut into units of work: its input shards, or (fewer shards than processes) row slices."""
@@ -184,16 +116,6 @@ class _Units:
         A row slice ``u`` of ``w`` (``split_dataset_by_node``, strategy "examples") holds rows ``u, u + w, ...``.
         """
         return offsets * self.count + unit if self.by_rows else rows_before + offsets
-
-
-def _check_stream(ds, config, needs_images: bool) -> str:
-    """Check the stream's columns and return its layout (``"pair"`` or ``"image"``)."""
-    from .inputs import caption_layout, check_column_roles
-
-    check_column_roles(
-        ds.features, config.image_column, config.caption_column, require_images=needs_images, what="stream"
-    )
-    return caption_layout(ds, config.caption_column)
 
 
 def _batches(part, unit: int, units: int, batch_size: int):
@@ -521,11 +443,7 @@ def _encode_pass(processor, units: _Units, stage, layout: str, given: bool, has_
                     reader.finish(batch, ok, inputs, preprocessed)
                     bar.update(batch.table.num_rows)
             if reader.bad_offset and config.on_bad_image == "error":
-                raise ValueError(
-                    f"Column {config.image_column!r} has {len(reader.bad_offset)} image(s) that cannot be decoded in "
-                    f"input shard {u} of the stream, at row(s) {reader.bad_offset[:_MAX_LISTED]} of that shard. "
-                    "Remove them (ds.filter) or pass on_bad_image='skip'."
-                )
+                raise bad_images_error(config.image_column, reader.bad_offset, f"Input shard {u} of the stream: ")
             stage.save_arrays(_SHARD(u), **reader.arrays(reader.num_rows))
 
 
@@ -619,6 +537,7 @@ def _merge(stage, units: _Units, layout: str, dedup: bool, with_embeddings: bool
         layout=layout,
         skipped_images=bad_rows.tolist(),
     )
+    check_not_empty(int(rows_before[-1]), "stream")
     image_embeds = text_embeds = None
     if with_embeddings:
         image_embeds, text_embeds = _gather_embeddings(
@@ -775,22 +694,18 @@ def distill_stream(processor, ds):
     from .encode import encoder_name, model_fingerprint
 
     config = processor.config
-    check_dataset_type(ds, streaming=True)
-    if ds.features is None:
-        ds = ds._resolve_features()
+    source = StreamedSource(ds, config)
+    layout = source.check()
+    ds, given, has_images = source.ds, source.given, source.has_images
     stages = StageTimer()
     ranks = current_ranks(timeout=config.barrier_timeout)
-    given = embedding_columns_present(ds, config.image_embedding_column, config.text_embedding_column)
-    layout = _check_stream(ds, config, needs_images(config, given))
-    has_images = config.image_column in ds.column_names
     if given:
-        processor.check_recorded_encoder(ds)
         source_key = "given", config.image_embedding_column, config.text_embedding_column
     else:
         with stages("load encoder"):
             source_key = "encoder", model_fingerprint(processor.load_encoder())
     units = _Units.of(ds, ranks.world)
-    identity = stream_fingerprint(ds)
+    identity = source.identity()
     key = (
         None
         if identity is None or source_key[-1] is None
@@ -835,7 +750,7 @@ def distill_stream(processor, ds):
             table.skipped_images[:_MAX_LISTED],
             " ..." if len(table.skipped_images) > _MAX_LISTED else "",
         )
-    processor.check_sizes(table)
+    source.check_sizes(table)
     with stages("select"):
         selection = processor.select_embeddings(table, merged.image_embeds, merged.text_embeds, key, ranks)
     with stages("synthesize"):
@@ -846,20 +761,6 @@ def distill_stream(processor, ds):
         else:
             images = processor.unclip_images(selection, ranks, stages)
 
-    info = ds.info
-    source = {
-        "dataset": info.dataset_name or info.builder_name,
-        "config": info.config_name,
-        "split": str(ds.split) if ds.split is not None else None,
-        "fingerprint": identity,
-        "num_rows": merged.num_rows,
-        "num_pairs": int(table.num_pairs),
-        "num_images": int(len(table.image_rows)),
-        "num_captions": int(len(table.texts)),
-        "layout": layout,
-        "skipped_images": len(table.skipped_images),
-        "n_shards": int(ds.n_shards),
-    }
     extra = {}
     if given:
         extra["embeddings"] = {
@@ -878,7 +779,7 @@ def distill_stream(processor, ds):
     return processor.to_dataset(
         selection,
         images,
-        source=source,
+        source=source.describe(table, merged.num_rows),
         encoder=encoder,
         encoder_revision=revision,
         stages=stages,

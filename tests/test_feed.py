@@ -63,7 +63,7 @@ def test_same_embeddings_with_0_1_and_2_workers(tiny_encoder, with_bad_images, c
 
 
 def test_undecodable_image_raises_in_the_encode_pass(tiny_encoder, with_bad_images):
-    with pytest.raises(ValueError, match=r"2 image\(s\) failed to decode, at row\(s\) \[5, 12\]"):
+    with pytest.raises(ValueError, match=r"2 empty \(null\) or undecodable image\(s\), at row\(s\) \[5, 12\]"):
         encode_table(tiny_encoder, with_bad_images, read_pairs(with_bad_images), on_bad_image="error", workers=1)
 
 

@@ -196,14 +196,14 @@ def test_the_processor_selects_from_the_store_and_a_rerun_reads_no_column(rng, t
 
 def test_only_the_main_process_reads_the_columns(rng, tmp_path, monkeypatch):
     ds = _pair_layout(rng)
-    table = read_pairs(ds)
     processor = DistillProcessor(DistillConfig(num_pairs=3, synthesis="none", use_cache=True, cache_dir=str(tmp_path)))
+    source, table = processor.read_source(ds)
     _refuse_blocks(monkeypatch)
-    _, image_embeds, text_embeds, _, _ = processor._encoded(ds, table, True, StageTimer(), Ranks(rank=1, world=2))
+    _, image_embeds, text_embeds, _, _ = processor._encoded(source, table, StageTimer(), Ranks(rank=1, world=2))
     assert image_embeds is None and text_embeds is None
     with pytest.raises(ValueError, match="over 2 processes .* needs use_cache=True"):
         DistillProcessor(processor.config, use_cache=False)._encoded(
-            ds, table, True, StageTimer(), Ranks(rank=1, world=2)
+            source, table, StageTimer(), Ranks(rank=1, world=2)
         )
 
 

@@ -117,7 +117,7 @@ def test_reading_decodes_nothing_and_skips_only_null_images(caplog):
     assert table.image_rows.tolist() == [0, 1, 3]
     assert table.pair_image.tolist() == [0, 1, 2, 1] and table.pair_rows.tolist() == [0, 1, 3, 4]
     assert table.skipped_images == [2, 5]
-    with pytest.raises(ValueError, match=r"2 empty \(null\) image\(s\), at row\(s\) \[2, 5\]"):
+    with pytest.raises(ValueError, match=r"2 empty \(null\) or undecodable image\(s\), at row\(s\) \[2, 5\]"):
         read_pairs(ds, on_bad_image="error")
     per_image = read_pairs(_per_image([RED, None, RED], [["a"], ["b"], ["c", "d"]]))
     assert per_image.image_rows.tolist() == [0, 2] and per_image.pair_image.tolist() == [0, 1, 1]

@@ -17,7 +17,8 @@ from datasets import Dataset, Features, Image, IterableDataset, IterableDatasetD
 
 import pds_hf
 from pds_hf import DistillConfig, DistillProcessor
-from pds_hf.stream import ShardReadError, stream_fingerprint
+from pds_hf.sources import stream_fingerprint
+from pds_hf.stream import ShardReadError
 
 
 class Counting:
@@ -391,7 +392,7 @@ def test_bad_rows_of_a_stream_are_named_by_shard_and_row(config):
     rows["caption"][4] = "e"
     rows["image"][4] = {"bytes": b"not an image", "path": None}
     stream = Dataset.from_dict(rows, features=features).to_iterable_dataset(num_shards=2)
-    with pytest.raises(ValueError, match=r"cannot be decoded in input shard 1 of the stream, at row\(s\) \[1\]"):
+    with pytest.raises(ValueError, match=r"Input shard 1 of the stream: .* undecodable image\(s\), at row\(s\) \[1\]"):
         DistillProcessor(config, num_pairs=2, on_bad_image="error")(stream)
     small = DistillProcessor(config, num_pairs=2, rm_ratio=0.0)(stream)
     assert pds_hf.metadata(small)["source"]["skipped_images"] == 1

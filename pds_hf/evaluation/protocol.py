@@ -194,7 +194,7 @@ def _distilled_features(
     """``(image_feats, text_feats)`` of the training pairs, one row per pair."""
     import datasets
 
-    from ..inputs import check_dataset_type
+    from ..sources import check_dataset_type
 
     check_dataset_type(distilled)
     if text_embedding_column is None:
