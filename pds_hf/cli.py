@@ -102,32 +102,18 @@ def _streamed(ds):
     return stream
 
 
-def _check_model(option: str, name, revision: str | None, filename: str) -> None:
-    """Refuse, before any work, a model that cannot be found: a missing folder, or an id the offline Hub lacks."""
-    if not isinstance(name, str) or Path(name).expanduser().exists():
-        return
-    if not is_repo_id(name):
-        raise UsageError(
-            f"{option} {name}: no such folder, and not a Hub model id (namespace/name); pass a folder "
-            "written by save_pretrained, or a Hub id."
-        )
-    if hub_offline():
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(name, filename, revision=revision), str):
-            raise CommandError(
-                f"{option} {name} is not in the local Hugging Face cache and the Hub is offline "
-                f"(HF_HUB_OFFLINE=1); download it once online (hf download {name}), or pass a local "
-                "folder."
-            )
-
-
 def _check_models(config, ds) -> None:
+    """Refuse, before any work and without asking the Hub, a model that cannot load: a missing folder, or an id
+    the offline Hub lacks (the loaders' own check, :func:`pds_hf.hub_models.check_model_source`)."""
+    from pds_hf.hub_models import check_model_source
+
     given = {config.image_embedding_column, config.text_embedding_column} <= set(ds.column_names or ())
-    if not given:
-        _check_model("--clip-model", config.clip_model, config.clip_revision, "config.json")
+    needed = [] if given else [("clip_model", config.clip_model, config.clip_revision, "config.json")]
     if config.method == "pds" and config.synthesis == "unclip":
-        _check_model("--unclip-model", config.unclip_model, config.unclip_revision, "model_index.json")
+        needed.append(("unclip_model", config.unclip_model, config.unclip_revision, "model_index.json"))
+    for option, model, revision, index_file in needed:
+        if isinstance(model, str):
+            check_model_source(option, model, revision, index_file=index_file, probe=False)
 
 
 def _add_distill(subparsers):

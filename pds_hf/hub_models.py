@@ -114,6 +114,54 @@ def _named(option: str, model: str, revision: str | None) -> str:
     return f"{option}={model!r}" + (f" (revision {revision!r})" if revision else "")
 
 
+def check_model_source(option: str, model: str, revision: str | None, *, index_file: str, probe: bool = True) -> bool:
+    """Refuse a model that cannot load, before any work: not a folder and not a Hub id, or not in the local cache
+    while the Hub cannot be reached.
+
+    Args:
+        option, model, revision, index_file: as for :func:`loading_model`.
+        probe: ask the Hub once whether it answers (:func:`hub_reachable`); with False only offline mode
+            (``HF_HUB_OFFLINE=1``) counts as unreachable, and nothing is sent (the CLI's check before loading data).
+
+    Returns:
+        Whether ``model`` is a Hub id that must load from the local cache (the Hub did not answer).
+
+    Raises:
+        ModelLoadError: naming the model, why, and the fix (``hub_unreachable`` says which case).
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if Path(model).expanduser().exists():
+        return False
+    named = _named(option, model, revision)
+    if not is_repo_id(model):
+        raise ModelLoadError(
+            f"Could not load {named}: no such folder, and not a Hub model id (namespace/name); pass "
+            "a folder written by save_pretrained, or a Hub id.",
+            option=option,
+            model=model,
+            revision=revision,
+        )
+    unreachable = not hub_reachable() if probe else bool(constants.HF_HUB_OFFLINE)
+    if unreachable and not isinstance(try_to_load_from_cache(model, index_file, revision=revision), str):
+        why = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else f"no answer from {constants.ENDPOINT}"
+        fix = (
+            "unset HF_HUB_OFFLINE to download it"
+            if constants.HF_HUB_OFFLINE
+            else f"download it once where the Hub is reachable (hf download {model}), then run with HF_HUB_OFFLINE=1"
+        )
+        raise ModelLoadError(
+            f"Could not load {named}: the Hugging Face Hub could not be reached ({why}) and the "
+            f"model is not in the local cache; {fix}, or pass a local folder written by "
+            "save_pretrained.",
+            option=option,
+            model=model,
+            revision=revision,
+            hub_unreachable=True,
+        )
+    return unreachable
+
+
 @contextlib.contextmanager
 def loading_model(option: str, model: str, revision: str | None, *, index_file: str, library: str):
     """Run the ``from_pretrained`` call of the block with a fast offline check and an error naming the model.
@@ -137,37 +185,13 @@ def loading_model(option: str, model: str, revision: str | None, *, index_file: 
         ...     pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(spec, revision=revision)
         ```
     """
-    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub import constants
 
     from .progress import library_output
 
     named = _named(option, model, revision)
     by_id = not Path(model).expanduser().exists()
-    if by_id and not is_repo_id(model):
-        raise ModelLoadError(
-            f"Could not load {named}: no such folder, and not a Hub model id (namespace/name); pass "
-            "a folder written by save_pretrained, or a Hub id.",
-            option=option,
-            model=model,
-            revision=revision,
-        )
-    unreachable = by_id and not hub_reachable()
-    if unreachable and not isinstance(try_to_load_from_cache(model, index_file, revision=revision), str):
-        why = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else f"no answer from {constants.ENDPOINT}"
-        fix = (
-            "unset HF_HUB_OFFLINE to download it"
-            if constants.HF_HUB_OFFLINE
-            else f"download it once where the Hub is reachable (hf download {model}), then run with HF_HUB_OFFLINE=1"
-        )
-        raise ModelLoadError(
-            f"Could not load {named}: the Hugging Face Hub could not be reached ({why}) and the "
-            f"model is not in the local cache; {fix}, or pass a local folder written by "
-            "save_pretrained.",
-            option=option,
-            model=model,
-            revision=revision,
-            hub_unreachable=True,
-        )
+    unreachable = check_model_source(option, model, revision, index_file=index_file)
     if unreachable and not constants.HF_HUB_OFFLINE:
         logger.info("The Hugging Face Hub could not be reached: loading %s from the local cache.", named)
     try:
