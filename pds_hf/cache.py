@@ -35,7 +35,8 @@ CACHE_FORMAT = 1
 STAGE_VERSIONS = {
     "encode": 1,
     "embeddings": 1,
-    "select": 3,  # 2: greedy k-means++ seeding; 3: clusters on L2-normalised embeddings by default
+    # 2: greedy k-means++ seeding; 3: clusters on L2-normalised embeddings by default; 4: per-pair labels saved
+    "select": 4,
     "synthesize": 1,
     "stream": 2,  # 2: embeddings saved in chunks of shard_size rows
 }

@@ -75,6 +75,9 @@ class Selection:
             source's distinct images (``synthesis="retrieve"``); a baseline's own images.
         key: the stage-cache fingerprint of this selection, or None when it is not cached.
         table: the source's :class:`~pds_hf.inputs.PairTable`.
+        pair_image_labels, pair_text_labels: ``(N,)`` per pair of ``table``, its image and text k-means cluster,
+            -1 where the filter dropped it (PDS; None for baselines). Pair ``p`` stands behind distilled pair ``m``
+            when both equal ``image_cluster[m]`` and ``text_cluster[m]``; ``support[m]`` counts them.
     """
 
     image_embeds: np.ndarray
@@ -90,6 +93,8 @@ class Selection:
     image_index: np.ndarray
     key: str | None = None
     table: object = field(default=None, repr=False)
+    pair_image_labels: np.ndarray | None = field(default=None, repr=False)
+    pair_text_labels: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -657,9 +662,14 @@ class DistillProcessor(RecipeMixin):
         )
         stage = open_stage(self.cache_dir(), "select", key)
         if not stage.done("selection") and ranks.is_main:
-            stage.save_arrays("selection", **self._choose(table, image_embeds, text_embeds))
+            chosen = self._choose(table, image_embeds, text_embeds)
+            labels = chosen.pop("labels", None)
+            if labels is not None:
+                stage.save_arrays("labels", **labels)
+            stage.save_arrays("selection", **chosen)
         ranks.barrier()
         chosen = stage.load_arrays("selection")
+        labels = stage.load_arrays("labels") if stage.done("labels") else {}
         return Selection(
             image_embeds=chosen["image_embeds"],
             text_embeds=chosen["text_embeds"],
@@ -674,6 +684,8 @@ class DistillProcessor(RecipeMixin):
             image_index=chosen["image_index"],
             key=key,
             table=table,
+            pair_image_labels=labels.get("image_labels"),
+            pair_text_labels=labels.get("text_labels"),
         )
 
     def _choose(self, table, image_embeds, text_embeds) -> dict:
@@ -711,6 +723,7 @@ class DistillProcessor(RecipeMixin):
                 pairs=np.zeros(0, np.int64),
                 kept=np.int64(protos.kept.sum()),
                 num_empty=np.int64(protos.num_empty),
+                labels=dict(image_labels=protos.image_labels, text_labels=protos.text_labels),
             )
         from .baselines import select_pairs
 
