@@ -7,19 +7,10 @@ import pytest
 
 from pds_hf.evaluation.metrics import METRIC_NAMES
 from pds_hf.evaluation.report import EvaluationReport, comparison_markdown, plot_comparison
+from pds_hf.evaluation.settings import TrainSettings
 
-SETTINGS = dict(
-    epochs=100,
-    lr=0.2,
-    momentum=0.9,
-    weight_decay=5e-4,
-    batch_size=128,
-    lr_decay_epoch=51,
-    lr_decay=0.1,
-    temperature=0.07,
-    learn_temperature=False,
-    train_image_head=False,
-)
+# The defaults, so the protocol sentence below also pins them to the reference code's values.
+SETTINGS = TrainSettings().to_dict()
 
 
 def make_report(values=(10.0, 20.0), selection="best mean recall on validation set (10 images, 50 captions)"):

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pds_hf.evaluation.features import RetrievalSet
+from pds_hf.evaluation.settings import TrainSettings
 from pds_hf.evaluation.train import ContrastiveHeads, ProjectionHead, score, train_heads
 
 HIDDEN, IMAGE_DIM, TEXT_DIM, NOISE = 8, 24, 16, 0.3
@@ -107,7 +108,17 @@ def test_same_seed_same_result_other_seed_other_result():
     assert first == again and first != other
 
 
-def test_learning_rate_decays_at_the_given_epoch(monkeypatch):
+@pytest.mark.parametrize(
+    "how",
+    [
+        dict(epochs=6, lr=0.2, lr_decay_epoch=4, batch_size=128),
+        dict(settings=TrainSettings(epochs=6, lr=0.2, lr_decay_epoch=4, batch_size=128)),
+        # Keywords override the settings object.
+        dict(settings=TrainSettings(epochs=2, lr=0.5, lr_decay_epoch=4, batch_size=128), epochs=6, lr=0.2),
+    ],
+    ids=["keywords", "settings", "settings-and-keywords"],
+)
+def test_learning_rate_decays_at_the_given_epoch(monkeypatch, how):
     seen = []
     original = torch.optim.SGD.step
 
@@ -118,8 +129,15 @@ def test_learning_rate_decays_at_the_given_epoch(monkeypatch):
     monkeypatch.setattr(torch.optim.SGD, "step", spy)
     make_pairs, _ = hidden_variable_world()
     image_feats, text_feats = make_pairs(20)
-    train_heads(image_feats, text_feats, epochs=6, lr=0.2, lr_decay_epoch=4, batch_size=128, device="cpu")
+    train_heads(image_feats, text_feats, device="cpu", **how)
     assert seen == pytest.approx([0.2, 0.2, 0.2, 0.02, 0.02, 0.02])
+
+
+def test_unknown_training_settings_are_named():
+    with pytest.raises(TypeError, match=r"Unknown training setting\(s\) \['epoch'\]"):
+        train_heads(np.zeros((2, 4)), np.zeros((2, 4)), epoch=3)
+    with pytest.raises(TypeError, match="settings must be a TrainSettings, got dict"):
+        train_heads(np.zeros((2, 4)), np.zeros((2, 4)), settings={"epochs": 3})
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ Example:
     ```
 
 Modules, in the order the protocol runs: :mod:`.student` (the frozen image network),
-:mod:`.features` (frozen features, cached), :mod:`.train` (the heads), :mod:`.metrics` (recall@K),
+:mod:`.features` (frozen features, cached), :mod:`.settings` and :mod:`.train` (the heads), :mod:`.metrics` (recall@K),
 :mod:`.report`, and :mod:`.protocol` (all of it, as :func:`evaluate`). :mod:`.cli` adds the
 ``evaluate`` and ``compare`` subcommands to ``pds-hf``.
 
@@ -26,6 +26,7 @@ _EXPORTS = {
     "evaluate": "protocol",
     "evaluate_features": "protocol",
     "TRAIN_DEFAULTS": "protocol",
+    "TrainSettings": "settings",
     "EvaluationReport": "report",
     "comparison_markdown": "report",
     "plot_comparison": "report",

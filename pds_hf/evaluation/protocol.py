@@ -17,6 +17,7 @@ A student is trained on the distilled pairs and scored on a test set by image-te
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
@@ -24,24 +25,12 @@ import numpy as np
 from ..filter import finite_table
 from .features import RetrievalSet, resolve_cache_dir, retrieval_set, student_image_features
 from .report import EvaluationReport
+from .settings import TrainSettings, train_settings
 
 logger = logging.getLogger(__name__)
 
-TRAIN_DEFAULTS = dict(
-    epochs=100,
-    lr=0.2,
-    momentum=0.9,
-    weight_decay=5e-4,
-    batch_size=128,
-    lr_decay_epoch=51,
-    lr_decay=0.1,
-    temperature=0.07,
-    learn_temperature=False,
-    train_image_head=False,
-    embed_dim=None,
-    dropout=0.1,
-    eval_every=10,
-)
+TRAIN_DEFAULTS = TrainSettings().to_dict()
+"""The training settings' defaults by name (:class:`~pds_hf.evaluation.settings.TrainSettings` as a dict)."""
 _FEW_VALIDATION_PAIRS = 50
 
 
@@ -79,6 +68,7 @@ def evaluate_features(
     student: str = "student",
     encoder: str = "encoder",
     device=None,
+    settings: TrainSettings | None = None,
     **train_kwargs,
 ) -> EvaluationReport:
     """Train and score the student on precomputed frozen features (what :func:`evaluate` does after step 1).
@@ -93,8 +83,10 @@ def evaluate_features(
         seed: the first run's seed.
         student, encoder: names for the report.
         device: where to train; CUDA when available.
-        **train_kwargs: overrides of :data:`TRAIN_DEFAULTS`, passed to
-            :func:`~pds_hf.evaluation.train.train_heads`.
+        settings: how each run trains, a :class:`~pds_hf.evaluation.settings.TrainSettings` (``None``: the
+            defaults, :data:`TRAIN_DEFAULTS`).
+        **train_kwargs: any field of :class:`~pds_hf.evaluation.settings.TrainSettings` by name, overriding
+            ``settings``.
 
     Returns:
         An :class:`~pds_hf.evaluation.report.EvaluationReport`.
@@ -116,9 +108,7 @@ def evaluate_features(
 
     from .train import score, train_heads
 
-    unknown = set(train_kwargs) - set(TRAIN_DEFAULTS)
-    if unknown:
-        raise TypeError(f"Unknown training setting(s) {sorted(unknown)}; known: {sorted(TRAIN_DEFAULTS)}.")
+    settings = train_settings(settings, **train_kwargs)
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}.")
     if validation is not None and _same_set(validation, test):
@@ -126,7 +116,6 @@ def evaluate_features(
             "The validation set is the test set; selecting epochs on test data inflates the results. "
             "Pass a held-out validation split, or validation=None to use the last epoch."
         )
-    settings = {**TRAIN_DEFAULTS, **train_kwargs}
     train_image_feats = np.asarray(train_image_feats, dtype=np.float32)
     train_text_feats = np.asarray(train_text_feats, dtype=np.float32)
     image_dim, text_dim = train_image_feats.shape[-1], train_text_feats.shape[-1]
@@ -137,7 +126,12 @@ def evaluate_features(
     results, epochs_chosen, histories, seeds = [], [], [], []
     for run in tqdm(range(runs), desc="Training student heads", unit="run"):
         result = train_heads(
-            train_image_feats, train_text_feats, validation=validation, seed=seed + run, device=device, **settings
+            train_image_feats,
+            train_text_feats,
+            validation=validation,
+            settings=settings,
+            seed=seed + run,
+            device=device,
         )
         results.append(score(result.heads, test))
         epochs_chosen.append(result.selected_epoch)
@@ -145,11 +139,11 @@ def evaluate_features(
         seeds.append(seed + run)
 
     if validation is None:
-        selection = f"none, as no validation split was given: each run reports its last epoch ({settings['epochs']})"
+        selection = f"none, as no validation split was given: each run reports its last epoch ({settings.epochs})"
     else:
         checks = (
-            f"checked every {settings['eval_every']} epochs and at the last"
-            if settings["eval_every"] < settings["epochs"]
+            f"checked every {settings.eval_every} epochs and at the last"
+            if settings.eval_every < settings.epochs
             else "checked at the last epoch"
         )
         selection = (
@@ -165,7 +159,7 @@ def evaluate_features(
         encoder=encoder,
         num_pairs=len(train_image_feats),
         seeds=seeds,
-        settings=settings,
+        settings=settings.to_dict(),
         validation_histories=histories,
     )
 
@@ -180,18 +174,10 @@ def _read_text_embeddings(distilled, column: str) -> np.ndarray:
 
 
 def _distilled_features(
-    distilled,
-    *,
-    student,
-    encoder,
-    encoder_key,
-    image_column,
-    text_embedding_column,
-    caption_column,
-    cache_dir,
-    text_batch_size,
+    distilled, *, features_of, student, image_column, text_embedding_column, caption_column, cache_dir
 ):
-    """``(image_feats, text_feats)`` of the training pairs, one row per pair."""
+    """``(image_feats, text_feats)`` of the training pairs, one row per pair; ``features_of`` makes a
+    :class:`RetrievalSet` of a set of real pairs (:func:`retrieval_set` with the student and encoder bound)."""
     import datasets
 
     from ..sources import check_dataset_type
@@ -199,17 +185,7 @@ def _distilled_features(
     check_dataset_type(distilled)
     if text_embedding_column is None:
         # A set of real pairs: encode its captions like the test captions.
-        train = retrieval_set(
-            distilled,
-            student=student,
-            encoder=encoder,
-            encoder_key=encoder_key,
-            image_column=image_column,
-            caption_column=caption_column,
-            cache_dir=cache_dir,
-            text_batch_size=text_batch_size,
-            name="training",
-        )
+        train = features_of(distilled, image_column=image_column, name="training")
         return train.image_feats[train.caption_to_image], train.text_feats
     columns = list(distilled.column_names)
     if text_embedding_column not in columns:
@@ -299,23 +275,12 @@ def evaluate(
     caption_column: str = "caption",
     distilled_image_column: str = "image",
     text_embedding_column: str | None = "text_embedding",
-    epochs: int = 100,
-    lr: float = 0.2,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    batch_size: int = 128,
-    lr_decay_epoch: int | None = 51,
-    lr_decay: float = 0.1,
-    temperature: float = 0.07,
-    learn_temperature: bool = False,
-    train_image_head: bool = False,
-    embed_dim: int | None = None,
-    dropout: float = 0.1,
-    eval_every: int = 10,
     seed: int = 0,
     cache_dir=None,
     device=None,
     text_batch_size: int = 256,
+    settings: TrainSettings | None = None,
+    **train_kwargs,
 ) -> EvaluationReport:
     """Train a student on a distilled set and score it by image-text retrieval on ``test``.
 
@@ -341,20 +306,17 @@ def evaluate(
         text_embedding_column: the text-prototype column of ``distilled``. ``None`` trains on the
             ``caption_column`` captions encoded with ``encoder`` instead (to evaluate a set of real pairs
             that has no embeddings).
-        epochs, lr, momentum, weight_decay, batch_size, lr_decay_epoch, lr_decay: training schedule: SGD,
-            the learning rate times ``lr_decay`` from epoch ``lr_decay_epoch`` on (``None``: constant).
-        temperature, learn_temperature: InfoNCE temperature; fixed at 0.07 by default, as in the reference
-            code. When learned it starts at ``temperature`` and is kept at most 100.
-        train_image_head: also train a projection head on the image side (LoRS-style); by default only the
-            text head trains, as in the reference code.
-        embed_dim: size of the shared space when ``train_image_head`` (default: the image features' size).
-        dropout: dropout inside the heads.
-        eval_every: validation interval in epochs (the last epoch is always checked).
         seed: seed of the first run (and of the ``validation`` fraction split).
         cache_dir: where to cache frozen features on disk; ``None``: under the datasets cache, ``False``: not
             on disk. Features are also kept in memory for the life of the process.
         device: where the student and heads run; CUDA when available.
         text_batch_size: captions per ``encode_texts`` call.
+        settings: how the student's heads train, a :class:`~pds_hf.evaluation.settings.TrainSettings`
+            (``None``: the reference code's schedule, SGD for 100 epochs with only the text head trained).
+        **train_kwargs: any field of :class:`~pds_hf.evaluation.settings.TrainSettings` by name (``epochs``, ``lr``,
+            ``momentum``, ``weight_decay``, ``batch_size``, ``lr_decay_epoch``, ``lr_decay``, ``temperature``,
+            ``learn_temperature``, ``train_image_head``, ``embed_dim``, ``dropout``, ``eval_every``), overriding
+            ``settings``.
 
     Returns:
         An :class:`~pds_hf.evaluation.report.EvaluationReport`; ``report.to_markdown()`` renders it.
@@ -377,6 +339,7 @@ def evaluate(
     from ..encode import encoder_name, load_encoder
     from .student import encoder_cache_key, load_student
 
+    settings = train_settings(settings, **train_kwargs)
     recorded, revision = _recorded_encoder(distilled)
     if encoder is None:
         if recorded is None:
@@ -411,19 +374,8 @@ def evaluate(
             "Pass a held-out split (e.g. the Karpathy val split), or validation=None."
         )
 
-    train_image, train_text = _distilled_features(
-        distilled,
-        student=student,
-        encoder=encoder,
-        encoder_key=encoder_key,
-        image_column=distilled_image_column,
-        text_embedding_column=text_embedding_column,
-        caption_column=caption_column,
-        cache_dir=cache,
-        text_batch_size=text_batch_size,
-    )
-    test_set = retrieval_set(
-        test,
+    features_of = functools.partial(
+        retrieval_set,
         student=student,
         encoder=encoder,
         encoder_key=encoder_key,
@@ -431,22 +383,21 @@ def evaluate(
         caption_column=caption_column,
         cache_dir=cache,
         text_batch_size=text_batch_size,
-        name="test",
     )
+    train_image, train_text = _distilled_features(
+        distilled,
+        features_of=features_of,
+        student=student,
+        image_column=distilled_image_column,
+        text_embedding_column=text_embedding_column,
+        caption_column=caption_column,
+        cache_dir=cache,
+    )
+    test_set = features_of(test, name="test")
     if validation is None or isinstance(validation, RetrievalSet):
         validation_set = validation
     elif isinstance(validation, datasets.Dataset):
-        validation_set = retrieval_set(
-            validation,
-            student=student,
-            encoder=encoder,
-            encoder_key=encoder_key,
-            image_column=image_column,
-            caption_column=caption_column,
-            cache_dir=cache,
-            text_batch_size=text_batch_size,
-            name="validation",
-        )
+        validation_set = features_of(validation, name="validation")
     elif isinstance(validation, float):
         train_image, train_text, validation_set = _hold_out(train_image, train_text, validation, seed)
     else:
@@ -464,17 +415,5 @@ def evaluate(
         student=student.name,
         encoder=encoder_name(encoder),
         device=device,
-        epochs=epochs,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        lr_decay_epoch=lr_decay_epoch,
-        lr_decay=lr_decay,
-        temperature=temperature,
-        learn_temperature=learn_temperature,
-        train_image_head=train_image_head,
-        embed_dim=embed_dim,
-        dropout=dropout,
-        eval_every=eval_every,
+        settings=settings,
     )

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ..filter import nonfinite_rows
 from .metrics import retrieval_metrics
+from .settings import TrainSettings, train_settings
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -179,21 +180,10 @@ def train_heads(
     text_feats,
     *,
     validation=None,
-    epochs: int = 100,
-    lr: float = 0.2,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    batch_size: int = 128,
-    lr_decay_epoch: int | None = 51,
-    lr_decay: float = 0.1,
-    temperature: float = 0.07,
-    learn_temperature: bool = False,
-    train_image_head: bool = False,
-    embed_dim: int | None = None,
-    dropout: float = 0.1,
-    eval_every: int = 10,
+    settings: TrainSettings | None = None,
     seed: int = 0,
     device=None,
+    **changes,
 ) -> TrainResult:
     """Train the student's heads on ``(image_feats[i], text_feats[i])`` pairs, selecting the epoch on
     ``validation``.
@@ -203,19 +193,14 @@ def train_heads(
         text_feats: ``(N, d_text)`` frozen text features of the training pairs.
         validation: a :class:`~pds_hf.evaluation.features.RetrievalSet` to select the epoch on, or
             ``None`` to keep the last epoch.
-        epochs: training epochs.
-        lr, momentum, weight_decay: SGD settings.
-        batch_size: pairs per step (the last batch of an epoch may be smaller).
-        lr_decay_epoch: from this epoch on (1-based) the learning rate is ``lr * lr_decay``; ``None``
-            keeps it constant.
-        lr_decay: the decay factor.
-        temperature, learn_temperature: the InfoNCE temperature and whether it is trained.
-        train_image_head: also train a head on the image side.
-        embed_dim: shared space size (see :class:`ContrastiveHeads`).
-        dropout: dropout inside the heads.
-        eval_every: validation interval in epochs.
+        settings: the schedule and the heads' shape, a :class:`~pds_hf.evaluation.settings.TrainSettings`
+            (``None``: the defaults).
         seed: seeds the head initialisation, the batch order and dropout.
         device: where to train; CUDA when available.
+        **changes: any field of :class:`~pds_hf.evaluation.settings.TrainSettings` (``epochs``, ``lr``,
+            ``momentum``, ``weight_decay``, ``batch_size``, ``lr_decay_epoch``, ``lr_decay``, ``temperature``,
+            ``learn_temperature``, ``train_image_head``, ``embed_dim``, ``dropout``, ``eval_every``), overriding
+            ``settings``.
 
     Returns:
         A :class:`TrainResult`.
@@ -230,11 +215,14 @@ def train_heads(
         (5, 5)
         ```
     """
+    s = train_settings(settings, **changes)
     image_feats = np.asarray(image_feats, dtype=np.float32)
     text_feats = np.asarray(text_feats, dtype=np.float32)
     _check_train_features(image_feats, text_feats)
-    if epochs < 1 or batch_size < 1 or eval_every < 1:
-        raise ValueError(f"epochs, batch_size and eval_every must be >= 1; got {epochs}, {batch_size}, {eval_every}.")
+    if s.epochs < 1 or s.batch_size < 1 or s.eval_every < 1:
+        raise ValueError(
+            f"epochs, batch_size and eval_every must be >= 1; got {s.epochs}, {s.batch_size}, {s.eval_every}."
+        )
     device = (
         torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     )
@@ -244,40 +232,40 @@ def train_heads(
         heads = ContrastiveHeads(
             image_feats.shape[1],
             text_feats.shape[1],
-            embed_dim=embed_dim,
-            train_image_head=train_image_head,
-            temperature=temperature,
-            learn_temperature=learn_temperature,
-            dropout=dropout,
+            embed_dim=s.embed_dim,
+            train_image_head=s.train_image_head,
+            temperature=s.temperature,
+            learn_temperature=s.learn_temperature,
+            dropout=s.dropout,
         ).to(device)
         groups = [{"params": [p for name, p in heads.named_parameters() if name != "logit_scale"]}]
-        if learn_temperature:
+        if s.learn_temperature:
             groups.append({"params": [heads.logit_scale], "weight_decay": 0.0})
-        optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        optimizer = torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
         images, texts = _tensor(image_feats, device), _tensor(text_feats, device)
         order = torch.Generator().manual_seed(seed)
 
-        result = TrainResult(heads=heads, selected_epoch=epochs)
+        result = TrainResult(heads=heads, selected_epoch=s.epochs)
         best_mean, best_state = -math.inf, None
-        for epoch in range(1, epochs + 1):
-            decayed = lr_decay_epoch is not None and epoch >= lr_decay_epoch
+        for epoch in range(1, s.epochs + 1):
+            decayed = s.lr_decay_epoch is not None and epoch >= s.lr_decay_epoch
             for group in optimizer.param_groups:
-                group["lr"] = lr * lr_decay if decayed else lr
+                group["lr"] = s.lr * s.lr_decay if decayed else s.lr
             heads.train()
             total = 0.0
-            for batch in torch.randperm(len(images), generator=order).split(batch_size):
+            for batch in torch.randperm(len(images), generator=order).split(s.batch_size):
                 batch = batch.to(device)
                 loss = heads.loss(images[batch], texts[batch])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                if learn_temperature:
+                if s.learn_temperature:
                     with torch.no_grad():
                         heads.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
                 total += loss.item() * len(batch)
             result.losses.append(total / len(images))
 
-            if validation is not None and (epoch % eval_every == 0 or epoch == epochs):
+            if validation is not None and (epoch % s.eval_every == 0 or epoch == s.epochs):
                 metrics = score(heads, validation, device=device)
                 result.validation_history.append((epoch, metrics))
                 if metrics["mean"] > best_mean:
