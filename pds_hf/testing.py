@@ -38,7 +38,7 @@ def _byte_alphabet() -> list[str]:
 
 
 def tiny_clip_tokenizer():
-    """A CLIP tokenizer with a character-level vocabulary (517 tokens), built in memory."""
+    """A CLIP tokenizer with a character-level vocabulary (514 tokens), built in memory."""
     from transformers import CLIPTokenizer
 
     chars = _byte_alphabet()
@@ -46,6 +46,57 @@ def tiny_clip_tokenizer():
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def model_sizes(
+    hidden_size: int = 32,
+    intermediate_size: int = 37,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    **extra,
+) -> dict:
+    """The sizes a transformers text or vision config takes, as keyword arguments: the tiny models' by default.
+
+    Args:
+        hidden_size, intermediate_size, num_hidden_layers, num_attention_heads: the transformer's shape.
+        **extra: any other config keys (``image_size``, ``patch_size``, ``projection_dim``, ``hidden_act``, ...).
+
+    Example:
+        ```py
+        >>> from transformers import CLIPVisionConfig
+        >>> from pds_hf.testing import model_sizes
+        >>> CLIPVisionConfig(**model_sizes(image_size=32, patch_size=4)).num_hidden_layers
+        2
+        ```
+    """
+    return dict(
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        **extra,
+    )
+
+
+def clip_text_sizes(tokenizer, *sizes: int, **extra) -> dict:
+    """:func:`model_sizes` for a CLIP text tower that reads ``tokenizer``'s tokens: its vocabulary size (unless
+    ``vocab_size`` is given), its maximum length as the position count, and its start, end and padding token ids.
+
+    Example:
+        ```py
+        >>> from pds_hf.testing import clip_text_sizes, tiny_clip_tokenizer
+        >>> clip_text_sizes(tiny_clip_tokenizer(), 64, 128, 2, 4)["vocab_size"]
+        514
+        ```
+    """
+    ids = dict(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return model_sizes(*sizes, **{**ids, **extra})
 
 
 @contextlib.contextmanager
@@ -62,25 +113,8 @@ def tiny_clip_model(seed: int = 0, *, image_size: int = 32):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     tokenizer = tiny_clip_tokenizer()
-    text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    vision = dict(
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=image_size,
-        patch_size=4,
-    )
+    text = clip_text_sizes(tokenizer)
+    vision = model_sizes(image_size=image_size, patch_size=4)
     config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=TINY_EMBED_DIM)
     with _seeded(seed):
         model = CLIPModel(config).eval()
@@ -181,30 +215,11 @@ def tiny_unclip_pipeline(seed: int = 0, *, embedding_dim: int = TINY_EMBED_DIM):
 
     tokenizer = tiny_clip_tokenizer()
     with _seeded(seed):
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=32,
-                intermediate_size=37,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                projection_dim=embedding_dim,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
+        text_encoder = CLIPTextModel(CLIPTextConfig(**clip_text_sizes(tokenizer, projection_dim=embedding_dim)))
         # Only used when the pipeline is given an image instead of image_embeds; required all the same.
         image_encoder = CLIPVisionModelWithProjection(
             CLIPVisionConfig(
-                hidden_size=32,
-                intermediate_size=37,
-                num_hidden_layers=1,
-                num_attention_heads=4,
-                image_size=32,
-                patch_size=4,
-                projection_dim=embedding_dim,
+                **model_sizes(num_hidden_layers=1, image_size=32, patch_size=4, projection_dim=embedding_dim)
             )
         )
         unet = UNet2DConditionModel(

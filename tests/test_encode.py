@@ -36,27 +36,13 @@ def test_siglip_text_is_padded_to_max_length():
     # SigLIP pools the last position, so a caption's embedding must not depend on its batch-mates.
     from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
 
-    from pds_hf.testing import tiny_clip_tokenizer
+    from pds_hf.testing import model_sizes, tiny_clip_tokenizer
 
     tokenizer = tiny_clip_tokenizer()
     tokenizer.model_max_length = 24
     config = SiglipConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=24,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-        ),
+        text_config=model_sizes(vocab_size=len(tokenizer), max_position_embeddings=24),
+        vision_config=model_sizes(image_size=32, patch_size=8),
     )
     processor = SiglipProcessor(
         image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer

@@ -54,52 +54,16 @@ def clip_vit_l14(quick: bool):
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from pds_hf.testing import tiny_clip_tokenizer
+    from pds_hf.testing import clip_text_sizes, model_sizes, tiny_clip_tokenizer
 
     tokenizer = tiny_clip_tokenizer()
-    ids = dict(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        max_position_embeddings=77,
-    )
     if quick:
-        text = dict(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            **ids,
-        )
-        vision = dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=224,
-            patch_size=14,
-        )
+        text = clip_text_sizes(tokenizer, 32, 64)
+        vision = model_sizes(32, 64, image_size=224, patch_size=14)
         projection = 32
     else:
-        text = dict(
-            vocab_size=CLIP_VOCAB,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            hidden_act="quick_gelu",
-            **ids,
-        )
-        vision = dict(
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_hidden_layers=24,
-            num_attention_heads=16,
-            image_size=224,
-            patch_size=14,
-            hidden_act="quick_gelu",
-        )
+        text = clip_text_sizes(tokenizer, 768, 3072, 12, 12, vocab_size=CLIP_VOCAB, hidden_act="quick_gelu")
+        vision = model_sizes(1024, 4096, 24, 16, image_size=224, patch_size=14, hidden_act="quick_gelu")
         projection = 768
     torch.manual_seed(0)
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection)).eval()
@@ -112,57 +76,25 @@ def unclip_small(quick: bool, device, dtype):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from pds_hf.testing import tiny_clip_tokenizer, unclip_from_parts
+    from pds_hf.testing import clip_text_sizes, model_sizes, tiny_clip_tokenizer, unclip_from_parts
 
     tokenizer = tiny_clip_tokenizer()
-    ids = dict(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        max_position_embeddings=77,
-    )
     if quick:
         embed, channels, heads, context, latent = 32, (32, 64, 64, 64), (2, 4, 4, 4), 32, 8
-        text = CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            projection_dim=32,
-            **ids,
-        )
-        vision = CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            image_size=224,
-            patch_size=14,
-            projection_dim=embed,
-        )
+        text = CLIPTextConfig(**clip_text_sizes(tokenizer, 32, 64, projection_dim=32))
+        vision = CLIPVisionConfig(**model_sizes(32, 64, 1, image_size=224, patch_size=14, projection_dim=embed))
         vae_channels, groups = (32, 32, 64, 64), 32
     else:
         embed, channels, heads, context, latent = 768, (320, 640, 1280, 1280), (5, 10, 20, 20), 1024, 96
         text = CLIPTextConfig(
-            vocab_size=CLIP_VOCAB,
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_hidden_layers=23,
-            num_attention_heads=16,
-            projection_dim=512,
-            hidden_act="gelu",
-            **ids,
+            **clip_text_sizes(
+                tokenizer, 1024, 4096, 23, 16, vocab_size=CLIP_VOCAB, projection_dim=512, hidden_act="gelu"
+            )
         )
         vision = CLIPVisionConfig(
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_hidden_layers=24,
-            num_attention_heads=16,
-            image_size=224,
-            patch_size=14,
-            projection_dim=768,
-            hidden_act="quick_gelu",
+            **model_sizes(
+                1024, 4096, 24, 16, image_size=224, patch_size=14, projection_dim=768, hidden_act="quick_gelu"
+            )
         )
         vae_channels, groups = (128, 256, 512, 512), 32
     torch.manual_seed(0)

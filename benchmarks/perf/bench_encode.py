@@ -38,29 +38,12 @@ def vit_b32_like(seed: int = 0):
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from pds_hf.testing import tiny_clip_tokenizer
+    from pds_hf.testing import clip_text_sizes, model_sizes, tiny_clip_tokenizer
 
     tokenizer = tiny_clip_tokenizer()
     config = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=512,
-            intermediate_size=2048,
-            num_hidden_layers=12,
-            num_attention_heads=8,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
-        vision_config=dict(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            image_size=224,
-            patch_size=32,
-        ),
+        text_config=clip_text_sizes(tokenizer, 512, 2048, 12, 8),
+        vision_config=model_sizes(768, 3072, 12, 12, image_size=224, patch_size=32),
         projection_dim=512,
     )
     torch.manual_seed(seed)
