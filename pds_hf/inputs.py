@@ -244,7 +244,7 @@ def read_pairs(
     """
     if on_bad_image not in ("skip", "error"):
         raise ValueError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}.")
-    from .sources.mapped import check_columns
+    from .sources.base import check_columns
 
     layout = check_columns(ds, image_column, caption_column, require_images=require_images)
     texts, pair_text, pair_rows = _read_captions(ds, caption_column, layout)

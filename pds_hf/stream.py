@@ -1,8 +1,8 @@
-"""Distilling a streamed dataset (``datasets.IterableDataset``) in two passes over the stream.
+"""Reading a streamed dataset (``datasets.IterableDataset``) in two passes: the work of a stream source.
 
 ``load_dataset(..., streaming=True)`` is the practical way into CC12M-, DataComp- or LAION-sized sets: nothing
-is downloaded ahead, and no row can be read by index. :func:`distill_stream` (what
-``DistillProcessor(...)(stream)`` runs) therefore works in passes:
+is downloaded ahead, and no row can be read by index. :class:`~pds_hf.sources.StreamedSource` (what
+``DistillProcessor(...)(stream)`` reads through) therefore works in passes:
 
 1. **Encode pass.** The stream's input shards (``ds.shard(num_shards=ds.n_shards, index=s)``) are split across
    processes (shard ``s`` belongs to rank ``s % world``; with fewer shards than processes, rows are split with
@@ -15,7 +15,8 @@ is downloaded ahead, and no row can be read by index. :func:`distill_stream` (wh
    shard's index is saved last, as its completion marker: a run that fails on shard ``s`` (the stream raised,
    or ended before the rows its source holds, where the source tells: :func:`pds_hf.lengths.expected_rows`)
    keeps shards ``0..s-1`` and the next run starts from there.
-2. **Steps 2-6** run on the main process over the shards' embeddings, exactly as for a map-style dataset:
+2. **Steps 2-6** run in the select stage (:mod:`pds_hf.stages`) over the shards' embeddings, as for a map-style
+   dataset (:func:`merge` joins the shards):
    images repeated across shards (same bytes) count once, captions are the distinct strings in stream order.
 3. **Fetch pass** (``synthesis="retrieve"`` and the baselines only): the chosen real images are read again by
    (shard, offset): only the shards that hold them, each up to its last needed row.
@@ -41,14 +42,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cache import StageTimer, log_found, open_stage, stage_key
+from .cache import log_found
 from .encode import encode_text_batches
 from .inputs import PairTable, caption_lists, per_caption_vectors, vectors_from_column
-from .schema import recorded_encoder
-from .sources import StreamedSource
 from .sources.base import bad_images_error, check_not_empty
 from .store import open_embeddings, write_embeddings
-from .synthesize import REAL_IMAGE_METHODS
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +84,7 @@ class ShardReadError(RuntimeError):
 
 
 @dataclass
-class _Units:
+class Units:
     """How the stream is cut into units of work: its input shards, or (fewer shards than processes) row slices."""
 
     ds: object
@@ -94,7 +92,7 @@ class _Units:
     by_rows: bool
 
     @classmethod
-    def of(cls, ds, world: int) -> _Units:
+    def of(cls, ds, world: int) -> Units:
         shards = int(ds.n_shards)
         if shards < world:
             return cls(ds, world, True)
@@ -192,8 +190,8 @@ class _UnitEncoder:
     in the decode feed's workers while later batches are read, and it is finished (:meth:`finish`) in order.
     """
 
-    def __init__(self, processor, layout: str, given: bool, has_images: bool, encoder, unit: int, stage, feed=None):
-        self.config = processor.config
+    def __init__(self, config, layout: str, given: bool, has_images: bool, encoder, unit: int, stage, feed=None):
+        self.config = config
         self.layout, self.given, self.has_images, self.encoder = layout, given, has_images, encoder
         self.unit, self.stage, self.feed = unit, stage, feed
         self.num_rows = 0
@@ -406,8 +404,9 @@ def _read_ahead(reader: _UnitEncoder, batches, read: deque):
         yield batch.stored
 
 
-def _encode_pass(processor, units: _Units, stage, layout: str, given: bool, has_images: bool, ranks) -> None:
-    """Pass 1: each process encodes the units it owns that are not saved yet.
+def encode_pass(config, load_encoder, units: Units, stage, layout: str, given: bool, has_images: bool, ranks) -> None:
+    """Pass 1: each process encodes the units it owns that are not saved yet (``load_encoder()`` gives the
+    encoder, loaded only when a unit is left to encode).
 
     Images are decoded and preprocessed in ``DistillConfig.encode_workers`` processes, batches ahead of the encoder
     (:class:`~pds_hf.encode.DecodeFeed`, as for a map-style dataset); the results do not depend on their number.
@@ -417,11 +416,10 @@ def _encode_pass(processor, units: _Units, stage, layout: str, given: bool, has_
     from .encode import DecodeFeed
     from .progress import progress
 
-    config = processor.config
     owned = [u for u in range(units.count) if ranks.owns(u)]
     todo = [u for u in owned if not stage.done(_SHARD(u))]
     log_found(stage, len(owned) - len(todo), len(owned), "encoded input shards of this process")
-    encoder = processor.load_encoder() if todo and not given else None
+    encoder = load_encoder() if todo and not given else None
     feed = DecodeFeed(encoder, config.encode_workers) if encoder is not None else None
     with (
         feed or nullcontext(),
@@ -429,7 +427,7 @@ def _encode_pass(processor, units: _Units, stage, layout: str, given: bool, has_
     ):
         for u in todo:
             part = _columns(units.open(u), config, given, has_images)
-            reader = _UnitEncoder(processor, layout, given, has_images, encoder, u, stage, feed)
+            reader = _UnitEncoder(config, layout, given, has_images, encoder, u, stage, feed)
             batches = _batches(part, u, units.count, config.encode_batch_size)
             if feed is None:  # the embeddings are given: nothing to decode
                 for start, table in batches:
@@ -453,7 +451,7 @@ def _encode_pass(processor, units: _Units, stage, layout: str, given: bool, has_
 
 
 @dataclass
-class _Merged:
+class Merged:
     """The whole stream as one :class:`~pds_hf.inputs.PairTable`, with where each image lives."""
 
     table: PairTable
@@ -492,7 +490,7 @@ def _first_seen_rows(order: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, n
     return ids, order[np.sort(first)]
 
 
-def _merge(stage, units: _Units, layout: str, dedup: bool, with_embeddings: bool, dtype: str = "float32") -> _Merged:
+def merge(stage, units: Units, layout: str, dedup: bool, with_embeddings: bool, dtype: str = "float32") -> Merged:
     """Join the saved units in the stream's row order: a caption string is one caption and, ``dedup``, an image
     repeated across units (same bytes) is one image, numbered where it first appears, as for a map-style dataset.
     The embeddings are read (one unit at a time, into the store, stored as ``dtype``) only ``with_embeddings``."""
@@ -545,7 +543,7 @@ def _merge(stage, units: _Units, layout: str, dedup: bool, with_embeddings: bool
         )
     image_offset = np.concatenate([part["image_offset"] for part in parts])[image_sources]
     image_digest = np.concatenate([part["image_digest"] for part in parts])[image_sources]
-    return _Merged(
+    return Merged(
         table, image_unit[image_sources], image_offset, image_digest, int(rows_before[-1]), image_embeds, text_embeds
     )
 
@@ -607,7 +605,7 @@ def _gather_embeddings(stage, parts: list, image_sources, image_start, text_sour
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _fetch_pass(processor, units: _Units, merged: _Merged, wanted: np.ndarray, stage, ranks) -> None:
+def fetch_pass(config, units: Units, merged: Merged, wanted: np.ndarray, stage, ranks) -> None:
     """Read the images ``wanted`` (global image ids) from the units this process owns, each unit only up to its
     last wanted row, and save them resized into ``stage``."""
     from datasets import Image
@@ -615,7 +613,6 @@ def _fetch_pass(processor, units: _Units, merged: _Merged, wanted: np.ndarray, s
     from .inputs import decode_image
     from .synthesize import resize_image
 
-    config = processor.config
     todo = sorted({int(i) for i in wanted if not stage.done(_IMAGE(int(i)))})
     by_unit: dict[int, dict[int, int]] = {}
     for image in todo:
@@ -650,140 +647,9 @@ def _fetch_pass(processor, units: _Units, merged: _Merged, wanted: np.ndarray, s
             )
 
 
-def _real_images(processor, units, merged, selection, ranks, stream_key) -> list:
-    """Step 7 from the stream's own images: nearest to each image prototype, or the baseline's chosen pairs."""
-    config = processor.config
-    stage = open_stage(processor.cache_dir(), "stream", stage_key("stream", stream_key, "images", config.image_size))
-    # The selection names its real images (the nearest, the teacher's pick, or a baseline's own).
-    picks = np.asarray(selection.image_index, dtype=np.int64)
-    _fetch_pass(processor, units, merged, picks, stage, ranks)
+def fetch_images(config, units: Units, merged: Merged, wanted: np.ndarray, stage, ranks) -> list:
+    """The images ``wanted`` (global image ids, in order, repeats allowed): each process fetches those in its units
+    (:func:`fetch_pass`), then every process reads them all from ``stage``."""
+    fetch_pass(config, units, merged, wanted, stage, ranks)
     ranks.barrier()
-    return [stage.load_image(_IMAGE(int(i))) for i in picks]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The whole run
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def distill_stream(processor, ds):
-    """Distill an ``IterableDataset``: what ``DistillProcessor(...)(ds)`` runs on a stream.
-
-    Args:
-        processor: the :class:`~pds_hf.DistillProcessor` with the settings.
-        ds: a ``datasets.IterableDataset`` (``load_dataset(..., streaming=True)``,
-            ``Dataset.to_iterable_dataset(num_shards=k)``, ``IterableDataset.from_generator``) with an image column
-            and a caption column (a string per row, or a list of strings per image), or the embedding columns
-            (then no encoder is loaded).
-
-    Returns:
-        The distilled ``datasets.Dataset``, as for a map-style dataset; its run record says ``streaming: true``.
-
-    Raises:
-        ShardReadError: an input shard could not be read to its end (the stream raised, or yielded fewer rows than
-            its source holds); the finished shards are kept, and running the same call again resumes from the
-            failed one.
-
-    Example:
-        ```py
-        >>> stream = load_dataset("nlphuji/flickr30k", split="test", streaming=True)
-        >>> small = pds_hf.DistillProcessor(num_pairs=100, synthesis="retrieve")(stream)
-        ```
-    """
-    from .distributed import current_ranks
-    from .encode import encoder_name, model_fingerprint
-
-    config = processor.config
-    source = StreamedSource(ds, config)
-    layout = source.check()
-    ds, given, has_images = source.ds, source.given, source.has_images
-    stages = StageTimer()
-    ranks = current_ranks(timeout=config.barrier_timeout)
-    if given:
-        source_key = "given", config.image_embedding_column, config.text_embedding_column
-    else:
-        with stages("load encoder"):
-            source_key = "encoder", model_fingerprint(processor.load_encoder())
-    units = _Units.of(ds, ranks.world)
-    identity = source.identity()
-    key = (
-        None
-        if identity is None or source_key[-1] is None
-        else stage_key(
-            "stream",
-            identity,
-            units.describe(),
-            layout,
-            has_images,
-            config.image_column,
-            config.caption_column,
-            config.on_bad_image,
-            *source_key,
-        )
-    )
-    stage = open_stage(
-        processor.cache_dir(),
-        "stream",
-        key,
-        ranks=ranks,
-        needs=", a stream that can be fingerprinted and an encoder known by id (or with a `fingerprint` attribute)",
-    )
-
-    with stages("read embeddings" if given else "encode"):
-        _encode_pass(processor, units, stage, layout, given, has_images, ranks)
-    ranks.barrier()
-    with stages("read"):
-        merged = _merge(
-            stage,
-            units,
-            layout,
-            dedup=layout == "pair" and has_images,
-            with_embeddings=ranks.is_main,
-            dtype=config.embedding_dtype,
-        )
-    table = merged.table
-    if table.skipped_images:
-        logger.warning(
-            "Skipping %d undecodable image(s) in column %r, at row(s) %s%s of the stream.",
-            len(table.skipped_images),
-            config.image_column,
-            table.skipped_images[:_MAX_LISTED],
-            " ..." if len(table.skipped_images) > _MAX_LISTED else "",
-        )
-    source.check_sizes(table)
-    with stages("select"):
-        selection = processor.select_embeddings(table, merged.image_embeds, merged.text_embeds, key, ranks)
-    with stages("synthesize"):
-        if config.synthesis == "none":
-            images = [None] * len(selection)
-        elif config.method != "pds" or config.synthesis in REAL_IMAGE_METHODS:
-            images = _real_images(processor, units, merged, selection, ranks, key)
-        else:
-            images = processor.unclip_images(selection, ranks, stages)
-
-    extra = {}
-    if given:
-        extra["embeddings"] = {
-            "given": True,
-            "image_column": config.image_embedding_column,
-            "text_column": config.text_embedding_column,
-        }
-        encoder = (
-            recorded_encoder(ds.features[config.image_embedding_column])
-            or f"given column {config.image_embedding_column!r}"
-        )
-        revision = None
-    else:
-        loaded = processor.load_encoder()
-        encoder, revision = encoder_name(loaded), getattr(loaded, "revision", config.clip_revision)
-    return processor.to_dataset(
-        selection,
-        images,
-        source=source.describe(table, merged.num_rows),
-        encoder=encoder,
-        encoder_revision=revision,
-        stages=stages,
-        ranks=ranks,
-        streaming=True,
-        **extra,
-    )
+    return [stage.load_image(_IMAGE(int(i))) for i in wanted]

@@ -9,10 +9,12 @@ from conftest import png_bytes
 from datasets import Dataset, Features, Image, List, Value
 
 import pds_hf.inputs as inputs
+import pds_hf.processor
 from pds_hf import DistillConfig, DistillProcessor
 from pds_hf.cache import MemoryStage, Stage, StageTimer
 from pds_hf.distributed import Ranks
 from pds_hf.inputs import embeddings_from_columns, read_pairs
+from pds_hf.sources import MappedSource
 
 DIM = 8
 
@@ -155,11 +157,11 @@ def test_a_disk_stage_holds_memory_maps_that_a_rerun_reopens(rng, tmp_path, monk
 def test_the_processor_selects_from_the_store_and_a_rerun_reads_no_column(rng, tmp_path, monkeypatch, caplog):
     ds = _pair_layout(rng)
     given = []
-    select = DistillProcessor.select_embeddings
+    select = pds_hf.processor.select
 
-    def recording(self, table, image_embeds, text_embeds, *args):
-        given.append((self.config.embedding_dtype, image_embeds, text_embeds))
-        return select(self, table, image_embeds, text_embeds, *args)
+    def recording(config, table, image_embeds, text_embeds, **kwargs):
+        given.append((config.embedding_dtype, image_embeds, text_embeds))
+        return select(config, table, image_embeds, text_embeds, **kwargs)
 
     def run(dtype):
         return DistillProcessor(
@@ -175,7 +177,7 @@ def test_the_processor_selects_from_the_store_and_a_rerun_reads_no_column(rng, t
             )
         )(ds)
 
-    monkeypatch.setattr(DistillProcessor, "select_embeddings", recording)
+    monkeypatch.setattr(pds_hf.processor, "select", recording)
     first = {dtype: run(dtype) for dtype in ("float32", "float16")}
     # One stage (the dtype is not part of its key), one store per dtype in it.
     assert len(list(tmp_path.glob("embeddings-*"))) == 1
@@ -197,14 +199,14 @@ def test_the_processor_selects_from_the_store_and_a_rerun_reads_no_column(rng, t
 def test_only_the_main_process_reads_the_columns(rng, tmp_path, monkeypatch):
     ds = _pair_layout(rng)
     processor = DistillProcessor(DistillConfig(num_pairs=3, synthesis="none", use_cache=True, cache_dir=str(tmp_path)))
-    source, table = processor.read_source(ds)
+    source = MappedSource(ds, processor.config)
+    source.read()
     _refuse_blocks(monkeypatch)
-    _, image_embeds, text_embeds, _, _ = processor._encoded(source, table, StageTimer(), Ranks(rank=1, world=2))
-    assert image_embeds is None and text_embeds is None
+    second = dict(timer=StageTimer(), ranks=Ranks(rank=1, world=2))
+    embedded = source.embeddings(processor.load_encoder, cache_dir=processor.cache_dir(), **second)
+    assert embedded.image_embeds is None and embedded.text_embeds is None
     with pytest.raises(ValueError, match="over 2 processes .* needs use_cache=True"):
-        DistillProcessor(processor.config, use_cache=False)._encoded(
-            source, table, StageTimer(), Ranks(rank=1, world=2)
-        )
+        source.embeddings(processor.load_encoder, cache_dir=None, **second)
 
 
 def _with_row(ds, row, column, value):

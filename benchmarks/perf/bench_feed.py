@@ -2,7 +2,7 @@
 
 A ``datasets.Dataset`` of 500x375 JPEGs (textured, made in code, one row per image) goes through
 ``pds_hf.encode.encode_table`` with ``workers`` = 0 (decode in the main thread), 1, 2, ... With ``--stream``,
-the same rows go through the streaming encode pass instead (``pds_hf.stream._encode_pass``, what
+the same rows go through the streaming encode pass instead (``pds_hf.stream.encode_pass``, what
 ``DistillProcessor(...)(stream)`` runs first, on one process with nothing cached) as
 ``ds.to_iterable_dataset(num_shards=...)``, with ``DistillConfig.encode_workers`` = 0, 1, 2, ...; ``--before
 DIR`` adds the pass of an older ``pds_hf`` unpacked in ``DIR`` (run in a child process, workers 0). Two encoders:
@@ -147,16 +147,17 @@ def map_run(encoder, ds, table, workers: int, batch_size: int):
 
 
 def stream_run(encoder, ds, workers: int, batch_size: int, shards: int):
-    """The streaming encode pass over ``ds.to_iterable_dataset(num_shards=shards)``, as ``distill_stream`` runs
+    """The streaming encode pass over ``ds.to_iterable_dataset(num_shards=shards)``, as a stream source runs
     it on one process with nothing cached (each call starts from an empty in-memory stage)."""
     from pds_hf import DistillProcessor
     from pds_hf.cache import MemoryStage
     from pds_hf.distributed import Ranks
-    from pds_hf.stream import _encode_pass, _Units
+    from pds_hf.stream import Units, encode_pass
 
     processor = DistillProcessor(clip_model=encoder, encode_workers=workers, encode_batch_size=batch_size)
-    units = _Units.of(ds.to_iterable_dataset(num_shards=shards), 1)
-    return lambda: _encode_pass(processor, units, MemoryStage(), "pair", False, True, Ranks())
+    units = Units.of(ds.to_iterable_dataset(num_shards=shards), 1)
+    config = processor.config
+    return lambda: encode_pass(config, processor.load_encoder, units, MemoryStage(), "pair", False, True, Ranks())
 
 
 def measure(args) -> list[dict]:
@@ -302,7 +303,7 @@ def main():
         body += (
             f"\n\n{args.images} JPEGs of 500x375 as ds.to_iterable_dataset(num_shards={args.shards}), batch "
             f"{args.batch_size} (encode_batch_size), best of {args.repeats}; the whole encode pass "
-            "(pds_hf.stream._encode_pass: reading the shards, hashing the images, captions too). "
+            "(pds_hf.stream.encode_pass: reading the shards, hashing the images, captions too). "
             f"This machine has {cores} cores, shared by the main process, the workers and other jobs (see "
             "the load average): wall times are noisy, CPU times are not."
         )

@@ -5,7 +5,7 @@ The dataset (one row per pair, ``caption`` strings, ``image_embedding`` and ``te
 float32, no image column) is written once, a block at a time, as an Arrow file in the benchmark cache and opened
 memory-mapped with ``Dataset.from_file``, as ``load_from_disk`` would. Each case runs in a fresh subprocess:
 
-- ``read``: ``DistillProcessor.check_inputs`` and the reading of the embedding columns (``_encoded``) alone;
+- ``read``: the reading of the embedding columns (``MappedSource.embeddings``) alone;
 - ``distill``: ``DistillProcessor(config)(ds)``, steps 2-6 with ``synthesis="none"`` and ``num_pairs=M``.
 
 ``RssAnon`` is sampled every 50 ms (``machine.AnonPeak``). With ``--reference DIR`` the same cases also run with
@@ -79,6 +79,7 @@ def run_case(case: str, path: str, k: int) -> dict:
     from pds_hf import DistillConfig, DistillProcessor
     from pds_hf.cache import StageTimer
     from pds_hf.distributed import Ranks
+    from pds_hf.sources import MappedSource
 
     ds = Dataset.from_file(path)
     cache = tempfile.mkdtemp(dir=CACHE, prefix="given-stage-")
@@ -89,8 +90,10 @@ def run_case(case: str, path: str, k: int) -> dict:
     try:
         with AnonPeak() as peak:
             if case == "read":
-                table, given = processor.check_inputs(ds)
-                _, image_embeds, text_embeds, _, _ = processor._encoded(ds, table, given, StageTimer(), Ranks())
+                embedded = MappedSource(ds, config).embeddings(
+                    processor.load_encoder, timer=StageTimer(), ranks=Ranks(), cache_dir=processor.cache_dir()
+                )
+                image_embeds, text_embeds = embedded.image_embeds, embedded.text_embeds
                 digest, shapes = "", [list(image_embeds.shape), list(text_embeds.shape)]
             else:
                 result = processor(ds)

@@ -18,8 +18,8 @@ Example:
     ```
 """
 
-from .base import Source, check_dataset_type, embedding_columns_present, spec_name
-from .mapped import MappedSource, check_columns
+from .base import Source, check_columns, check_dataset_type, embedding_columns_present, spec_name
+from .mapped import MappedSource
 from .streamed import StreamedSource, stream_fingerprint
 
 

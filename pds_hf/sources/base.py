@@ -186,6 +186,19 @@ def spec_name(spec, revision: str | None = None) -> str | None:
     return name if isinstance(name, str) and name else None
 
 
+def check_columns(ds, image_column: str, caption_column: str, *, require_images: bool = True) -> str:
+    """Check both columns of a ``Dataset`` exist and hold images and captions; return the layout.
+
+    The column rules of :class:`MappedSource` for callers that have the column names but no config
+    (:func:`pds_hf.inputs.read_pairs`, ``DistillProcessor.embed``). With ``require_images=False`` (embeddings given
+    and no step needs a real image), the image column may be missing.
+    """
+    check_dataset_type(ds)
+    check_column_roles(ds.features, image_column, caption_column, require_images=require_images)
+    check_not_empty(len(ds))
+    return caption_layout(ds, caption_column)
+
+
 class Source:
     """Where the pairs of a run come from: a ``datasets.Dataset`` or a ``datasets.IterableDataset``.
 
@@ -254,6 +267,47 @@ class Source:
 
     def check_rows(self) -> None:
         """The rules on the number of rows that this kind can tell without reading them (none by default)."""
+
+    def embeddings(self, load_encoder, *, timer, ranks, cache_dir):
+        """Run the encode stage: check the source, read its pairs and give one embedding per distinct image and
+        caption, encoded (``load_encoder()`` gives the encoder, loaded only when needed) or read from the given
+        columns, cached under the stage's key (see :mod:`pds_hf.stages`).
+
+        Args:
+            load_encoder: a function returning this process's encoder.
+            timer: the run's :class:`~pds_hf.cache.StageTimer`.
+            ranks: the processes of the run (:class:`~pds_hf.distributed.Ranks`); each encodes its share.
+            cache_dir: the cache folder (None: nothing is cached).
+
+        Returns:
+            An :class:`~pds_hf.stages.Embedded`; its embeddings are None on the processes that do not select.
+        """
+        raise NotImplementedError
+
+    def images(self, selection, *, ranks, cache_dir) -> list:
+        """The source's own images chosen by ``selection`` (``selection.image_index``: the nearest to each image
+        prototype, the teacher's pick, or a baseline's pairs), resized to ``config.image_size``."""
+        raise NotImplementedError
+
+    def given_encoder(self) -> str:
+        """Where the given embeddings came from: the encoder their column records, or the column's name."""
+        column = self.config.image_embedding_column
+        return recorded_encoder(self.ds.features[column]) or f"given column {column!r}"
+
+    def record(self, table, num_rows: int) -> dict:
+        """The source's entries in the run record: ``source`` (:meth:`describe`) and, for given embeddings, which
+        columns they came from."""
+        config = self.config
+        entries = {"source": self.describe(table, num_rows)}
+        if self.kind == "stream":
+            entries["streaming"] = True
+        if self.given:
+            entries["embeddings"] = {
+                "given": True,
+                "image_column": config.image_embedding_column,
+                "text_column": config.text_embedding_column,
+            }
+        return entries
 
     def identity(self) -> str | None:
         """The fingerprint of what the source holds (None: it cannot be known, and nothing is cached)."""

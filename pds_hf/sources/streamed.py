@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from ..cache import fingerprint
+import numpy as np
+
+from ..cache import fingerprint, open_stage
+from ..stages import Embedded, stream_images_key, stream_key
 from .base import Source, check_dataset_type
 
 logger = logging.getLogger(__name__)
@@ -93,6 +96,7 @@ class StreamedSource(Source):
         if ds.features is None:
             ds = ds._resolve_features()
         super().__init__(ds, config)
+        self.units = self.merged = self.key = None
 
     def identity(self) -> str | None:
         """:func:`stream_fingerprint` of the stream, computed once (it hashes the whole recipe)."""
@@ -102,3 +106,69 @@ class StreamedSource(Source):
 
     def describe(self, table, num_rows: int) -> dict:
         return {**super().describe(table, num_rows), "n_shards": int(self.ds.n_shards)}
+
+    def embeddings(self, load_encoder, *, timer, ranks, cache_dir):
+        """The encode pass over the stream's input shards, split across processes, then the shards joined into one
+        table in the stream's row order (see :mod:`pds_hf.stream`)."""
+        from ..stream import Units, encode_pass, merge
+
+        config = self.config
+        layout = self.check()
+        if self.given:
+            embeddings = "given", config.image_embedding_column, config.text_embedding_column
+            encoder, revision = self.given_encoder(), None
+        else:
+            from ..encode import encoder_name, model_fingerprint
+
+            with timer("load encoder"):
+                loaded = load_encoder()
+            embeddings = "encoder", model_fingerprint(loaded)
+            encoder, revision = encoder_name(loaded), getattr(loaded, "revision", config.clip_revision)
+        self.units = Units.of(self.ds, ranks.world)
+        self.key = stream_key(config, self.identity(), self.units.describe(), layout, self.has_images, embeddings)
+        stage = open_stage(
+            cache_dir,
+            "stream",
+            self.key,
+            ranks=ranks,
+            needs=", a stream that can be fingerprinted and an encoder known by id (or with a `fingerprint` attribute)",
+        )
+        with timer("read embeddings" if self.given else "encode"):
+            encode_pass(config, load_encoder, self.units, stage, layout, self.given, self.has_images, ranks)
+        ranks.barrier()
+        with timer("read"):
+            self.merged = merged = merge(
+                stage,
+                self.units,
+                layout,
+                dedup=layout == "pair" and self.has_images,
+                with_embeddings=ranks.is_main,
+                dtype=config.embedding_dtype,
+            )
+        table = merged.table
+        if table.skipped_images:
+            logger.warning(
+                "Skipping %d undecodable image(s) in column %r, at row(s) %s%s of the stream.",
+                len(table.skipped_images),
+                config.image_column,
+                table.skipped_images[:5],
+                " ..." if len(table.skipped_images) > 5 else "",
+            )
+        self.check_sizes(table)
+        return Embedded(
+            table, merged.image_embeds, merged.text_embeds, self.key, encoder, revision, merged.num_rows, self.given
+        )
+
+    def images(self, selection, *, ranks, cache_dir) -> list:
+        """A second pass over the stream: only the input shards that hold the chosen images, each up to its last
+        one; an image is checked against the bytes the encode pass saw."""
+        from ..stream import fetch_images
+
+        if self.merged is None:
+            raise ValueError(
+                "A stream's images are fetched by the run that encoded it: call the processor on the stream, "
+                "processor(stream), rather than processor.synthesize(selection, stream)."
+            )
+        stage = open_stage(cache_dir, "stream", stream_images_key(self.config, self.key))
+        picks = np.asarray(selection.image_index, dtype=np.int64)
+        return fetch_images(self.config, self.units, self.merged, picks, stage, ranks)

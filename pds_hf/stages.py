@@ -1,0 +1,378 @@
+"""The stages of a run, each with its own key: encode (or read the given embeddings), select, synthesize.
+
+A key holds exactly what changes a stage's result: its name and version (``pds_hf.cache.STAGE_VERSIONS``), the
+key of the stage it reads (the source's identity for the first), and the settings that change its numbers; never
+a device, a batch size, a worker count or a folder. Each stage also says what every process does:
+
+- **encode** (:func:`encode_key`, :func:`embeddings_key`, :func:`stream_key`): split across processes by the
+  source (:mod:`pds_hf.sources`), which owns how its rows are read;
+- **select** (:func:`select`, steps 2-6 and the baselines, :func:`choose`): the main process computes and the
+  others wait, or with ``pds_hf.parallel`` every process works on its slice;
+- **synthesize** (:func:`unclip_images`, step 7 with unCLIP): the prototypes are split across processes; real
+  images come from the source (:meth:`pds_hf.sources.Source.images`).
+
+Example:
+    ```py
+    >>> from pds_hf.stages import select
+    >>> selection = select(config, table, image_embeds, text_embeds, parent_key=None, ranks=Ranks(), cache_dir=None)
+    >>> selection.captions[:2], selection.support[:2]
+    ```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .cache import StageTimer, dtype_key, log_found, open_stage, stage_key
+from .caption import nearest, retrieve_captions
+from .prototypes import prototypes_from_embeddings
+from .synthesize import load_unclip, retrieve_scored_images, synthesize_unclip
+
+
+@dataclass
+class Selection:
+    """What steps 2-6 chose: one entry per distilled pair, plus what step 7 needs to make the images.
+
+    Attributes:
+        image_embeds: ``(M, d)`` image prototypes (a baseline: the chosen pairs' image embeddings).
+        text_embeds: ``(M, d)`` text prototypes.
+        captions: the ``M`` retrieved real captions.
+        caption_index: ``(M,)`` index of each caption among the distinct captions.
+        support: ``(M,)`` real pairs each prototype averages (0 where the k-means centres were used).
+        image_cluster, text_cluster: ``(M,)`` the matched k-means clusters (-1 for baselines).
+        pairs: ``(M,)`` the chosen pairs (baselines; empty for PDS).
+        kept: pairs left after filtering (-1 for baselines).
+        num_empty: matched clusters that shared no pair (-1 for baselines).
+        image_index: ``(M,)`` the real image nearest (cosine) to each image prototype, as an index among the
+            source's distinct images (``synthesis="retrieve"``); a baseline's own images.
+        key: the stage-cache fingerprint of this selection, or None when it is not cached.
+        table: the source's :class:`~pds_hf.inputs.PairTable`.
+        pair_image_labels, pair_text_labels: ``(N,)`` per pair of ``table``, its image and text k-means cluster,
+            -1 where the filter dropped it (PDS; None for baselines). Pair ``p`` stands behind distilled pair ``m``
+            when both equal ``image_cluster[m]`` and ``text_cluster[m]``; ``support[m]`` counts them.
+    """
+
+    image_embeds: np.ndarray
+    text_embeds: np.ndarray
+    captions: list
+    caption_index: np.ndarray
+    support: np.ndarray
+    image_cluster: np.ndarray
+    text_cluster: np.ndarray
+    pairs: np.ndarray
+    kept: int
+    num_empty: int
+    image_index: np.ndarray
+    key: str | None = None
+    table: object = field(default=None, repr=False)
+    pair_image_labels: np.ndarray | None = field(default=None, repr=False)
+    pair_text_labels: np.ndarray | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+@dataclass
+class Embedded:
+    """What the encode stage gives the select stage: the pairs and one embedding per distinct image and caption.
+
+    Attributes:
+        table: the :class:`~pds_hf.inputs.PairTable` of the usable pairs.
+        image_embeds, text_embeds: ``(Ni, d)`` and ``(Nt, d)`` (memory maps on a disk stage); None on a process
+            that does not select.
+        key: the encode stage's key (the select stage's parent), None when nothing is cached.
+        encoder: the encoder's name, or where the given embeddings came from.
+        encoder_revision: the encoder's revision (None for given embeddings).
+        num_rows: rows read from the source.
+        given: whether the embeddings came from the source's columns.
+    """
+
+    table: object
+    image_embeds: np.ndarray | None
+    text_embeds: np.ndarray | None
+    key: str | None
+    encoder: str
+    encoder_revision: str | None
+    num_rows: int
+    given: bool = False
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Encode: the keys (the sources run the stage)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def encode_key(config, encoder_fingerprint, source_identity) -> str | None:
+    """The key of a map-style dataset's encode stage.
+
+    ``embedding_dtype`` is not in it: the shards are float32 whatever it is, and the stage holds one merged store
+    per dtype (see :mod:`pds_hf.store`), so a float16 rerun of an encoded source encodes nothing.
+    """
+    return stage_key(
+        "encode",
+        encoder_fingerprint,
+        source_identity,
+        config.image_column,
+        config.caption_column,
+        config.on_bad_image,
+        config.shard_size,
+    )
+
+
+def embeddings_key(config, source_identity) -> str | None:
+    """The key of the stage that reads a map-style dataset's given embedding columns (one store per dtype)."""
+    return stage_key(
+        "embeddings",
+        source_identity,
+        config.image_column,
+        config.caption_column,
+        config.image_embedding_column,
+        config.text_embedding_column,
+        config.on_bad_image,
+    )
+
+
+def stream_key(config, source_identity, units: list, layout: str, has_images: bool, embeddings: tuple) -> str | None:
+    """The key of a stream's encode pass: the stream's identity and input shards, its layout, the columns, and
+    ``embeddings``: ``("encoder", fingerprint)`` or ``("given", image column, text column)``."""
+    if source_identity is None or embeddings[-1] is None:
+        return None
+    return stage_key(
+        "stream",
+        source_identity,
+        units,
+        layout,
+        has_images,
+        config.image_column,
+        config.caption_column,
+        config.on_bad_image,
+        *embeddings,
+    )
+
+
+def stream_images_key(config, stream_key: str | None) -> str | None:
+    """The key of the real images fetched from a stream (a second pass): the encode pass's key and their size."""
+    return stage_key("stream", stream_key, "images", config.image_size)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Select: steps 2-6
+# --------------------------------------------------------------------------------------------------------------
+
+
+def select_key(config, parent_key: str | None) -> str | None:
+    """The select stage's key: the encode stage's, and every setting of steps 2-6."""
+    return stage_key(
+        "select",
+        parent_key,
+        config.method,
+        config.num_pairs,
+        config.rm_ratio,
+        config.seed,
+        config.empty,
+        config.kmeans_iterations,
+        config.kmeans_restarts,
+        config.kmeans_init,
+        "unit-norm" if config.normalize else "raw",
+        *dtype_key(config.embedding_dtype),
+        # the selection holds the chosen real images, whose rule only "retrieve-scored" changes
+        *(["retrieve-scored"] if config.synthesis == "retrieve-scored" else []),
+    )
+
+
+def choose(config, table, image_embeds, text_embeds) -> dict:
+    """Steps 2-6 (or a baseline's choice of real pairs) as plain arrays, ready to cache.
+
+    Args:
+        config: the run's :class:`~pds_hf.DistillConfig`.
+        table: the :class:`~pds_hf.inputs.PairTable` the embeddings belong to.
+        image_embeds, text_embeds: one row per distinct image and caption of ``table``.
+
+    Returns:
+        A dict of arrays (prototypes, supports, clusters, the chosen captions and real images) and, for PDS,
+        ``labels``: each pair's image and text cluster.
+    """
+    if config.method == "pds":
+        protos = prototypes_from_embeddings(
+            image_embeds,
+            text_embeds,
+            config.num_pairs,
+            rm_ratio=config.rm_ratio,
+            seed=config.seed,
+            empty=config.empty,
+            image_index=table.pair_image,
+            text_index=table.pair_text,
+            kmeans_iterations=config.kmeans_iterations,
+            kmeans_restarts=config.kmeans_restarts,
+            kmeans_init=config.kmeans_init,
+            normalize=config.normalize,
+        )
+        _, caption_index = retrieve_captions(protos.text_embeds, text_embeds, table.texts)
+        # The real images are chosen here, where the embeddings are, so that step 7 needs none of them.
+        if config.synthesis == "retrieve-scored":
+            image_index = retrieve_scored_images(image_embeds, protos.image_embeds, protos.text_embeds)
+        else:
+            image_index = nearest(protos.image_embeds, image_embeds)
+        return dict(
+            image_embeds=protos.image_embeds,
+            text_embeds=protos.text_embeds,
+            image_index=np.asarray(image_index, dtype=np.int64),
+            support=np.asarray(protos.support, dtype=np.int64),
+            image_cluster=protos.image_cluster,
+            text_cluster=protos.text_cluster,
+            caption_index=caption_index,
+            pairs=np.zeros(0, np.int64),
+            kept=np.int64(protos.kept.sum()),
+            num_empty=np.int64(protos.num_empty),
+            labels=dict(image_labels=protos.image_labels, text_labels=protos.text_labels),
+        )
+    from .baselines import select_pairs
+
+    chosen = np.asarray(
+        select_pairs(
+            config.method,
+            image_embeds[table.pair_image],
+            text_embeds[table.pair_text],
+            config.num_pairs,
+            seed=config.seed,
+        ),
+        dtype=np.int64,
+    )
+    return dict(
+        image_embeds=image_embeds[table.pair_image[chosen]],
+        image_index=table.pair_image[chosen],
+        text_embeds=text_embeds[table.pair_text[chosen]],
+        support=np.ones(len(chosen), np.int64),
+        image_cluster=np.full(len(chosen), -1, np.int64),
+        text_cluster=np.full(len(chosen), -1, np.int64),
+        caption_index=table.pair_text[chosen],
+        pairs=chosen,
+        kept=np.int64(-1),
+        num_empty=np.int64(-1),
+    )
+
+
+def select(config, table, image_embeds, text_embeds, *, parent_key, ranks, cache_dir) -> Selection:
+    """Steps 2-6 on embeddings already read or encoded, cached as the select stage under ``parent_key``.
+
+    Args:
+        config: the run's :class:`~pds_hf.DistillConfig`.
+        table: the :class:`~pds_hf.inputs.PairTable` the embeddings belong to.
+        image_embeds, text_embeds: one row per distinct image and caption of ``table`` (None on a process that
+            does not compute).
+        parent_key: the key of the stage the embeddings come from (``None``: nothing is cached).
+        ranks: this process's place in a multi-process run; the main process computes, the others wait.
+        cache_dir: the cache folder (None: nothing is cached).
+
+    Used by every run, map-style or streamed, and by ``DistillProcessor.select``: all of them cache one select
+    stage.
+    """
+    key = select_key(config, parent_key)
+    stage = open_stage(cache_dir, "select", key)
+    if not stage.done("selection") and ranks.is_main:
+        chosen = choose(config, table, image_embeds, text_embeds)
+        labels = chosen.pop("labels", None)
+        if labels is not None:
+            stage.save_arrays("labels", **labels)
+        stage.save_arrays("selection", **chosen)
+    ranks.barrier()
+    chosen = stage.load_arrays("selection")
+    labels = stage.load_arrays("labels") if stage.done("labels") else {}
+    return Selection(
+        image_embeds=chosen["image_embeds"],
+        text_embeds=chosen["text_embeds"],
+        captions=[table.texts[i] for i in chosen["caption_index"]],
+        caption_index=chosen["caption_index"],
+        support=chosen["support"],
+        image_cluster=chosen["image_cluster"],
+        text_cluster=chosen["text_cluster"],
+        pairs=chosen["pairs"],
+        kept=int(chosen["kept"]),
+        num_empty=int(chosen["num_empty"]),
+        image_index=chosen["image_index"],
+        key=key,
+        table=table,
+        pair_image_labels=labels.get("image_labels"),
+        pair_text_labels=labels.get("text_labels"),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Synthesize: step 7 with unCLIP
+# --------------------------------------------------------------------------------------------------------------
+
+
+def synthesize_key(config, selection_key: str | None, unclip_id) -> str | None:
+    """The synthesize stage's key: the selection's, the decoder's identity and the settings of its images."""
+    if unclip_id is None:
+        return None
+    return stage_key(
+        "synthesize",
+        selection_key,
+        unclip_id,
+        config.num_inference_steps,
+        config.guidance_scale,
+        config.noise_level,
+        config.negative_prompt,
+        config.image_size,
+        config.seed,
+    )
+
+
+def unclip_images(config, selection: Selection, *, key, ranks, cache_dir, device, dtype, timer=None) -> list:
+    """unCLIP images for the prototypes this process owns, saved one by one; then all of them.
+
+    Args:
+        config: the run's :class:`~pds_hf.DistillConfig`.
+        selection: what :func:`select` chose.
+        key: :func:`synthesize_key` of the run.
+        ranks: the processes of the run; process ``r`` makes the images ``m`` with ``m % world == r``.
+        cache_dir: the cache folder (None: nothing is cached).
+        device, dtype: where and how a decoder named by id runs.
+        timer: a :class:`~pds_hf.cache.StageTimer` that times loading the decoder as "load unCLIP".
+    """
+    by_id = isinstance(config.unclip_model, str)
+    stage = open_stage(
+        cache_dir,
+        "synthesize",
+        key,
+        ranks=ranks,
+        needs=" and an unCLIP model known by id (or with a `fingerprint` attribute)",
+    )
+    name = "image-{:06d}".format
+    captions = selection.captions
+    owned = [m for m in range(len(captions)) if ranks.owns(m)]
+    mine = [m for m in owned if not stage.done(name(m))]
+    log_found(stage, len(owned) - len(mine), len(owned), "synthesized images")
+    if mine:
+        with (timer or StageTimer())("load unCLIP"):
+            pipe = load_unclip(
+                config.unclip_model,
+                revision=config.unclip_revision,
+                device=device if by_id or config.device else None,
+                dtype=dtype if by_id else None,
+            )
+
+        def save(indices, images):
+            for m, image in zip(indices, images, strict=False):
+                stage.save_image(name(m), image)
+
+        synthesize_unclip(
+            pipe,
+            selection.image_embeds[mine],
+            [captions[m] for m in mine],
+            negative_prompt=config.negative_prompt,
+            num_inference_steps=config.num_inference_steps,
+            guidance_scale=config.guidance_scale,
+            noise_level=config.noise_level,
+            seed=config.seed,
+            batch_size=config.synthesis_batch_size,
+            image_size=config.image_size,
+            indices=mine,
+            on_batch=save,
+            show_progress=ranks.is_main,
+        )
+    ranks.barrier()
+    return [stage.load_image(name(m)) for m in range(len(captions))]
