@@ -154,28 +154,82 @@ def save_tiny_unclip(folder, seed: int = 0) -> str:
     return str(folder)
 
 
-def unclip_from_parts(
-    *,
+def random_unclip_pipeline(
     tokenizer,
-    text_encoder,
-    image_encoder,
-    unet,
-    vae,
+    *,
+    text: dict,
+    vision: dict,
     embedding_dim: int,
+    unet_channels: tuple[int, ...],
+    attention_heads: tuple[int, ...],
+    cross_attention_dim: int,
+    latent_size: int,
+    vae_channels: tuple[int, ...],
+    layers_per_block: int = 1,
     feature_extractor=None,
     clip_sample: bool = True,
 ):
-    """A ``StableUnCLIPImg2ImgPipeline`` assembled from given models, with the schedulers of
-    ``stabilityai/stable-diffusion-2-1-unclip-small`` (v-prediction DDIM; squared-cosine noising of
-    the image embedding) and a fresh image normaliser for ``embedding_dim``-sized embeddings.
+    """A ``StableUnCLIPImg2ImgPipeline`` of the given sizes with random weights (from torch's current seed), wired
+    like ``stabilityai/stable-diffusion-2-1-unclip-small``: its schedulers (v-prediction DDIM; squared-cosine
+    noising of the image embedding), a fresh image normaliser, and a UNet conditioned on the noised image
+    embedding and its noise level (``2 * embedding_dim`` inputs).
 
-    Used by :func:`tiny_unclip_pipeline` and by ``benchmarks/gpu/bench_gpu.py`` (the real
-    architecture with random weights), so both wire the pipeline the same way.
+    Used by :func:`tiny_unclip_pipeline` and by ``benchmarks/gpu/bench_gpu.py`` (the real architecture), so both
+    build and wire the pipeline the same way.
+
+    Args:
+        tokenizer: the CLIP tokenizer of the text encoder.
+        text, vision: ``CLIPTextConfig`` and ``CLIPVisionConfig`` keywords (see :func:`clip_text_sizes` and
+            :func:`model_sizes`); the vision tower projects to ``embedding_dim``.
+        embedding_dim: size of the image embeddings the UNet is conditioned on.
+        unet_channels: the UNet's block widths; every block but the last has cross-attention.
+        attention_heads: the UNet's attention head size, one per block.
+        cross_attention_dim: the width of the text encoder's states the UNet attends to.
+        latent_size: the latents' side; the VAE's images are ``2 ** (len(vae_channels) - 1)`` times larger.
+        vae_channels: the VAE's block widths.
+        layers_per_block: ResNet layers per block, in the UNet and the VAE.
+        feature_extractor: the pipeline's image processor (default: ``CLIPImageProcessor()``).
+        clip_sample: the DDIM scheduler's ``clip_sample``.
     """
-    from diffusers import DDIMScheduler, DDPMScheduler, StableUnCLIPImg2ImgPipeline
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableUnCLIPImg2ImgPipeline, UNet2DConditionModel
     from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
-    from transformers import CLIPImageProcessor
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
 
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text))
+    # Only used when the pipeline is given an image instead of image_embeds; required all the same.
+    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**vision))
+    cross_blocks = len(unet_channels) - 1
+    unet = UNet2DConditionModel(
+        sample_size=latent_size,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=layers_per_block,
+        block_out_channels=unet_channels,
+        down_block_types=("CrossAttnDownBlock2D",) * cross_blocks + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * cross_blocks,
+        attention_head_dim=attention_heads,
+        cross_attention_dim=cross_attention_dim,
+        class_embed_type="projection",
+        projection_class_embeddings_input_dim=2 * embedding_dim,
+        use_linear_projection=True,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=vae_channels,
+        layers_per_block=layers_per_block,
+        down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
+        norm_num_groups=32,
+        sample_size=latent_size * 2 ** (len(vae_channels) - 1),
+    )
     pipe = StableUnCLIPImg2ImgPipeline(
         feature_extractor=feature_extractor if feature_extractor is not None else CLIPImageProcessor(),
         image_encoder=image_encoder.eval(),
@@ -204,56 +258,22 @@ def tiny_unclip_pipeline(seed: int = 0, *, embedding_dim: int = TINY_EMBED_DIM):
 
     Its UNet takes ``image_embeds`` of size ``embedding_dim`` (the real one takes 768, ViT-L/14's).
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPVisionConfig,
-        CLIPVisionModelWithProjection,
-    )
+    from transformers import CLIPImageProcessor
 
     tokenizer = tiny_clip_tokenizer()
     with _seeded(seed):
-        text_encoder = CLIPTextModel(CLIPTextConfig(**clip_text_sizes(tokenizer, projection_dim=embedding_dim)))
-        # Only used when the pipeline is given an image instead of image_embeds; required all the same.
-        image_encoder = CLIPVisionModelWithProjection(
-            CLIPVisionConfig(
-                **model_sizes(num_hidden_layers=1, image_size=32, patch_size=4, projection_dim=embedding_dim)
-            )
-        )
-        unet = UNet2DConditionModel(
-            sample_size=16,
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=1,
-            block_out_channels=(32, 64),
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            attention_head_dim=(2, 4),
+        pipe = random_unclip_pipeline(
+            tokenizer,
+            text=clip_text_sizes(tokenizer, projection_dim=embedding_dim),
+            vision=model_sizes(num_hidden_layers=1, image_size=32, patch_size=4, projection_dim=embedding_dim),
+            embedding_dim=embedding_dim,
+            unet_channels=(32, 64),
+            attention_heads=(2, 4),
             cross_attention_dim=32,
-            class_embed_type="projection",
-            projection_class_embeddings_input_dim=2 * embedding_dim,
-            use_linear_projection=True,
+            latent_size=16,
+            vae_channels=(32, 64),
+            feature_extractor=CLIPImageProcessor(crop_size={"height": 32, "width": 32}, size={"shortest_edge": 32}),
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=4,
-            block_out_channels=(32, 64),
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            norm_num_groups=32,
-        )
-    pipe = unclip_from_parts(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        image_encoder=image_encoder,
-        unet=unet,
-        vae=vae,
-        embedding_dim=embedding_dim,
-        feature_extractor=CLIPImageProcessor(crop_size={"height": 32, "width": 32}, size={"shortest_edge": 32}),
-    )
     pipe.register_to_config(_name_or_path="pds-hf/tiny-random-unclip")
     pipe.fingerprint = f"pds-hf/tiny-random-unclip:seed={seed}:dim={embedding_dim}"
     return pipe

@@ -73,70 +73,41 @@ def clip_vit_l14(quick: bool):
 def unclip_small(quick: bool, device, dtype):
     """A random-weight StableUnCLIPImg2ImgPipeline with stable-diffusion-2-1-unclip-small's architecture."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from pds_hf.testing import clip_text_sizes, model_sizes, tiny_clip_tokenizer, unclip_from_parts
+    from pds_hf.testing import clip_text_sizes, model_sizes, random_unclip_pipeline, tiny_clip_tokenizer
 
     tokenizer = tiny_clip_tokenizer()
     if quick:
         embed, channels, heads, context, latent = 32, (32, 64, 64, 64), (2, 4, 4, 4), 32, 8
-        text = CLIPTextConfig(**clip_text_sizes(tokenizer, 32, 64, projection_dim=32))
-        vision = CLIPVisionConfig(**model_sizes(32, 64, 1, image_size=224, patch_size=14, projection_dim=embed))
-        vae_channels, groups = (32, 32, 64, 64), 32
+        text = clip_text_sizes(tokenizer, 32, 64, projection_dim=32)
+        vision = model_sizes(32, 64, 1, image_size=224, patch_size=14, projection_dim=embed)
+        vae_channels = (32, 32, 64, 64)
     else:
         embed, channels, heads, context, latent = 768, (320, 640, 1280, 1280), (5, 10, 20, 20), 1024, 96
-        text = CLIPTextConfig(
-            **clip_text_sizes(
-                tokenizer, 1024, 4096, 23, 16, vocab_size=CLIP_VOCAB, projection_dim=512, hidden_act="gelu"
-            )
+        text = clip_text_sizes(
+            tokenizer, 1024, 4096, 23, 16, vocab_size=CLIP_VOCAB, projection_dim=512, hidden_act="gelu"
         )
-        vision = CLIPVisionConfig(
-            **model_sizes(
-                1024, 4096, 24, 16, image_size=224, patch_size=14, projection_dim=768, hidden_act="quick_gelu"
-            )
+        vision = model_sizes(
+            1024, 4096, 24, 16, image_size=224, patch_size=14, projection_dim=768, hidden_act="quick_gelu"
         )
-        vae_channels, groups = (128, 256, 512, 512), 32
+        vae_channels = (128, 256, 512, 512)
     torch.manual_seed(0)
     # Built directly on the device: random init of ~1.3B parameters on a CPU takes minutes.
     with torch.device(device):
-        unet = UNet2DConditionModel(
-            sample_size=latent,
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=2,
-            block_out_channels=channels,
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            attention_head_dim=heads,
+        pipe = random_unclip_pipeline(
+            tokenizer,
+            text=text,
+            vision=vision,
+            embedding_dim=embed,
+            unet_channels=channels,
+            attention_heads=heads,
             cross_attention_dim=context,
-            use_linear_projection=True,
-            class_embed_type="projection",
-            projection_class_embeddings_input_dim=2 * embed,
-        )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=4,
-            block_out_channels=vae_channels,
+            latent_size=latent,
+            vae_channels=vae_channels,
             layers_per_block=2,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            norm_num_groups=groups,
-            sample_size=latent * 8,
+            clip_sample=False,
         )
-        text_encoder = CLIPTextModel(text)
-        image_encoder = CLIPVisionModelWithProjection(vision)
-    pipe = unclip_from_parts(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        image_encoder=image_encoder,
-        unet=unet,
-        vae=vae,
-        embedding_dim=embed,
-        clip_sample=False,
-    ).to(device, dtype)
-    return pipe, embed
+    return pipe.to(device, dtype), embed
 
 
 def sync(device):
