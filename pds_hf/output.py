@@ -4,7 +4,7 @@ Example:
     ```py
     >>> small = pds_hf.distill(ds, num_pairs=10)
     >>> small.column_names
-    ['image', 'caption', 'image_embedding', 'text_embedding', 'support', 'image_cluster', 'text_cluster']
+    ['image', 'caption', 'image_embedding', 'text_embedding', 'support', 'image_cluster', 'text_cluster', 'source_row']
     >>> pds_hf.metadata(small)["kept_pairs"]
     ```
 """
@@ -17,7 +17,7 @@ from .cache import fingerprint
 from .schema import output_features, run_record_info
 
 # The version of what a run returns (its columns and how they are made from the stages): part of its fingerprint.
-OUTPUT_VERSION = 1
+OUTPUT_VERSION = 2  # 2: the source_row column
 
 
 def library_versions() -> dict:
@@ -46,6 +46,23 @@ def output_fingerprint(selection_key: str | None, images) -> str | None:
     return fingerprint("distilled", OUTPUT_VERSION, selection_key, images)
 
 
+def source_rows(config, selection) -> np.ndarray:
+    """The source row of each pair's image where it is a real one, else -1.
+
+    A baseline's pair is a real pair: its row. ``synthesis="retrieve"`` / ``"retrieve-scored"`` take the real image
+    chosen for each prototype: the (first) row that holds it. unCLIP images and ``synthesis="none"`` have no row.
+    For a stream, rows count from its start in stream order.
+    """
+    from .synthesize import REAL_IMAGE_METHODS
+
+    table = selection.table
+    if config.method != "pds":
+        return np.asarray(table.pair_rows[selection.pairs], dtype=np.int64)
+    if config.synthesis in REAL_IMAGE_METHODS:
+        return np.asarray(table.image_rows[selection.image_index], dtype=np.int64)
+    return np.full(len(selection), -1, dtype=np.int64)
+
+
 def distilled_dataset(config, selection, images: list, *, record: dict, fingerprint: str | None):
     """The distilled ``Dataset``: one row per selected pair, with the run record in its info.
 
@@ -68,6 +85,7 @@ def distilled_dataset(config, selection, images: list, *, record: dict, fingerpr
             "support": selection.support,
             "image_cluster": selection.image_cluster,
             "text_cluster": selection.text_cluster,
+            "source_row": source_rows(config, selection),
         },
         features=features,
         info=run_record_info(record, features),

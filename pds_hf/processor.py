@@ -27,6 +27,7 @@ from .config import DistillConfig
 from .distributed import current_ranks
 from .encode import encoder_name, load_encoder
 from .inputs import caption_lists
+from .members import remember, write_members
 from .output import distilled_dataset, output_fingerprint, run_record
 from .pretrained import RecipeMixin
 from .schema import ENCODER_ID_PREFIX, read_run_record
@@ -362,7 +363,10 @@ class DistillProcessor(RecipeMixin):
                 parent_key=embedded.key,
                 ranks=ranks,
                 cache_dir=cache_dir,
+                store=embedded.store,
             )
+        with timer("members"):
+            members = self._members(selection, embedded, source, ranks)
         with timer("synthesize"):
             images = self.synthesize(selection, source, ranks=ranks, stages=timer)
         record = run_record(
@@ -374,9 +378,29 @@ class DistillProcessor(RecipeMixin):
             world=ranks.world,
             **source.record(embedded.table, embedded.num_rows),
         )
-        return distilled_dataset(
+        output = distilled_dataset(
             config, selection, images, record=record, fingerprint=self.output_fingerprint(selection)
         )
+        remember(output, members)
+        return output
+
+    def _members(self, selection, embedded, source, ranks):
+        """The members table of the run (:func:`pds_hf.members.write_members`): written by the main process into
+        the select stage, then opened by the others."""
+        config = self.config
+        write = dict(
+            stage=selection.stage,
+            source_ds=source.ds if source.kind == "dataset" else None,
+            image_column=config.image_column,
+            caption_column=config.caption_column,
+        )
+        members = None
+        if ranks.is_main:
+            members = write_members(selection, embedded.image_embeds, embedded.text_embeds, **write)
+        ranks.barrier()
+        if members is None:
+            members = write_members(selection, embedded.image_embeds, embedded.text_embeds, **write)
+        return members
 
     # ------------------------------------------------------------------------------------------------------
     # Steps 2-6
@@ -417,6 +441,7 @@ class DistillProcessor(RecipeMixin):
             parent_key=embedded.key,
             ranks=ranks,
             cache_dir=cache_dir,
+            store=embedded.store,
         )
 
     # ------------------------------------------------------------------------------------------------------

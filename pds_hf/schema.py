@@ -40,6 +40,8 @@ def output_features(dim: int):
             "support": Value("int64"),
             "image_cluster": Value("int64"),
             "text_cluster": Value("int64"),
+            # the source row of a real image (synthesis="retrieve"/"retrieve-scored", baselines), -1 for a made one
+            "source_row": Value("int64"),
         }
     )
 

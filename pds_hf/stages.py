@@ -27,6 +27,7 @@ import numpy as np
 
 from .cache import StageTimer, dtype_key, log_found, open_stage, stage_key
 from .caption import nearest, retrieve_captions
+from .distributed import Ranks
 from .prototypes import prototypes_from_embeddings
 from .synthesize import load_unclip, retrieve_scored_images, synthesize_unclip
 
@@ -52,6 +53,7 @@ class Selection:
         pair_image_labels, pair_text_labels: ``(N,)`` per pair of ``table``, its image and text k-means cluster,
             -1 where the filter dropped it (PDS; None for baselines). Pair ``p`` stands behind distilled pair ``m``
             when both equal ``image_cluster[m]`` and ``text_cluster[m]``; ``support[m]`` counts them.
+        stage: the select stage it is cached in (where its members are written, see :mod:`pds_hf.members`).
     """
 
     image_embeds: np.ndarray
@@ -69,6 +71,7 @@ class Selection:
     table: object = field(default=None, repr=False)
     pair_image_labels: np.ndarray | None = field(default=None, repr=False)
     pair_text_labels: np.ndarray | None = field(default=None, repr=False)
+    stage: object = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -87,6 +90,7 @@ class Embedded:
         encoder_revision: the encoder's revision (None for given embeddings).
         num_rows: rows read from the source.
         given: whether the embeddings came from the source's columns.
+        store: the stage holding the embeddings (:mod:`pds_hf.store`), which every process can open.
     """
 
     table: object
@@ -97,6 +101,7 @@ class Embedded:
     encoder_revision: str | None
     num_rows: int
     given: bool = False
+    store: object = None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -254,32 +259,87 @@ def choose(config, table, image_embeds, text_embeds) -> dict:
     )
 
 
-def select(config, table, image_embeds, text_embeds, *, parent_key, ranks, cache_dir) -> Selection:
+LABELS = ("image_labels", "text_labels")
+
+
+def write_labels(stage, labels: dict, num_pairs: int, ranks, rows: slice | None = None) -> None:
+    """Save each pair's image and text cluster into ``stage``: one ``.npy`` file per name, read back as memory maps.
+
+    Every process writes the labels of its ``rows`` of the ``num_pairs`` pairs (all of them with ``rows=None``), so
+    that no process holds all of them; the files are complete (marked done) once all processes have written.
+    """
+    if stage.path is None:  # in memory: one process
+        stage.save_arrays("labels", **labels)
+        return
+    if ranks.is_main:
+        stage.path.mkdir(parents=True, exist_ok=True)
+        for name in labels:
+            np.lib.format.open_memmap(stage.path / f"{name}.npy", mode="w+", dtype=np.int64, shape=(num_pairs,)).flush()
+    ranks.barrier()
+    for name, values in labels.items():
+        out = np.load(stage.path / f"{name}.npy", mmap_mode="r+")
+        out[slice(None) if rows is None else rows] = values
+        out.flush()
+        del out
+    ranks.barrier()
+    if ranks.is_main:
+        stage.mark_done("labels")
+
+
+def read_labels(stage) -> dict:
+    """The labels :func:`write_labels` saved (memory maps on disk), or an empty dict (a baseline's selection)."""
+    if not stage.done("labels"):
+        return {}
+    if stage.path is None:
+        return stage.load_arrays("labels")
+    return {name: np.load(stage.path / f"{name}.npy", mmap_mode="r") for name in LABELS}
+
+
+def select(config, table, image_embeds, text_embeds, *, parent_key, ranks, cache_dir, store=None) -> Selection:
     """Steps 2-6 on embeddings already read or encoded, cached as the select stage under ``parent_key``.
 
     Args:
         config: the run's :class:`~pds_hf.DistillConfig`.
         table: the :class:`~pds_hf.inputs.PairTable` the embeddings belong to.
         image_embeds, text_embeds: one row per distinct image and caption of ``table`` (None on a process that
-            does not compute).
+            did not read them).
         parent_key: the key of the stage the embeddings come from (``None``: nothing is cached).
-        ranks: this process's place in a multi-process run; the main process computes, the others wait.
+        ranks: this process's place in a multi-process run.
         cache_dir: the cache folder (None: nothing is cached).
+        store: the stage that holds the embeddings (see :mod:`pds_hf.store`). Given, and over several processes,
+            every process opens it and works on its slice of the pairs (:func:`pds_hf.parallel.choose_on_slices`);
+            otherwise the main process computes and the others wait.
 
     Used by every run, map-style or streamed, and by ``DistillProcessor.select``: all of them cache one select
     stage.
     """
     key = select_key(config, parent_key)
     stage = open_stage(cache_dir, "select", key)
-    if not stage.done("selection") and ranks.is_main:
+    if ranks.world > 1 and store is not None:
+        # All processes decide together: none can mark the stage done before every one has joined the first
+        # collective of choose_on_slices.
+        ranks.barrier()
+        if not stage.done("selection"):
+            from .parallel.select import choose_on_slices, pair_slice
+            from .store import open_embeddings
+
+            if image_embeds is None:
+                image_embeds, text_embeds = open_embeddings(store, config.embedding_dtype)
+            chosen = choose_on_slices(config, table, image_embeds, text_embeds, ranks)
+            labels = chosen.pop("labels", None)
+            if labels is not None:
+                write_labels(stage, labels, table.num_pairs, ranks, pair_slice(table.num_pairs, ranks))
+            if ranks.is_main:
+                stage.save_arrays("selection", **chosen)
+    elif not stage.done("selection") and ranks.is_main:
         chosen = choose(config, table, image_embeds, text_embeds)
         labels = chosen.pop("labels", None)
         if labels is not None:
-            stage.save_arrays("labels", **labels)
+            write_labels(stage, labels, table.num_pairs, Ranks())
         stage.save_arrays("selection", **chosen)
     ranks.barrier()
     chosen = stage.load_arrays("selection")
-    labels = stage.load_arrays("labels") if stage.done("labels") else {}
+    labels = read_labels(stage)
     return Selection(
         image_embeds=chosen["image_embeds"],
         text_embeds=chosen["text_embeds"],
@@ -296,6 +356,7 @@ def select(config, table, image_embeds, text_embeds, *, parent_key, ranks, cache
         table=table,
         pair_image_labels=labels.get("image_labels"),
         pair_text_labels=labels.get("text_labels"),
+        stage=stage,
     )
 
 

@@ -527,7 +527,7 @@ def merge(stage, units: Units, layout: str, dedup: bool, with_embeddings: bool, 
     image_unit = np.repeat(np.arange(units.count, dtype=np.int64), np.diff(image_start))
     image_sources = np.asarray(image_sources, dtype=np.int64)
     table = PairTable(
-        image_rows=np.arange(len(image_sources), dtype=np.int64),
+        image_rows=image_row[image_sources],  # the stream row where each distinct image first appears
         texts=[captions[e] for e in text_sources],
         pair_image=pair_image[order],
         pair_text=pair_text[order],

@@ -74,7 +74,9 @@ class MappedSource(Source):
                     dtype=config.embedding_dtype,
                     load=ranks.is_main,
                 )
-            return Embedded(table, image_embeds, text_embeds, key, self.given_encoder(), None, len(self.ds), True)
+            return Embedded(
+                table, image_embeds, text_embeds, key, self.given_encoder(), None, len(self.ds), True, stage
+            )
         from ..encode import encode_table, encoder_name, model_fingerprint
 
         with timer("load encoder"):
@@ -104,7 +106,9 @@ class MappedSource(Source):
                 load=ranks.is_main,
             )
         revision = getattr(encoder, "revision", config.clip_revision)
-        return Embedded(table, image_embeds, text_embeds, key, encoder_name(encoder), revision, len(self.ds))
+        return Embedded(
+            table, image_embeds, text_embeds, key, encoder_name(encoder), revision, len(self.ds), store=stage
+        )
 
     def images(self, selection, *, ranks, cache_dir) -> list:
         """Read by row from the dataset."""

@@ -156,7 +156,15 @@ class StreamedSource(Source):
             )
         self.check_sizes(table)
         return Embedded(
-            table, merged.image_embeds, merged.text_embeds, self.key, encoder, revision, merged.num_rows, self.given
+            table,
+            merged.image_embeds,
+            merged.text_embeds,
+            self.key,
+            encoder,
+            revision,
+            merged.num_rows,
+            self.given,
+            stage,
         )
 
     def images(self, selection, *, ranks, cache_dir) -> list:
