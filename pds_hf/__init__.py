@@ -9,6 +9,7 @@ Example:
     ```
 """
 
+from . import members  # callable: pds_hf.members(small); and pds_hf.members.write_members
 from .builder import DistillBuilder, DistillBuilderConfig
 from .config import DistillConfig
 from .evaluation import evaluate
@@ -27,6 +28,7 @@ __all__ = [
     "Selection",
     "distill",
     "evaluate",
+    "members",
     "metadata",
     "prototypes_from_embeddings",
     "push_to_hub",

@@ -13,7 +13,13 @@ from huggingface_hub import DatasetCard, HfApi
 import pds_hf
 from pds_hf.publish import PublishError, dataset_card, push_to_hub, resolve_license, save_to_folder
 
-REPO_FILES = {".gitattributes", "README.md", "data/train-00000-of-00001.parquet", "preview.png"}
+REPO_FILES = {
+    ".gitattributes",
+    "README.md",
+    "data/train-00000-of-00001.parquet",
+    "members/train-00000-of-00001.parquet",
+    "preview.png",
+}
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +100,15 @@ def test_push_then_load_dataset_gives_the_rows_and_the_card(healthy, small):
     assert card.data.size_categories == ["n<1K"]
     assert card.data.annotations_creators == ["machine-generated"]
     assert card.data.source_datasets == ["pds-org/shapes"]
-    assert card.data.configs == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
-    assert card.data.dataset_info["splits"][0]["num_examples"] == 4
+    assert card.data.configs == [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]},
+        {"config_name": "members", "data_files": [{"split": "train", "path": "members/train-*"}]},
+    ]
+    infos = {info["config_name"]: info for info in card.data.dataset_info}
+    assert infos["default"]["splits"][0]["num_examples"] == 4
+    assert infos["members"]["splits"][0]["num_examples"] == int(sum(small["support"]))
+    members = load_dataset("pds-org/shapes-pds-4", "members", split="train")
+    assert members.to_pandas().equals(pds_hf.members(small).to_pandas())
     text = card.text
     from importlib.metadata import version
 
@@ -148,6 +161,9 @@ def test_later_pushes_keep_the_card_body_and_metadata(healthy, small):
     assert card.text.count("<!-- pds-hf:begin") == 1
     assert card.data.dataset_info["splits"][0]["num_examples"] == 3
     assert {f for f in hub.repo_files(repo) if f.startswith("data/")} == {"data/train-00000-of-00001.parquet"}
+    # A derived Dataset carries no members: the members config and its shard of the first push are gone.
+    assert [config["config_name"] for config in card.data.configs] == ["default"]
+    assert not [f for f in hub.repo_files(repo) if f.startswith("members/")]
     assert_same_rows(load_dataset(repo, split="train"), three)
     readme = hub.repo_files(repo)["README.md"]
     push_to_hub(three, repo, token=hub.token)

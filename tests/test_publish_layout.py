@@ -98,16 +98,18 @@ def test_save_to_folder_then_metadata_from_card_gives_the_run_record(tmp_path):
     }
     rng = np.random.default_rng(0)
     features = output_features(4)
+    columns = {
+        "image": [Image.new("RGB", (8, 8), (40 * i, 0, 0)) for i in range(3)],
+        "caption": ["a red circle", "a blue square", "a green cross"],
+        "image_embedding": rng.standard_normal((3, 4)).astype(np.float32),
+        "text_embedding": rng.standard_normal((3, 4)).astype(np.float32),
+        "support": [5, 0, 2],
+        "image_cluster": [0, 1, 2],
+        "text_cluster": [2, 0, 1],
+        "source_row": [7, 8, 9],
+    }
     ds = Dataset.from_dict(
-        {
-            "image": [Image.new("RGB", (8, 8), (40 * i, 0, 0)) for i in range(3)],
-            "caption": ["a red circle", "a blue square", "a green cross"],
-            "image_embedding": rng.standard_normal((3, 4)).astype(np.float32),
-            "text_embedding": rng.standard_normal((3, 4)).astype(np.float32),
-            "support": [5, 0, 2],
-            "image_cluster": [0, 1, 2],
-            "text_cluster": [2, 0, 1],
-        },
+        {name: columns[name] for name in features},
         features=features,
         info=run_record_info(record, features),
     )

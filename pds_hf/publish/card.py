@@ -3,6 +3,9 @@
 The card is rendered from ``model_cards/dataset_card_template.md``: its YAML lists the ``default`` config, the
 features, the license and the tags, and its body says how the set was made and carries the run record.
 
+With members (:mod:`pds_hf.members`), the YAML lists a second config, ``members``, and the body says how many
+source pairs the rows stand for, how many the filter dropped and how many fell outside every matched intersection.
+
 The body sits between two HTML comments (``<!-- pds-hf:begin ... -->`` and ``<!-- pds-hf:end -->``).
 Publishing again replaces that block only: text written outside it, and YAML keys pds-hf does not set,
 are kept. ``Dataset.push_to_hub`` on the same repo keeps the whole body and rewrites only
@@ -20,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..schema import DEMO_DATASET_NAME, DEMO_LICENSE, TINY_MODELS
-from .layout import DATA_DIR, README, SPLIT, check_distilled, is_hub_id
+from .layout import DATA_DIR, MEMBERS_CONFIG, MEMBERS_DIR, README, SPLIT, check_distilled, is_hub_id
 from .license import LicenseChoice, resolve_license
 
 logger = logging.getLogger(__name__)
@@ -269,21 +272,68 @@ def _limitations(
     return lines
 
 
-def _license_note(choice: LicenseChoice, source_name: str) -> str:
+# The columns write_members always makes; any other column of the members table was carried from the source.
+MEMBER_COLUMNS = ("pair", "source_row", "caption_index", "caption", "image_similarity", "text_similarity")
+_REAL_IMAGES = ("retrieve", "retrieve-scored", "baseline")
+
+
+def _members_context(members, meta: dict, support: np.ndarray, method: str) -> dict | None:
+    """What the card says about the members: how the source's pairs are accounted for, and the carried columns.
+
+    Every source pair is counted once: a member of a row (``represented``), dropped by the filter, or kept but
+    outside every matched intersection (its image and caption clusters were not matched to each other).
+    """
+    if members is None:
+        return None
+    source_pairs = meta.get("source", {}).get("num_pairs")
+    kept = meta.get("kept_pairs")
+    rows = len(members)
+    context = dict(
+        rows=rows,
+        represented=rows,
+        source_pairs=source_pairs,
+        dropped=None,
+        outside=None,
+        empty=int((support == 0).sum()),
+        carried=[name for name in members.column_names if name not in MEMBER_COLUMNS],
+        baseline=method != "pds",
+    )
+    if method == "pds" and isinstance(kept, int) and isinstance(source_pairs, int):
+        context.update(dropped=source_pairs - kept, outside=kept - rows)
+    return context
+
+
+def _license_note(
+    choice: LicenseChoice, source_name: str, *, real_images: bool = False, row_column: bool = False, carried=()
+) -> str:
     if choice.license is None:
-        return (
+        note = (
             f"Unknown ({choice.detail}). The captions come from {source_name}, whose terms apply; declare a "
             "license (`license=` / `--license`) before sharing this set."
         )
-    where = {
-        "given": "set by the publisher",
-        "repository": "kept from the card this one replaced",
-        "source": f"taken from {source_name}, whose captions this set contains",
-    }[choice.origin]
-    return (
-        f"`{choice.license}`, {where}. The captions (and any real images) come from {source_name}: its "
-        "terms apply to them as well."
-    )
+    else:
+        where = {
+            "given": "set by the publisher",
+            "repository": "kept from the card this one replaced",
+            "source": f"taken from {source_name}, whose captions this set contains",
+        }[choice.origin]
+        note = (
+            f"`{choice.license}`, {where}. The captions (and any real images) come from {source_name}: its "
+            "terms apply to them as well."
+        )
+    if real_images:
+        note += (
+            f" The images are real images of {source_name}, under its license (and under each image's own license "
+            "where the source gives one)"
+        )
+        note += ": the `source_row` column names each image's row in the source." if row_column else "."
+    if carried:
+        note += (
+            " The `members` config carries the source's "
+            + ", ".join(f"`{name}`" for name in carried)
+            + " column(s) for every real pair behind a row."
+        )
+    return note
 
 
 def _card_context(
@@ -296,6 +346,8 @@ def _card_context(
     evaluation_md,
     preview: str | None,
     preview_count: int,
+    members=None,
+    members_images: bool = False,
 ) -> dict:
     from huggingface_hub import constants
 
@@ -335,6 +387,7 @@ def _card_context(
     )
     name = "pds-hf-demo" if demo else (Path(named).name if _is_local_path(named) else source_id.rsplit("/", 1)[-1])
     not_recorded = "not recorded"
+    members_context = _members_context(members, meta, support, method)
     if demo:
         source_link = f"the pds-hf demo shapes (made in code by `{DEMO_DATASET_NAME}()`)"
     elif url:
@@ -416,6 +469,8 @@ def _card_context(
         ],
         preview=preview,
         preview_count=preview_count,
+        members=members_context,
+        members_images=members_images,
         evaluation=evaluation_md,
         limitations=_limitations(
             synthesis,
@@ -426,13 +481,30 @@ def _card_context(
             random_encoder=recorded_encoder in TINY_MODELS,
             random_decoder=random_decoder,
         ),
-        license_note=_license_note(choice, source_link),
+        license_note=_license_note(
+            choice,
+            source_link,
+            real_images=synthesis in _REAL_IMAGES,
+            row_column="source_row" in ds.column_names,
+            carried=members_context["carried"] if members_context is not None else (),
+        ),
         metadata_json=json.dumps(_public_record(meta), indent=2, default=str),
     )
 
 
-def _card_data(ds, existing_card, *, choice: LicenseChoice, name: str, source, sizes: tuple[int, int] | None):
-    """The card's YAML: the existing card's keys, with the ones pds-hf owns set or merged."""
+def _card_data(
+    ds,
+    existing_card,
+    *,
+    choice: LicenseChoice,
+    name: str,
+    source,
+    sizes: tuple[int, int] | None,
+    members=None,
+    member_sizes: tuple[int, int] | None = None,
+):
+    """The card's YAML: the existing card's keys, with the ones pds-hf owns set or merged (the ``members`` config
+    declared with ``members``, and removed from an existing card without them)."""
     from datasets import DatasetInfo, SplitDict, SplitInfo
     from datasets.info import DatasetInfosDict
     from datasets.utils.metadata import MetadataConfigs
@@ -448,15 +520,25 @@ def _card_data(ds, existing_card, *, choice: LicenseChoice, name: str, source, s
     if is_hub_id(source):
         data["source_datasets"] = _union(data.get("source_datasets"), [source])
     data["tags"] = _union(data.get("tags"), TAGS)
-    if sizes is not None:
-        dataset_size, download_size = sizes
-        splits = SplitDict()
-        splits.add(SplitInfo(name=SPLIT, num_bytes=dataset_size, num_examples=len(ds)))
-        info = DatasetInfo(features=ds.features, splits=splits, download_size=download_size, dataset_size=dataset_size)
-        DatasetInfosDict({"default": info}).to_dataset_card_data(data)
-    MetadataConfigs(
-        {"default": {"data_files": [{"split": SPLIT, "path": f"{DATA_DIR}/{SPLIT}-*"}]}}
-    ).to_dataset_card_data(data)
+    if members is None:  # an earlier publish's members config would point at shards this one deletes
+        for key in ("configs", "dataset_info"):
+            if isinstance(data.get(key), list):
+                data[key] = [entry for entry in data[key] if entry.get("config_name") != MEMBERS_CONFIG]
+    infos = {}
+    for config, table, table_sizes in (("default", ds, sizes), (MEMBERS_CONFIG, members, member_sizes)):
+        if table is not None and table_sizes is not None:
+            size, download_size = table_sizes
+            splits = SplitDict()
+            splits.add(SplitInfo(name=SPLIT, num_bytes=size, num_examples=len(table)))
+            infos[config] = DatasetInfo(
+                features=table.features, splits=splits, download_size=download_size, dataset_size=size
+            )
+    if infos:
+        DatasetInfosDict(infos).to_dataset_card_data(data)
+    configs = {"default": {"data_files": [{"split": SPLIT, "path": f"{DATA_DIR}/{SPLIT}-*"}]}}
+    if members is not None:
+        configs[MEMBERS_CONFIG] = {"data_files": [{"split": SPLIT, "path": f"{MEMBERS_DIR}/{SPLIT}-*"}]}
+    MetadataConfigs(configs).to_dataset_card_data(data)
     return data
 
 
@@ -490,6 +572,7 @@ def dataset_card(
     sizes: tuple[int, int] | None = None,
     template_path=None,
     token=None,
+    members=None,
 ):
     """Render the dataset card of a distilled set from ``model_cards/dataset_card_template.md``.
 
@@ -508,6 +591,8 @@ def dataset_card(
         sizes: ``(dataset_size, download_size)`` in bytes, to declare ``dataset_info`` in the YAML.
         template_path: another Jinja template (default ``model_cards/dataset_card_template.md``).
         token: token for reading a private source's card.
+        members: the members ``Dataset`` published beside the set (:func:`pds_hf.members`): declared as the
+            ``members`` config and counted in the card.
 
     Returns:
         A ``huggingface_hub.DatasetCard``; ``str(card)`` is the ``README.md`` text.
@@ -534,6 +619,7 @@ def dataset_card(
         preview_count=preview_count,
         sizes=sizes,
         template_path=template_path,
+        members=members,
     )
 
 
@@ -564,6 +650,9 @@ def render_card(
     preview_count,
     sizes,
     template_path=None,
+    members=None,
+    member_sizes=None,
+    members_images: bool = False,
 ):
     """The dataset card's text for ``ds`` from the template: metadata, source, license and evaluation sections,
     keeping a user's own text around the generated block of ``existing_card``. Shared by the folder writer."""
@@ -586,8 +675,19 @@ def render_card(
         evaluation_md=evaluation_md,
         preview=preview,
         preview_count=preview_count,
+        members=members,
+        members_images=members_images,
     )
-    data = _card_data(ds, existing_card, choice=choice, name=context["name"], source=src.id, sizes=sizes)
+    data = _card_data(
+        ds,
+        existing_card,
+        choice=choice,
+        name=context["name"],
+        source=src.id,
+        sizes=sizes,
+        members=members,
+        member_sizes=member_sizes,
+    )
     rendered = DatasetCard.from_template(data, template_path=str(template_path), **context)
     start, end = rendered.text.find(BLOCK_BEGIN), rendered.text.find(BLOCK_END)
     if start == -1 or end == -1:

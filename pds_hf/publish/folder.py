@@ -1,4 +1,4 @@
-"""Writing a distilled set into a folder as a Hub dataset repo: parquet shards, card and preview.
+"""Writing a distilled set into a folder as a Hub dataset repo: parquet shards, members, card and preview.
 
 :func:`save_to_folder` writes the layout that :func:`pds_hf.publish.push_to_hub` uploads (and stages its upload
 with the same code), into a folder that appears whole or not at all.
@@ -15,7 +15,16 @@ from pathlib import Path
 
 from ..schema import output_features
 from .card import BLOCK_BEGIN, BLOCK_END, CardSource, demo_license, evaluation_markdown, render_card
-from .layout import DATA_DIR, PREVIEW, README, SPLIT, check_distilled
+from .layout import (
+    DATA_DIR,
+    MEMBERS_DIR,
+    PREVIEW,
+    README,
+    SPLIT,
+    AttachedMembers,
+    attached_members,
+    check_distilled,
+)
 from .license import LicenseChoice, resolve_license
 from .preview import preview_grid
 
@@ -33,7 +42,9 @@ class OutputFolderError(ValueError):
 def _is_layout_file(relative: str) -> bool:
     """Whether ``relative`` (a path inside the folder, with ``/``) names a file that :func:`write_repo` writes."""
     folder, _, name = relative.rpartition("/")
-    return (folder == "" and name in (README, PREVIEW)) or (folder == DATA_DIR and bool(_SHARD_NAME.fullmatch(name)))
+    return (folder == "" and name in (README, PREVIEW)) or (
+        folder in (DATA_DIR, MEMBERS_DIR) and bool(_SHARD_NAME.fullmatch(name))
+    )
 
 
 def _entries(path: Path) -> tuple[list[str], list[str]]:
@@ -105,7 +116,8 @@ def check_output_folder(path, *, overwrite: bool = False) -> Path:
     """Check, before any work, that the folder ``path`` can be written; return it as an absolute path.
 
     It can when it does not exist or is empty, or, with ``overwrite=True``, when an earlier pds-hf run wrote it:
-    every file in it is one pds-hf writes (``README.md``, ``preview.png``, ``data/train-*-of-*.parquet``) and its
+    every file in it is one pds-hf writes (``README.md``, ``preview.png``, ``data/train-*-of-*.parquet``,
+    ``members/train-*-of-*.parquet``) and its
     card holds the pds-hf block (or its shards a distilled set's columns). A folder holding anything else is
     never replaced, nor is the current folder or one of its parents. The folder that will hold ``path`` must be
     writable. :func:`save_to_folder` runs the same check.
@@ -180,8 +192,10 @@ def _new_folder_beside(path: Path, tag: str) -> Path:
     return folder
 
 
-def _write_shards(ds, data_dir: Path, max_shard_rows: int) -> tuple[list[str], int, int]:
-    """Parquet shards named as ``push_to_hub`` names them; returns (paths, dataset_size, download_size)."""
+def _write_shards(ds, data_dir: Path, max_shard_rows: int, *, embed: bool = True) -> tuple[list[str], int, int]:
+    """Parquet shards named as ``push_to_hub`` names them, in ``data_dir``; returns (paths relative to the repo,
+    dataset_size, download_size). ``embed``: read images stored by path into the rows (a table without images,
+    the members', is written as it is, a batch at a time)."""
     from datasets.table import embed_table_storage
     from datasets.utils import tqdm
 
@@ -194,12 +208,25 @@ def _write_shards(ds, data_dir: Path, max_shard_rows: int) -> tuple[list[str], i
         name = f"{SPLIT}-{index:05d}-of-{num_shards:05d}.parquet"
         shard = ds.shard(num_shards=num_shards, index=index, contiguous=True)
         # Images referenced by path are read into the rows, so that the shard stands alone (as push_to_hub does).
-        shard = shard.with_format("arrow").map(embed_table_storage, batched=True, keep_in_memory=True)
+        if embed:
+            shard = shard.with_format("arrow").map(embed_table_storage, batched=True, keep_in_memory=True)
         shard.to_parquet(str(data_dir / name))
         dataset_size += shard.data.nbytes
         download_size += (data_dir / name).stat().st_size
-        names.append(f"{DATA_DIR}/{name}")
+        names.append(f"{data_dir.name}/{name}")
     return names, dataset_size, download_size
+
+
+def members_to_publish(ds, members) -> AttachedMembers | None:
+    """The members that go with ``ds``: ``members`` when given (a ``Dataset`` or :class:`AttachedMembers`; False:
+    none), else those :func:`pds_hf.members.remember` attached to ``ds``."""
+    if members is False:
+        return None
+    if members is None:
+        return attached_members(ds)
+    if isinstance(members, AttachedMembers):
+        return members
+    return AttachedMembers(members)
 
 
 def write_repo(
@@ -214,13 +241,30 @@ def write_repo(
     preview_pairs: int,
     max_shard_rows: int,
     card: str | None = None,
+    members: AttachedMembers | None = None,
+    max_member_shard_rows: int = 1_000_000,
 ) -> list[str]:
-    """Write the repo layout into ``folder``; return the written paths, relative to it."""
+    """Write the repo layout into ``folder``; return the written paths, relative to it.
+
+    ``members`` (see :func:`members_to_publish`) go into ``members/`` as the second config, and, with their
+    source, into the preview.
+    """
     files, dataset_size, download_size = _write_shards(ds, folder / DATA_DIR, max_shard_rows)
+    member_sizes = None
+    if members is not None:
+        names, size, download = _write_shards(members.members, folder / MEMBERS_DIR, max_member_shard_rows, embed=False)
+        files += names
+        member_sizes = (size, download)
     preview = None
     count = min(preview_pairs, len(ds))
     if count > 0:
-        preview_grid(ds, num_pairs=count).save(folder / PREVIEW, format="PNG")
+        preview_grid(
+            ds,
+            num_pairs=count,
+            members=members.members if members is not None else None,
+            source=members.source if members is not None else None,
+            image_column=(members.image_column or "image") if members is not None else "image",
+        ).save(folder / PREVIEW, format="PNG")
         preview = PREVIEW
         files.append(PREVIEW)
     if card is None:
@@ -235,6 +279,9 @@ def write_repo(
                 preview=preview,
                 preview_count=count,
                 sizes=(dataset_size, download_size),
+                members=members.members if members is not None else None,
+                member_sizes=member_sizes,
+                members_images=members is not None and members.source is not None and count > 0,
             )
         )
     (folder / README).write_text(card, encoding="utf-8")
@@ -275,6 +322,7 @@ def save_to_folder(
     evaluation=None,
     preview_pairs: int = 16,
     token=None,
+    members=None,
 ) -> Path:
     """Write ``ds`` as a Hub dataset repo into the folder ``path``, as :func:`~pds_hf.publish.push_to_hub` uploads it.
 
@@ -299,6 +347,8 @@ def save_to_folder(
         evaluation: an evaluation report, a markdown file or markdown text, included in the card.
         preview_pairs: pairs shown in ``preview.png`` (0: no preview).
         token: token for reading a private source's card.
+        members: the members to publish as the ``members`` config (``load_dataset(path, "members")``): by
+            default those the set carries (:func:`pds_hf.members`); a members ``Dataset``; or False for none.
 
     Returns:
         The folder, as an absolute path.
@@ -340,6 +390,7 @@ def save_to_folder(
             preview_pairs=preview_pairs,
             max_shard_rows=max_shard_rows,
             card=card,
+            members=members_to_publish(ds, members),
         )
         check_output_folder(path, overwrite=overwrite)  # again: files may have been added while it was written
         if path.is_dir() and any(path.iterdir()):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .card import CardSource, evaluation_markdown
-from .folder import write_repo
+from .folder import members_to_publish, write_repo
 from .layout import README, PublishError, check_distilled, is_data_shard
 from .license import LicenseChoice, resolve_license
 
@@ -188,8 +188,9 @@ def push_to_hub(
     evaluation=None,
     preview_pairs: int = 16,
     max_shard_rows: int = 1000,
+    members=None,
 ):
-    """Publish a distilled set as a Hub dataset: parquet shards, dataset card and preview, in one commit.
+    """Publish a distilled set as a Hub dataset: parquet shards, members, dataset card and preview, in one commit.
 
     Anyone can then ``load_dataset(repo_id)`` and train on it. The token, the namespace and the license are
     checked first (:func:`prepare_push`), before the shards, preview and card are made; then the repository
@@ -213,6 +214,8 @@ def push_to_hub(
         evaluation: an evaluation report (with ``to_markdown()``), a markdown file or markdown text to include.
         preview_pairs: pairs shown in ``preview.png`` (0: no preview).
         max_shard_rows: rows per parquet shard.
+        members: the members to publish as the ``members`` config (``load_dataset(repo_id, "members")``): by
+            default those the set carries (:func:`pds_hf.members`); a members ``Dataset``; or False for none.
 
     Returns:
         The ``huggingface_hub.CommitInfo`` of the commit (``.commit_url``, ``.oid``, ``.repo_url``).
@@ -263,6 +266,7 @@ def push_to_hub(
             existing_card=target.card,
             preview_pairs=preview_pairs,
             max_shard_rows=max_shard_rows,
+            members=members_to_publish(ds, members),
         )
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in files]
         operations += [
