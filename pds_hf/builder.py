@@ -48,6 +48,14 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 _REVISION_OPTION = {"source": "source_revision", "clip_model": "clip_revision", "unclip_model": "unclip_revision"}
 
 
+def _check_named_columns(option: str, names, ds, source: str) -> None:
+    """``KeyError`` naming the columns among ``names`` (given as ``option``) that ``ds``, read from ``source``,
+    lacks."""
+    missing = sorted(set(names) - set(ds.column_names))
+    if missing:
+        raise KeyError(f"{option} names the column(s) {missing}, which {source} lacks (columns: {ds.column_names}).")
+
+
 def _saved_folder(folder: Path, split: str) -> Path | None:
     """The ``save_to_disk`` folder holding ``split`` of ``folder``, or None when ``folder`` is no such folder.
 
@@ -382,12 +390,7 @@ class DistillBuilder(datasets.ArrowBasedBuilder):
                 cache_dir=self._cache_dir_root,
             )
         if config.source_filter:
-            missing = sorted(set(config.source_filter) - set(ds.column_names))
-            if missing:
-                raise KeyError(
-                    f"source_filter names the column(s) {missing}, which {config.source} lacks "
-                    f"(columns: {ds.column_names})."
-                )
+            _check_named_columns("source_filter", config.source_filter, ds, config.source)
             wanted = dict(config.source_filter)
             names = list(wanted)
             ds = ds.filter(
@@ -399,12 +402,7 @@ class DistillBuilder(datasets.ArrowBasedBuilder):
                 desc="Filtering the source",
             )
         if config.source_columns:
-            missing = sorted(set(config.source_columns) - set(ds.column_names))
-            if missing:
-                raise KeyError(
-                    f"source_columns names the column(s) {missing}, which {config.source} lacks "
-                    f"(columns: {ds.column_names})."
-                )
+            _check_named_columns("source_columns", config.source_columns, ds, config.source)
             ds = ds.select_columns(list(config.source_columns))
         return ds
 

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import os
 
 TINY_EMBED_DIM = 32
 
@@ -97,6 +98,63 @@ def clip_text_sizes(tokenizer, *sizes: int, **extra) -> dict:
         pad_token_id=tokenizer.pad_token_id,
     )
     return model_sizes(*sizes, **{**ids, **extra})
+
+
+def tiny_distilled_set(*, record: dict | None = None):
+    """Three pairs in the schema ``pds_hf.distill`` writes (8x8 images, 4-d embeddings), for tests of what reads,
+    saves or publishes a distilled set; ``record`` (a run record) is carried in its info when given.
+
+    Example:
+        ```py
+        >>> from pds_hf.testing import tiny_distilled_set
+        >>> list(tiny_distilled_set()["caption"])
+        ['a red circle', 'a blue square', 'a green cross']
+        ```
+    """
+    import numpy as np
+    from datasets import Dataset
+    from PIL import Image
+
+    from .schema import output_features, run_record_info
+
+    rng = np.random.default_rng(0)
+    features = output_features(4)
+    columns = {
+        "image": [Image.new("RGB", (8, 8), (60 * i, 0, 0)) for i in range(3)],
+        "caption": ["a red circle", "a blue square", "a green cross"],
+        "image_embedding": rng.standard_normal((3, 4)).astype(np.float32),
+        "text_embedding": rng.standard_normal((3, 4)).astype(np.float32),
+        "support": [5, 0, 2],
+        "image_cluster": [0, 1, 2],
+        "text_cluster": [2, 0, 1],
+        "source_row": [7, 8, 9],
+    }
+    info = None if record is None else run_record_info(record, features)
+    return Dataset.from_dict({name: columns[name] for name in features}, features=features, info=info)
+
+
+def local_process_env(rank: int, world_size: int, port: int, **extra: str) -> dict[str, str]:
+    """The environment of process ``rank`` of a ``world_size``-process ``torch.distributed`` group on this machine,
+    as ``torchrun`` sets it, on the CPU only: this process's environment plus the rank variables and ``extra``.
+
+    Example:
+        ```py
+        >>> import subprocess, sys
+        >>> from pds_hf.testing import local_process_env
+        >>> procs = [subprocess.Popen([sys.executable, "job.py"], env=local_process_env(rank, 2, 29500))
+        ...          for rank in range(2)]
+        ```
+    """
+    ranks = dict(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        CUDA_VISIBLE_DEVICES="",
+    )
+    return {**os.environ, **ranks, **extra}
 
 
 @contextlib.contextmanager

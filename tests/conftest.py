@@ -20,6 +20,12 @@ def tiny_pipe():
 
 
 @pytest.fixture(scope="session")
+def tiny_run(tiny_encoder, tiny_pipe):
+    """``DistillConfig`` settings of a run with the tiny models on the CPU: 2 denoising steps, 32x32 images."""
+    return dict(clip_model=tiny_encoder, unclip_model=tiny_pipe, num_inference_steps=2, image_size=32, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def shapes_ds():
     """One row per image, two captions each (the nlphuji/flickr30k layout), 60 images."""
     from pds_hf.demo import demo_dataset
@@ -68,6 +74,12 @@ def pds_cache(tmp_path_factory):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def small_run():
+    """``pds-hf distill`` flags of a small run on the CPU: 4 pairs of 32x32 images."""
+    return ["--num-pairs", "4", "--image-size", "32", "--device", "cpu"]
 
 
 @pytest.fixture

@@ -78,13 +78,17 @@ def _captions(ds):
 
 
 def test_builds_caches_and_loads(source, clip_folder, clip_dim, shapes_ds, tmp_path, runs):
-    builder = DistillBuilder(
-        cache_dir=str(tmp_path),
-        source=source,
-        source_filter={"split": "train"},
-        source_columns=["image", "caption"],
-        distill=_settings(clip_folder),
-    )
+    def train_rows(distill):
+        """A builder of the source's 'train' rows, images and captions only."""
+        return DistillBuilder(
+            cache_dir=str(tmp_path),
+            source=source,
+            source_filter={"split": "train"},
+            source_columns=["image", "caption"],
+            distill=distill,
+        )
+
+    builder = train_rows(_settings(clip_folder))
     # Declared before anything is built, from the encoder's config.
     assert builder.info.features == output_features(clip_dim)
     builder.download_and_prepare()
@@ -105,23 +109,11 @@ def test_builds_caches_and_loads(source, clip_folder, clip_dim, shapes_ds, tmp_p
     del runs[:]
 
     # Built once: the same config again does no work.
-    again = DistillBuilder(
-        cache_dir=str(tmp_path),
-        source=source,
-        source_filter={"split": "train"},
-        source_columns=["image", "caption"],
-        distill=_settings(clip_folder),
-    )
+    again = train_rows(_settings(clip_folder))
     again.download_and_prepare()
     assert again.as_dataset("train")["caption"] == small["caption"] and runs == []
     # Another config is another build.
-    other = DistillBuilder(
-        cache_dir=str(tmp_path),
-        source=source,
-        source_filter={"split": "train"},
-        source_columns=["image", "caption"],
-        distill=_settings(clip_folder, num_pairs=4),
-    )
+    other = train_rows(_settings(clip_folder, num_pairs=4))
     other.download_and_prepare()
     assert len(other.as_dataset("train")) == 4 and len(runs) == 1
 

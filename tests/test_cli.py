@@ -60,7 +60,7 @@ def test_every_distill_flag_has_help():
     assert no_default == []
 
 
-def test_local_dataset_and_model_folders(tmp_path, shapes_ds, capsys):
+def test_local_dataset_and_model_folders(tmp_path, shapes_ds, capsys, small_run):
     """The real loading code (from_pretrained on ids/paths), run on local folders of tiny models."""
     from pds_hf.testing import tiny_clip_model, tiny_unclip_pipeline
 
@@ -70,22 +70,15 @@ def test_local_dataset_and_model_folders(tmp_path, shapes_ds, capsys):
     tiny_unclip_pipeline().save_pretrained(tmp_path / "unclip")
     shapes_ds.save_to_disk(str(tmp_path / "src"))
     out = tmp_path / "out"
+    unclip = ["--unclip-model", str(tmp_path / "unclip"), "--steps", "2"]
     code = main(
         [
             "distill",
             str(tmp_path / "src"),
             "--clip-model",
             str(tmp_path / "clip"),
-            "--unclip-model",
-            str(tmp_path / "unclip"),
-            "--num-pairs",
-            "4",
-            "--steps",
-            "2",
-            "--image-size",
-            "32",
-            "--device",
-            "cpu",
+            *unclip,
+            *small_run,
             "--output",
             str(out),
         ]
@@ -211,36 +204,22 @@ def clip_folder(tmp_path_factory):
     return folder
 
 
+def retrieve_run(source, clip_folder, small_run, *flags) -> list[str]:
+    """``pds-hf distill`` of the folder ``source`` with the CLIP folder and retrieved images, as a small run."""
+    return ["distill", str(source), "--clip-model", str(clip_folder), "--synthesis", "retrieve", *small_run, *flags]
+
+
 @pytest.mark.parametrize("license_flag", [[], ["--license", "mit"]])
 def test_a_local_dataset_pushes_to_the_hub_naming_its_source(
-    hub, tmp_path, shapes_ds, clip_folder, capsys, license_flag
+    hub, tmp_path, shapes_ds, clip_folder, capsys, license_flag, small_run
 ):
     """The publish path of the command, end to end: without --license the source folder's license is used."""
     source = tmp_path / "src"
     shapes_ds.save_to_disk(str(source))
     info = json.loads((source / "dataset_info.json").read_text())
     (source / "dataset_info.json").write_text(json.dumps({**info, "license": "cc-by-4.0"}))
-    code = main(
-        [
-            "distill",
-            str(source),
-            "--clip-model",
-            str(clip_folder),
-            "--synthesis",
-            "retrieve",
-            "--num-pairs",
-            "4",
-            "--image-size",
-            "32",
-            "--device",
-            "cpu",
-            "--push-to-hub",
-            "tester/shapes-pds",
-            "--token",
-            hub.token,
-            *license_flag,
-        ]
-    )
+    hub_flags = ["--push-to-hub", "tester/shapes-pds", "--token", hub.token, *license_flag]
+    code = main(retrieve_run(source, clip_folder, small_run, *hub_flags))
     assert code == 0, capsys.readouterr().err
     readme = hub.repo_files("tester/shapes-pds")["README.md"].decode()
     assert f"license: {'mit' if license_flag else 'cc-by-4.0'}\n" in readme
@@ -249,7 +228,7 @@ def test_a_local_dataset_pushes_to_the_hub_naming_its_source(
     assert len(load_dataset("tester/shapes-pds", split="train", token=hub.token)) == 4
 
 
-def test_streaming_a_folder_of_parquet_files_gives_the_same_set(tmp_path, shapes_ds, clip_folder, capsys):
+def test_streaming_a_folder_of_parquet_files_gives_the_same_set(tmp_path, shapes_ds, clip_folder, capsys, small_run):
     import pds_hf
 
     source = tmp_path / "src"
@@ -259,25 +238,7 @@ def test_streaming_a_folder_of_parquet_files_gives_the_same_set(tmp_path, shapes
     outputs = {}
     for flags in ((), ("--streaming",)):
         out = tmp_path / ("streamed" if flags else "loaded")
-        code = main(
-            [
-                "distill",
-                str(source),
-                *flags,
-                "--clip-model",
-                str(clip_folder),
-                "--synthesis",
-                "retrieve",
-                "--num-pairs",
-                "4",
-                "--image-size",
-                "32",
-                "--device",
-                "cpu",
-                "--output",
-                str(out),
-            ]
-        )
+        code = main(retrieve_run(source, clip_folder, small_run, *flags, "--output", str(out)))
         assert code == 0, capsys.readouterr().err
         outputs[flags] = load_dataset(str(out), split="train"), pds_hf.metadata(str(out))
     (streamed, streamed_record), (loaded, loaded_record) = outputs[("--streaming",)], outputs[()]

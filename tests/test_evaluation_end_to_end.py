@@ -35,18 +35,18 @@ def distilled_from(ds, encoder, caption_prefix=""):
     """A set in pds_hf.distill's output schema made of real pairs of ``ds`` (each image's first caption)."""
     captions = [captions[0] for captions in ds["caption"]]
     images = list(ds["image"])
-    return Dataset.from_dict(
-        {
-            "image": images,
-            "caption": [caption_prefix + c for c in captions],
-            "image_embedding": encoder.encode_images(images),
-            "text_embedding": encoder.encode_texts(captions),
-            "support": [1] * len(ds),
-            "image_cluster": list(range(len(ds))),
-            "text_cluster": list(range(len(ds))),
-        },
-        features=output_features(32),
-    )
+    columns = {
+        "image": images,
+        "caption": [caption_prefix + c for c in captions],
+        "image_embedding": encoder.encode_images(images),
+        "text_embedding": encoder.encode_texts(captions),
+        "support": [1] * len(ds),
+        "image_cluster": list(range(len(ds))),
+        "text_cluster": list(range(len(ds))),
+        "source_row": list(range(len(ds))),
+    }
+    features = output_features(32)
+    return Dataset.from_dict({name: columns[name] for name in features}, features=features)
 
 
 class CountingStudent:

@@ -15,6 +15,7 @@ from pds_hf.cache import Stage
 from pds_hf.distributed import Ranks
 from pds_hf.encode import default_workers, encode_table
 from pds_hf.inputs import read_pairs
+from pds_hf.testing import local_process_env
 
 
 @pytest.fixture(scope="module")
@@ -174,20 +175,10 @@ def _free_port() -> int:
 def _two_processes(mode: str) -> str:
     port, outputs, procs = _free_port(), [], []
     for rank in (0, 1):
-        env = dict(
-            os.environ,
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE="2",
-            LOCAL_WORLD_SIZE="2",
-            CUDA_VISIBLE_DEVICES="",
-        )
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-c", textwrap.dedent(_BARRIER_SCRIPT), mode],
-                env=env,
+                env=local_process_env(rank, 2, port),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,

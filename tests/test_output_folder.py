@@ -7,7 +7,6 @@ import stat
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 from datasets import Dataset, load_dataset
 
@@ -19,23 +18,9 @@ from pds_hf.publish.folder import OutputFolderError, check_output_folder
 @pytest.fixture(scope="module")
 def small():
     """A distilled set of three pairs, with the columns pds_hf.distill gives."""
-    from PIL import Image
+    from pds_hf.testing import tiny_distilled_set
 
-    from pds_hf.schema import output_features
-
-    rng = np.random.default_rng(0)
-    return Dataset.from_dict(
-        {
-            "image": [Image.new("RGB", (8, 8), (60 * i, 0, 0)) for i in range(3)],
-            "caption": ["a red circle", "a blue square", "a green cross"],
-            "image_embedding": rng.standard_normal((3, 4)).astype(np.float32),
-            "text_embedding": rng.standard_normal((3, 4)).astype(np.float32),
-            "support": [5, 0, 2],
-            "image_cluster": [0, 1, 2],
-            "text_cluster": [2, 0, 1],
-        },
-        features=output_features(4),
-    )
+    return tiny_distilled_set()
 
 
 @pytest.fixture

@@ -26,6 +26,16 @@ def _env(tmp_path) -> dict:
     }
 
 
+def _run_logging_to_a_file(args: list[str], tmp_path):
+    """Python with ``args``, its stderr written to a file (no terminal): the finished process and that file's text."""
+    log = tmp_path / "stderr.log"
+    with open(log, "w") as stderr:
+        result = subprocess.run(
+            [sys.executable, *args], stdout=subprocess.PIPE, stderr=stderr, text=True, env=_env(tmp_path), timeout=600
+        )
+    return result, log.read_text()
+
+
 def _assert_no_bars(log: str) -> None:
     assert "\r" not in log and "it/s" not in log, log
     for bar in (
@@ -39,41 +49,15 @@ def _assert_no_bars(log: str) -> None:
         assert bar not in log, log
 
 
-def test_the_command_writes_no_bars_into_a_log_file(tmp_path, shapes_ds, model_folders):
+def test_the_command_writes_no_bars_into_a_log_file(tmp_path, shapes_ds, model_folders, small_run):
     clip, unclip = model_folders
     (tmp_path / "src").mkdir()
     shapes_ds.to_parquet(str(tmp_path / "src" / "train.parquet"))
-    log = tmp_path / "stderr.log"
-    with open(log, "w") as stderr:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pds_hf",
-                "distill",
-                str(tmp_path / "src"),
-                "--clip-model",
-                clip,
-                "--unclip-model",
-                unclip,
-                "--num-pairs",
-                "4",
-                "--steps",
-                "2",
-                "--image-size",
-                "32",
-                "--device",
-                "cpu",
-                "--output",
-                str(tmp_path / "out"),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env=_env(tmp_path),
-            timeout=600,
-        )
-    text = log.read_text()
+    models = ["--clip-model", clip, "--unclip-model", unclip, "--steps", "2"]
+    result, text = _run_logging_to_a_file(
+        ["-m", "pds_hf", "distill", str(tmp_path / "src"), *models, *small_run, "--output", str(tmp_path / "out")],
+        tmp_path,
+    )
     assert result.returncode == 0, text
     _assert_no_bars(text)
     assert "Wrote" in result.stdout
@@ -93,17 +77,7 @@ def test_python_loading_and_synthesis_write_no_bars_into_a_log_file(tmp_path, mo
         assert pipe._progress_bar_config == {{"leave": True}}, pipe._progress_bar_config
         print("done")
     """)
-    log = tmp_path / "stderr.log"
-    with open(log, "w") as stderr:
-        result = subprocess.run(
-            [sys.executable, "-c", script],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env=_env(tmp_path),
-            timeout=600,
-        )
-    text = log.read_text()
+    result, text = _run_logging_to_a_file(["-c", script], tmp_path)
     assert result.returncode == 0 and result.stdout == "done\n", text
     _assert_no_bars(text)
 

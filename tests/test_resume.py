@@ -60,14 +60,10 @@ class CountingPipe:
 
 
 @pytest.fixture
-def config(tiny_encoder, tiny_pipe, tmp_path):
+def config(tiny_run, tmp_path):
     return DistillConfig(
+        **tiny_run,
         num_pairs=6,
-        clip_model=tiny_encoder,
-        unclip_model=tiny_pipe,
-        num_inference_steps=2,
-        image_size=32,
-        device="cpu",
         shard_size=20,
         encode_batch_size=20,
         synthesis_batch_size=2,
@@ -223,18 +219,10 @@ def test_two_processes_give_the_same_distilled_set(tmp_path):
         assert np.abs(np.asarray(x, dtype=int) - np.asarray(y, dtype=int)).max() <= 2
 
 
-def test_a_finished_run_says_it_reuses_its_results(shapes_ds, tiny_encoder, tiny_pipe, tmp_path, caplog):
+def test_a_finished_run_says_it_reuses_its_results(shapes_ds, tiny_run, tmp_path, caplog):
     import logging
 
-    settings = dict(
-        num_pairs=4,
-        clip_model=tiny_encoder,
-        unclip_model=tiny_pipe,
-        num_inference_steps=2,
-        image_size=32,
-        device="cpu",
-        cache_dir=str(tmp_path),
-    )
+    settings = dict(tiny_run, num_pairs=4, cache_dir=str(tmp_path))
     pds_hf.distill(shapes_ds, **settings)
     with caplog.at_level(logging.INFO, logger="pds_hf"):
         pds_hf.distill(shapes_ds, **settings)

@@ -22,14 +22,11 @@ FLOAT16_MIN_COSINE = 0.99999
 
 
 @pytest.fixture(scope="module")
-def config(tiny_encoder, tiny_pipe):
+def config(tiny_run):
     return DistillConfig(
+        **tiny_run,
         num_pairs=6,
-        clip_model=tiny_encoder,
-        unclip_model=tiny_pipe,
         synthesis="retrieve",
-        image_size=32,
-        device="cpu",
         use_cache=False,
         encode_workers=0,
     )
