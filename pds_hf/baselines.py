@@ -68,7 +68,7 @@ def herding(features, num_pairs: int, *, device=None) -> np.ndarray:
     import torch
 
     x = torch.as_tensor(np.asarray(features, dtype=np.float32), device=_device(device))
-    _check_count(num_pairs, len(x))
+    check_count(num_pairs, len(x))
     # The sums stay in float64: k * target and chosen_sum grow with k and nearly cancel.
     target = x.double().mean(dim=0)
     squared_norms = (x * x).sum(dim=1)
@@ -104,7 +104,7 @@ def kcenter(features, num_pairs: int, *, seed: int = 42, first: int | None = Non
     import torch
 
     x = torch.as_tensor(np.asarray(features, dtype=np.float32), device=_device(device))
-    _check_count(num_pairs, len(x))
+    check_count(num_pairs, len(x))
     if first is None:
         first = int(np.random.default_rng(seed).integers(len(x)))
     if not 0 <= first < len(x):
@@ -122,7 +122,8 @@ def kcenter(features, num_pairs: int, *, seed: int = 42, first: int | None = Non
     return np.asarray(picked, dtype=np.int64)
 
 
-def _check_count(num_pairs: int, total: int) -> None:
+def check_count(num_pairs: int, total: int) -> None:
+    """A ``ValueError`` unless ``num_pairs`` is a whole number between 1 and ``total``."""
     if isinstance(num_pairs, bool) or not isinstance(num_pairs, (int, np.integer)) or not 1 <= num_pairs <= total:
         raise ValueError(
             f"num_pairs must be an integer between 1 and the number of pairs ({total}); got {num_pairs!r}."
@@ -173,7 +174,7 @@ def select_pairs(
             f"image_embeds has {len(image_embeds)} rows but text_embeds {len(text_embeds)}; give one of each per pair."
         )
     total = len(image_embeds)
-    _check_count(num_pairs, total)
+    check_count(num_pairs, total)
     if method == "random":
         return np.random.default_rng(seed).choice(total, size=num_pairs, replace=False).astype(np.int64)
     sides = {"both": (image_embeds, text_embeds), "image": (image_embeds,), "text": (text_embeds,)}[modality]

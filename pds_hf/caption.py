@@ -30,6 +30,20 @@ def nearest(queries, candidates, *, chunk: int = 65536) -> np.ndarray:
         array([2, 0])
         ```
     """
+    return nearest_scored(queries, candidates, chunk=chunk)[0]
+
+
+def nearest_scored(queries, candidates, *, start: int = 0, stop: int | None = None, chunk: int = 65536):
+    """:func:`nearest` over the candidate rows ``[start, stop)`` only, with the best cosine of each query.
+
+    The rows are read in blocks of ``chunk`` from ``start``. Processes that each search their own range of
+    rows find the overall best by keeping the highest score, ties to the lower index (see
+    :mod:`pds_hf.parallel`).
+
+    Returns:
+        ``(index, score)``: ``(M,)`` int64 global row of each query's best candidate and its float32 cosine
+        (``-inf`` and 0 when the range is empty).
+    """
     import faiss
 
     candidates = as_table(candidates)
@@ -41,16 +55,17 @@ def nearest(queries, candidates, *, chunk: int = 65536) -> np.ndarray:
             f"Candidates of shape {candidates.shape} cannot be compared with queries of shape "
             f"{queries_unit.shape}: both need one row per item and the same dimension."
         )
+    stop = len(candidates) if stop is None else min(stop, len(candidates))
     best = np.zeros(len(queries_unit), dtype=np.int64)
     best_score = np.full(len(queries_unit), -np.inf, dtype=np.float32)
-    for start in range(0, len(candidates), chunk):
+    for begin in range(start, stop, chunk):
         scores, index = faiss.knn(
-            queries_unit, normalize(candidates[start : start + chunk]), 1, metric=faiss.METRIC_INNER_PRODUCT
+            queries_unit, normalize(candidates[begin : min(begin + chunk, stop)]), 1, metric=faiss.METRIC_INNER_PRODUCT
         )
         better = scores[:, 0] > best_score
-        best[better] = start + index[better, 0]
+        best[better] = begin + index[better, 0]
         best_score[better] = scores[better, 0]
-    return best
+    return best, best_score
 
 
 def retrieve_captions(

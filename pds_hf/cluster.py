@@ -68,7 +68,7 @@ def resolve_init(init: str, k: int) -> str:
     return init
 
 
-def _fit_points(x, rows, normalize: bool, chunk: int) -> np.ndarray:
+def fit_points(x, rows, normalize: bool, chunk: int) -> np.ndarray:
     """The points k-means fits on (``x[rows]``, or all of ``x``) as one C-contiguous float32 array,
     gathered and (with ``normalize``) scaled a block at a time: no second full-size temporary, and a
     memory map is read once."""
@@ -81,6 +81,107 @@ def _fit_points(x, rows, normalize: bool, chunk: int) -> np.ndarray:
         block = x[start:stop] if rows is None else x[rows[start:stop]]
         out[start:stop] = unit_rows(block) if normalize else block
     return out
+
+
+def fit_sample(n: int, k: int, max_points_per_centroid: int | None, seed: int) -> np.ndarray | None:
+    """Which of ``n`` points k-means fits its centres on: ``None`` for all of them, else the sorted positions
+    of a uniform sample of ``k * max_points_per_centroid`` drawn with ``seed`` (the rule of :func:`kmeans`).
+
+    Depends on ``n`` alone, not on the points, so processes that each hold a part of the points draw the
+    same sample (see :mod:`pds_hf.parallel`).
+
+    Example:
+        ```py
+        >>> fit_sample(10, 2, 2, seed=0).tolist(), fit_sample(4, 2, 2, seed=0)
+        ([2, 4, 7, 9], None)
+        ```
+    """
+    if max_points_per_centroid is not None and n > k * max_points_per_centroid:
+        return np.sort(np.random.default_rng(seed).choice(n, size=k * max_points_per_centroid, replace=False))
+    return None
+
+
+def train_kmeans(fit_x: np.ndarray, k: int, *, weights=None, seed: int, iterations: int, restarts: int, init: str, gpu):
+    """The Lloyd iterations of :func:`kmeans` on the points it fits on (``fit_x``, float32, C-contiguous).
+
+    Returns:
+        The best (lowest objective) trained ``faiss.Kmeans``: its ``centroids`` and its ``index`` (the
+        centres, searched to assign points).
+    """
+    import faiss
+
+    init = resolve_init(init, k)
+    d = fit_x.shape[1]
+    init_method = {
+        "random": faiss.ClusteringInitMethod_RANDOM,
+        "k-means++": faiss.ClusteringInitMethod_RANDOM,  # unused: the centres are given
+        "faiss-k-means++": faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS,
+        "afk-mc2": faiss.ClusteringInitMethod_AFK_MC2,
+    }[init]
+    fit_w = weights
+    best = None
+    # faiss restarts (nredo) redraw its own initial centres; with given centres, restart here.
+    for run in range(restarts if init == "k-means++" else 1):
+        km = faiss.Kmeans(
+            d,
+            k,
+            niter=iterations,
+            nredo=1 if init == "k-means++" else restarts,
+            seed=seed + run,
+            gpu=_use_gpu(gpu),
+            init_method=init_method,
+            # faiss must not subsample again, nor warn about small clusters: distilled
+            # sets ask for many clusters relative to the data on purpose.
+            max_points_per_centroid=max(len(fit_x), 1),
+            min_points_per_centroid=1,
+            verbose=False,
+        )
+        start = None
+        if init == "k-means++":
+            size = min(len(fit_x), init_points(k))
+            pick = np.sort(np.random.default_rng(seed + run).choice(len(fit_x), size=size, replace=False))
+            start = greedy_kmeans_plus_plus(
+                fit_x[pick], k, weights=None if fit_w is None else fit_w[pick], seed=seed + run
+            )
+        objective = km.train(fit_x, weights=fit_w, init_centroids=start)
+        if best is None or objective < best[0]:
+            best = (objective, km)
+    return best[1]
+
+
+def centre_index(centroids: np.ndarray):
+    """A faiss index holding ``centroids`` (``(k, d)`` float32), as :func:`train_kmeans`' ``index`` holds them."""
+    import faiss
+
+    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(centroids)
+    return index
+
+
+def assign(index, x, rows=None, *, normalize: bool, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centre of each point ``x[rows]`` (or of all of ``x``), read ``chunk`` rows at a time.
+
+    Args:
+        index: the centres as a faiss index (:func:`centre_index`, or a trained ``faiss.Kmeans.index``).
+        x: ``(n, d)`` array or memory map.
+        rows: the rows to assign (in this order); ``None`` for all.
+        normalize: scale each point to unit length first (as the centres were fitted).
+        chunk: points per block.
+
+    Returns:
+        ``(labels, squared_distances)``: int64 and float64, one per point.
+    """
+    n = len(x) if rows is None else len(rows)
+    labels = np.empty(n, dtype=np.int64)
+    distances = np.empty(n, dtype=np.float64)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        block = x[start:stop] if rows is None else x[rows[start:stop]]
+        block = unit_rows(block) if normalize else np.ascontiguousarray(block, dtype=np.float32)
+        dist, lab = index.search(block, 1)
+        distances[start:stop], labels[start:stop] = dist[:, 0], lab[:, 0]
+    return labels, distances
 
 
 def init_points(k: int) -> int:
@@ -176,71 +277,26 @@ def kmeans(
         True
         ```
     """
-    import faiss
-
     x = as_table(x)
-    d = x.shape[1]
     rows = None if rows is None else np.asarray(rows, dtype=np.int64)
     n = len(x) if rows is None else len(rows)
     if not 1 <= k <= n:
         raise ValueError(f"k-means needs 1 <= k <= number of points, got k={k} for {n} points.")
-    init = resolve_init(init, k)
+    resolve_init(init, k)
     if max_points_per_centroid is not None and max_points_per_centroid < 1:
         raise ValueError(f"max_points_per_centroid must be a positive integer or None, got {max_points_per_centroid}.")
-    init_method = {
-        "random": faiss.ClusteringInitMethod_RANDOM,
-        "k-means++": faiss.ClusteringInitMethod_RANDOM,  # unused: the centres are given
-        "faiss-k-means++": faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS,
-        "afk-mc2": faiss.ClusteringInitMethod_AFK_MC2,
-    }[init]
     w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
 
     # The subsample is drawn here rather than by faiss, so that only the sample is ever copied.
-    fit_rows = rows
-    if max_points_per_centroid is not None and n > k * max_points_per_centroid:
-        sample = np.sort(np.random.default_rng(seed).choice(n, size=k * max_points_per_centroid, replace=False))
+    sample = fit_sample(n, k, max_points_per_centroid, seed)
+    if sample is not None:
         fit_rows = sample if rows is None else rows[sample]
         fit_w = None if w is None else w[sample]
     else:
-        sample, fit_w = None, w
-    fit_x = _fit_points(x, fit_rows, normalize, chunk)
-    best = None
-    # faiss restarts (nredo) redraw its own initial centres; with given centres, restart here.
-    for run in range(restarts if init == "k-means++" else 1):
-        km = faiss.Kmeans(
-            d,
-            k,
-            niter=iterations,
-            nredo=1 if init == "k-means++" else restarts,
-            seed=seed + run,
-            gpu=_use_gpu(gpu),
-            init_method=init_method,
-            # faiss must not subsample again, nor warn about small clusters: distilled
-            # sets ask for many clusters relative to the data on purpose.
-            max_points_per_centroid=max(len(fit_x), 1),
-            min_points_per_centroid=1,
-            verbose=False,
-        )
-        start = None
-        if init == "k-means++":
-            size = min(len(fit_x), init_points(k))
-            pick = np.sort(np.random.default_rng(seed + run).choice(len(fit_x), size=size, replace=False))
-            start = greedy_kmeans_plus_plus(
-                fit_x[pick], k, weights=None if fit_w is None else fit_w[pick], seed=seed + run
-            )
-        objective = km.train(fit_x, weights=fit_w, init_centroids=start)
-        if best is None or objective < best[0]:
-            best = (objective, km)
-    km = best[1]
+        fit_rows, fit_w = rows, w
+    fit_x = fit_points(x, fit_rows, normalize, chunk)
+    km = train_kmeans(fit_x, k, weights=fit_w, seed=seed, iterations=iterations, restarts=restarts, init=init, gpu=gpu)
     del fit_x
-
-    labels = np.empty(n, dtype=np.int64)
-    distances = np.empty(n, dtype=np.float64)
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        block = x[start:stop] if rows is None else x[rows[start:stop]]
-        block = unit_rows(block) if normalize else np.ascontiguousarray(block, dtype=np.float32)
-        dist, lab = km.index.search(block, 1)
-        distances[start:stop], labels[start:stop] = dist[:, 0], lab[:, 0]
+    labels, distances = assign(km.index, x, rows, normalize=normalize, chunk=chunk)
     inertia = float(np.dot(distances, w) if w is not None else distances.sum())
     return KMeansResult(centroids=np.asarray(km.centroids, dtype=np.float32), labels=labels, inertia=inertia)

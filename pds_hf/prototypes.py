@@ -70,7 +70,7 @@ class Prototypes:
         return len(self.support)
 
 
-def _distinct_rows(embeds, rows, at_most: int, *, chunk: int = 65536) -> int:
+def distinct_rows(embeds, rows, at_most: int, *, chunk: int = 65536) -> int:
     """How many distinct vectors ``embeds[rows]`` holds, counted a block at a time up to ``at_most``
     (the scan stops there, so on ordinary data it reads one block)."""
     seen: set[bytes] = set()
@@ -112,7 +112,7 @@ def _cluster_side(
         )
     # k clusters need k distinct points: identical rows (captions that differ only in case often
     # encode to one vector) would leave clusters empty and their prototypes undefined.
-    distinct = _distinct_rows(embeds, used, k, chunk=chunk)
+    distinct = distinct_rows(embeds, used, k, chunk=chunk)
     if distinct < k:
         raise ValueError(
             f"num_pairs={k} is more than the {distinct} distinct {what} embeddings left after filtering: "
@@ -152,10 +152,16 @@ def _cluster_side(
     return labels, fit
 
 
-def _group_means(embeds, pair_index, group, weights, num_groups, *, chunk: int = 16384):
-    """Weighted mean of ``embeds[pair_index]`` per group id (pairs with group -1 ignored).
+def group_sums(embeds, pair_index, group, weights, num_groups, *, chunk: int = 16384):
+    """Weighted float64 sums of ``embeds[pair_index]`` per group id, and the summed weights (pairs with
+    group -1 ignored).
 
-    Sums in float64, a block of pairs at a time, so that no float64 copy of the table is made.
+    Sums a block of pairs at a time, so that no float64 copy of the table is made. Sums over parts of the
+    pairs add up to the sums over all of them (exactly for the weights, which are whole numbers), which is
+    how :mod:`pds_hf.parallel` combines processes.
+
+    Returns:
+        ``(sums, totals)``: ``(num_groups, d)`` and ``(num_groups,)`` float64.
     """
     from scipy.sparse import csr_matrix
 
@@ -167,9 +173,85 @@ def _group_means(embeds, pair_index, group, weights, num_groups, *, chunk: int =
         rows, inverse = np.unique(pair_index[block], return_inverse=True)
         matrix = csr_matrix((weights[block], (group[block], inverse)), shape=(num_groups, len(rows)))
         sums += matrix @ embeds[rows].astype(np.float64)
+    return sums, totals
+
+
+def _group_means(embeds, pair_index, group, weights, num_groups, *, chunk: int = 16384):
+    """Weighted mean of ``embeds[pair_index]`` per group id (NaN for an empty group), and the totals."""
+    sums, totals = group_sums(embeds, pair_index, group, weights, num_groups, chunk=chunk)
     with np.errstate(invalid="ignore", divide="ignore"):
         means = sums / totals[:, None]
     return means, totals
+
+
+def matched_groups(kept, image_labels, text_labels, image_cluster, text_cluster, k: int) -> np.ndarray:
+    """Per pair, the index of the match (``image_cluster[m]``, ``text_cluster[m]``) whose two clusters hold it,
+    or -1 (filtered out, or its caption is not in the text cluster matched to its image cluster).
+
+    Works on any subset of the pairs (each pair is decided by its own labels).
+    """
+    text_match_of = np.empty(k, dtype=np.int64)
+    text_match_of[image_cluster] = text_cluster
+    match_of_image = np.empty(k, dtype=np.int64)
+    match_of_image[image_cluster] = np.arange(k)
+    in_match = kept & (text_labels == text_match_of[np.maximum(image_labels, 0)])
+    return np.where(in_match, match_of_image[np.maximum(image_labels, 0)], -1)
+
+
+def finish_prototypes(
+    image_protos, text_protos, support, image_cluster, text_cluster, *, empty, normalize, centroids, cluster_means
+):
+    """The end of step 5: fill or drop the matches that share no pair, order by image-text cosine.
+
+    Args:
+        image_protos, text_protos: ``(k, d)`` float64 means per match (NaN where ``support`` is 0).
+        support: ``(k,)`` summed weights per match.
+        image_cluster, text_cluster: ``(k,)`` the matched clusters.
+        empty: ``"centroid"`` or ``"drop"``.
+        normalize: whether the clusters were fitted on unit-length rows (the fallback is then the raw mean of
+            each matched cluster's kept pairs, from ``cluster_means``).
+        centroids: ``(image_centroids, text_centroids)``.
+        cluster_means: called with no argument when needed, returns ``(image_means, text_means)``: ``(k, d)``
+            means of the kept pairs per image cluster and per text cluster (called on every process together).
+
+    Returns:
+        ``(image_embeds, text_embeds, support, image_cluster, text_cluster, similarity, num_empty)``.
+    """
+    k = len(support)
+    is_empty = support <= 0
+    num_empty = int(is_empty.sum())
+    if num_empty:
+        if empty == "centroid" and normalize:
+            # The centres live on the unit sphere; the prototypes must stay in the encoder's raw space.
+            image_means, text_means = cluster_means()
+            image_protos[is_empty] = image_means[image_cluster[is_empty]]
+            text_protos[is_empty] = text_means[text_cluster[is_empty]]
+        elif empty == "centroid":
+            image_protos[is_empty] = centroids[0][image_cluster[is_empty]]
+            text_protos[is_empty] = centroids[1][text_cluster[is_empty]]
+        if empty == "centroid":
+            logger.info("%d of %d matched clusters share no pair; used their k-means centres.", num_empty, k)
+        else:
+            logger.warning(
+                "%d of %d matched clusters share no pair and were dropped; %d prototypes remain.",
+                num_empty,
+                k,
+                k - num_empty,
+            )
+    keep = ~is_empty if empty == "drop" else np.ones(k, dtype=bool)
+    image_protos, text_protos = image_protos[keep].astype(np.float32), text_protos[keep].astype(np.float32)
+    proto_similarity = np.einsum("ij,ij->i", unit_rows(image_protos), unit_rows(text_protos))
+    order = np.argsort(-proto_similarity, kind="stable")
+    return (
+        image_protos[order],
+        text_protos[order],
+        # Sums of whole-number weights in float64: exact below 2**53, so the cast rounds nothing.
+        support[keep][order].astype(np.int64),
+        image_cluster[keep][order],
+        text_cluster[keep][order],
+        proto_similarity[order],
+        num_empty,
+    )
 
 
 def prototypes_from_embeddings(
@@ -299,49 +381,34 @@ def prototypes_from_embeddings(
     image_cluster, text_cluster = align_clusters(counts)
 
     # Each kept pair belongs to the match of its image cluster if its caption is in the matched text cluster.
-    text_match_of = np.empty(k, dtype=np.int64)
-    text_match_of[image_cluster] = text_cluster
-    match_of_image = np.empty(k, dtype=np.int64)
-    match_of_image[image_cluster] = np.arange(k)
-    in_match = kept & (text_labels == text_match_of[np.maximum(image_labels, 0)])
-    group = np.where(in_match, match_of_image[np.maximum(image_labels, 0)], -1)
+    group = matched_groups(kept, image_labels, text_labels, image_cluster, text_cluster, k)
     sums_chunk = max(1, chunk // 4)
     image_protos, support = _group_means(image_embeds, image_index, group, weights, k, chunk=sums_chunk)
     text_protos, _ = _group_means(text_embeds, text_index, group, weights, k, chunk=sums_chunk)
 
-    is_empty = support <= 0
-    num_empty = int(is_empty.sum())
-    if num_empty:
-        if empty == "centroid" and normalize:
-            # The centres live on the unit sphere; the prototypes must stay in the encoder's raw space.
-            image_means, _ = _group_means(image_embeds, image_index, image_labels, weights, k, chunk=sums_chunk)
-            text_means, _ = _group_means(text_embeds, text_index, text_labels, weights, k, chunk=sums_chunk)
-            image_protos[is_empty] = image_means[image_cluster[is_empty]]
-            text_protos[is_empty] = text_means[text_cluster[is_empty]]
-        elif empty == "centroid":
-            image_protos[is_empty] = image_fit.centroids[image_cluster[is_empty]]
-            text_protos[is_empty] = text_fit.centroids[text_cluster[is_empty]]
-        if empty == "centroid":
-            logger.info("%d of %d matched clusters share no pair; used their k-means centres.", num_empty, k)
-        else:
-            logger.warning(
-                "%d of %d matched clusters share no pair and were dropped; %d prototypes remain.",
-                num_empty,
-                k,
-                k - num_empty,
-            )
-    keep = ~is_empty if empty == "drop" else np.ones(k, dtype=bool)
-    image_protos, text_protos = image_protos[keep].astype(np.float32), text_protos[keep].astype(np.float32)
-    proto_similarity = np.einsum("ij,ij->i", unit_rows(image_protos), unit_rows(text_protos))
-    order = np.argsort(-proto_similarity, kind="stable")
+    def cluster_means():
+        image_means, _ = _group_means(image_embeds, image_index, image_labels, weights, k, chunk=sums_chunk)
+        text_means, _ = _group_means(text_embeds, text_index, text_labels, weights, k, chunk=sums_chunk)
+        return image_means, text_means
+
+    image_protos, text_protos, support, image_cluster, text_cluster, proto_similarity, num_empty = finish_prototypes(
+        image_protos,
+        text_protos,
+        support,
+        image_cluster,
+        text_cluster,
+        empty=empty,
+        normalize=normalize,
+        centroids=(image_fit.centroids, text_fit.centroids),
+        cluster_means=cluster_means,
+    )
     return Prototypes(
-        image_embeds=image_protos[order],
-        text_embeds=text_protos[order],
-        # Sums of whole-number weights in float64: exact below 2**53, so the cast rounds nothing.
-        support=support[keep][order].astype(np.int64),
-        image_cluster=image_cluster[keep][order],
-        text_cluster=text_cluster[keep][order],
-        similarity=proto_similarity[order],
+        image_embeds=image_protos,
+        text_embeds=text_protos,
+        support=support,
+        image_cluster=image_cluster,
+        text_cluster=text_cluster,
+        similarity=proto_similarity,
         kept=kept,
         pair_similarity=similarity,
         image_labels=image_labels,
