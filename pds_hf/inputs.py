@@ -320,6 +320,15 @@ def load_images(ds, image_column: str, rows) -> list:
     return images
 
 
+def _refuse_nulls(column, name: str, at: str, need: str, place) -> None:
+    """A ValueError naming the first null of ``column`` (``at`` formatted with ``place(position)``)."""
+    if column.null_count:
+        first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ValueError(
+            f"Column {name!r} is empty (null) at {at.format(place(first))}; {need}. Drop that row or encode it."
+        )
+
+
 def vectors_from_column(column, name: str, rows, dim: int | None = None, dim_row: int | None = None) -> np.ndarray:
     """A pyarrow list-of-float column as an ``(n, d)`` float32 array, checked row by row.
 
@@ -339,12 +348,7 @@ def vectors_from_column(column, name: str, rows, dim: int | None = None, dim_row
             f"Column {name!r} holds {column.type}; expected one list of floats (a vector) per "
             f"{'caption' if 'text' in name else 'row'}."
         )
-    if column.null_count:
-        first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ValueError(
-            f"Column {name!r} is empty (null) at row {int(rows[first])}; every row needs an embedding. "
-            "Drop that row or encode it."
-        )
+    _refuse_nulls(column, name, "row {}", "every row needs an embedding", lambda first: int(rows[first]))
     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
     if len(lengths) == 0:
         return np.zeros((0, 0), np.float32)
@@ -393,12 +397,7 @@ def caption_vector_counts(column, name: str, captions, where) -> np.ndarray:
             f"Column {name!r} holds {column.type}; with a list of captions per row it needs a list of "
             "vectors per row, one per caption."
         )
-    if column.null_count:
-        row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ValueError(
-            f"Column {name!r} is empty (null) at {where(row)}; every caption needs an embedding. Drop "
-            "that row or encode it."
-        )
+    _refuse_nulls(column, name, "{}", "every caption needs an embedding", where)
     counts = pc.list_value_length(column).to_numpy(zero_copy_only=False)
     wrong = [i for i, row in enumerate(captions) if counts[i] != len(row)]
     if wrong:

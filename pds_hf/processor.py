@@ -355,16 +355,7 @@ class DistillProcessor(RecipeMixin):
         cache_dir = self.cache_dir()
         embedded = source.embeddings(self.load_encoder, timer=timer, ranks=ranks, cache_dir=cache_dir)
         with timer("select"):
-            selection = select(
-                config,
-                embedded.table,
-                embedded.image_embeds,
-                embedded.text_embeds,
-                parent_key=embedded.key,
-                ranks=ranks,
-                cache_dir=cache_dir,
-                store=embedded.store,
-            )
+            selection = self._select(embedded, ranks, cache_dir)
         with timer("members"):
             members = self._members(selection, embedded, source, ranks)
         with timer("synthesize"):
@@ -433,8 +424,12 @@ class DistillProcessor(RecipeMixin):
         embedded = source_for(encoded, config).embeddings(
             self.load_encoder, timer=StageTimer(), ranks=ranks, cache_dir=cache_dir
         )
+        return self._select(embedded, ranks, cache_dir)
+
+    def _select(self, embedded, ranks, cache_dir) -> Selection:
+        """The select stage (:func:`pds_hf.stages.select`) on what the encode stage gave."""
         return select(
-            config,
+            self.config,
             embedded.table,
             embedded.image_embeds,
             embedded.text_embeds,

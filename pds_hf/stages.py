@@ -365,21 +365,15 @@ def select(config, table, image_embeds, text_embeds, *, parent_key, ranks, cache
 # --------------------------------------------------------------------------------------------------------------
 
 
+# The settings that change an unCLIP image (in the order of the synthesize stage's key).
+UNCLIP_SETTINGS = ("num_inference_steps", "guidance_scale", "noise_level", "negative_prompt", "image_size", "seed")
+
+
 def synthesize_key(config, selection_key: str | None, unclip_id) -> str | None:
     """The synthesize stage's key: the selection's, the decoder's identity and the settings of its images."""
     if unclip_id is None:
         return None
-    return stage_key(
-        "synthesize",
-        selection_key,
-        unclip_id,
-        config.num_inference_steps,
-        config.guidance_scale,
-        config.noise_level,
-        config.negative_prompt,
-        config.image_size,
-        config.seed,
-    )
+    return stage_key("synthesize", selection_key, unclip_id, *(getattr(config, name) for name in UNCLIP_SETTINGS))
 
 
 def unclip_images(config, selection: Selection, *, key, ranks, cache_dir, device, dtype, timer=None) -> list:
@@ -424,16 +418,11 @@ def unclip_images(config, selection: Selection, *, key, ranks, cache_dir, device
             pipe,
             selection.image_embeds[mine],
             [captions[m] for m in mine],
-            negative_prompt=config.negative_prompt,
-            num_inference_steps=config.num_inference_steps,
-            guidance_scale=config.guidance_scale,
-            noise_level=config.noise_level,
-            seed=config.seed,
             batch_size=config.synthesis_batch_size,
-            image_size=config.image_size,
             indices=mine,
             on_batch=save,
             show_progress=ranks.is_main,
+            **{name: getattr(config, name) for name in UNCLIP_SETTINGS},
         )
     ranks.barrier()
     return [stage.load_image(name(m)) for m in range(len(captions))]
