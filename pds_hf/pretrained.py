@@ -118,7 +118,7 @@ class RecipeMixin:
             tmp.write(self.to_json_string())
         os.replace(tmp.name, path)
         if push_to_hub:
-            _upload(path.read_bytes(), repo_id or folder.resolve().name, **hub_kwargs)
+            self.push_to_hub(repo_id or folder.resolve().name, **hub_kwargs)
         return path
 
     def push_to_hub(
@@ -152,15 +152,23 @@ class RecipeMixin:
             >>> again = pds_hf.DistillProcessor.from_pretrained("me/my-recipe")
             ```
         """
-        return _upload(
-            self.to_json_string().encode("utf-8"),
-            repo_id,
-            commit_message=commit_message,
-            private=private,
-            token=token,
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        if "/" not in repo_id:  # a bare name (e.g. the folder's) goes under the token's user, as create_repo does
+            repo_id = f"{api.whoami()['name']}/{repo_id}"
+        if not api.repo_exists(repo_id, repo_type=repo_type):
+            api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        if revision not in (None, "main"):
+            api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+        return api.upload_file(
+            path_or_fileobj=self.to_json_string().encode("utf-8"),
+            path_in_repo=CONFIG_NAME,
+            repo_id=repo_id,
+            repo_type=repo_type,
             revision=revision,
             create_pr=create_pr,
-            repo_type=repo_type,
+            commit_message=commit_message or "Upload pds-hf recipe",
         )
 
     @classmethod
@@ -254,37 +262,6 @@ def _refuse_foreign_file(path: Path) -> None:
             f"{path} exists and was not written by pds-hf's save_pretrained; save the recipe to "
             "another folder, or move that file away."
         )
-
-
-def _upload(
-    data: bytes,
-    repo_id: str,
-    *,
-    commit_message: str | None = None,
-    private: bool | None = None,
-    token: str | None = None,
-    revision: str | None = None,
-    create_pr: bool = False,
-    repo_type: str = "model",
-):
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    if "/" not in repo_id:  # a bare name (e.g. the folder's) goes under the token's user, as create_repo does
-        repo_id = f"{api.whoami()['name']}/{repo_id}"
-    if not api.repo_exists(repo_id, repo_type=repo_type):
-        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-    if revision not in (None, "main"):
-        api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
-    return api.upload_file(
-        path_or_fileobj=data,
-        path_in_repo=CONFIG_NAME,
-        repo_id=repo_id,
-        repo_type=repo_type,
-        revision=revision,
-        create_pr=create_pr,
-        commit_message=commit_message or "Upload pds-hf recipe",
-    )
 
 
 def _read_payload(path) -> tuple[dict, list]:
