@@ -227,3 +227,15 @@ def test_preview_shows_each_pairs_closest_member_beside_it(demo):
         want = np.asarray(ds[int(best["source_row"])]["image"].convert("RGB"), dtype=np.float64)
         np.testing.assert_allclose(thumb.mean((0, 1)), want.mean((0, 1)), atol=4)
     assert (selection.support[:2] > 0).any()
+
+
+def test_map_style_and_streamed_sources_give_the_same_members(shapes_ds, tmp_path, tiny_encoder):
+    ds = shapes_ds.add_column("img_id", list(range(len(shapes_ds))))
+    config = pds_hf.DistillConfig(
+        num_pairs=8, clip_model=tiny_encoder, synthesis="none", device="cpu", cache_dir=str(tmp_path / "cache")
+    )
+    mapped = pds_hf.members(pds_hf.distill(ds, config)).to_pandas()
+    streamed = pds_hf.members(pds_hf.distill(ds.to_iterable_dataset(num_shards=3), config)).to_pandas()
+    assert list(mapped["img_id"]) == list(mapped["source_row"])  # carried from the map-style source only
+    assert list(streamed.columns) == list(mapped.columns[:6])
+    assert len(mapped) > 0 and streamed.equals(mapped[streamed.columns])
