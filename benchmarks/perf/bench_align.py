@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1]))
 
-from machine import append_results, markdown_table  # noqa: E402
+from machine import append_table  # noqa: E402
 
 
 def labels(k: int, n: int, noise: str, seed: int = 0):
@@ -82,7 +82,7 @@ def main():
         print(json.dumps(one_case(k, n, noise, dense)))
         return
 
-    rows = []
+    results = []
     for noise in args.noise:
         for k in args.k:
             case = json.dumps([k, args.pairs, noise, k <= args.dense_max])
@@ -91,35 +91,17 @@ def main():
             )
             r = json.loads(done.stdout.strip().splitlines()[-1])
             same = "-" if "dense_total" not in r else ("yes" if r["dense_total"] == r["sparse_total"] else "NO")
-            rows.append(
-                [
-                    k,
-                    f"{args.pairs:,}",
-                    noise,
-                    f"{r['nnz']:,}",
-                    f"{r['sparse_seconds']:.1f}",
-                    f"{r['sparse_peak_mb']:.0f}",
-                    f"{r['dense_seconds']:.1f}" if "dense_seconds" in r else "-",
-                    f"{r['sparse_total']:.0f}",
-                    same,
-                ]
-            )
-            print(rows[-1], flush=True)
-    table = markdown_table(
-        [
-            "M",
-            "pairs",
-            "caption noise",
-            "non-zero cells",
-            "sparse table + matching (s)",
-            "peak RSS of that process (MB)",
-            "dense table + Hungarian (s)",
-            "matched total",
-            "total = dense",
-        ],
-        rows,
+            dense = f"{r['dense_seconds']:.1f}" if "dense_seconds" in r else "-"
+            results.append(dict(r, pairs=args.pairs, noise=noise, dense=dense, same=same))
+            print(results[-1], flush=True)
+    append_table(
+        "Alignment: sparse count table and matching",
+        "M | pairs | caption noise | non-zero cells | sparse table + matching (s) | peak RSS of that process (MB) | "
+        "dense table + Hungarian (s) | matched total | total = dense",
+        "{k} | {pairs:,} | {noise} | {nnz:,} | {sparse_seconds:.1f} | {sparse_peak_mb:.0f} | {dense} | "
+        "{sparse_total:.0f} | {same}",
+        results,
     )
-    append_results("Alignment: sparse count table and matching", table)
 
 
 if __name__ == "__main__":

@@ -45,9 +45,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
-from machine import CACHE, AnonPeak, append_results, markdown_table, memory_status  # noqa: E402
+from machine import CACHE, AnonPeak, append_table, memory_status  # noqa: E402
 
 FILES = {"float32": 2_000_000, "float16": 10_000_000}
+MEMORY_FIGURES = {"start_anon", "peak_protos", "peak_caption", "peak", "hwm"}
+GB = 1 / 1024  # per MiB
 
 
 class Captions:
@@ -248,6 +250,11 @@ def storage_effect(n: int, k: int, other_dtype: str = "float16", other_seed: int
     )
 
 
+def in_gb(result: dict) -> dict:
+    """A case's result with its memory figures (MiB, as measured) in GB."""
+    return {key: value * GB if key in MEMORY_FIGURES else value for key, value in result.items()}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, nargs="*", default=[], help="pair counts N for steps 2-6")
@@ -272,147 +279,66 @@ def main():
         print(json.dumps(result))
         return
 
-    gb = 1 / 1024
     if args.steps:
-        rows = []
+        results = []
         for n in args.steps:
-            r = subprocess_case("steps", args.dtype, n, args.k, args.seed)
-            rows.append(
-                [
-                    f"{n:,}",
-                    args.dtype,
-                    args.k,
-                    f"{r['protos_seconds']:.0f}",
-                    f"{r['caption_seconds']:.0f}",
-                    f"{r['protos_seconds'] + r['caption_seconds']:.0f}",
-                    f"{r['start_anon'] * gb:.2f}",
-                    f"{r['peak_protos'] * gb:.2f}",
-                    f"{r['peak_caption'] * gb:.2f}",
-                    f"{r['hwm'] * gb:.2f}",
-                    r["num_empty"],
-                    r["finite"],
-                ]
-            )
-            print(rows[-1], flush=True)
-        table = markdown_table(
-            [
-                "pairs N",
-                "storage",
-                "M",
-                "steps 2-5 (s)",
-                "step 6 (s)",
-                "total (s)",
-                "anon RSS before (GB)",
-                "peak anon RSS steps 2-5 (GB)",
-                "peak anon RSS step 6 (GB)",
-                "VmHWM incl. file pages (GB)",
-                "empty intersections",
-                "all finite",
-            ],
-            rows,
+            r = in_gb(subprocess_case("steps", args.dtype, n, args.k, args.seed))
+            results.append(dict(r, n=n, dtype=args.dtype, k=args.k, total=r["protos_seconds"] + r["caption_seconds"]))
+            print(results[-1], flush=True)
+        append_table(
+            "Steps 2-6 out of core on memory-mapped embeddings",
+            "pairs N | storage | M | steps 2-5 (s) | step 6 (s) | total (s) | anon RSS before (GB) | "
+            "peak anon RSS steps 2-5 (GB) | peak anon RSS step 6 (GB) | VmHWM incl. file pages (GB) | "
+            "empty intersections | all finite",
+            "{n:,} | {dtype} | {k} | {protos_seconds:.0f} | {caption_seconds:.0f} | {total:.0f} | {start_anon:.2f} | "
+            "{peak_protos:.2f} | {peak_caption:.2f} | {hwm:.2f} | {num_empty} | {finite}",
+            results,
         )
-        append_results("Steps 2-6 out of core on memory-mapped embeddings", table)
     if args.nearest:
-        rows = []
+        results = []
         for n in args.nearest:
-            r = subprocess_case("nearest", args.dtype, n, args.k)
-            rows.append(
-                [
-                    f"{n:,}",
-                    args.dtype,
-                    args.k,
-                    f"{r['seconds']:.1f}",
-                    f"{r['start_anon'] * gb:.2f}",
-                    f"{r['peak'] * gb:.2f}",
-                    f"{r['hwm'] * gb:.2f}",
-                ]
+            results.append(
+                dict(in_gb(subprocess_case("nearest", args.dtype, n, args.k)), n=n, dtype=args.dtype, k=args.k)
             )
-            print(rows[-1], flush=True)
-        table = markdown_table(
-            [
-                "candidates N",
-                "storage",
-                "queries M",
-                "seconds",
-                "anon RSS before (GB)",
-                "peak anon RSS (GB)",
-                "VmHWM incl. file pages (GB)",
-            ],
-            rows,
+            print(results[-1], flush=True)
+        append_table(
+            "Nearest caption (step 6) out of core",
+            "candidates N | storage | queries M | seconds | anon RSS before (GB) | peak anon RSS (GB) | "
+            "VmHWM incl. file pages (GB)",
+            "{n:,} | {dtype} | {k} | {seconds:.1f} | {start_anon:.2f} | {peak:.2f} | {hwm:.2f}",
+            results,
         )
-        append_results("Nearest caption (step 6) out of core", table)
     if args.compare:
-        rows = []
+        results = []
+        against = ("float32", args.seed) if args.seed != 42 else ("float16", 42)
         for n in args.compare:
-            against = ("float32", args.seed) if args.seed != 42 else ("float16", 42)
-            c = storage_effect(n, args.k, *against)
-            rows.append(
-                [
-                    f"{n:,}",
-                    args.k,
-                    f"{against[0]} seed {against[1]}",
-                    f"{c['kept']:.5f}",
-                    f"{c['fixed_max_abs']:.2e}",
-                    f"{c['fixed_rel']:.2e}",
-                    f"{c['fixed_min_cosine']:.7f}",
-                    f"{c['ari_image']:.3f}",
-                    f"{c['ari_text']:.3f}",
-                    f"{c['nearest_median']:.4f}",
-                    f"{c['nearest_p5']:.4f}",
-                ]
+            results.append(
+                dict(storage_effect(n, args.k, *against), n=n, k=args.k, against="{} seed {}".format(*against))
             )
-            print(rows[-1], flush=True)
-        table = markdown_table(
-            [
-                "pairs N",
-                "M",
-                "against float32 seed 42",
-                "same kept pairs",
-                "same clusters: prototypes max abs diff",
-                "same clusters: max diff / mean prototype norm",
-                "same clusters: min cosine",
-                "image labels ARI of the two runs",
-                "text labels ARI",
-                "float32 seed 42 text prototype to the nearest other one: median cosine",
-                "5th percentile",
-            ],
-            rows,
+            print(results[-1], flush=True)
+        append_table(
+            "float16 storage against float32: effect on the prototypes",
+            "pairs N | M | against float32 seed 42 | same kept pairs | same clusters: prototypes max abs diff | "
+            "same clusters: max diff / mean prototype norm | same clusters: min cosine | "
+            "image labels ARI of the two runs | text labels ARI | "
+            "float32 seed 42 text prototype to the nearest other one: median cosine | 5th percentile",
+            "{n:,} | {k} | {against} | {kept:.5f} | {fixed_max_abs:.2e} | {fixed_rel:.2e} | {fixed_min_cosine:.7f} | "
+            "{ari_image:.3f} | {ari_text:.3f} | {nearest_median:.4f} | {nearest_p5:.4f}",
+            results,
         )
-        append_results("float16 storage against float32: effect on the prototypes", table)
     if args.reference:
         old = subprocess_case("reference", args.reference, args.pairs, args.k, True, package=args.reference)
         new = subprocess_case("reference", "", args.pairs, args.k, False)
         a, b = (dict(np.load(CACHE / f"equal_{name}_{args.pairs}_{args.k}.npz")) for name in ("reference", "outofcore"))
         c = compare(a, b)
-        table = markdown_table(
-            [
-                "pairs",
-                "M",
-                "reference (in memory) s",
-                "out of core (memory maps) s",
-                "same kept",
-                "same image labels",
-                "same text labels",
-                "prototypes max abs diff",
-                "same caption index",
-                "same support",
-            ],
-            [
-                [
-                    f"{args.pairs:,}",
-                    args.k,
-                    f"{old['seconds']:.0f}",
-                    f"{new['seconds']:.0f}",
-                    c["kept"],
-                    c["image_labels"],
-                    c["text_labels"],
-                    f"{c['max_abs']:.3g}",
-                    c["caption_index"],
-                    c["support"],
-                ]
-            ],
+        append_table(
+            "Out of core against the reference code (equal results)",
+            "pairs | M | reference (in memory) s | out of core (memory maps) s | same kept | same image labels | "
+            "same text labels | prototypes max abs diff | same caption index | same support",
+            "{pairs:,} | {k} | {old:.0f} | {new:.0f} | {kept} | {image_labels} | {text_labels} | {max_abs:.3g} | "
+            "{caption_index} | {support}",
+            [dict(c, pairs=args.pairs, k=args.k, old=old["seconds"], new=new["seconds"])],
         )
-        append_results("Out of core against the reference code (equal results)", table)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1]))
 
-from machine import CACHE, append_results, markdown_table  # noqa: E402
+from machine import CACHE, append_table  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -98,44 +98,23 @@ def main():
 
     load_pairs(args.images, args.captions)  # generate the cache outside the measured processes
     kwargs = json.loads(args.kmeans)
-    rows = []
+    results = []
     for layout in args.layout:
         case = json.dumps([args.images, args.captions, args.k, layout, kwargs])
         done = subprocess.run([sys.executable, __file__, "--case", case], capture_output=True, text=True)
         if done.returncode:
             sys.exit(done.stderr)
         r = json.loads(done.stdout.strip().splitlines()[-1])
-        rows.append(
-            [
-                layout,
-                f"{r['num_pairs']:,}",
-                args.k,
-                kwargs or "defaults",
-                f"{r['seconds']:.0f}",
-                f"{r['rss_before_mb'] / 1024:.2f}",
-                f"{r['peak_mb'] / 1024:.2f}",
-                r["prototypes"],
-                r["num_empty"],
-                r["finite"],
-            ]
-        )
-        print(rows[-1], flush=True)
-    table = markdown_table(
-        [
-            "layout",
-            "pairs",
-            "M",
-            "k-means settings",
-            "seconds",
-            "RSS with inputs loaded (GB)",
-            "peak RSS (GB)",
-            "prototypes",
-            "empty intersections",
-            "all finite",
-        ],
-        rows,
+        results.append(dict(r, layout=layout, k=args.k, settings=kwargs or "defaults"))
+        print(results[-1], flush=True)
+    append_table(
+        "prototypes_from_embeddings at scale",
+        "layout | pairs | M | k-means settings | seconds | RSS with inputs loaded (GB) | peak RSS (GB) | prototypes | "
+        "empty intersections | all finite",
+        "{layout} | {num_pairs:,} | {k} | {settings} | {seconds:.0f} | {rss_before_gb:.2f} | {peak_gb:.2f} | "
+        "{prototypes} | {num_empty} | {finite}",
+        [dict(r, rss_before_gb=r["rss_before_mb"] / 1024, peak_gb=r["peak_mb"] / 1024) for r in results],
     )
-    append_results("prototypes_from_embeddings at scale", table)
 
 
 if __name__ == "__main__":

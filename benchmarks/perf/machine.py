@@ -72,6 +72,14 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def append_table(title: str, header: str, row: str, results: list[dict]) -> None:
+    """Append the markdown table ``title`` to the results file: the columns named in ``header`` (``"a | b"``),
+    one row per result, the cells of ``row`` (``"{n:,} | {seconds:.1f}"``) formatted with its values."""
+    cells = row.split(" | ")
+    rows = [[cell.format(**result) for cell in cells] for result in results]
+    append_results(title, markdown_table(header.split(" | "), rows))
+
+
 def append_results(title: str, body: str, path: Path = RESULTS) -> None:
     """Append one run (machine, command, table and notes) to the results file."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
