@@ -114,6 +114,35 @@ def test_feature_store_round_trip(tmp_path):
     assert len(again) == 2 and again.get("b").tolist() == [4, 5, 6] and again.get("c") is None
 
 
+def test_mean_pooled_text_features_and_their_cache(tmp_path):
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from pds_hf.testing import model_sizes, tiny_clip_tokenizer
+
+    lit_encoder = pytest.importorskip("lit_encoder")
+    tokenizer = tiny_clip_tokenizer()
+    torch.manual_seed(0)
+    BertModel(
+        BertConfig(**model_sizes(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id))
+    ).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    encoder = lit_encoder.MeanPooledText(
+        str(tmp_path / "model"), lit_encoder.FeatureStore(None, 32), batch_size=2, max_length=64
+    )
+    texts = ["a red circle", "a dog", "a red circle", "the blue square on a wall"]
+    features = encoder.features(texts)
+    # By hand, one text at a time (no padding): the mean of the last hidden states, scaled to unit length.
+    for text, row in zip(texts, features, strict=True):
+        hidden = encoder.model(**tokenizer([text], return_tensors="pt")).last_hidden_state[0].detach().numpy()
+        expected = hidden.mean(axis=0)
+        np.testing.assert_allclose(row, expected / np.linalg.norm(expected), atol=1e-5)
+    # Cached by text: asking again runs no model, and nothing is asked of an empty list.
+    encoder.model = None
+    np.testing.assert_array_equal(encoder.features(texts[::-1]), features[::-1])
+    assert encoder.features([]).shape == (0, 32)
+
+
 def test_image_key_depends_on_pixels_not_on_the_file():
     from PIL import Image
 

