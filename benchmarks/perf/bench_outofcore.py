@@ -92,16 +92,7 @@ def steps_case(dtype: str, n: int, k: int, seed: int = 42) -> dict:
         start = time.perf_counter()
         _, caption_index = retrieve_captions(protos.text_embeds, texts, Captions())
         caption_seconds = time.perf_counter() - start
-    np.savez(
-        saved(dtype, n, k, seed),
-        image_embeds=protos.image_embeds,
-        text_embeds=protos.text_embeds,
-        image_labels=protos.image_labels,
-        text_labels=protos.text_labels,
-        kept=protos.kept,
-        caption_index=caption_index,
-        support=protos.support,
-    )
+    save_result(saved(dtype, n, k, seed), protos, caption_index)
     return dict(
         protos_seconds=protos_seconds,
         caption_seconds=caption_seconds,
@@ -140,16 +131,7 @@ def reference_case(package: str, n: int, k: int, in_memory: bool) -> dict:
     _, caption_index = retrieve_captions(protos.text_embeds, texts, Captions())
     seconds = time.perf_counter() - start
     name = "reference" if package else "outofcore"
-    np.savez(
-        CACHE / f"equal_{name}_{n}_{k}.npz",
-        image_embeds=protos.image_embeds,
-        text_embeds=protos.text_embeds,
-        image_labels=protos.image_labels,
-        text_labels=protos.text_labels,
-        kept=protos.kept,
-        caption_index=caption_index,
-        support=protos.support,
-    )
+    save_result(CACHE / f"equal_{name}_{n}_{k}.npz", protos, caption_index)
     return dict(seconds=seconds)
 
 
@@ -247,6 +229,21 @@ def storage_effect(n: int, k: int, other_dtype: str = "float16", other_seed: int
         ari_text=adjusted_rand_score(a["text_labels"][both], b["text_labels"][both]),
         nearest_median=float(np.median(nearest_cosine)),
         nearest_p5=float(np.percentile(nearest_cosine, 5)),
+    )
+
+
+def save_result(path, protos, caption_index) -> None:
+    """What the comparisons read of a run of steps 2-6: the prototypes, their labels, kept pairs and support, and
+    the caption each prototype got."""
+    np.savez(
+        path,
+        image_embeds=protos.image_embeds,
+        text_embeds=protos.text_embeds,
+        image_labels=protos.image_labels,
+        text_labels=protos.text_labels,
+        kept=protos.kept,
+        caption_index=caption_index,
+        support=protos.support,
     )
 
 

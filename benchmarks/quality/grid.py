@@ -104,7 +104,6 @@ class Bench:
         import torch
 
         from pds_hf.evaluation import load_student
-        from pds_hf.evaluation.features import retrieval_set
 
         start = time.perf_counter()
         if dataset == "openclipart":
@@ -146,17 +145,8 @@ class Bench:
         wrapped = load_student(student)
         self.sets = {}
         for protocol, text_encoder in (("teacher-text", self.encoder), ("captions", self.text_net)):
-            for split in ("validation", "test"):
-                self.sets[protocol, split] = retrieval_set(
-                    self.splits[split],
-                    student=wrapped,
-                    encoder=text_encoder,
-                    encoder_key=None,
-                    image_column="image",
-                    caption_column="caption",
-                    cache_dir=None,
-                    name=split,
-                )
+            for split, features in investigate.held_out_sets(self.splits, wrapped, text_encoder).items():
+                self.sets[protocol, split] = features
         self.caption_feats = self.text_net.encode_texts(list(self.data.table.texts))
         self.encoder.save_caches()
         self.teacher_on_test = self._teacher_on_test()

@@ -163,6 +163,25 @@ def coverage(text_feats, test_text_feats) -> float:
     return float((normalize(test_text_feats) @ normalize(text_feats).T).max(axis=1).mean())
 
 
+def held_out_sets(splits, student, encoder) -> dict:
+    """The validation and test splits' frozen features (``RetrievalSet``), their captions encoded by ``encoder``."""
+    from pds_hf.evaluation.features import retrieval_set
+
+    return {
+        name: retrieval_set(
+            splits[name],
+            student=student,
+            encoder=encoder,
+            encoder_key=None,
+            image_column="image",
+            caption_column="caption",
+            cache_dir=None,
+            name=name,
+        )
+        for name in ("validation", "test")
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Controlled PDS experiments on cached openclipart features.")
     parser.add_argument("--num-pairs", type=int, nargs="+", default=[20, 50, 100, 200])
@@ -186,7 +205,6 @@ def main(argv=None) -> int:
     import torch
 
     from pds_hf.evaluation import evaluate_features, load_student
-    from pds_hf.evaluation.features import retrieval_set
 
     datasets.disable_progress_bars()
     splits, _ = openclipart.build(args.cache_dir)
@@ -196,19 +214,7 @@ def main(argv=None) -> int:
         pct = np.percentile(np.linalg.norm(embeds, axis=1), [1, 50, 99])
         print(f"{side} embedding norms (1st / 50th / 99th percentile): " + " / ".join(f"{v:.2f}" for v in pct))
     wrapped = load_student(student)
-    sets = {
-        name: retrieval_set(
-            splits[name],
-            student=wrapped,
-            encoder=encoder,
-            encoder_key=None,
-            image_column="image",
-            caption_column="caption",
-            cache_dir=None,
-            name=name,
-        )
-        for name in ("validation", "test")
-    }
+    sets = held_out_sets(splits, wrapped, encoder)
     encoder.save_caches()
     torch.set_num_threads(1)
     extra = json.loads(args.train_kwargs)
