@@ -223,6 +223,22 @@ def test_missing_encoder_and_bad_columns_are_clear_errors(tiny_encoder, splits):
         evaluate_tiny(distilled, splits["test"], tiny_encoder, validation="val")
 
 
+def test_a_caption_the_encoder_cannot_encode_is_named(tiny_encoder, splits):
+    class BreaksOnOneCaption(CountingEncoder):
+        def encode_texts(self, texts):
+            out = np.array(self.inner.encode_texts(texts))
+            out[[text == bad for text in texts]] = np.nan
+            return out
+
+    captions = list(dict.fromkeys(c for captions in splits["test"]["caption"] for c in captions))  # first seen first
+    bad = captions[5]  # in the third batch of two: its index in the whole list, not in the batch, is named
+    distilled = distilled_from(splits["train"], tiny_encoder)
+    with pytest.raises(
+        ValueError, match=r"NaN or inf text embeddings for 1 input\(s\), first at caption row\(s\) \[5\]"
+    ):
+        evaluate_tiny(distilled, splits["test"], BreaksOnOneCaption(tiny_encoder), text_batch_size=2)
+
+
 def test_with_pds_distill_output(tiny_encoder, splits, caplog, monkeypatch):
     import pds_hf
 

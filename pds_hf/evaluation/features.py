@@ -187,30 +187,20 @@ def encoder_text_features(
     """``encoder.encode_texts`` of ``texts`` (the distinct captions of ``ds[caption_column]``), cached."""
 
     def compute():
-        chunks = []
+        from ..encode import encode_text_batches
+
         with _progress(len(texts), desc) as bar:
-            for start in range(0, len(texts), batch_size):
-                batch = texts[start : start + batch_size]
-                chunks.append(
-                    _finite(
-                        encoder.encode_texts(batch),
-                        what="text encoder features",
-                        rows=range(start, start + len(batch)),
-                        expected=len(batch),
-                    )
-                )
-                bar.update(len(batch))
-        return np.concatenate(chunks)
+            return encode_text_batches(encoder, texts, batch_size, bar, rows=np.arange(len(texts)), rows_of="caption")
 
     text_hash = hashlib.sha1("\n".join(texts).encode()).hexdigest()
     key = feature_key("encoder-texts", model_key, ds, f"{caption_column}|{text_hash}", np.arange(len(texts)))
     return cached(key, compute, cache_dir=cache_dir)
 
 
-def _finite(array, *, what: str, rows, expected: int | None = None) -> np.ndarray:
+def _finite(array, *, what: str, rows) -> np.ndarray:
     array = np.asarray(array, dtype=np.float32)
-    if array.ndim != 2 or (expected is not None and array.shape[0] != expected):
-        raise ValueError(f"The {what} have shape {array.shape}; expected ({expected or 'n'}, d).")
+    if array.ndim != 2:
+        raise ValueError(f"The {what} have shape {array.shape}; expected (n, d).")
     bad = nonfinite_rows(array)
     if bad.size:
         rows = list(rows)
