@@ -34,9 +34,9 @@ def load_unclip(spec, *, revision: str | None = None, device=None, dtype=None):
         dtype: load in this dtype (``torch.float16`` on a GPU, as the paper does).
 
     Raises:
-        pds_hf.hub_models.ModelLoadError: ``spec`` is an id or folder that cannot be loaded; the message names it
-            and its revision, says when the Hub could not be reached, and the fix (``option`` is
-            ``"unclip_model"``). Without an answer from the Hub, a model not in the local cache fails at once.
+        pds_hf.hub_models.ModelLoadError: ``spec`` is an id or folder that cannot be loaded (``option`` is
+            ``"unclip_model"``); what the message says, and when it fails at once, as for
+            :func:`pds_hf.encode.load_encoder`.
 
     Example:
         ```py
