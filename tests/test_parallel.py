@@ -80,6 +80,8 @@ def make_cases():
             shared_images.astype(cast),
             shared_texts.astype(cast),
         )
+        # The same read in blocks of 97 rows (BLOCKS), as a memory-mapped table much larger than memory is.
+        cases[f"image-{dtype}-k12-scored-blocks"] = cases[f"image-{dtype}-k12-scored"]
         for method in ("random", "herding", "kcenter"):
             cases[f"image-{dtype}-{method}"] = (
                 dict(num_pairs=9, method=method),
@@ -110,6 +112,9 @@ def make_cases():
     return cases
 
 
+BLOCKS = 97
+
+
 def _config(fields):
     from pds_hf import DistillConfig
 
@@ -134,7 +139,10 @@ def worker(out: Path) -> None:
         if only and name not in only.split(","):
             continue
         try:
-            result = choose_on_slices(_config(fields), table, image_embeds, text_embeds, ranks, comm=comm, labels="all")
+            chunk = BLOCKS if name.endswith("-blocks") else 65536
+            result = choose_on_slices(
+                _config(fields), table, image_embeds, text_embeds, ranks, comm=comm, labels="all", chunk=chunk
+            )
         except ValueError as err:
             result = {"error": str(err)}
         (out / f"{name}.{rank}.pkl").write_bytes(pickle.dumps(result))
@@ -217,6 +225,7 @@ def assert_same(got: dict, want: dict, name: str) -> None:
 FAST = (
     "pair-float16-scored",
     "image-float32-k12-scored",
+    "image-float16-k12-scored-blocks",
     "sparse-centroid",
     "image-float16-herding",
     "pair-float32-kcenter",

@@ -427,7 +427,7 @@ def _pds(config, table, image_embeds, text_embeds, comm: Comm, labels: str, chun
     # Step 6: each process searches its range of the distinct rows; the best per prototype wins.
     caption_index = _nearest_on_slices(comm, text_protos, text_embeds, chunk)
     if config.synthesis == "retrieve-scored":
-        image_index = _scored_on_slices(comm, image_embeds, image_protos, text_protos)
+        image_index = _scored_on_slices(comm, image_embeds, image_protos, text_protos, chunk=max(1, chunk // 4))
     else:
         image_index = _nearest_on_slices(comm, image_protos, image_embeds, chunk)
     if labels == "all":
@@ -455,34 +455,38 @@ def _nearest_on_slices(comm: Comm, queries, candidates, chunk: int) -> np.ndarra
     return comm.best(score, index, largest=True)[1]
 
 
-def _scored_on_slices(comm: Comm, image_embeds, image_prototypes, text_prototypes, *, candidates=8, chunk=1024):
-    """:func:`pds_hf.synthesize.retrieve_scored_images` with each process scoring its range of images."""
+def _scored_on_slices(comm: Comm, image_embeds, image_prototypes, text_prototypes, *, candidates=8, chunk=16384):
+    """:func:`pds_hf.synthesize.retrieve_scored_images` with each process scoring its range of images, a block of
+    ``chunk`` images at a time (memory: ``M x chunk`` scores, whatever the number of images)."""
     edges = bounds(len(image_embeds), comm.world)
     lo, hi = int(edges[comm.rank]), int(edges[comm.rank + 1])
     count = min(int(candidates), len(image_embeds))
-    images_unit = unit_rows(np.asarray(image_embeds[lo:hi], np.float32)).reshape(hi - lo, -1)
     image_prototypes = np.asarray(image_prototypes, np.float32)
-    text_prototypes = np.asarray(text_prototypes, np.float32)
+    protos_unit = unit_rows(image_prototypes).reshape(len(image_prototypes), -1)
+    texts_unit = unit_rows(np.asarray(text_prototypes, np.float32)).reshape(len(image_prototypes), -1)
     m = len(image_prototypes)
-    # Each process's best `count` by nearness, with the teacher's score of each; -inf pads a short range.
-    local = np.full((3, m, count), -np.inf)
-    local[1] = np.iinfo(np.int64).max
-    take = min(count, hi - lo)
-    for start in range(0, m, chunk):
-        near = unit_rows(image_prototypes[start : start + chunk]) @ images_unit.T
-        nearest_rows = np.argsort(-near, axis=1, kind="stable")[:, :take]
-        teacher = np.einsum("kd,kcd->kc", unit_rows(text_prototypes[start : start + chunk]), images_unit[nearest_rows])
-        block = slice(start, start + len(near))
-        local[0, block, :take] = np.take_along_axis(near, nearest_rows, axis=1)
-        local[1, block, :take] = lo + nearest_rows
-        local[2, block, :take] = teacher
-    merged = np.stack(comm.all_gather_same(local))  # (W, 3, m, count)
-    near, index, teacher = (np.concatenate(list(merged[:, i]), axis=1) for i in range(3))
-    best = np.empty(m, dtype=np.int64)
-    for q in range(m):
-        order = np.lexsort((index[q], -near[q]))[:count]
-        best[q] = int(index[q][order][np.argmax(teacher[q][order])])
-    return best
+    # This process's best `count` images per prototype by nearness (then the lower row), with the teacher's score
+    # of each; -inf pads a range shorter than `count`. Rows: nearness, global row (exact in float64), teacher.
+    best = np.full((3, m, count), -np.inf)
+    best[1] = np.iinfo(np.int64).max
+    for start in range(lo, hi, chunk):
+        block = unit_rows(image_embeds[start : min(start + chunk, hi)]).reshape(-1, protos_unit.shape[1])
+        near = protos_unit @ block.T
+        take = min(count, len(block))
+        rows = np.argsort(-near, axis=1, kind="stable")[:, :take]
+        teacher = np.einsum("kd,kcd->kc", texts_unit, block[rows])
+        found = np.stack([np.take_along_axis(near, rows, axis=1), start + rows, teacher]).astype(np.float64)
+        best = _keep_nearest(np.concatenate([best, found], axis=2), count)
+    # Ranges ascend with the rank: the processes' lists side by side stay in row order among equal nearness.
+    merged = _keep_nearest(np.concatenate(comm.all_gather_same(best), axis=2), count)
+    return merged[1, np.arange(m), np.argmax(merged[2], axis=1)].astype(np.int64)
+
+
+def _keep_nearest(candidates: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` nearest of ``(3, M, C)`` candidates per prototype, nearest first; equal nearness keeps the
+    candidates' order (which is by row)."""
+    order = np.argsort(-candidates[0], axis=1, kind="stable")[:, :count]
+    return np.stack([np.take_along_axis(part, order, axis=1) for part in candidates])
 
 
 # ----------------------------------------------------------------------------------------------------------
