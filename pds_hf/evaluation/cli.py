@@ -62,32 +62,12 @@ def demo_splits() -> dict:
     }
 
 
-def _distill(
-    train,
-    *,
-    encoder,
-    num_pairs: int,
-    method: str,
-    synthesis: str,
-    seed: int,
-    image_column: str,
-    caption_column: str,
-    device,
-    demo: bool,
-):
+def _distill(train, encoder, num_pairs: int, *, demo: bool, **settings):
+    """``pds_hf.distill`` of ``train`` with ``encoder``; ``settings``: its other keyword arguments."""
     import pds_hf
 
     return pds_hf.distill(
-        train,
-        num_pairs=num_pairs,
-        method=method,
-        clip_model=encoder,
-        synthesis=synthesis,
-        seed=seed,
-        image_column=image_column,
-        caption_column=caption_column,
-        device=device,
-        **({"image_size": DEMO_SIDE} if demo else {}),
+        train, num_pairs=num_pairs, clip_model=encoder, **settings, **({"image_size": DEMO_SIDE} if demo else {})
     )
 
 
@@ -246,18 +226,8 @@ def evaluate_command(args) -> int:
     demo_sets = demo_splits() if args.demo and (args.distilled is None or args.test is None) else None
     test = demo_sets["test"] if args.test is None else load_split(args.test, args.test_split)
     if args.distilled is None:
-        distilled = _distill(
-            demo_sets["train"],
-            encoder=encoder,
-            num_pairs=DEMO_PAIRS,
-            method="pds",
-            synthesis="retrieve",
-            seed=42,
-            image_column="image",
-            caption_column="caption",
-            device=args.device,
-            demo=True,
-        )
+        settings = dict(method="pds", synthesis="retrieve", seed=42, device=args.device)  # the columns: the defaults
+        distilled = _distill(demo_sets["train"], encoder, DEMO_PAIRS, demo=True, **settings)
     else:
         distilled = load_split(args.distilled, args.split)
     report = evaluate(
@@ -292,22 +262,18 @@ def compare_command(args) -> int:
     synthesis = args.synthesis or ("retrieve" if args.demo else "unclip")
 
     sizes = args.num_pairs or (DEMO_SIZES if args.train is None else DEFAULT_SIZES)
+    settings = dict(
+        synthesis=synthesis,
+        seed=args.distill_seed,
+        image_column=args.train_image_column,
+        caption_column=args.train_caption_column,
+        device=args.device,
+    )
     results = []
     for method in args.methods:
         for num_pairs in sizes:
             logger.info("Distilling %d pairs with %s", num_pairs, method)
-            distilled = _distill(
-                train,
-                encoder=encoder,
-                num_pairs=num_pairs,
-                method=method,
-                synthesis=synthesis,
-                seed=args.distill_seed,
-                image_column=args.train_image_column,
-                caption_column=args.train_caption_column,
-                device=args.device,
-                demo=args.demo,
-            )
+            distilled = _distill(train, encoder, num_pairs, demo=args.demo, method=method, **settings)
             report = evaluate(
                 distilled, test, encoder=encoder, student=student, validation=validation, **_evaluate_kwargs(args)
             )
