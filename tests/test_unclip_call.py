@@ -81,19 +81,15 @@ def test_no_negative_prompt_means_the_empty_one(tiny_pipe, protos):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_distill_sends_the_prototypes_and_captions_it_returns(shapes_ds, tiny_encoder, tiny_pipe):
+def test_distill_sends_the_prototypes_and_captions_it_returns(shapes_ds, tiny_pipe, tiny_run):
     spy = SpyPipe(tiny_pipe)
     config = DistillConfig(
+        **dict(tiny_run, unclip_model=spy),
         num_pairs=6,
-        clip_model=tiny_encoder,
-        unclip_model=spy,
-        num_inference_steps=2,
         guidance_scale=2.5,
         noise_level=30,
         negative_prompt="text, watermark, blurry",
         seed=7,
-        image_size=32,
-        device="cpu",
         synthesis="unclip",
         synthesis_batch_size=4,
         use_cache=False,
