@@ -431,6 +431,64 @@ def _splits_preprocessing(encoder) -> bool:
     return hasattr(encoder, "preprocess_images") and hasattr(encoder, "encode_pixels")
 
 
+def encode_batch(batch: dict, load_encoder, *, columns: tuple, output_columns: tuple) -> dict:
+    """Embed one batch of rows: what ``DistillProcessor.encode`` (a batched ``map`` function) returns.
+
+    Args:
+        batch: the rows, as ``map(..., batched=True)`` passes them.
+        load_encoder: returns the encoder; called once the batch's columns are checked.
+        columns: the ``(image, caption)`` column names.
+        output_columns: the ``(image embedding, text embedding)`` column names to return.
+
+    Returns:
+        One image vector per row, and one text vector per caption (a list of vectors per row when the row holds a
+        list of captions); each distinct caption of the batch is encoded once.
+    """
+    from .inputs import caption_lists
+
+    image_column, caption_column = columns
+    for name, option in ((image_column, "image_column"), (caption_column, "caption_column")):
+        if name not in batch:
+            raise KeyError(
+                f"The dataset has no column {name!r} (its columns: {sorted(batch)}); pass "
+                f"{option}=... to the processor."
+            )
+    images = []
+    for position, image in enumerate(batch[image_column]):
+        if image is None or not hasattr(image, "convert"):
+            raise ValueError(
+                f"Column {image_column!r}: item {position} of this batch is "
+                f"{type(image).__name__}, not a decoded image. Drop rows without images first "
+                f"(ds.filter(lambda x: x is not None, input_columns={image_column!r}))."
+            )
+        images.append(image.convert("RGB"))
+    captions = batch[caption_column]
+    nested = bool(captions) and isinstance(captions[0], (list, tuple))
+    rows = caption_lists(captions, "image" if nested else "pair", caption_column, lambda i: f"item {i} of this batch")
+    flat = [c for row in rows for c in row]
+    encoder = load_encoder()
+    image_embeds = (
+        check_embeddings(encoder.encode_images(images), what="image", expected_rows=len(images))
+        if images
+        else np.zeros((0, 0), np.float32)
+    )
+    distinct = list(dict.fromkeys(flat))
+    position = {text: i for i, text in enumerate(distinct)}
+    text_embeds = (
+        check_embeddings(encoder.encode_texts(distinct), what="text", expected_rows=len(distinct))
+        if distinct
+        else np.zeros((0, 0), np.float32)
+    )
+    per_caption = text_embeds[[position[c] for c in flat]] if flat else text_embeds
+    if nested:
+        bounds = np.cumsum([0] + [len(row) for row in captions])
+        text_column = [per_caption[bounds[i] : bounds[i + 1]] for i in range(len(captions))]
+    else:
+        text_column = per_caption
+    image_out, text_out = output_columns
+    return {image_out: image_embeds, text_out: text_column}
+
+
 def encode_text_batches(
     encoder, texts: list[str], batch_size: int, bar=None, rows=None, rows_of: str = "dataset"
 ) -> np.ndarray:

@@ -25,8 +25,7 @@ import numpy as np
 from .cache import STAGE_VERSIONS, StageTimer, default_cache_dir
 from .config import DistillConfig
 from .distributed import current_ranks
-from .encode import encoder_name, load_encoder
-from .inputs import caption_lists
+from .encode import encode_batch, encoder_name, load_encoder
 from .members import remember, write_members
 from .output import distilled_dataset, output_fingerprint, run_record
 from .pretrained import RecipeMixin
@@ -228,49 +227,12 @@ class DistillProcessor(RecipeMixin):
             ```
         """
         config = self.config
-        for name, option in ((config.image_column, "image_column"), (config.caption_column, "caption_column")):
-            if name not in batch:
-                raise KeyError(
-                    f"The dataset has no column {name!r} (its columns: {sorted(batch)}); pass "
-                    f"{option}=... to the processor."
-                )
-        images = []
-        for position, image in enumerate(batch[config.image_column]):
-            if image is None or not hasattr(image, "convert"):
-                raise ValueError(
-                    f"Column {config.image_column!r}: item {position} of this batch is "
-                    f"{type(image).__name__}, not a decoded image. Drop rows without images first "
-                    f"(ds.filter(lambda x: x is not None, input_columns={config.image_column!r}))."
-                )
-            images.append(image.convert("RGB"))
-        captions = batch[config.caption_column]
-        nested = bool(captions) and isinstance(captions[0], (list, tuple))
-        rows = caption_lists(
-            captions, "image" if nested else "pair", config.caption_column, lambda i: f"item {i} of this batch"
+        return encode_batch(
+            batch,
+            lambda: self.load_encoder(rank),
+            columns=(config.image_column, config.caption_column),
+            output_columns=(config.image_embedding_column, config.text_embedding_column),
         )
-        flat = [c for row in rows for c in row]
-        encoder = self.load_encoder(rank)
-        from .encode import check_embeddings
-
-        image_embeds = (
-            check_embeddings(encoder.encode_images(images), what="image", expected_rows=len(images))
-            if images
-            else np.zeros((0, 0), np.float32)
-        )
-        distinct = list(dict.fromkeys(flat))
-        position = {text: i for i, text in enumerate(distinct)}
-        text_embeds = (
-            check_embeddings(encoder.encode_texts(distinct), what="text", expected_rows=len(distinct))
-            if distinct
-            else np.zeros((0, 0), np.float32)
-        )
-        per_caption = text_embeds[[position[c] for c in flat]] if flat else text_embeds
-        if nested:
-            bounds = np.cumsum([0] + [len(row) for row in captions])
-            text_column = [per_caption[bounds[i] : bounds[i + 1]] for i in range(len(captions))]
-        else:
-            text_column = per_caption
-        return {config.image_embedding_column: image_embeds, config.text_embedding_column: text_column}
 
     def embed(self, ds, **map_kwargs):
         """``ds.map(self.encode, batched=True)`` whose embedding columns record the encoder.
