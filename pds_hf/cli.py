@@ -1,4 +1,4 @@
-"""The ``pds-hf`` command: ``pds-hf distill ...``, ``pds-hf evaluate ...``, ``pds-hf compare ...``.
+"""The ``pds-hf`` command: ``pds-hf distill ...``, ``pds-hf explore ...``, ``pds-hf evaluate ...``, ``pds-hf compare``.
 
 Also runs as ``python -m pds_hf`` and ``python -m pds_hf.cli`` (so under ``accelerate launch -m pds_hf.cli``).
 
@@ -9,6 +9,7 @@ Example:
     ```bash
     pds-hf distill --demo --output demo-pds              # tiny models on made-in-code shapes, no network
     pds-hf distill nlphuji/flickr30k --split test --num-pairs 100 --output flickr30k-pds-100
+    pds-hf explore demo-pds                              # browse the pairs and the real pairs behind each
     python -m pds_hf --version
     ```
 """
@@ -116,6 +117,16 @@ def _check_models(config, ds) -> None:
             check_model_source(option, model, revision, index_file=index_file, probe=False)
 
 
+def _add_switch(parser, flag: str, what: str) -> None:
+    """A flag that is off unless given."""
+    parser.add_argument(flag, action="store_true", help=what)
+
+
+def _add_choice(parser, flag: str, choices: list[str], what: str) -> None:
+    """A flag taking one of ``choices``, the first being the default, which the help names."""
+    parser.add_argument(flag, choices=choices, default=choices[0], help=f"{what} (default: {choices[0]}).")
+
+
 def _add_distill(subparsers):
     p = subparsers.add_parser(
         "distill",
@@ -123,46 +134,41 @@ def _add_distill(subparsers):
         description="Distill an image-text dataset with PDS and write it as a Hub dataset folder, or publish it.",
     )
     p.add_argument("dataset", nargs="?", help="Hub dataset id, local data folder or save_to_disk folder.")
-    p.add_argument(
-        "--demo",
-        action="store_true",
-        help="Use the built-in shapes dataset and tiny random models (no network, no GPU).",
-    )
+    _add_switch(p, "--demo", "Use the built-in shapes dataset and tiny random models (no network, no GPU).")
     p.add_argument("--split", help="Split to distill (needed when the dataset has several).")
     p.add_argument("--config-name", help="Dataset configuration name.")
-    p.add_argument(
+    _add_switch(
+        p,
         "--streaming",
-        action="store_true",
-        help="Stream the dataset (load_dataset(..., streaming=True)): nothing is downloaded ahead; one pass "
+        "Stream the dataset (load_dataset(..., streaming=True)): nothing is downloaded ahead; one pass "
         "encodes, a second reads back only the images retrieve or a baseline picks.",
     )
     p.add_argument("--output", "-o", help="Folder to write (parquet + README.md + preview.png).")
     p.add_argument(
         "--push-to-hub", metavar="REPO_ID", help="Publish as a Hub dataset: data, card and preview in one commit."
     )
-    p.add_argument("--private", action="store_true", help="Create the Hub repository private.")
+    _add_switch(p, "--private", "Create the Hub repository private.")
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or `hf auth login`).")
     p.add_argument("--license", help="License id for the card (default: the one the source dataset's card declares).")
-    p.add_argument(
+    _add_switch(
+        p,
         "--overwrite",
-        action="store_true",
-        help="Replace --output if an earlier pds-hf run wrote it (a folder holding other files is never "
+        "Replace --output if an earlier pds-hf run wrote it (a folder holding other files is never "
         "replaced; an empty one is used without --overwrite).",
     )
     p.add_argument("--num-pairs", type=int, help="Distilled pairs M (default 100; 16 with --demo).")
-    p.add_argument(
+    _add_choice(
+        p,
         "--method",
-        choices=["pds", "random", "herding", "kcenter"],
-        default="pds",
-        help="pds (prototypes, the paper) or a baseline that keeps real pairs (default: pds).",
+        ["pds", "random", "herding", "kcenter"],
+        "pds (prototypes, the paper) or a baseline that keeps real pairs",
     )
-    p.add_argument(
+    _add_choice(
+        p,
         "--synthesis",
-        choices=["unclip", "retrieve", "retrieve-scored", "none"],
-        default="unclip",
-        help="Images of the pds pairs: decoded by unCLIP, the nearest real image, of the 8 nearest "
-        "the one the encoder matches best with the text prototype (retrieve-scored), or none "
-        "(default: unclip).",
+        ["unclip", "retrieve", "retrieve-scored", "none"],
+        "Images of the pds pairs: decoded by unCLIP, the nearest real image, of the 8 nearest the one the encoder "
+        "matches best with the text prototype (retrieve-scored), or none",
     )
     p.add_argument("--clip-model", help="Encoder id or folder (default openai/clip-vit-large-patch14).")
     p.add_argument("--clip-revision", help="Revision (branch, tag or commit) of --clip-model.")
@@ -183,11 +189,8 @@ def _add_distill(subparsers):
         help="Fraction of pairs with the lowest image-caption similarity removed first (default: 0.2).",
     )
     p.add_argument("--seed", type=int, default=42, help="Seed of k-means, the baselines and synthesis (default: 42).")
-    p.add_argument(
-        "--empty",
-        choices=["centroid", "drop"],
-        default="centroid",
-        help="Matched clusters that share no pair: use the k-means centres, or drop them (default: centroid).",
+    _add_choice(
+        p, "--empty", ["centroid", "drop"], "Matched clusters that share no pair: use the k-means centres, or drop them"
     )
     p.add_argument(
         "--normalize",
@@ -204,11 +207,8 @@ def _add_distill(subparsers):
     p.add_argument("--image-size", type=int, help="Output side in pixels (default 224; 64 with --demo).")
     p.add_argument("--batch-size", type=int, default=64, help="Encoder batch size (default: 64).")
     p.add_argument("--device", help="cuda, cpu, ... (default: cuda when available).")
-    p.add_argument(
-        "--on-bad-image",
-        choices=["skip", "error"],
-        default="skip",
-        help="Images that cannot be decoded: skip them with a warning, or stop (default: skip).",
+    _add_choice(
+        p, "--on-bad-image", ["skip", "error"], "Images that cannot be decoded: skip them with a warning, or stop"
     )
     p.add_argument(
         "--encode-workers",
@@ -360,6 +360,62 @@ def run_distill(args) -> int:
     return 0
 
 
+def _add_explore(subparsers):
+    p = subparsers.add_parser(
+        "explore",
+        help="Browse a distilled set and the real pairs behind each pair, on a local page.",
+        description="Serve a local page (Gradio, on 127.0.0.1 only) of a folder written by pds-hf distill --output "
+        "or a Hub id: the grid of pairs with caption and support; choose one to see its members (the real pairs "
+        "it stands for), closest first; filter the pairs by caption. Needs: pip install 'pds-hf[explore]'.",
+    )
+    p.add_argument("set", metavar="FOLDER_OR_REPO", help="The distilled set: its folder or its Hub dataset id.")
+    p.add_argument(
+        "--source",
+        help="The source dataset (Hub id, data folder or save_to_disk folder), for the members' images; the demo "
+        "shapes are remade in code. Without it, members are shown by caption only.",
+    )
+    p.add_argument("--split", help="Split of --source (default: the one the set was made from).")
+    p.add_argument("--config-name", help="Configuration of --source.")
+    p.add_argument("--port", type=int, help="Port on 127.0.0.1 (default: 7860, or the next free one).")
+    p.add_argument("--revision", help="Hub revision of the set.")
+    p.add_argument("--token", help="Hub token for a private set (default: HF_TOKEN or `hf auth login`).")
+    p.set_defaults(func=run_explore)
+    return p
+
+
+def run_explore(args) -> int:
+    """Handler of ``pds-hf explore``: load the set (and ``--source``), serve the page until Ctrl-C."""
+    from pds_hf.progress import library_output
+
+    try:
+        import gradio  # noqa: F401
+
+        from pds_hf.explore import explore
+    except ImportError as err:
+        raise UsageError("pds-hf explore needs Gradio: pip install 'pds-hf[explore]'.") from err
+    path = Path(args.set).expanduser()
+    source = None
+    if args.source:
+        split = args.split
+        if split is None and path.is_dir():
+            from pds_hf.publish import metadata_from_card
+
+            try:
+                split = metadata_from_card(path).get("source", {}).get("split")
+            except (OSError, ValueError):
+                split = None
+        with library_output():
+            source = load_source(args.source, split=split, config_name=args.config_name)
+    with library_output():
+        page = explore(args.set, source=source, port=args.port, block=False, revision=args.revision, token=args.token)
+    print(f"Serving {args.set} on {page.local_url}  (Ctrl-C to stop)", flush=True)
+    try:
+        page.block_thread()
+    finally:
+        page.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``pds-hf`` argument parser: ``distill``, and ``evaluate`` / ``compare`` from :mod:`pds_hf.evaluation`."""
     from pds_hf import __version__
@@ -380,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_distill(subparsers)
+    _add_explore(subparsers)
     from pds_hf.evaluation.cli import add_parsers
 
     add_parsers(subparsers)
