@@ -262,7 +262,7 @@ def build_page(explorer: Explorer):
             value=items,
             label=f"Distilled pairs ({len(items)} shown)",
             columns=8,
-            height=360,
+            height=min(480, 60 + 160 * -(-len(items) // 8)),  # as many grid rows as the pairs fill, then a scroll
             object_fit="contain",
             allow_preview=False,
             elem_id="pds-pairs",
