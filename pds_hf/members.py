@@ -150,13 +150,16 @@ def _unit_rows(block) -> np.ndarray:
     return block / np.maximum(norms, np.finfo(np.float32).tiny)
 
 
-def _caption_positions(pair_rows: np.ndarray) -> np.ndarray | None:
-    """Each pair's position among its row's pairs, when a row's pairs are contiguous and in caption order (as
-    :func:`~pds_hf.inputs.read_pairs` and the stream's merge number them: by row, each row's captions in
-    order); None otherwise."""
-    if len(pair_rows) and np.any(np.diff(pair_rows) < 0):
-        return None
-    return np.arange(len(pair_rows), dtype=np.int64) - np.searchsorted(pair_rows, pair_rows, side="left")
+def _caption_positions(pair_rows: np.ndarray, start: int, stop: int, pairs: np.ndarray) -> np.ndarray:
+    """The position of each of ``pairs`` (within ``start:stop``) among its row's pairs: a row's pairs are contiguous
+    and in caption order, as :func:`~pds_hf.inputs.read_pairs` and the stream's merge number them (checked on
+    ``start:stop``; no N-sized array is made)."""
+    if np.any(np.diff(pair_rows[max(start - 1, 0) : stop]) < 0):
+        raise ValueError(
+            f"The pair table is not in row order (its pair_rows decrease between pairs {start} and {stop}), so the "
+            "members' caption_index cannot be told; pass the table read_pairs or the stream made, unchanged."
+        )
+    return pairs - np.searchsorted(pair_rows, pair_rows[pairs], side="left")
 
 
 def _member_pairs(selection, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
@@ -186,12 +189,6 @@ def _blocks(selection, image_embeds, text_embeds, carried: dict, source_ds, bloc
     import pyarrow as pa
 
     table = selection.table
-    positions = _caption_positions(table.pair_rows)
-    if positions is None:
-        raise ValueError(
-            "The pair table is not in row order (its pair_rows decrease somewhere), so the members' caption_index "
-            "cannot be told; pass the table read_pairs or the stream made, unchanged."
-        )
     image_protos = _unit_rows(selection.image_embeds)
     text_protos = _unit_rows(selection.text_embeds)
     carried_source = source_ds.select_columns(list(carried)).with_format("arrow") if carried else None
@@ -206,10 +203,11 @@ def _blocks(selection, image_embeds, text_embeds, carried: dict, source_ds, bloc
             np.asarray(text_embeds[table.pair_text[members]]).reshape(len(members), text_protos.shape[1])
         )
         rows = table.pair_rows[members]
+        positions = _caption_positions(table.pair_rows, start, stop, members)
         columns = {
             "pair": pa.array(pair, pa.int64()),
             "source_row": pa.array(rows, pa.int64()),
-            "caption_index": pa.array(positions[members], pa.int64()),
+            "caption_index": pa.array(positions, pa.int64()),
             "caption": pa.array([table.texts[i] for i in table.pair_text[members]], pa.string()),
             "image_similarity": pa.array(np.einsum("nd,nd->n", images, image_protos[pair]), pa.float32()),
             "text_similarity": pa.array(np.einsum("nd,nd->n", texts, text_protos[pair]), pa.float32()),
@@ -221,7 +219,7 @@ def _blocks(selection, image_embeds, text_embeds, carried: dict, source_ds, bloc
                 if how == "at_caption":
                     column = [
                         None if items is None or k >= len(items) else items[k]
-                        for items, k in zip(column, positions[members].tolist(), strict=True)
+                        for items, k in zip(column, positions.tolist(), strict=True)
                     ]
                 columns[name] = column
         yield columns
