@@ -57,6 +57,18 @@ def test_a_source_that_is_not_the_one_the_members_index_shows_no_images(publishe
     assert load_explorer(folder, source=ds).source is ds
 
 
+def test_a_set_published_without_members_shows_its_pairs_only(published, tmp_path):
+    _, _, small = published
+    folder = pds_hf.save_to_folder(small, tmp_path / "no-members", members=False)
+    explorer = load_explorer(folder)
+    assert explorer.members is None and explorer.source is None
+    assert [explorer.pair_members(pair) for pair in range(len(small))] == [[]] * len(small)
+    pytest.importorskip("gradio")
+    from pds_hf.explore import build_page
+
+    assert build_page(explorer) is not None
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
