@@ -33,7 +33,7 @@ CACHE_FORMAT = 1
 # (a new k-means seeding, another filter), so that results saved by an older pds-hf are not read back as if
 # they were this version's: that stage and every stage after it are recomputed.
 STAGE_VERSIONS = {
-    "encode": 1,
+    "encode": 2,  # 2: shard_size recorded in the stage, not in its key
     "embeddings": 1,
     # 2: greedy k-means++ seeding; 3: clusters on L2-normalised embeddings by default; 4: per-pair labels saved
     "select": 4,

@@ -14,6 +14,7 @@ MACHINE_FIELDS = (
     "device",
     "encode_batch_size",
     "encode_workers",
+    "shard_size",
     "synthesis_batch_size",
     "use_cache",
     "cache_dir",
@@ -85,7 +86,8 @@ class DistillConfig:
         cache_dir: where; None means ``$PDS_HF_CACHE``, else ``$HF_HOME/pds_hf``.
         shard_size: images (or captions) per encoding shard: the unit of resuming and of splitting
             work between processes (a stream's unit is its input shard, whose embeddings are saved in chunks
-            of this many rows).
+            of this many rows). A machine setting: it does not change the embeddings, and an encode stage keeps
+            the size its first run cut it in.
         embedding_dtype: how the embeddings are stored for steps 2-6 (memory maps in the cache, see
             :mod:`pds_hf.store`): ``"float32"``, or ``"float16"`` for half the disk (the prototypes move about
             as much as with another k-means seed; measured in benchmarks/perf/RESULTS.md).

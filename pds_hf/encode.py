@@ -518,6 +518,26 @@ def _first_rows(table) -> np.ndarray:
     return rows
 
 
+def recorded_shard_size(stage, shard_size: int, ranks) -> int:
+    """The shard size of ``stage``'s shards: the one its first run recorded, else ``shard_size`` (then recorded).
+
+    The shards are how the work is cut, not what it computes, so the size is not in the stage's key: a rerun with
+    another ``shard_size`` finds the first run's shards and keeps cutting the work as they are cut.
+    """
+    if not stage.done("shards") and ranks.is_main:
+        stage.save_json("shards", {"shard_size": int(shard_size)})
+    ranks.barrier()
+    recorded = int(stage.load_json("shards")["shard_size"])
+    if recorded != shard_size:
+        logger.info(
+            "The encode stage %s is cut in shards of %d (shard_size=%d is kept for new stages).",
+            stage,
+            recorded,
+            shard_size,
+        )
+    return recorded
+
+
 def encode_table(
     encoder,
     ds,
@@ -584,6 +604,7 @@ def encode_table(
     stage = MemoryStage() if stage is None else stage
     ranks = Ranks() if ranks is None else ranks
     rows = table.image_rows
+    shard_size = recorded_shard_size(stage, shard_size, ranks)
     image_shards, text_shards = _shards(len(rows), shard_size), _shards(len(table.texts), shard_size)
     todo_images = [s for s in range(len(image_shards)) if ranks.owns(s) and not stage.done(f"images-{s:06d}")]
     todo_texts = [s for s in range(len(text_shards)) if ranks.owns(s) and not stage.done(f"texts-{s:06d}")]

@@ -113,16 +113,11 @@ def encode_key(config, encoder_fingerprint, source_identity) -> str | None:
     """The key of a map-style dataset's encode stage.
 
     ``embedding_dtype`` is not in it: the shards are float32 whatever it is, and the stage holds one merged store
-    per dtype (see :mod:`pds_hf.store`), so a float16 rerun of an encoded source encodes nothing.
+    per dtype (see :mod:`pds_hf.store`), so a float16 rerun of an encoded source encodes nothing. Nor is
+    ``shard_size``: the stage records the size its shards were cut in (:func:`pds_hf.encode.recorded_shard_size`).
     """
     return stage_key(
-        "encode",
-        encoder_fingerprint,
-        source_identity,
-        config.image_column,
-        config.caption_column,
-        config.on_bad_image,
-        config.shard_size,
+        "encode", encoder_fingerprint, source_identity, config.image_column, config.caption_column, config.on_bad_image
     )
 
 

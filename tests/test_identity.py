@@ -208,6 +208,25 @@ def test_a_float16_rerun_encodes_nothing(shapes_ds, tiny_encoder, tmp_path, stre
     assert not np.array_equal(np.asarray(half["image_embedding"]), np.asarray(full["image_embedding"]))
 
 
+def test_another_shard_size_encodes_nothing_and_keeps_the_stages_shards(shapes_ds, tiny_encoder, tmp_path):
+    counting = Counting(tiny_encoder)
+
+    def run(shard_size):
+        settings = _settings(clip_model=counting, use_cache=True, cache_dir=str(tmp_path), shard_size=shard_size)
+        return DistillProcessor(**settings)(shapes_ds)
+
+    first = run(16)
+    encoded = counting.images, counting.texts
+    assert counting.images == len(shapes_ds)
+    second = run(7)
+    assert (counting.images, counting.texts) == encoded  # nothing encoded again
+    assert second["caption"] == first["caption"] and second._fingerprint == first._fingerprint
+    assert len(list(tmp_path.glob("encode-*"))) == 1
+    # The stage keeps the cut of its first run: shards of 16 images, ceil(N / 16) of them, none of 7.
+    shards = sorted(tmp_path.glob("encode-*/images-*.npz"))
+    assert len(shards) == -(-len(shapes_ds) // 16)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 5. The distilled set's fingerprint is derived from what made it
 # ---------------------------------------------------------------------------------------------------------------
