@@ -300,3 +300,50 @@ def kmeans(
     labels, distances = assign(km.index, x, rows, normalize=normalize, chunk=chunk)
     inertia = float(np.dot(distances, w) if w is not None else distances.sum())
     return KMeansResult(centroids=np.asarray(km.centroids, dtype=np.float32), labels=labels, inertia=inertia)
+
+
+def assign_torch(centroids, x, rows=None, *, normalize: bool, chunk: int = 65536, device=None):
+    """:func:`assign` with torch, on ``device`` (a GPU when there is one): each block of rows travels in its
+    stored dtype (float16 halves the bytes), is scaled to unit length there in float32 when ``normalize``, and
+    meets the centres in one matrix product: the nearest centre maximises ``2 x.c - |c|^2``.
+
+    The labels equal faiss' except where two centres are within float32 rounding of each other (the sums
+    run in another order).
+
+    Args:
+        centroids: ``(k, d)`` centres.
+        x, rows, normalize, chunk: as :func:`assign`.
+        device: a torch device; ``None``: CUDA when available, else the CPU.
+
+    Returns:
+        ``(labels, squared_distances)``: int64 and float64, one per point.
+
+    Example:
+        ```py
+        >>> labels, _ = assign_torch(np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([[0.1, 2.0]]), normalize=False)
+        >>> labels.tolist()
+        [0]
+        ```
+    """
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    centres = torch.as_tensor(np.asarray(centroids, dtype=np.float32), device=device)
+    centre_norms = (centres * centres).sum(dim=1)
+    n = len(x) if rows is None else len(rows)
+    labels = np.empty(n, dtype=np.int64)
+    distances = np.empty(n, dtype=np.float64)
+    tiny = float(np.finfo(np.float32).tiny)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        block = np.ascontiguousarray(x[start:stop] if rows is None else x[rows[start:stop]])
+        points = torch.from_numpy(block).to(device, non_blocking=True).float()
+        if normalize:
+            points = points / torch.linalg.vector_norm(points, dim=1, keepdim=True).clamp_min(tiny)
+        score = 2 * (points @ centres.T) - centre_norms
+        best, label = score.max(dim=1)
+        squared = ((points * points).sum(dim=1) - best).clamp_min(0)
+        labels[start:stop] = label.cpu().numpy()
+        distances[start:stop] = squared.double().cpu().numpy()
+    return labels, distances

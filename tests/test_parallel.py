@@ -99,8 +99,9 @@ def make_cases():
         np.tile(base_images, (2, 1)),
         np.tile(base_texts, (2, 1)),
     )
-    cases["doubled-scored"] = (dict(num_pairs=6, synthesis="retrieve-scored"), *doubled)
-    cases["doubled-retrieve"] = (dict(num_pairs=6, synthesis="retrieve"), *doubled)
+    # Read in blocks of 97 rows, so that the caption and image searches split across processes too.
+    cases["doubled-scored-blocks"] = (dict(num_pairs=6, synthesis="retrieve-scored"), *doubled)
+    cases["doubled-retrieve-blocks"] = (dict(num_pairs=6, synthesis="retrieve"), *doubled)
     cases["doubled-herding"] = (dict(num_pairs=8, method="herding"), *doubled)
     cases["doubled-kcenter"] = (dict(num_pairs=8, method="kcenter"), *doubled)
     for name, fields in (
@@ -230,7 +231,8 @@ FAST = (
     "image-float16-herding",
     "pair-float32-kcenter",
     "image-float32-random",
-    "doubled-scored",
+    "doubled-scored-blocks",
+    "doubled-retrieve-blocks",
     "doubled-herding",
     "doubled-kcenter",
 )
@@ -280,6 +282,25 @@ def test_the_cases_reach_every_path():
     assert similarity[cut - 1] == similarity[cut]  # the last removed and the first kept are tied
     assert int(reference("sparse-drop")["num_empty"]) > 0
     assert int(reference("sparse-centroid")["num_empty"]) > 0
+
+
+def test_sortable_keys_order_as_the_floats_do():
+    from pds_hf.parallel import sortable_keys
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(size=500), [0.0, -0.0, 1.0, -1.0, 1e-40, -1e-40, 3.4e38, -3.4e38]])
+    values = np.concatenate([values, values[:50]]).astype(np.float32)  # ties too
+    keys = sortable_keys(values)
+    np.testing.assert_array_equal(np.argsort(keys, kind="stable"), np.argsort(values, kind="stable"))
+    assert keys[values == 0.0].tolist() == [keys[values == 0.0][0]] * int((values == 0.0).sum())
+
+
+def test_aligned_bounds_split_on_whole_blocks():
+    from pds_hf.parallel import aligned_bounds
+
+    assert aligned_bounds(1000, 3, 100).tolist() == [0, 300, 600, 1000]
+    assert aligned_bounds(1000, 3, 97).tolist() == [0, 291, 582, 1000]
+    assert aligned_bounds(50, 3, 97).tolist() == [0, 0, 0, 50]  # a small table: one process searches it
 
 
 if __name__ == "__main__":

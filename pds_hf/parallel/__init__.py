@@ -5,6 +5,23 @@ and returns on each the one-process result; :class:`Comm` holds the collectives 
 """
 
 from .comm import Comm
-from .select import bounds, choose_on_slices, choose_one_process, kept_on_slices, pair_slice, sortable_keys
+from .select import (
+    aligned_bounds,
+    bounds,
+    choose_on_slices,
+    choose_one_process,
+    kept_on_slices,
+    pair_slice,
+    sortable_keys,
+)
 
-__all__ = ["Comm", "bounds", "choose_on_slices", "choose_one_process", "kept_on_slices", "pair_slice", "sortable_keys"]
+__all__ = [
+    "Comm",
+    "aligned_bounds",
+    "bounds",
+    "choose_on_slices",
+    "choose_one_process",
+    "kept_on_slices",
+    "pair_slice",
+    "sortable_keys",
+]

@@ -12,6 +12,7 @@ say how much one run sends.
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import numpy as np
@@ -30,6 +31,8 @@ class Comm:
     Attributes:
         bytes_sent: payload bytes this process has handed to collectives so far.
         calls: number of collectives made.
+        marks: ``(step, seconds since the Comm was made, bytes_sent)`` at the end of each step of
+            :func:`pds_hf.parallel.choose_on_slices` (for benchmarks).
 
     Example:
         ```py
@@ -44,6 +47,8 @@ class Comm:
         self.bytes_sent = 0
         self.calls = 0
         self.group = None
+        self.started = time.perf_counter()
+        self.marks: list[tuple[str, float, int]] = []
         if self.world > 1:
             import torch.distributed as dist
 
@@ -55,6 +60,10 @@ class Comm:
             if self.timeout not in GROUPS:
                 GROUPS[self.timeout] = dist.new_group(backend="gloo", timeout=timedelta(seconds=self.timeout))
             self.group = GROUPS[self.timeout]
+
+    def mark(self, step: str) -> None:
+        """Note that ``step`` ended now (time and bytes sent so far, in :attr:`marks`)."""
+        self.marks.append((step, time.perf_counter() - self.started, self.bytes_sent))
 
     def _count(self, *arrays, nbytes: int = 0) -> None:
         self.calls += 1
@@ -130,7 +139,10 @@ class Comm:
         return [part.numpy() for part in out]
 
     def gather(self, array, dst: int = 0) -> list[np.ndarray] | None:
-        """Each process's ``array`` (lengths may differ), in rank order, on process ``dst`` only (None elsewhere)."""
+        """Each process's ``array`` (lengths may differ), in rank order, on process ``dst`` only (None elsewhere).
+
+        The parts on ``dst`` are views of one receive buffer (``world x longest`` rows): no further copy.
+        """
         array = np.ascontiguousarray(array)
         if self.world == 1:
             return [array]
@@ -139,18 +151,22 @@ class Comm:
 
         lengths = self.max_lengths(len(array))
         longest = int(lengths.max())
-        padded = np.zeros((longest,) + array.shape[1:], dtype=array.dtype)
-        padded[: len(array)] = array
+        if len(array) < longest:
+            padded = np.zeros((longest,) + array.shape[1:], dtype=array.dtype)
+            padded[: len(array)] = array
+        else:
+            padded = array
         if self.rank != dst:
             self._count(padded)
         else:
             self.calls += 1
         tensor = torch.from_numpy(padded)
-        out = [torch.empty_like(tensor) for _ in range(self.world)] if self.rank == dst else None
+        received = np.empty((self.world,) + padded.shape, dtype=padded.dtype) if self.rank == dst else None
+        out = [torch.from_numpy(part) for part in received] if self.rank == dst else None
         dist.gather(tensor, gather_list=out, dst=dst, group=self.group)
         if self.rank != dst:
             return None
-        return [part.numpy()[: int(n)] for part, n in zip(out, lengths, strict=True)]
+        return [part[: int(n)] for part, n in zip(received, lengths, strict=True)]
 
     def exchange(self, parts: list) -> list[np.ndarray]:
         """All-to-all: ``parts[q]`` goes to process ``q``; returns what each process sent to this one, in rank

@@ -319,12 +319,15 @@ def _cluster_slices(comm: Comm, embeds, pair_index, kept, weights, k, *, what, c
         mine = mine - offset
     fit_x = comm.gather(fit_points(embeds, owned[mine], config.normalize, chunk))
     fit_w = comm.gather(owned_weight.astype(np.float32)[mine])
+    comm.mark(f"{what} sample")
     centroids = np.zeros((k, embeds.shape[1]), dtype=np.float32)
     if comm.rank == 0:
+        # One copy of the sample (the receive buffer is freed before the Lloyd iterations).
+        fit_x, fit_w = np.concatenate(fit_x), np.concatenate(fit_w)
         km = train_kmeans(
-            np.ascontiguousarray(np.concatenate(fit_x)),
+            fit_x,
             k,
-            weights=np.ascontiguousarray(np.concatenate(fit_w)),
+            weights=fit_w,
             seed=config.seed,
             iterations=config.kmeans_iterations,
             restarts=config.kmeans_restarts,
@@ -334,9 +337,11 @@ def _cluster_slices(comm: Comm, embeds, pair_index, kept, weights, k, *, what, c
         centroids = np.asarray(km.centroids, dtype=np.float32).reshape(k, -1)
     del fit_x, fit_w
     centroids = comm.broadcast(centroids, src=0)
+    comm.mark(f"{what} fit")
     row_labels, _ = assign(centre_index(centroids), embeds, rows_used, normalize=config.normalize, chunk=chunk)
     labels = np.full(len(pair_index), -1, dtype=np.int64)
     labels[kept] = row_labels[inverse]
+    comm.mark(f"{what} assign")
     # A cluster holds a used row exactly when it holds a kept pair.
     filled = comm.sum(np.bincount(labels[kept], minlength=k).astype(np.int64)) > 0
     if not filled.all():
@@ -373,6 +378,7 @@ def _pds(config, table, image_embeds, text_embeds, comm: Comm, labels: str, chun
 
     similarity = pair_similarity(image_embeds, text_embeds, pair_image, pair_text, chunk=chunk)
     kept = kept_on_slices(comm, similarity, config.rm_ratio, weights) & (weights > 0)
+    comm.mark("filter")
     num_kept = int(comm.sum(np.array([kept.sum()], dtype=np.int64))[0])
     if num_kept < k:
         raise ValueError(
@@ -381,7 +387,9 @@ def _pds(config, table, image_embeds, text_embeds, comm: Comm, labels: str, chun
         )
     side = dict(kept=kept, weights=weights, k=k, config=config, chunk=chunk)
     image_labels, image_centroids = _cluster_slices(comm, image_embeds, pair_image, what="image", **side)
+    comm.mark("k-means images")
     text_labels, text_centroids = _cluster_slices(comm, text_embeds, pair_text, what="caption", **side)
+    comm.mark("k-means texts")
 
     # Step 4: each process's sparse cells, summed and solved on process 0, the matching broadcast.
     cells, where = np.unique(image_labels[kept] * k + text_labels[kept], return_inverse=True)
@@ -398,6 +406,7 @@ def _pds(config, table, image_embeds, text_embeds, comm: Comm, labels: str, chun
         matching[:] = align_clusters(csr_array((totals, (cells // k, cells % k)), shape=(k, k)))
     del all_cells, all_weights
     image_cluster, text_cluster = comm.broadcast(matching, src=0)
+    comm.mark("align")
 
     # Step 5: float64 sums and counts per match, added across processes.
     group = matched_groups(kept, image_labels, text_labels, image_cluster, text_cluster, k)
@@ -424,12 +433,14 @@ def _pds(config, table, image_embeds, text_embeds, comm: Comm, labels: str, chun
         cluster_means=lambda: (means(image_labels)[0][0], means(text_labels)[0][1]),
     )
 
+    comm.mark("prototypes")
     # Step 6: each process searches its range of the distinct rows; the best per prototype wins.
     caption_index = _nearest_on_slices(comm, text_protos, text_embeds, chunk)
     if config.synthesis == "retrieve-scored":
         image_index = _scored_on_slices(comm, image_embeds, image_protos, text_protos, chunk=max(1, chunk // 4))
     else:
         image_index = _nearest_on_slices(comm, image_protos, image_embeds, chunk)
+    comm.mark("nearest")
     if labels == "all":
         image_labels = np.concatenate(comm.all_gather(image_labels))
         text_labels = np.concatenate(comm.all_gather(text_labels))
@@ -448,8 +459,27 @@ def _pds(config, table, image_embeds, text_embeds, comm: Comm, labels: str, chun
     )
 
 
+def aligned_bounds(n: int, world: int, chunk: int) -> np.ndarray:
+    """:func:`bounds` moved down to multiples of ``chunk`` (the last edge stays ``n``), so that the processes'
+    blocks of ``chunk`` rows are the blocks one process reads.
+
+    The scores of one candidate can differ in the last bit with its place in a block (BLAS tiles the block), which
+    decides between identical rows (an image repeated for its five captions); with the one-process blocks, every
+    score and so every tie is the same.
+
+    Example:
+        ```py
+        >>> aligned_bounds(1000, 3, 100).tolist()
+        [0, 300, 600, 1000]
+        ```
+    """
+    edges = bounds(n, world) // chunk * chunk
+    edges[-1] = n
+    return edges
+
+
 def _nearest_on_slices(comm: Comm, queries, candidates, chunk: int) -> np.ndarray:
-    edges = bounds(len(candidates), comm.world)
+    edges = aligned_bounds(len(candidates), comm.world, chunk)
     lo, hi = int(edges[comm.rank]), int(edges[comm.rank + 1])
     index, score = nearest_scored(queries, candidates, start=lo, stop=hi, chunk=chunk)
     return comm.best(score, index, largest=True)[1]
@@ -600,6 +630,7 @@ def _baseline(config, table, image_embeds, text_embeds, comm: Comm, chunk: int) 
 
 
 __all__ = [
+    "aligned_bounds",
     "bounds",
     "choose_on_slices",
     "choose_one_process",
