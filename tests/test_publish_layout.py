@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,11 +81,9 @@ def test_the_card_template_is_found_in_a_checkout_and_in_an_installed_wheel(tmp_
 
 
 def test_save_to_folder_then_metadata_from_card_gives_the_run_record(tmp_path):
-    from datasets import Dataset
-    from PIL import Image
-
     from pds_hf.publish import metadata_from_card, save_to_folder
-    from pds_hf.schema import output_features, read_run_record, run_record_info
+    from pds_hf.schema import read_run_record
+    from pds_hf.testing import tiny_distilled_set
 
     record = {
         "config": {"num_pairs": 3, "seed": 7, "synthesis": "retrieve", "rm_ratio": 0.2},
@@ -96,23 +93,7 @@ def test_save_to_folder_then_metadata_from_card_gives_the_run_record(tmp_path):
         "versions": {"datasets": "5.2.0"},
         "note": 'quotes " and a | pipe, é',
     }
-    rng = np.random.default_rng(0)
-    features = output_features(4)
-    columns = {
-        "image": [Image.new("RGB", (8, 8), (40 * i, 0, 0)) for i in range(3)],
-        "caption": ["a red circle", "a blue square", "a green cross"],
-        "image_embedding": rng.standard_normal((3, 4)).astype(np.float32),
-        "text_embedding": rng.standard_normal((3, 4)).astype(np.float32),
-        "support": [5, 0, 2],
-        "image_cluster": [0, 1, 2],
-        "text_cluster": [2, 0, 1],
-        "source_row": [7, 8, 9],
-    }
-    ds = Dataset.from_dict(
-        {name: columns[name] for name in features},
-        features=features,
-        info=run_record_info(record, features),
-    )
+    ds = tiny_distilled_set(record=record)
     assert read_run_record(ds) == record
 
     save_to_folder(ds, tmp_path / "out", license="mit", preview_pairs=0)
