@@ -6,8 +6,8 @@ a device, a batch size, a worker count or a folder. Each stage also says what ev
 
 - **encode** (:func:`encode_key`, :func:`embeddings_key`, :func:`stream_key`): split across processes by the
   source (:mod:`pds_hf.sources`), which owns how its rows are read;
-- **select** (:func:`select`, steps 2-6 and the baselines, :func:`choose`): the main process computes and the
-  others wait, or with ``pds_hf.parallel`` every process works on its slice;
+- **select** (:func:`select`: steps 2-6 or a baseline, :func:`pds_hf.steps.choose`): on one process; over several,
+  every process works on its slice (:func:`pds_hf.parallel.choose_on_slices`);
 - **synthesize** (:func:`unclip_images`, step 7 with unCLIP): the prototypes are split across processes; real
   images come from the source (:meth:`pds_hf.sources.Source.images`).
 
@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .cache import StageTimer, dtype_key, log_found, open_stage, stage_key
-from .caption import nearest, retrieve_captions
 from .distributed import Ranks
-from .prototypes import prototypes_from_embeddings
-from .synthesize import load_unclip, retrieve_scored_images, synthesize_unclip
+from .steps import choose
+from .synthesize import load_unclip, synthesize_unclip
 
 
 @dataclass
@@ -179,78 +178,6 @@ def select_key(config, parent_key: str | None) -> str | None:
         *dtype_key(config.embedding_dtype),
         # the selection holds the chosen real images, whose rule only "retrieve-scored" changes
         *(["retrieve-scored"] if config.synthesis == "retrieve-scored" else []),
-    )
-
-
-def choose(config, table, image_embeds, text_embeds) -> dict:
-    """Steps 2-6 (or a baseline's choice of real pairs) as plain arrays, ready to cache.
-
-    Args:
-        config: the run's :class:`~pds_hf.DistillConfig`.
-        table: the :class:`~pds_hf.inputs.PairTable` the embeddings belong to.
-        image_embeds, text_embeds: one row per distinct image and caption of ``table``.
-
-    Returns:
-        A dict of arrays (prototypes, supports, clusters, the chosen captions and real images) and, for PDS,
-        ``labels``: each pair's image and text cluster.
-    """
-    if config.method == "pds":
-        protos = prototypes_from_embeddings(
-            image_embeds,
-            text_embeds,
-            config.num_pairs,
-            rm_ratio=config.rm_ratio,
-            seed=config.seed,
-            empty=config.empty,
-            image_index=table.pair_image,
-            text_index=table.pair_text,
-            kmeans_iterations=config.kmeans_iterations,
-            kmeans_restarts=config.kmeans_restarts,
-            kmeans_init=config.kmeans_init,
-            normalize=config.normalize,
-        )
-        _, caption_index = retrieve_captions(protos.text_embeds, text_embeds, table.texts)
-        # The real images are chosen here, where the embeddings are, so that step 7 needs none of them.
-        if config.synthesis == "retrieve-scored":
-            image_index = retrieve_scored_images(image_embeds, protos.image_embeds, protos.text_embeds)
-        else:
-            image_index = nearest(protos.image_embeds, image_embeds)
-        return dict(
-            image_embeds=protos.image_embeds,
-            text_embeds=protos.text_embeds,
-            image_index=np.asarray(image_index, dtype=np.int64),
-            support=np.asarray(protos.support, dtype=np.int64),
-            image_cluster=protos.image_cluster,
-            text_cluster=protos.text_cluster,
-            caption_index=caption_index,
-            pairs=np.zeros(0, np.int64),
-            kept=np.int64(protos.kept.sum()),
-            num_empty=np.int64(protos.num_empty),
-            labels=dict(image_labels=protos.image_labels, text_labels=protos.text_labels),
-        )
-    from .baselines import select_pairs
-
-    chosen = np.asarray(
-        select_pairs(
-            config.method,
-            image_embeds[table.pair_image],
-            text_embeds[table.pair_text],
-            config.num_pairs,
-            seed=config.seed,
-        ),
-        dtype=np.int64,
-    )
-    return dict(
-        image_embeds=image_embeds[table.pair_image[chosen]],
-        image_index=table.pair_image[chosen],
-        text_embeds=text_embeds[table.pair_text[chosen]],
-        support=np.ones(len(chosen), np.int64),
-        image_cluster=np.full(len(chosen), -1, np.int64),
-        text_cluster=np.full(len(chosen), -1, np.int64),
-        caption_index=table.pair_text[chosen],
-        pairs=chosen,
-        kept=np.int64(-1),
-        num_empty=np.int64(-1),
     )
 
 

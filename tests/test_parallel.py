@@ -2,7 +2,7 @@
 
 Each run starts ``W`` Python processes (this file, run as a script) that join one gloo group on 127.0.0.1 and
 a free port, run :func:`pds_hf.parallel.choose_on_slices` on every case below, and save what each returns.
-The parent compares every process's dict with :func:`pds_hf.stages.choose` run on one process: captions,
+The parent compares every process's dict with :func:`pds_hf.steps.choose` run on one process: captions,
 supports, clusters, image rows, the kept count and each pair's labels identical, prototypes within 1e-6.
 Every wait is bounded (60 s for the group, a timeout on the processes).
 """
@@ -193,11 +193,9 @@ def launch(world: int, out: Path, *, cases: str | None = None, timeout: float = 
 
 
 def reference(name):
-    """The one-process dict (stages.choose, what a single process runs today)."""
-    try:
-        from pds_hf.stages import choose
-    except ImportError:  # before the select stage moved to stages.py
-        from pds_hf.parallel import choose_one_process as choose
+    """The one-process dict (steps.choose, what a single process runs)."""
+    from pds_hf.steps import choose
+
     fields, table, image_embeds, text_embeds = make_cases()[name]
     try:
         return choose(_config(fields), table, image_embeds, text_embeds)

@@ -69,8 +69,8 @@ class Comm:
         self.calls += 1
         self.bytes_sent += nbytes + sum(int(np.asarray(a).nbytes) for a in arrays)
 
-    def sum(self, array) -> np.ndarray:
-        """Element-wise sum of ``array`` over the processes (float64 / int64 stay exact for whole numbers)."""
+    def _all_reduce(self, array, op: str) -> np.ndarray:
+        """``array`` reduced element-wise over the processes with ``torch.distributed.ReduceOp.<op>``."""
         array = np.ascontiguousarray(array)
         if self.world == 1:
             return array.copy()
@@ -79,21 +79,16 @@ class Comm:
 
         self._count(array)
         tensor = torch.from_numpy(array.copy())
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
+        dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op), group=self.group)
         return tensor.numpy()
+
+    def sum(self, array) -> np.ndarray:
+        """Element-wise sum of ``array`` over the processes (float64 / int64 stay exact for whole numbers)."""
+        return self._all_reduce(array, "SUM")
 
     def max(self, array) -> np.ndarray:
         """Element-wise maximum of ``array`` over the processes."""
-        array = np.ascontiguousarray(array)
-        if self.world == 1:
-            return array.copy()
-        import torch
-        import torch.distributed as dist
-
-        self._count(array)
-        tensor = torch.from_numpy(array.copy())
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self.group)
-        return tensor.numpy()
+        return self._all_reduce(array, "MAX")
 
     def broadcast(self, array, src: int = 0) -> np.ndarray:
         """``array`` as process ``src`` holds it; the others pass an array of the same shape and dtype."""

@@ -31,11 +31,12 @@ import numpy as np
 
 from ..align import align_clusters
 from ..baselines import BASELINES, check_count
-from ..caption import nearest, nearest_scored, retrieve_captions
+from ..caption import nearest_scored
 from ..cluster import DEFAULT_MAX_POINTS_PER_CENTROID, assign, centre_index, fit_points, fit_sample, train_kmeans
 from ..filter import as_table, nonfinite_rows, pair_similarity
 from ..filter import normalize as unit_rows
-from ..prototypes import distinct_rows, finish_prototypes, group_sums, matched_groups, prototypes_from_embeddings
+from ..prototypes import distinct_rows, finish_prototypes, group_sums, matched_groups
+from ..steps import baseline_dict, choose
 from .comm import Comm
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def choose_on_slices(
 
     Called by every process of the run with the same arguments (each has the embedding tables open, memory
     maps for large runs, and reads only the rows of its slice); returns on every process the dict
-    :func:`pds_hf.stages.choose` returns for the whole run (same keys and values: prototypes within float64
+    :func:`pds_hf.steps.choose` returns for the whole run (same keys and values: prototypes within float64
     rounding, the rest identical). With one process it is today's one-process path.
 
     Args:
@@ -87,7 +88,7 @@ def choose_on_slices(
         chunk: rows per block when reading the embeddings.
 
     Returns:
-        The dict of :func:`pds_hf.stages.choose`: ``image_embeds``, ``text_embeds``, ``image_index``,
+        The dict of :func:`pds_hf.steps.choose`: ``image_embeds``, ``text_embeds``, ``image_index``,
         ``support``, ``image_cluster``, ``text_cluster``, ``caption_index``, ``pairs``, ``kept``, ``num_empty``
         and, for PDS, ``labels``.
 
@@ -102,85 +103,12 @@ def choose_on_slices(
     if labels not in LABELS:
         raise ValueError(f"labels must be one of {LABELS}, got {labels!r}.")
     if ranks.world == 1:
-        return choose_one_process(config, table, image_embeds, text_embeds)
+        return choose(config, table, image_embeds, text_embeds)
     comm = Comm(ranks, timeout=getattr(ranks, "timeout", 600.0)) if comm is None else comm
     image_embeds, text_embeds = as_table(image_embeds), as_table(text_embeds)
     if config.method == "pds":
         return _pds(config, table, image_embeds, text_embeds, comm, labels, chunk)
     return _baseline(config, table, image_embeds, text_embeds, comm, chunk)
-
-
-def choose_one_process(config, table, image_embeds, text_embeds) -> dict:
-    """Today's one-process steps 2-6, as :func:`pds_hf.stages.choose` runs them (what one process does)."""
-    if config.method == "pds":
-        protos = prototypes_from_embeddings(
-            image_embeds,
-            text_embeds,
-            config.num_pairs,
-            rm_ratio=config.rm_ratio,
-            seed=config.seed,
-            empty=config.empty,
-            image_index=table.pair_image,
-            text_index=table.pair_text,
-            kmeans_iterations=config.kmeans_iterations,
-            kmeans_restarts=config.kmeans_restarts,
-            kmeans_init=config.kmeans_init,
-            normalize=config.normalize,
-        )
-        _, caption_index = retrieve_captions(protos.text_embeds, text_embeds, table.texts)
-        if config.synthesis == "retrieve-scored":
-            from ..synthesize import retrieve_scored_images
-
-            image_index = retrieve_scored_images(image_embeds, protos.image_embeds, protos.text_embeds)
-        else:
-            image_index = nearest(protos.image_embeds, image_embeds)
-        return dict(
-            image_embeds=protos.image_embeds,
-            text_embeds=protos.text_embeds,
-            image_index=np.asarray(image_index, dtype=np.int64),
-            support=np.asarray(protos.support, dtype=np.int64),
-            image_cluster=protos.image_cluster,
-            text_cluster=protos.text_cluster,
-            caption_index=caption_index,
-            pairs=np.zeros(0, np.int64),
-            kept=np.int64(protos.kept.sum()),
-            num_empty=np.int64(protos.num_empty),
-            labels=dict(image_labels=protos.image_labels, text_labels=protos.text_labels),
-        )
-    from ..baselines import select_pairs
-
-    chosen = np.asarray(
-        select_pairs(
-            config.method,
-            image_embeds[table.pair_image],
-            text_embeds[table.pair_text],
-            config.num_pairs,
-            seed=config.seed,
-        ),
-        dtype=np.int64,
-    )
-    return baseline_dict(table, image_embeds, text_embeds, chosen)
-
-
-def baseline_dict(table, image_embeds, text_embeds, chosen) -> dict:
-    """The select-stage dict of a baseline that chose the pairs ``chosen``."""
-    return dict(
-        image_embeds=image_embeds[table.pair_image[chosen]],
-        image_index=table.pair_image[chosen],
-        text_embeds=text_embeds[table.pair_text[chosen]],
-        support=np.ones(len(chosen), np.int64),
-        image_cluster=np.full(len(chosen), -1, np.int64),
-        text_cluster=np.full(len(chosen), -1, np.int64),
-        caption_index=table.pair_text[chosen],
-        pairs=chosen,
-        kept=np.int64(-1),
-        num_empty=np.int64(-1),
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Checks, each decided by all processes together (every process raises the same error)
-# ----------------------------------------------------------------------------------------------------------
 
 
 def _first_bad(comm: Comm, bad: np.ndarray) -> tuple[int, list]:
@@ -633,7 +561,6 @@ __all__ = [
     "aligned_bounds",
     "bounds",
     "choose_on_slices",
-    "choose_one_process",
     "herding_on_slices",
     "kcenter_on_slices",
     "kept_on_slices",
