@@ -22,20 +22,10 @@ Results are printed and appended to benchmarks/gpu/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks" / "perf"))
-sys.path.insert(0, str(ROOT))
-
-from machine import append_results, markdown_table  # noqa: E402
-
-RESULTS = HERE / "RESULTS.md"
+from gpu_results import RESULTS, append_results, markdown_table
 
 
 def rows_and_centres(n: int, d: int, k: int, seed: int = 0):

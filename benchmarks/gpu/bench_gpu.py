@@ -36,16 +36,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks" / "perf"))
-sys.path.insert(0, str(ROOT))
+from gpu_results import RESULTS, append_results, markdown_table
 
-from machine import append_results, markdown_table  # noqa: E402
-
-RESULTS = HERE / "RESULTS.md"
 CLIP_VOCAB = 49408
 
 
