@@ -157,6 +157,62 @@ def local_process_env(rank: int, world_size: int, port: int, **extra: str) -> di
     return {**os.environ, **ranks, **extra}
 
 
+def run_local_group(args: list[str], world: int, *, timeout: float, **extra: str) -> list[str]:
+    """Run the command line ``args`` as the ``world`` processes of a ``torch.distributed`` group on this machine,
+    each with :func:`local_process_env` (a free port) plus ``extra``, and wait for them all.
+
+    Args:
+        args: the command each process runs, e.g. ``[sys.executable, "job.py"]``.
+        world: how many processes (ranks 0 to ``world - 1``; with 1, ``WORLD_SIZE=1``: a single process).
+        timeout: seconds to wait for each process.
+        extra: more environment variables, the same in every process.
+
+    Returns:
+        What each process printed (stdout and stderr together), rank by rank.
+
+    Raises:
+        RuntimeError: a process exited with an error; the message names each such rank, its exit status and
+            the last 3,000 characters of its output.
+        subprocess.TimeoutExpired: a process was still running after ``timeout`` seconds (all are killed).
+
+    Example:
+        ```py
+        >>> import sys
+        >>> from pds_hf.testing import run_local_group
+        >>> outputs = run_local_group([sys.executable, "job.py"], 2, timeout=60, OMP_NUM_THREADS="1")
+        ```
+    """
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = [
+        subprocess.Popen(
+            args,
+            env=local_process_env(rank, world, port, **extra),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(world)
+    ]
+    outputs, failed = [], []
+    for rank, proc in enumerate(procs):
+        try:
+            outputs.append(proc.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:
+            for other in procs:
+                other.kill()
+            raise
+        if proc.returncode:
+            failed.append(f"rank {rank} exited {proc.returncode}:\n{outputs[-1][-3000:]}")
+    if failed:
+        raise RuntimeError("\n".join(failed))
+    return outputs
+
+
 @contextlib.contextmanager
 def _seeded(seed: int):
     import torch

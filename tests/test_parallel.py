@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import numpy as np
 import pytest
 
 from pds_hf.inputs import PairTable
+from pds_hf.testing import run_local_group
 
 HERE = Path(__file__).resolve()
 
@@ -151,45 +150,18 @@ def worker(out: Path) -> None:
     dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def launch(world: int, out: Path, *, cases: str | None = None, timeout: float = 240) -> None:
     """Start ``world`` worker processes as torchrun would (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and wait."""
-    port = free_port()
-    procs = []
-    for rank in range(world):
-        env = dict(
-            os.environ,
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE=str(world),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            OMP_NUM_THREADS="1",
-            PYTHONPATH=os.pathsep.join([str(HERE.parent.parent), os.environ.get("PYTHONPATH", "")]),
-        )
-        if cases:
-            env["PARALLEL_CASES"] = cases
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(HERE), str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-            )
-        )
-    failed = []
-    for rank, proc in enumerate(procs):
-        try:
-            output, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            for other in procs:
-                other.kill()
-            raise
-        if proc.returncode:
-            failed.append(f"rank {rank} exited {proc.returncode}:\n{output.decode()[-3000:]}")
-    assert not failed, "\n".join(failed)
+    pythonpath = os.pathsep.join([str(HERE.parent.parent), os.environ.get("PYTHONPATH", "")])
+    extra = {"PARALLEL_CASES": cases} if cases else {}
+    run_local_group(
+        [sys.executable, str(HERE), str(out)],
+        world,
+        timeout=timeout,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=pythonpath,
+        **extra,
+    )
 
 
 def reference(name):
@@ -299,6 +271,18 @@ def test_aligned_bounds_split_on_whole_blocks():
     assert aligned_bounds(1000, 3, 100).tolist() == [0, 300, 600, 1000]
     assert aligned_bounds(1000, 3, 97).tolist() == [0, 291, 582, 1000]
     assert aligned_bounds(50, 3, 97).tolist() == [0, 0, 0, 50]  # a small table: one process searches it
+
+
+def test_run_local_group_gives_each_rank_its_environment_and_names_a_failed_rank():
+    # Each process prints its RANK, WORLD_SIZE and X, then exits with the status its rank's argument gives.
+    script = (
+        "import os, sys; print(os.environ['RANK'], os.environ['WORLD_SIZE'], os.environ['X']); "
+        "sys.exit(int(sys.argv[1 + int(os.environ['RANK'])]))"
+    )
+    assert run_local_group([sys.executable, "-c", script, "0", "0"], 2, timeout=60, X="x") == ["0 2 x\n", "1 2 x\n"]
+    with pytest.raises(RuntimeError) as raised:
+        run_local_group([sys.executable, "-c", script, "0", "3"], 2, timeout=60, X="y")
+    assert str(raised.value) == "rank 1 exited 3:\n1 2 y\n"
 
 
 if __name__ == "__main__":

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from pds_hf.testing import run_local_group
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parent.parent
@@ -68,40 +68,10 @@ def worker(out: Path) -> None:
 
 
 def run(world: int, out: Path, timeout: float = 300) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    procs = []
-    for rank in range(world):
-        env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-        if world > 1:
-            env.update(
-                RANK=str(rank),
-                LOCAL_RANK=str(rank),
-                WORLD_SIZE=str(world),
-                LOCAL_WORLD_SIZE=str(world),
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=str(port),
-            )
-        else:
-            env.pop("WORLD_SIZE", None)
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(HERE), str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-            )
-        )
-    failed = []
-    for rank, proc in enumerate(procs):
-        try:
-            output, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            for other in procs:
-                other.kill()
-            raise
-        if proc.returncode:
-            failed.append(f"rank {rank} exited {proc.returncode}:\n{output.decode()[-3000:]}")
-    assert not failed, "\n".join(failed)
+    pythonpath = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    run_local_group(
+        [sys.executable, str(HERE), str(out)], world, timeout=timeout, OMP_NUM_THREADS="1", PYTHONPATH=pythonpath
+    )
 
 
 @pytest.mark.slow
