@@ -26,8 +26,6 @@ import argparse
 import json
 import os
 import resource
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +35,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(ROOT))  # this checkout's pds_hf, as the workers import it
 
 from machine import CACHE, AnonPeak, append_results, markdown_table, memory_status  # noqa: E402
 
@@ -123,24 +122,22 @@ def worker(args) -> None:
 
 
 def run(n: int, world: int, args) -> list[dict]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    procs = []
-    for rank in range(world):
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), CUDA_VISIBLE_DEVICES="")
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-        env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
-        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        cmd = [sys.executable, __file__, "--worker", "--n", str(n), "--dim", str(args.dim), "--k", str(args.k)]
-        cmd += ["--dtype", args.dtype, "--size", str(args.size), "--out", str(args.out), "--timeout", str(args.timeout)]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    from pds_hf.testing import run_local_group
+
+    cmd = [sys.executable, __file__, "--worker", "--n", str(n), "--dim", str(args.dim), "--k", str(args.k)]
+    cmd += ["--dtype", args.dtype, "--size", str(args.size), "--out", str(args.out), "--timeout", str(args.timeout)]
+    pythonpath = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    try:
+        outputs = run_local_group(
+            cmd, world, timeout=args.timeout + 600, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=pythonpath
+        )
+    except RuntimeError as err:
+        raise SystemExit(f"{world} processes failed: {err}") from err
     results = []
-    for rank, proc in enumerate(procs):
-        output, _ = proc.communicate(timeout=args.timeout + 600)
+    for rank, output in enumerate(outputs):
         lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            raise SystemExit(f"rank {rank} of {world} failed:\n{output[-3000:]}")
+        if not lines:
+            raise SystemExit(f"rank {rank} of {world} printed no result:\n{output[-3000:]}")
         results.append(json.loads(lines[0][len("RESULT ") :]))
     return results
 
