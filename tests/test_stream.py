@@ -5,8 +5,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
-import subprocess
 import sys
 import textwrap
 
@@ -19,6 +17,7 @@ import pds_hf
 from pds_hf import DistillConfig, DistillProcessor
 from pds_hf.sources import stream_fingerprint
 from pds_hf.stream import ShardReadError
+from pds_hf.testing import run_local_group
 
 
 class Counting:
@@ -475,32 +474,8 @@ print("RESULT", json.dumps({"rank": current_ranks().rank, "encoded": sum(encoded
 @pytest.mark.slow
 @pytest.mark.parametrize("num_shards, encoded", [(3, (40, 20)), (1, (30, 30))])
 def test_two_processes_split_the_shards_and_agree(num_shards, encoded, shapes_ds, config, map_style, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for rank in (0, 1):
-        env = dict(
-            os.environ,
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE="2",
-            LOCAL_WORLD_SIZE="2",
-            CUDA_VISIBLE_DEVICES="",
-            OMP_NUM_THREADS="1",
-        )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", textwrap.dedent(_TWO_PROCESS_SCRIPT), str(tmp_path), str(num_shards)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    script = [sys.executable, "-c", textwrap.dedent(_TWO_PROCESS_SCRIPT), str(tmp_path), str(num_shards)]
+    outputs = run_local_group(script, 2, timeout=300, OMP_NUM_THREADS="1")
     results, loaded = {}, {}
     for output in outputs:
         lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
