@@ -1,8 +1,6 @@
 """The encode feed: decode workers, decode failures found once, one loader, and the barrier timeout."""
 
 import os
-import socket
-import subprocess
 import sys
 import textwrap
 import threading
@@ -15,7 +13,7 @@ from pds_hf.cache import Stage
 from pds_hf.distributed import Ranks
 from pds_hf.encode import default_workers, encode_table
 from pds_hf.inputs import read_pairs
-from pds_hf.testing import local_process_env
+from pds_hf.testing import run_local_group
 
 
 @pytest.fixture(scope="module")
@@ -166,27 +164,9 @@ except TimeoutError as err:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _two_processes(mode: str) -> str:
-    port, outputs, procs = _free_port(), [], []
-    for rank in (0, 1):
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", textwrap.dedent(_BARRIER_SCRIPT), mode],
-                env=local_process_env(rank, 2, port),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    for proc in procs:
-        outputs.append(proc.communicate(timeout=120)[0])
-    return outputs[0]
+    """What rank 0 of two processes running the barrier script in ``mode`` printed."""
+    return run_local_group([sys.executable, "-c", textwrap.dedent(_BARRIER_SCRIPT), mode], 2, timeout=120)[0]
 
 
 @pytest.mark.slow
