@@ -85,6 +85,23 @@ def distinct_rows(embeds, rows, at_most: int, *, chunk: int = 65536) -> int:
     return len(seen)
 
 
+def check_filled(filled: np.ndarray, what: str, normalize: bool) -> None:
+    """Refuse a clustering where a centre got no point (``filled[c]`` False): the data hold fewer distinct points
+    (or, with ``normalize``, directions) than clusters asked for."""
+    if not filled.all():
+        k = len(filled)
+        raise ValueError(
+            f"k-means could form only {int(filled.sum())} of num_pairs={k} {what} clusters: the {what} "
+            f"embeddings hold fewer than {k} different "
+            + (
+                "directions (rows that are multiples of each other are one point once scaled to unit length)"
+                if normalize
+                else "points"
+            )
+            + f". Lower num_pairs to at most {int(filled.sum())}."
+        )
+
+
 def _cluster_side(
     embeds,
     pair_index,
@@ -135,17 +152,7 @@ def _cluster_side(
         chunk=chunk,
     )
     filled = np.bincount(fit.labels, minlength=k) > 0
-    if not filled.all():
-        raise ValueError(
-            f"k-means could form only {int(filled.sum())} of num_pairs={k} {what} clusters: the {what} "
-            f"embeddings hold fewer than {k} different "
-            + (
-                "directions (rows that are multiples of each other are one point once scaled to unit length)"
-                if normalize
-                else "points"
-            )
-            + f". Lower num_pairs to at most {int(filled.sum())}."
-        )
+    check_filled(filled, what, normalize)
     label_of_row = np.full(len(embeds), -1, dtype=np.int64)
     label_of_row[used] = fit.labels
     labels = np.where(kept, label_of_row[pair_index], -1)

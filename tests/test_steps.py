@@ -263,3 +263,14 @@ def test_retrieve_captions_is_cosine_nearest():
     assert index.tolist() == [2, 0]
     assert captions == ["y", "x"]
     assert nearest(np.array([[1.0, 1.0]]), texts).tolist() == [1]
+
+
+def test_fewer_distinct_directions_than_clusters_is_refused_naming_how_many():
+    # 3 directions, each repeated (and scaled: one direction once normalised) 20 times; 5 clusters asked for.
+    rng = np.random.default_rng(0)
+    directions = rng.normal(size=(3, 8)).astype(np.float32)
+    scale = rng.uniform(0.5, 2.0, size=(60, 1)).astype(np.float32)
+    images = directions[np.arange(60) % 3] * scale
+    texts = rng.normal(size=(60, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"could form only 3 of num_pairs=5 image clusters.*at most 3"):
+        prototypes_from_embeddings(images, texts, 5, rm_ratio=0.0)

@@ -35,7 +35,7 @@ from ..caption import nearest_scored
 from ..cluster import DEFAULT_MAX_POINTS_PER_CENTROID, assign, centre_index, fit_points, fit_sample, train_kmeans
 from ..filter import as_table, nonfinite_rows, pair_similarity
 from ..filter import normalize as unit_rows
-from ..prototypes import distinct_rows, finish_prototypes, group_sums, matched_groups
+from ..prototypes import check_filled, distinct_rows, finish_prototypes, group_sums, matched_groups
 from ..steps import baseline_dict, choose
 from .comm import Comm
 
@@ -272,17 +272,7 @@ def _cluster_slices(comm: Comm, embeds, pair_index, kept, weights, k, *, what, c
     comm.mark(f"{what} assign")
     # A cluster holds a used row exactly when it holds a kept pair.
     filled = comm.sum(np.bincount(labels[kept], minlength=k).astype(np.int64)) > 0
-    if not filled.all():
-        raise ValueError(
-            f"k-means could form only {int(filled.sum())} of num_pairs={k} {what} clusters: the {what} "
-            f"embeddings hold fewer than {k} different "
-            + (
-                "directions (rows that are multiples of each other are one point once scaled to unit length)"
-                if config.normalize
-                else "points"
-            )
-            + f". Lower num_pairs to at most {int(filled.sum())}."
-        )
+    check_filled(filled, what, config.normalize)
     return labels, centroids
 
 
