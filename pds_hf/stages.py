@@ -344,7 +344,7 @@ def unclip_images(config, selection: Selection, *, key, ranks, cache_dir, device
             indices=mine,
             on_batch=save,
             show_progress=ranks.is_main,
-            **{name: getattr(config, name) for name in UNCLIP_SETTINGS},
+            **{setting: getattr(config, setting) for setting in UNCLIP_SETTINGS},
         )
     ranks.barrier()
     return [stage.load_image(name(m)) for m in range(len(captions))]

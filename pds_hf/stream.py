@@ -50,7 +50,6 @@ from .store import open_embeddings, write_embeddings
 
 logger = logging.getLogger(__name__)
 
-_MAX_LISTED = 5
 _SHARD = "shard-{:06d}".format
 _CHUNK = "shard-{:06d}-{}-{:06d}".format  # (unit, "image" or "text", chunk): a unit's embeddings, in order
 _IMAGE = "image-{:012d}".format
